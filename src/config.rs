@@ -1,0 +1,332 @@
+//! The table's configuration: the arguments of `CREATE VIRTUAL TABLE ... USING imagestore(...)`.
+//!
+//! ```text
+//! shards=N                 -- N shard files beside the database: <db stem>.<table>.shard<i>.db
+//! shards='a.db,b.db,...'   -- named shard files; relative paths resolve against the database's
+//!                             folder (or the current folder for a :memory: or temp database)
+//! busy_timeout=MS          -- how long a writer waits for the table's locks. Default 5000.
+//! max_pixels=N             -- largest width*height accepted. Default 268435456 (16384^2).
+//! journal_limit=BYTES      -- the journal is emptied when it grows past this. Default 1048576.
+//! <name> [TYPE]            -- a column of the user's own (TYPE: TEXT, INTEGER, REAL, BLOB,
+//!                             NUMERIC, or none), stored with the row and writable.
+//! ```
+//! `shards` is required. Unknown or repeated options are errors that name them.
+//! The journal and two lock files sit beside the database, named after the table:
+//! `<db stem>.<table>.journal`, `.lock` and `.publish-lock` (for a :memory: or temp database,
+//! beside the first shard: `<first shard>.<table>.journal` and so on).
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// Most shards a table may have (journal records store shard numbers as u16; a commit touches
+/// at most this many files).
+pub const SHARD_COUNT_MAX: usize = 256;
+pub const BUSY_TIMEOUT_MS_DEFAULT: u64 = 5000;
+pub const MAX_PIXELS_DEFAULT: u64 = 16384 * 16384;
+pub const JOURNAL_LIMIT_BYTES_DEFAULT: u64 = 1 << 20;
+
+/// Columns every table has, in declaration order; user columns follow.
+pub const BUILTIN_COLUMNS: [&str; 9] =
+    ["id", "name", "data", "format", "width", "height", "bytes", "hash", "shard"];
+
+/// A column of the user's own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserColumn {
+    pub name: String,
+    pub decl_type: String,
+}
+
+/// Everything the table needs to know to open its files.
+#[derive(Debug, Clone)]
+pub struct TableConfig {
+    pub table_name: String,
+    pub shard_paths: Vec<PathBuf>,
+    /// Whether the shard paths were derived from the database name (`shards=N`).
+    pub derived_paths: bool,
+    pub journal_path: PathBuf,
+    /// The writer lock (see `locks`).
+    pub lock_path: PathBuf,
+    /// The publish lock (see `locks`).
+    pub publish_lock_path: PathBuf,
+    pub busy_timeout_ms: u64,
+    pub max_pixels: u64,
+    pub journal_limit_bytes: u64,
+    pub user_columns: Vec<UserColumn>,
+}
+
+/// Where the database that holds the table lives: its file, or `None` for :memory: and temp.
+pub struct HostDatabase<'a> {
+    pub file: Option<&'a Path>,
+}
+
+fn bad(message: impl Into<String>) -> Error {
+    Error::BadArgument(message.into())
+}
+
+/// Removes one level of SQL quoting ('x', "x", `x`, [x]).
+fn dequote(s: &str) -> String {
+    let s = s.trim();
+    let bytes = s.as_bytes();
+    if bytes.len() >= 2 {
+        let (first, last) = (bytes[0], bytes[bytes.len() - 1]);
+        if matches!((first, last), (b'\'', b'\'') | (b'"', b'"') | (b'`', b'`')) {
+            let q = first as char;
+            return s[1..s.len() - 1].replace(&format!("{q}{q}"), &q.to_string());
+        }
+        if first == b'[' && last == b']' {
+            return s[1..s.len() - 1].to_string();
+        }
+    }
+    s.to_string()
+}
+
+fn is_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn parse_number(key: &str, value: &str, min: u64, max: u64) -> Result<u64> {
+    let text = dequote(value);
+    match text.parse::<u64>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(bad(format!("{key}={value}: expected a whole number from {min} to {max}"))),
+    }
+}
+
+fn parse_user_column(arg: &str) -> Result<UserColumn> {
+    let mut words = arg.split_whitespace();
+    let name = dequote(words.next().unwrap_or(""));
+    let decl_type = words.collect::<Vec<_>>().join(" ").to_ascii_uppercase();
+    if !is_identifier(&name) {
+        return Err(bad(format!(
+            "'{arg}' is neither an option (key=value) nor a column definition (name [TYPE])"
+        )));
+    }
+    if !matches!(decl_type.as_str(), "" | "TEXT" | "INTEGER" | "INT" | "REAL" | "BLOB" | "NUMERIC") {
+        return Err(bad(format!(
+            "column {name}: type '{decl_type}' is not one of TEXT, INTEGER, REAL, BLOB, NUMERIC"
+        )));
+    }
+    Ok(UserColumn { name, decl_type })
+}
+
+/// Resolves a shard path given by the user against the database's folder.
+fn resolve(path: &str, base_dir: &Path) -> PathBuf {
+    let p = Path::new(path);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base_dir.join(p)
+    }
+}
+
+impl TableConfig {
+    /// Parses the module arguments (after module, database and table names).
+    pub fn parse(table_name: &str, args: &[&str], host: HostDatabase<'_>) -> Result<TableConfig> {
+        let mut shards: Option<String> = None;
+        let mut busy_timeout_ms = None;
+        let mut max_pixels = None;
+        let mut journal_limit_bytes = None;
+        let mut user_columns: Vec<UserColumn> = Vec::new();
+        let mut seen_keys = HashSet::new();
+        for raw in args {
+            let arg = raw.trim();
+            if arg.is_empty() {
+                continue;
+            }
+            let Some((key, value)) = arg.split_once('=') else {
+                let column = parse_user_column(arg)?;
+                let lower = column.name.to_ascii_lowercase();
+                if BUILTIN_COLUMNS.contains(&lower.as_str()) {
+                    return Err(bad(format!("column {} is built in; choose another name", column.name)));
+                }
+                if user_columns.iter().any(|c| c.name.eq_ignore_ascii_case(&column.name)) {
+                    return Err(bad(format!("column {} is declared twice", column.name)));
+                }
+                user_columns.push(column);
+                continue;
+            };
+            let key = key.trim().to_ascii_lowercase();
+            if !seen_keys.insert(key.clone()) {
+                return Err(bad(format!("option {key} is given twice")));
+            }
+            let value = value.trim();
+            match key.as_str() {
+                "shards" => shards = Some(value.to_string()),
+                "busy_timeout" => busy_timeout_ms = Some(parse_number(&key, value, 0, 3_600_000)?),
+                "max_pixels" => max_pixels = Some(parse_number(&key, value, 1, u64::MAX)?),
+                "journal_limit" => journal_limit_bytes = Some(parse_number(&key, value, 4096, u64::MAX)?),
+                _ => {
+                    return Err(bad(format!(
+                        "unknown option '{key}'; the options are shards, busy_timeout, max_pixels, journal_limit"
+                    )))
+                }
+            }
+        }
+        let shards = shards.ok_or_else(|| {
+            bad("the shards option is required: shards=N or shards='a.db,b.db,...'")
+        })?;
+        if table_name.contains(['/', '\\', '\0']) {
+            return Err(bad(format!("table name '{table_name}' cannot be used in file names")));
+        }
+        let base_dir = match host.file {
+            Some(file) => file.parent().map(Path::to_path_buf).unwrap_or_default(),
+            None => std::env::current_dir().unwrap_or_default(),
+        };
+        let (shard_paths, derived_paths) = Self::shard_paths(table_name, &shards, &host, &base_dir)?;
+        let journal_base = match host.file {
+            Some(file) => {
+                let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+                base_dir.join(format!("{stem}.{table_name}"))
+            }
+            None => PathBuf::from(format!("{}.{table_name}", shard_paths[0].display())),
+        };
+        Ok(TableConfig {
+            table_name: table_name.to_string(),
+            shard_paths,
+            derived_paths,
+            journal_path: with_suffix(&journal_base, ".journal"),
+            lock_path: with_suffix(&journal_base, ".lock"),
+            publish_lock_path: with_suffix(&journal_base, ".publish-lock"),
+            busy_timeout_ms: busy_timeout_ms.unwrap_or(BUSY_TIMEOUT_MS_DEFAULT),
+            max_pixels: max_pixels.unwrap_or(MAX_PIXELS_DEFAULT),
+            journal_limit_bytes: journal_limit_bytes.unwrap_or(JOURNAL_LIMIT_BYTES_DEFAULT),
+            user_columns,
+        })
+    }
+
+    fn shard_paths(
+        table_name: &str,
+        shards: &str,
+        host: &HostDatabase<'_>,
+        base_dir: &Path,
+    ) -> Result<(Vec<PathBuf>, bool)> {
+        let quoted = shards.starts_with(['\'', '"']);
+        if let (false, Ok(count)) = (quoted, shards.parse::<u64>()) {
+            if count == 0 || count > SHARD_COUNT_MAX as u64 {
+                return Err(bad(format!("shards={count}: a table has from 1 to {SHARD_COUNT_MAX} shards")));
+            }
+            let Some(file) = host.file else {
+                return Err(bad(
+                    "a table in a :memory: or temporary database needs explicit shard paths: shards='a.db,b.db'",
+                ));
+            };
+            let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            let paths = (0..count).map(|i| base_dir.join(format!("{stem}.{table_name}.shard{i}.db"))).collect();
+            return Ok((paths, true));
+        }
+        if !quoted {
+            return Err(bad(format!(
+                "shards={shards}: expected a number of shards or a quoted list of files, shards='a.db,b.db'"
+            )));
+        }
+        let list = dequote(shards);
+        if list.split(',').any(|p| p.trim().is_empty()) {
+            return Err(bad(format!("shards='{list}': an empty file name in the list")));
+        }
+        let paths: Vec<PathBuf> = list.split(',').map(|p| resolve(p.trim(), base_dir)).collect();
+        if paths.len() > SHARD_COUNT_MAX {
+            return Err(bad(format!("shards: {} files; a table has at most {SHARD_COUNT_MAX}", paths.len())));
+        }
+        let mut seen = HashSet::new();
+        for p in &paths {
+            if !seen.insert(normalize(p)) {
+                return Err(bad(format!("shards: {} is listed twice; each shard needs its own file", p.display())));
+            }
+        }
+        Ok((paths, false))
+    }
+
+    /// The SQL that declares the table's columns to SQLite.
+    pub fn declaration(&self) -> String {
+        let mut sql = String::from(
+            "CREATE TABLE x(id INTEGER, name TEXT, data BLOB, format TEXT, width INTEGER, \
+             height INTEGER, bytes INTEGER, hash TEXT, shard INTEGER HIDDEN",
+        );
+        for c in &self.user_columns {
+            sql.push_str(&format!(", \"{}\" {}", c.name, c.decl_type));
+        }
+        sql.push(')');
+        sql
+    }
+}
+
+fn with_suffix(base: &Path, suffix: &str) -> PathBuf {
+    let mut name = base.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// A path with `.` and `..` folded, so that duplicates are found without touching the disk.
+fn normalize(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for part in p.components() {
+        match part {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<TableConfig> {
+        TableConfig::parse("images", args, HostDatabase { file: Some(Path::new("/data/photos.db")) })
+    }
+
+    #[test]
+    fn shards_n_derives_paths_beside_the_database() {
+        let c = parse(&["shards=2"]).unwrap();
+        assert_eq!(
+            c.shard_paths,
+            vec![PathBuf::from("/data/photos.images.shard0.db"), PathBuf::from("/data/photos.images.shard1.db")]
+        );
+        assert_eq!(c.journal_path, PathBuf::from("/data/photos.images.journal"));
+        assert_eq!(c.lock_path, PathBuf::from("/data/photos.images.lock"));
+    }
+
+    #[test]
+    fn named_shards_resolve_against_the_database_folder() {
+        let c = parse(&["shards='a.db, /x/b.db'", "album TEXT", "year integer"]).unwrap();
+        assert_eq!(c.shard_paths, vec![PathBuf::from("/data/a.db"), PathBuf::from("/x/b.db")]);
+        assert_eq!(c.user_columns[1], UserColumn { name: "year".into(), decl_type: "INTEGER".into() });
+        assert!(c.declaration().ends_with("\"album\" TEXT, \"year\" INTEGER)"));
+    }
+
+    #[test]
+    fn bad_arguments_are_named() {
+        for (args, needle) in [
+            (&["shards=0"][..], "from 1 to"),
+            (&["shards=abc"][..], "expected a number"),
+            (&["shards='a.db,./a.db'"][..], "listed twice"),
+            (&["shards=2", "colour=red"][..], "unknown option 'colour'"),
+            (&["shards=2", "shards=3"][..], "given twice"),
+            (&[][..], "shards option is required"),
+            (&["shards=2", "width INTEGER"][..], "built in"),
+            (&["shards=2", "a TEXT", "A INTEGER"][..], "declared twice"),
+            (&["shards=2", "a VARCHAR"][..], "not one of"),
+            (&["shards=2", "busy_timeout=-1"][..], "busy_timeout"),
+            (&["shards='a.db,,b.db'"][..], "empty file name"),
+        ] {
+            let err = parse(args).expect_err(needle).to_string();
+            assert!(err.contains(needle), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn memory_database_needs_explicit_paths() {
+        let err = TableConfig::parse("t", &["shards=2"], HostDatabase { file: None }).unwrap_err();
+        assert!(err.to_string().contains("explicit shard paths"));
+        let c = TableConfig::parse("t", &["shards='/tmp/a.db,/tmp/b.db'"], HostDatabase { file: None }).unwrap();
+        assert_eq!(c.journal_path, PathBuf::from("/tmp/a.db.t.journal"));
+    }
+}

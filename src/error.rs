@@ -1,0 +1,145 @@
+//! Errors of the extension, each mapped to the SQLite result code a caller can act on.
+//!
+//! Invariant: every error that reaches SQLite carries a message that names the thing at fault
+//! (the argument, the row, the file) and, where there is one, what to do about it.
+
+use std::io;
+use std::os::raw::c_int;
+use std::path::PathBuf;
+
+use rusqlite::ffi;
+
+/// Everything that can go wrong in the table, the coordinator, the journal or a shard.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A CREATE VIRTUAL TABLE argument is wrong (SQLITE_ERROR).
+    #[error("imagestore: {0}")]
+    BadArgument(String),
+
+    /// A value written to the table is of the wrong kind (SQLITE_MISMATCH).
+    #[error("imagestore: {0}")]
+    WrongType(String),
+
+    /// `data` is not an image the table can store (SQLITE_ERROR).
+    #[error("imagestore: row {row}: data is not an image: {reason}")]
+    NotAnImage { row: String, reason: String },
+
+    /// An image is larger than the table's limits (SQLITE_TOOBIG).
+    #[error("imagestore: row {row}: {reason}")]
+    TooBig { row: String, reason: String },
+
+    /// A write to a column the table computes itself (SQLITE_CONSTRAINT).
+    #[error("imagestore: column {0} is derived from data and cannot be written; write data instead")]
+    DerivedColumn(&'static str),
+
+    /// An id that another row already has (SQLITE_CONSTRAINT_PRIMARYKEY).
+    #[error("UNIQUE constraint failed: {table}.id (id {id} already exists)")]
+    DuplicateId { table: String, id: i64 },
+
+    /// A shard file is missing (SQLITE_CANTOPEN).
+    #[error("imagestore: shard file {path} is missing; restore it from a backup, or drop the table if its images are no longer wanted (it is never recreated empty)")]
+    ShardMissing { path: PathBuf },
+
+    /// A shard file exists but is not this table's shard (SQLITE_CORRUPT_VTAB).
+    #[error("imagestore: {path}: {detail}")]
+    ShardForeign { path: PathBuf, detail: String },
+
+    /// SQLite reported an error on a shard file; its code is kept.
+    #[error("imagestore: shard {path}: {source}")]
+    Shard {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+
+    /// The coordinator's journal could not be read or written (SQLITE_IOERR).
+    #[error("imagestore: journal {path}: {source}")]
+    JournalIo {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    /// The journal is damaged in a way recovery cannot decide alone (SQLITE_CORRUPT_VTAB).
+    #[error("imagestore: journal {path} is damaged: {detail}")]
+    JournalCorrupt { path: PathBuf, detail: String },
+
+    /// Prepared transactions whose outcome cannot be known (SQLITE_CORRUPT_VTAB).
+    #[error("imagestore: {0}")]
+    InDoubt(String),
+
+    /// A lock was not granted within the busy timeout (SQLITE_BUSY).
+    #[error("imagestore: {what} is busy: not granted within {timeout_ms} ms (raise busy_timeout=)")]
+    Busy { what: String, timeout_ms: u64 },
+
+    /// An earlier I/O failure left this connection unsure of the files' state (SQLITE_IOERR).
+    #[error("imagestore: an earlier I/O error left table {0} in an unknown state; close and reopen the database to run recovery")]
+    Poisoned(String),
+
+    /// A bug: a panic caught at the FFI boundary (SQLITE_INTERNAL).
+    #[error("imagestore: internal error: {0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// The (extended) SQLite result code this error is reported with.
+    pub fn sqlite_code(&self) -> c_int {
+        match self {
+            Error::BadArgument(_) | Error::NotAnImage { .. } => ffi::SQLITE_ERROR,
+            Error::WrongType(_) => ffi::SQLITE_MISMATCH,
+            Error::TooBig { .. } => ffi::SQLITE_TOOBIG,
+            Error::DerivedColumn(_) => ffi::SQLITE_CONSTRAINT,
+            Error::DuplicateId { .. } => ffi::SQLITE_CONSTRAINT_PRIMARYKEY,
+            Error::ShardMissing { .. } => ffi::SQLITE_CANTOPEN,
+            Error::ShardForeign { .. } | Error::JournalCorrupt { .. } | Error::InDoubt(_) => {
+                ffi::SQLITE_CORRUPT_VTAB
+            }
+            Error::Shard { source, .. } => match source.sqlite_error() {
+                Some(e) => e.extended_code,
+                None => ffi::SQLITE_ERROR,
+            },
+            Error::JournalIo { .. } | Error::Poisoned(_) => ffi::SQLITE_IOERR,
+            Error::Busy { .. } => ffi::SQLITE_BUSY,
+            Error::Internal(_) => ffi::SQLITE_INTERNAL,
+        }
+    }
+
+    /// Wraps an error SQLite reported on the shard file at `path`.
+    pub fn shard(path: &std::path::Path) -> impl FnOnce(rusqlite::Error) -> Error + '_ {
+        move |source| Error::Shard {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// Wraps an I/O error on the journal at `path`.
+    pub fn journal_io(path: &std::path::Path) -> impl FnOnce(io::Error) -> Error + '_ {
+        move |source| Error::JournalIo {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+impl From<Error> for rusqlite::Error {
+    fn from(err: Error) -> Self {
+        rusqlite::Error::SqliteFailure(ffi::Error::new(err.sqlite_code()), Some(err.to_string()))
+    }
+}
+
+/// Runs `body`, turning a panic into [`Error::Internal`] so that none crosses the FFI boundary.
+pub fn catch_panic<T>(body: impl FnOnce() -> Result<T>) -> Result<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+        Ok(result) => result,
+        Err(payload) => {
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "panic".to_string());
+            Err(Error::Internal(message))
+        }
+    }
+}

@@ -1,0 +1,49 @@
+//! Test-only fault injection at the named steps of the commit and recovery paths.
+//!
+//! Built only with the cargo feature `fault-injection` (never in the shipped library, where
+//! [`check`] is an empty inline function). With it, the environment variable
+//! `IMAGESTORE_FAULT=step:n:mode` makes the `n`th (1-based) occurrence of `step` in this process
+//! either return an I/O error (`mode` = `error`) or kill the process on the spot (`abort`).
+//!
+//! Steps: `shard_prepare`, `journal_append`, `journal_sync`, `shard_finalize`, `journal_reset`,
+//! `recovery_shard`.
+
+use crate::error::Result;
+
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub fn check(_step: &'static str) -> Result<()> {
+    Ok(())
+}
+
+#[cfg(feature = "fault-injection")]
+pub fn check(step: &'static str) -> Result<()> {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    static SEEN: Mutex<Option<HashMap<&'static str, u64>>> = Mutex::new(None);
+
+    let Ok(spec) = std::env::var("IMAGESTORE_FAULT") else { return Ok(()) };
+    let mut parts = spec.split(':');
+    let (Some(name), Some(nth), Some(mode)) = (parts.next(), parts.next(), parts.next()) else {
+        return Ok(());
+    };
+    if name != step {
+        return Ok(());
+    }
+    let count = {
+        let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+        let counter = seen.get_or_insert_with(HashMap::new).entry(step).or_insert(0);
+        *counter += 1;
+        *counter
+    };
+    if nth.parse::<u64>().ok() != Some(count) {
+        return Ok(());
+    }
+    if mode == "abort" {
+        std::process::abort();
+    }
+    Err(crate::error::Error::JournalIo {
+        path: std::path::PathBuf::from(format!("<injected fault at {step}>")),
+        source: std::io::Error::other("injected fault"),
+    })
+}

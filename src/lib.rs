@@ -1,0 +1,64 @@
+//! `imagestore`: a SQLite extension that keeps images in a virtual table split across several
+//! ordinary SQLite files (shards), committed atomically across them by a two-phase-commit
+//! coordinator.
+//!
+//! ```sql
+//! .load target/release/libimagestore
+//! CREATE VIRTUAL TABLE images USING imagestore(shards=4);
+//! INSERT INTO images(name, data) VALUES ('cat.png', readfile('cat.png'));
+//! SELECT id, name, format, width, height, bytes, hash FROM images;
+//! ```
+//!
+//! Modules, from SQLite's side inward:
+//! - `vtab`: the virtual table (SQLite's callbacks; the only SQLite-facing code but this file).
+//! - `coordinator`: the commit protocol, described in full in its module comment.
+//! - `journal`: the coordinator's durable decision log.
+//! - `locks`: the cross-process writer and publish locks.
+//! - `shard`: one shard file: schema, rows, and the protocol's per-shard steps.
+//! - `placement`: which shard holds an id.
+//! - `probe`: the image header probe that derives format, size and hash.
+//! - `config`: the table's arguments. `error`: errors and their SQLite codes.
+
+pub mod config;
+pub mod coordinator;
+pub mod error;
+pub mod fault;
+pub mod journal;
+pub mod locks;
+pub mod placement;
+pub mod probe;
+pub mod shard;
+pub mod vtab;
+
+use rusqlite::Connection;
+
+/// Registers everything the extension provides on one connection.
+pub fn register(conn: &Connection) -> rusqlite::Result<()> {
+    vtab::register(conn)?;
+    conn.create_scalar_function(
+        "imagestore_version",
+        0,
+        rusqlite::functions::FunctionFlags::SQLITE_DETERMINISTIC,
+        |_| Ok(env!("CARGO_PKG_VERSION")),
+    )
+}
+
+/// The entry point SQLite looks for when loading `libimagestore`.
+///
+/// # Safety
+/// Called by SQLite's extension loader with a valid connection and API table.
+#[cfg(feature = "loadable_extension")]
+#[no_mangle]
+pub unsafe extern "C" fn sqlite3_imagestore_init(
+    db: *mut rusqlite::ffi::sqlite3,
+    pz_err_msg: *mut *mut std::ffi::c_char,
+    p_api: *mut rusqlite::ffi::sqlite3_api_routines,
+) -> std::ffi::c_int {
+    // SAFETY: the arguments come from SQLite's loader unchanged.
+    unsafe {
+        Connection::extension_init2(db, pz_err_msg, p_api, |conn| {
+            register(&conn)?;
+            Ok(false)
+        })
+    }
+}

@@ -1,0 +1,594 @@
+//! A shard: one ordinary SQLite file (WAL mode) holding a share of a table's rows.
+//!
+//! ```sql
+//! imagestore_meta(key PRIMARY KEY, value)   -- format_version, table_id, shard_index, shard_count, last_txid
+//! images(id INTEGER PRIMARY KEY, name, format, width, height, bytes, hash, blob_id, <user columns>)
+//! blobs(blob_id INTEGER PRIMARY KEY, data)  -- image bytes, apart so metadata scans never read them
+//! imagestore_prepared(txid PRIMARY KEY, shards)      -- a transaction prepared here, not yet finalized
+//! imagestore_undo(txid, id, existed, <images columns>) -- each touched row as it was before txid
+//! ```
+//!
+//! Invariants:
+//! - Every `blobs` row is referenced by exactly one `images` row or one `imagestore_undo` row.
+//! - A write transaction records, before it first changes a row, that row's prior state in
+//!   `imagestore_undo` (once per row per transaction). The before-state of a row, and its blob,
+//!   therefore survive until the transaction is finalized (committed) or aborted, so that a
+//!   prepared transaction can still be undone.
+//! - `imagestore_prepared` has a row for `txid` exactly while `txid` is prepared (durable, visible
+//!   in the file, and undoable) and not yet finalized or aborted.
+//! - `last_txid` only grows: every transaction id is above every id any shard has seen.
+//!
+//! This module knows SQL; the protocol (when to prepare, finalize or abort) is the coordinator's.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::types::Value;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+
+use crate::config::UserColumn;
+use crate::error::{Error, Result};
+use crate::journal::TableId;
+
+pub const FORMAT_VERSION: i64 = 1;
+
+/// A row as stored in a shard's `images` table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredRow {
+    pub id: i64,
+    pub name: Value,
+    pub format: String,
+    pub width: i64,
+    pub height: i64,
+    pub bytes: i64,
+    pub hash: String,
+    pub blob_id: i64,
+    pub user: Vec<Value>,
+}
+
+/// The metadata of a row to write; its blob is written separately.
+#[derive(Debug, Clone)]
+pub struct NewRow {
+    pub id: i64,
+    pub name: Value,
+    pub format: String,
+    pub width: i64,
+    pub height: i64,
+    pub bytes: i64,
+    pub hash: String,
+    pub user: Vec<Value>,
+}
+
+/// Which rows a scan returns (all conditions together).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ScanFilter {
+    pub id_eq: Option<i64>,
+    /// Smallest id, inclusive.
+    pub id_min: Option<i64>,
+    /// Largest id, inclusive.
+    pub id_max: Option<i64>,
+    pub hash_eq: Option<String>,
+    pub name_eq: Option<Value>,
+    pub descending: bool,
+}
+
+/// Who this shard says it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardIdentity {
+    pub table_id: TableId,
+    pub shard_index: usize,
+    pub shard_count: usize,
+}
+
+/// An open shard.
+pub struct Shard {
+    pub path: PathBuf,
+    conn: Connection,
+    /// `name, format, ..., blob_id, "user columns"` in `images` order.
+    columns_sql: String,
+    user_column_count: usize,
+}
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<TableId> {
+    if s.len() != 32 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+impl Shard {
+    /// Opens an existing shard file (`create` false) or creates a new one (`create` true:
+    /// the file must not exist). Never creates a file that should have existed.
+    pub fn open(path: &Path, create: bool, user_columns: &[UserColumn], busy_timeout_ms: u64) -> Result<Shard> {
+        match (std::fs::metadata(path), create) {
+            (Ok(meta), _) if meta.is_dir() => {
+                return Err(Error::ShardForeign {
+                    path: path.to_path_buf(),
+                    detail: "is a directory, not a shard file".into(),
+                })
+            }
+            (Ok(_), true) => {
+                return Err(Error::ShardForeign {
+                    path: path.to_path_buf(),
+                    detail: "already exists; choose a new file for a new shard".into(),
+                })
+            }
+            (Err(_), false) => return Err(Error::ShardMissing { path: path.to_path_buf() }),
+            _ => {}
+        }
+        let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        if create {
+            flags |= OpenFlags::SQLITE_OPEN_CREATE;
+        }
+        let conn = Connection::open_with_flags(path, flags).map_err(Error::shard(path))?;
+        let mut columns: Vec<String> =
+            ["name", "format", "width", "height", "bytes", "hash", "blob_id"].iter().map(|s| s.to_string()).collect();
+        columns.extend(user_columns.iter().map(|c| quote_ident(&c.name)));
+        let shard = Shard {
+            path: path.to_path_buf(),
+            conn,
+            columns_sql: columns.join(", "),
+            user_column_count: user_columns.len(),
+        };
+        shard.configure(busy_timeout_ms)?;
+        Ok(shard)
+    }
+
+    fn err(&self) -> impl FnOnce(rusqlite::Error) -> Error + '_ {
+        Error::shard(&self.path)
+    }
+
+    fn configure(&self, busy_timeout_ms: u64) -> Result<()> {
+        self.conn
+            .busy_timeout(std::time::Duration::from_millis(busy_timeout_ms))
+            .map_err(self.err())?;
+        let mode: String = self
+            .conn
+            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+            .map_err(|e| match e.sqlite_error_code() {
+                Some(rusqlite::ErrorCode::NotADatabase) => Error::ShardForeign {
+                    path: self.path.clone(),
+                    detail: "is not a SQLite database; it cannot be a shard".into(),
+                },
+                _ => Error::shard(&self.path)(e),
+            })?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(Error::ShardForeign {
+                path: self.path.clone(),
+                detail: format!("could not be put in WAL mode (it is in {mode} mode)"),
+            });
+        }
+        self.conn.execute_batch("PRAGMA synchronous=FULL").map_err(self.err())
+    }
+
+    /// Writes the schema and identity of a new shard, durably.
+    pub fn initialize(&self, identity: &ShardIdentity, user_columns: &[UserColumn]) -> Result<()> {
+        let user_defs: String =
+            user_columns.iter().map(|c| format!(", {} {}", quote_ident(&c.name), c.decl_type)).collect();
+        let user_undo: String = user_columns.iter().map(|c| format!(", {}", quote_ident(&c.name))).collect();
+        let sql = format!(
+            "BEGIN IMMEDIATE;
+             CREATE TABLE imagestore_meta(key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+             CREATE TABLE images(id INTEGER PRIMARY KEY, name TEXT, format TEXT NOT NULL,
+                 width INTEGER NOT NULL, height INTEGER NOT NULL, bytes INTEGER NOT NULL,
+                 hash TEXT NOT NULL, blob_id INTEGER NOT NULL{user_defs});
+             CREATE INDEX images_hash ON images(hash);
+             CREATE INDEX images_name ON images(name);
+             CREATE TABLE blobs(blob_id INTEGER PRIMARY KEY, data BLOB NOT NULL);
+             CREATE TABLE imagestore_prepared(txid INTEGER PRIMARY KEY, shards TEXT NOT NULL);
+             CREATE TABLE imagestore_undo(txid INTEGER NOT NULL, id INTEGER NOT NULL,
+                 existed INTEGER NOT NULL, name, format, width, height, bytes, hash, blob_id{user_undo},
+                 PRIMARY KEY(txid, id)) WITHOUT ROWID;
+             INSERT INTO imagestore_meta VALUES ('format_version', {FORMAT_VERSION}),
+                 ('table_id', '{}'), ('shard_index', {}), ('shard_count', {}), ('last_txid', 0);
+             COMMIT;",
+            hex(&identity.table_id),
+            identity.shard_index,
+            identity.shard_count,
+        );
+        self.conn.execute_batch(&sql).map_err(self.err())
+    }
+
+    /// Reads this shard's identity, and checks that its columns are the table's.
+    pub fn identity(&self, user_columns: &[UserColumn]) -> Result<ShardIdentity> {
+        let foreign = |detail: &str| Error::ShardForeign { path: self.path.clone(), detail: detail.to_string() };
+        let has_meta: bool = self
+            .conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE name = 'imagestore_meta'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map_err(self.err())?
+            > 0;
+        if !has_meta {
+            return Err(foreign("is a SQLite database but not an imagestore shard"));
+        }
+        let get = |key: &str| -> Result<Option<Value>> {
+            self.conn
+                .query_row("SELECT value FROM imagestore_meta WHERE key = ?1", [key], |r| r.get(0))
+                .optional()
+                .map_err(Error::shard(&self.path))
+        };
+        let version = get("format_version")?;
+        if version != Some(Value::Integer(FORMAT_VERSION)) {
+            return Err(foreign(&format!(
+                "has shard format {version:?}; this build reads format {FORMAT_VERSION}"
+            )));
+        }
+        let table_id = match get("table_id")? {
+            Some(Value::Text(t)) => unhex(&t),
+            _ => None,
+        }
+        .ok_or_else(|| foreign("has a damaged table id"))?;
+        let as_index = |v: Option<Value>| match v {
+            Some(Value::Integer(i)) if i >= 0 => Some(i as usize),
+            _ => None,
+        };
+        let shard_index = as_index(get("shard_index")?).ok_or_else(|| foreign("has a damaged shard index"))?;
+        let shard_count = as_index(get("shard_count")?).ok_or_else(|| foreign("has a damaged shard count"))?;
+        let mut stmt = self.conn.prepare("SELECT name FROM pragma_table_info('images')").map_err(self.err())?;
+        let found: Vec<String> =
+            stmt.query_map([], |r| r.get(0)).map_err(self.err())?.collect::<rusqlite::Result<_>>().map_err(self.err())?;
+        let expected: Vec<&str> = ["id", "name", "format", "width", "height", "bytes", "hash", "blob_id"]
+            .into_iter()
+            .chain(user_columns.iter().map(|c| c.name.as_str()))
+            .collect();
+        if found != expected {
+            return Err(foreign(&format!(
+                "holds columns {found:?}, but the table declares {expected:?}"
+            )));
+        }
+        Ok(ShardIdentity { table_id, shard_index, shard_count })
+    }
+
+    // ---- transactions -------------------------------------------------------------------
+
+    pub fn execute(&self, sql: &str) -> Result<()> {
+        self.conn.prepare_cached(sql).and_then(|mut s| s.execute([])).map(|_| ()).map_err(self.err())
+    }
+
+    /// Whether a transaction is open on this shard's connection.
+    pub fn in_transaction(&self) -> bool {
+        !self.conn.is_autocommit()
+    }
+
+    pub fn begin_write(&self) -> Result<()> {
+        self.execute("BEGIN IMMEDIATE")
+    }
+
+    /// Opens a read transaction and pins its snapshot (in WAL mode the snapshot is taken at the
+    /// first read). Returns the prepared transaction ids the snapshot holds.
+    pub fn begin_read(&self) -> Result<Vec<u64>> {
+        self.execute("BEGIN")?;
+        self.prepared_txids()
+    }
+
+    pub fn commit(&self) -> Result<()> {
+        self.execute("COMMIT")
+    }
+
+    /// Rolls back the open transaction, if there is one.
+    pub fn rollback(&self) -> Result<()> {
+        if self.in_transaction() {
+            self.execute("ROLLBACK")
+        } else {
+            Ok(())
+        }
+    }
+
+    pub fn savepoint(&self, level: i32) -> Result<()> {
+        self.execute(&format!("SAVEPOINT s{level}"))
+    }
+
+    pub fn release(&self, level: i32) -> Result<()> {
+        self.execute(&format!("RELEASE s{level}"))
+    }
+
+    pub fn rollback_to(&self, level: i32) -> Result<()> {
+        self.execute(&format!("ROLLBACK TO s{level}"))
+    }
+
+    // ---- state read at the start of a transaction --------------------------------------
+
+    pub fn prepared_txids(&self) -> Result<Vec<u64>> {
+        let mut stmt = self.conn.prepare_cached("SELECT txid FROM imagestore_prepared").map_err(self.err())?;
+        let rows = stmt.query_map([], |r| r.get::<_, i64>(0)).map_err(self.err())?;
+        rows.map(|r| r.map(|t| t as u64)).collect::<rusqlite::Result<_>>().map_err(self.err())
+    }
+
+    pub fn last_txid(&self) -> Result<u64> {
+        self.conn
+            .prepare_cached("SELECT value FROM imagestore_meta WHERE key = 'last_txid'")
+            .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
+            .map(|t| t as u64)
+            .map_err(self.err())
+    }
+
+    pub fn max_id(&self) -> Result<Option<i64>> {
+        self.conn
+            .prepare_cached("SELECT max(id) FROM images")
+            .and_then(|mut s| s.query_row([], |r| r.get(0)))
+            .map_err(self.err())
+    }
+
+    // ---- rows ---------------------------------------------------------------------------
+
+    fn row_from(&self, r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRow> {
+        Ok(StoredRow {
+            id: r.get(0)?,
+            name: r.get(1)?,
+            format: r.get(2)?,
+            width: r.get(3)?,
+            height: r.get(4)?,
+            bytes: r.get(5)?,
+            hash: r.get(6)?,
+            blob_id: r.get(7)?,
+            user: (0..self.user_column_count).map(|i| r.get(8 + i)).collect::<rusqlite::Result<_>>()?,
+        })
+    }
+
+    pub fn get(&self, id: i64) -> Result<Option<StoredRow>> {
+        let sql = format!("SELECT id, {} FROM images WHERE id = ?1", self.columns_sql);
+        let mut stmt = self.conn.prepare_cached(&sql).map_err(self.err())?;
+        stmt.query_row([id], |r| self.row_from(r)).optional().map_err(self.err())
+    }
+
+    /// One page of rows matching `filter`, in id order, after `after` (exclusive).
+    pub fn scan_page(&self, filter: &ScanFilter, after: Option<i64>, limit: usize) -> Result<Vec<StoredRow>> {
+        let mut conditions = Vec::new();
+        let mut values: Vec<Value> = Vec::new();
+        let mut add = |cond: &str, value: Value| {
+            values.push(value);
+            conditions.push(format!("{cond} ?{}", values.len()));
+        };
+        if let Some(id) = filter.id_eq {
+            add("id =", Value::Integer(id));
+        }
+        if let Some(min) = filter.id_min {
+            add("id >=", Value::Integer(min));
+        }
+        if let Some(max) = filter.id_max {
+            add("id <=", Value::Integer(max));
+        }
+        if let Some(hash) = &filter.hash_eq {
+            add("hash =", Value::Text(hash.clone()));
+        }
+        if let Some(name) = &filter.name_eq {
+            add("name =", name.clone());
+        }
+        if let Some(after) = after {
+            add(if filter.descending { "id <" } else { "id >" }, Value::Integer(after));
+        }
+        let where_sql = if conditions.is_empty() { String::new() } else { format!("WHERE {}", conditions.join(" AND ")) };
+        let order = if filter.descending { "DESC" } else { "ASC" };
+        values.push(Value::Integer(limit as i64));
+        let sql = format!(
+            "SELECT id, {} FROM images {where_sql} ORDER BY id {order} LIMIT ?{}",
+            self.columns_sql,
+            values.len()
+        );
+        let mut stmt = self.conn.prepare_cached(&sql).map_err(self.err())?;
+        let rows = stmt
+            .query_map(rusqlite::params_from_iter(values.iter()), |r| self.row_from(r))
+            .map_err(self.err())?;
+        rows.collect::<rusqlite::Result<_>>().map_err(self.err())
+    }
+
+    pub fn read_blob(&self, blob_id: i64) -> Result<Vec<u8>> {
+        self.conn
+            .prepare_cached("SELECT data FROM blobs WHERE blob_id = ?1")
+            .and_then(|mut s| s.query_row([blob_id], |r| r.get(0)))
+            .map_err(self.err())
+    }
+
+    /// Records `id`'s state before transaction `txid` first touches it (no-op after the first).
+    fn remember_before(&self, txid: u64, id: i64) -> Result<()> {
+        let sql = format!(
+            "INSERT OR IGNORE INTO imagestore_undo(txid, id, existed, {cols})
+             SELECT ?1, ?2, i.id IS NOT NULL, {icols} FROM (SELECT 1) LEFT JOIN images i ON i.id = ?2",
+            cols = self.columns_sql,
+            icols = self.columns_sql.split(", ").map(|c| format!("i.{c}")).collect::<Vec<_>>().join(", "),
+        );
+        self.conn.prepare_cached(&sql).and_then(|mut s| s.execute(params![txid as i64, id])).map(|_| ()).map_err(self.err())
+    }
+
+    /// Deletes `blob_id` if transaction `txid` created it (it is not `id`'s before-state blob);
+    /// a before-state blob stays until the transaction is finalized or aborted.
+    fn drop_blob_if_new(&self, txid: u64, id: i64, blob_id: i64) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "DELETE FROM blobs WHERE blob_id = ?3 AND NOT EXISTS (SELECT 1 FROM imagestore_undo
+                 WHERE txid = ?1 AND id = ?2 AND existed AND blob_id = ?3)",
+            )
+            .and_then(|mut s| s.execute(params![txid as i64, id, blob_id]))
+            .map(|_| ())
+            .map_err(self.err())
+    }
+
+    fn insert_blob(&self, data: &[u8]) -> Result<i64> {
+        self.conn
+            .prepare_cached("INSERT INTO blobs(data) VALUES (?1)")
+            .and_then(|mut s| s.insert([data]))
+            .map_err(self.err())
+    }
+
+    /// Inserts a row (the caller checked that its id is free) with a new blob.
+    pub fn insert(&self, txid: u64, row: &NewRow, data: &[u8]) -> Result<()> {
+        self.remember_before(txid, row.id)?;
+        let blob_id = self.insert_blob(data)?;
+        self.write_row(row, blob_id)
+    }
+
+    fn write_row(&self, row: &NewRow, blob_id: i64) -> Result<()> {
+        let placeholders: Vec<String> = (1..=8 + self.user_column_count).map(|i| format!("?{i}")).collect();
+        let sql = format!(
+            "INSERT OR REPLACE INTO images(id, {}) VALUES ({})",
+            self.columns_sql,
+            placeholders.join(", ")
+        );
+        let mut values: Vec<Value> = vec![
+            Value::Integer(row.id),
+            row.name.clone(),
+            Value::Text(row.format.clone()),
+            Value::Integer(row.width),
+            Value::Integer(row.height),
+            Value::Integer(row.bytes),
+            Value::Text(row.hash.clone()),
+            Value::Integer(blob_id),
+        ];
+        values.extend(row.user.iter().cloned());
+        self.conn
+            .prepare_cached(&sql)
+            .and_then(|mut s| s.execute(rusqlite::params_from_iter(values.iter())))
+            .map(|_| ())
+            .map_err(self.err())
+    }
+
+    /// Replaces row `row.id` in place; `data` is the new image, or `None` to keep the blob.
+    pub fn update(&self, txid: u64, current: &StoredRow, row: &NewRow, data: Option<&[u8]>) -> Result<()> {
+        self.remember_before(txid, row.id)?;
+        let blob_id = match data {
+            Some(data) => {
+                let blob_id = self.insert_blob(data)?;
+                self.drop_blob_if_new(txid, row.id, current.blob_id)?;
+                blob_id
+            }
+            None => current.blob_id,
+        };
+        self.write_row(row, blob_id)
+    }
+
+    pub fn delete(&self, txid: u64, current: &StoredRow) -> Result<()> {
+        self.remember_before(txid, current.id)?;
+        self.conn
+            .prepare_cached("DELETE FROM images WHERE id = ?1")
+            .and_then(|mut s| s.execute([current.id]))
+            .map_err(self.err())?;
+        self.drop_blob_if_new(txid, current.id, current.blob_id)
+    }
+
+    // ---- the protocol's steps on this shard -----------------------------------------------
+
+    fn set_last_txid(&self, txid: u64) -> Result<()> {
+        self.conn
+            .prepare_cached("UPDATE imagestore_meta SET value = max(value, ?1) WHERE key = 'last_txid'")
+            .and_then(|mut s| s.execute([txid as i64]))
+            .map(|_| ())
+            .map_err(self.err())
+    }
+
+    /// Phase 1: makes the open transaction durable, still undoable, with a prepare record.
+    pub fn prepare(&self, txid: u64, participants: &[u16]) -> Result<()> {
+        crate::fault::check("shard_prepare")?;
+        let shards = participants.iter().map(u16::to_string).collect::<Vec<_>>().join(",");
+        self.conn
+            .prepare_cached("INSERT INTO imagestore_prepared(txid, shards) VALUES (?1, ?2)")
+            .and_then(|mut s| s.execute(params![txid as i64, shards]))
+            .map_err(self.err())?;
+        self.set_last_txid(txid)?;
+        self.commit()
+    }
+
+    /// The one-phase path for a transaction that touched only this shard: finalize and commit
+    /// in one SQLite transaction, which is atomic by itself.
+    pub fn commit_one_phase(&self, txid: u64) -> Result<()> {
+        crate::fault::check("shard_prepare")?;
+        self.forget_before_states(txid)?;
+        self.set_last_txid(txid)?;
+        self.commit()
+    }
+
+    /// Deletes the before-states of `txid` and the blobs only they referenced.
+    fn forget_before_states(&self, txid: u64) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "DELETE FROM blobs WHERE blob_id IN (SELECT u.blob_id FROM imagestore_undo u
+                 LEFT JOIN images i ON i.id = u.id
+                 WHERE u.txid = ?1 AND u.existed AND i.blob_id IS NOT u.blob_id)",
+            )
+            .and_then(|mut s| s.execute([txid as i64]))
+            .map_err(self.err())?;
+        self.conn
+            .prepare_cached("DELETE FROM imagestore_undo WHERE txid = ?1")
+            .and_then(|mut s| s.execute([txid as i64]))
+            .map(|_| ())
+            .map_err(self.err())
+    }
+
+    fn drop_prepare_record(&self, txid: u64) -> Result<()> {
+        self.conn
+            .prepare_cached("DELETE FROM imagestore_prepared WHERE txid = ?1")
+            .and_then(|mut s| s.execute([txid as i64]))
+            .map(|_| ())
+            .map_err(self.err())
+    }
+
+    /// Phase 2 of a committed transaction: drops its before-states and prepare record, in a
+    /// transaction of its own. Synced lazily (the journal keeps the decision until then).
+    pub fn finalize(&self, txid: u64) -> Result<()> {
+        crate::fault::check("shard_finalize")?;
+        self.execute("PRAGMA synchronous=NORMAL")?;
+        let finalized = self.in_own_transaction(|s| {
+            s.forget_before_states(txid)?;
+            s.drop_prepare_record(txid)
+        });
+        let restored = self.execute("PRAGMA synchronous=FULL");
+        finalized.and(restored)
+    }
+
+    /// Undoes a prepared (or partly written) transaction from its before-states, in a
+    /// transaction of its own.
+    pub fn abort_prepared(&self, txid: u64) -> Result<()> {
+        self.in_own_transaction(|s| {
+            let t = txid as i64;
+            let run = |sql: &str| {
+                s.conn.prepare_cached(sql).and_then(|mut st| st.execute([t])).map(|_| ()).map_err(Error::shard(&s.path))
+            };
+            run("DELETE FROM blobs WHERE blob_id IN (SELECT i.blob_id FROM imagestore_undo u
+                 JOIN images i ON i.id = u.id
+                 WHERE u.txid = ?1 AND (NOT u.existed OR i.blob_id IS NOT u.blob_id))")?;
+            run("DELETE FROM images WHERE id IN (SELECT id FROM imagestore_undo WHERE txid = ?1)")?;
+            run(&format!(
+                "INSERT INTO images(id, {c}) SELECT id, {c} FROM imagestore_undo WHERE txid = ?1 AND existed",
+                c = s.columns_sql
+            ))?;
+            run("DELETE FROM imagestore_undo WHERE txid = ?1")?;
+            s.drop_prepare_record(txid)
+        })
+    }
+
+    fn in_own_transaction(&self, body: impl FnOnce(&Shard) -> Result<()>) -> Result<()> {
+        self.begin_write()?;
+        match body(self) {
+            Ok(()) => self.commit(),
+            Err(e) => {
+                let _ = self.rollback();
+                Err(e)
+            }
+        }
+    }
+
+    /// Makes everything committed on this shard durable, synced or not: fsync of its WAL file.
+    /// (Opening and closing the -wal file is safe: SQLite holds no POSIX locks on it.)
+    pub fn sync_wal(&self) -> Result<()> {
+        let mut wal = self.path.as_os_str().to_owned();
+        wal.push("-wal");
+        match std::fs::File::open(&wal) {
+            Ok(f) => f.sync_all().map_err(Error::journal_io(Path::new(&wal))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::journal_io(Path::new(&wal))(e)),
+        }
+    }
+}

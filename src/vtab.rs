@@ -1,0 +1,872 @@
+//! The `imagestore` virtual table: SQLite's callbacks, translated to shards and the coordinator.
+//!
+//! This is the only module (with `lib.rs`) that knows SQLite's virtual-table interface. Every
+//! callback runs inside [`catch_panic`], so no panic crosses the FFI boundary.
+//!
+//! Columns: `id` (the rowid), `name`, `data`, the derived `format`, `width`, `height`, `bytes`,
+//! `hash`, the hidden `shard`, then the user's own columns. See `config` for the arguments.
+//!
+//! Query plans (`idx_num` bits; arguments in this order): id = (one shard), id lower and upper
+//! bounds, hash =, name =, and the order. Every plan returns rows in id order (ascending, or
+//! descending when asked) by merging the shards' id-ordered pages, so `ORDER BY id` never sorts.
+//! No constraint is omitted: SQLite re-checks each, so a pushed-down filter need only be a
+//! superset of the answer.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::ffi::{c_char, c_int, CStr, CString};
+use std::path::Path;
+use std::rc::Rc;
+
+use rusqlite::types::{Value, ValueRef};
+use rusqlite::vtab::{
+    sqlite3_vtab, sqlite3_vtab_cursor, update_module_with_tx, Context, CreateVTab, Filters, IndexConstraintOp,
+    IndexInfo, Inserts, TransactionVTab, UpdateVTab, Updates, VTab, VTabConnection, VTabCursor, VTabKind,
+};
+use rusqlite::{ffi, Connection};
+
+use crate::config::{HostDatabase, TableConfig};
+use crate::coordinator::Coordinator;
+use crate::error::{catch_panic, Error, Result};
+use crate::journal::TableId;
+use crate::placement::shard_of;
+use crate::probe::{probe, ProbeError};
+use crate::shard::{NewRow, ScanFilter, Shard, ShardIdentity, StoredRow};
+
+// Column numbers, as declared by `TableConfig::declaration`.
+const COL_ID: c_int = 0;
+const COL_NAME: c_int = 1;
+const COL_DATA: c_int = 2;
+const COL_FORMAT: c_int = 3;
+const COL_WIDTH: c_int = 4;
+const COL_HEIGHT: c_int = 5;
+const COL_BYTES: c_int = 6;
+const COL_HASH: c_int = 7;
+const COL_SHARD: c_int = 8;
+const COL_USER_FIRST: c_int = 9;
+const COL_ROWID: c_int = -1;
+const DERIVED: [(c_int, &str); 6] = [
+    (COL_FORMAT, "format"),
+    (COL_WIDTH, "width"),
+    (COL_HEIGHT, "height"),
+    (COL_BYTES, "bytes"),
+    (COL_HASH, "hash"),
+    (COL_SHARD, "shard"),
+];
+
+// Plan bits.
+const PLAN_ID_EQ: c_int = 1;
+const PLAN_ID_LOWER: c_int = 2;
+const PLAN_ID_LOWER_EXCLUSIVE: c_int = 4;
+const PLAN_ID_UPPER: c_int = 8;
+const PLAN_ID_UPPER_EXCLUSIVE: c_int = 16;
+const PLAN_HASH_EQ: c_int = 32;
+const PLAN_NAME_EQ: c_int = 64;
+const PLAN_DESCENDING: c_int = 128;
+
+/// Rows a cursor fetches from a shard at first; doubled on every refill up to the maximum, so
+/// that `LIMIT 10` reads little and a full scan reads in large pages.
+const PAGE_ROWS_FIRST: usize = 16;
+const PAGE_ROWS_MAX: usize = 1024;
+
+/// Assumed rows of a table, for costs (SQLite only compares plans of one table).
+const TABLE_ROWS_ESTIMATE: f64 = 1_000_000.0;
+
+/// One table as opened by one connection.
+pub struct TableCore {
+    config: TableConfig,
+    shards: RefCell<Vec<Shard>>,
+    coordinator: RefCell<Coordinator>,
+    open_cursors: Cell<usize>,
+}
+
+/// The virtual table object SQLite holds.
+#[repr(C)]
+pub struct ImageTable {
+    /// SQLite's part; must come first (the struct is cast to and from `sqlite3_vtab`).
+    base: sqlite3_vtab,
+    db: *mut ffi::sqlite3,
+    core: Rc<TableCore>,
+}
+
+fn utf8<'a>(bytes: &'a [u8], what: &str) -> Result<&'a str> {
+    std::str::from_utf8(bytes).map_err(|_| Error::BadArgument(format!("{what} is not valid UTF-8")))
+}
+
+/// A fresh table identity: unique across machines and time for all practical purposes.
+fn new_table_id(config: &TableConfig) -> TableId {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = blake3::Hasher::new();
+    let random = std::collections::hash_map::RandomState::new().build_hasher().finish();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    hasher.update(&random.to_le_bytes());
+    hasher.update(&now.as_nanos().to_le_bytes());
+    hasher.update(&std::process::id().to_le_bytes());
+    hasher.update(config.journal_path.to_string_lossy().as_bytes());
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&hasher.finalize().as_bytes()[..16]);
+    id
+}
+
+/// Opens every shard of the table, creating them all if `create` and none exists yet.
+fn open_shards(config: &TableConfig, create: bool) -> Result<(TableId, Vec<Shard>, bool)> {
+    let existing: Vec<&Path> =
+        config.shard_paths.iter().filter(|p| std::fs::symlink_metadata(p).is_ok()).map(|p| p.as_path()).collect();
+    let cols = &config.user_columns;
+    if create && existing.is_empty() {
+        let table_id = new_table_id(config);
+        let count = config.shard_paths.len();
+        let mut shards = Vec::with_capacity(count);
+        for (shard_index, path) in config.shard_paths.iter().enumerate() {
+            let shard = Shard::open(path, true, cols, config.busy_timeout_ms)?;
+            shard.initialize(&ShardIdentity { table_id, shard_index, shard_count: count }, cols)?;
+            shards.push(shard);
+        }
+        return Ok((table_id, shards, true));
+    }
+    if create && existing.len() < config.shard_paths.len() {
+        return Err(Error::BadArgument(format!(
+            "some shard files exist ({}) and others do not: a new table needs all new files, a reopened table all its old ones",
+            existing.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+        )));
+    }
+    let mut shards = Vec::with_capacity(config.shard_paths.len());
+    let mut table_id = None;
+    for (index, path) in config.shard_paths.iter().enumerate() {
+        let shard = Shard::open(path, false, cols, config.busy_timeout_ms)?;
+        let identity = shard.identity(cols)?;
+        let expected_id = *table_id.get_or_insert(identity.table_id);
+        if identity.table_id != expected_id {
+            return Err(Error::ShardForeign {
+                path: path.clone(),
+                detail: format!("belongs to another table than {}", config.shard_paths[0].display()),
+            });
+        }
+        if identity.shard_index != index || identity.shard_count != config.shard_paths.len() {
+            return Err(Error::ShardForeign {
+                path: path.clone(),
+                detail: format!(
+                    "is shard {} of {}, but the table lists it as shard {index} of {}",
+                    identity.shard_index,
+                    identity.shard_count,
+                    config.shard_paths.len()
+                ),
+            });
+        }
+        shards.push(shard);
+    }
+    let table_id = table_id.ok_or_else(|| Error::Internal("a table without shards".into()))?;
+    Ok((table_id, shards, false))
+}
+
+impl ImageTable {
+    fn open(db: &mut VTabConnection, args: &[&[u8]], create: bool) -> Result<(String, ImageTable)> {
+        let schema = utf8(args.get(1).copied().unwrap_or(b"main"), "the schema name")?;
+        let table_name = utf8(args.get(2).copied().unwrap_or_default(), "the table name")?;
+        let options: Vec<&str> = args[3.min(args.len())..]
+            .iter()
+            .map(|a| utf8(a, "a table argument"))
+            .collect::<Result<_>>()?;
+        // SAFETY: SQLite passes a valid connection handle to xCreate/xConnect.
+        let handle = unsafe { db.handle() };
+        let host_file = host_filename(handle, schema);
+        let config =
+            TableConfig::parse(table_name, &options, HostDatabase { file: host_file.as_deref().map(Path::new) })?;
+        let (table_id, mut shards, created) = open_shards(&config, create)?;
+        let coordinator = Coordinator::open(&config, table_id, &mut shards, created)?;
+        let declaration = config.declaration();
+        let core = TableCore {
+            config,
+            shards: RefCell::new(shards),
+            coordinator: RefCell::new(coordinator),
+            open_cursors: Cell::new(0),
+        };
+        Ok((declaration, ImageTable { base: sqlite3_vtab::default(), db: handle, core: Rc::new(core) }))
+    }
+
+    fn shard_count(&self) -> usize {
+        self.core.config.shard_paths.len()
+    }
+
+    fn describe_row(id: Option<i64>, name: &Value) -> String {
+        let id = id.map_or("(new)".to_string(), |i| i.to_string());
+        match name {
+            Value::Text(n) => format!("id {id} ('{n}')"),
+            _ => format!("id {id}"),
+        }
+    }
+
+    /// Validates `data` and derives the stored metadata.
+    fn derive(&self, id: i64, name: Value, data: &[u8], user: Vec<Value>) -> Result<NewRow> {
+        let info = probe(data, self.core.config.max_pixels).map_err(|e| {
+            let row = Self::describe_row(Some(id), &name);
+            match e {
+                ProbeError::NotAnImage(reason) => Error::NotAnImage { row, reason },
+                too_big => Error::TooBig { row, reason: too_big.to_string() },
+            }
+        })?;
+        Ok(NewRow {
+            id,
+            name,
+            format: info.format,
+            width: i64::from(info.width),
+            height: i64::from(info.height),
+            bytes: data.len() as i64,
+            hash: info.hash,
+            user,
+        })
+    }
+
+    fn write_shard(&self, shard: usize) -> Result<u64> {
+        let mut coordinator = self.core.coordinator.borrow_mut();
+        if !coordinator.is_writing() {
+            coordinator.begin_write(&mut self.core.shards.borrow_mut())?;
+        }
+        coordinator.record_write(shard)
+    }
+
+    fn get_row(&self, id: i64) -> Result<Option<StoredRow>> {
+        self.core.shards.borrow()[shard_of(id, self.shard_count())].get(id)
+    }
+
+    fn insert_row(&self, row: &NewRow, data: &[u8]) -> Result<()> {
+        let index = shard_of(row.id, self.shard_count());
+        let txid = self.write_shard(index)?;
+        if self.get_row(row.id)?.is_some() {
+            // SAFETY: self.db is the connection that is running this xUpdate.
+            let mode = unsafe { ffi::sqlite3_vtab_on_conflict(self.db) };
+            if mode != ffi::SQLITE_REPLACE {
+                return Err(Error::DuplicateId { table: self.core.config.table_name.clone(), id: row.id });
+            }
+            self.delete_row(row.id)?;
+        }
+        self.core.coordinator.borrow_mut().note_id(row.id);
+        self.core.shards.borrow()[index].insert(txid, row, data)
+    }
+
+    fn delete_row(&self, id: i64) -> Result<()> {
+        let index = shard_of(id, self.shard_count());
+        let txid = self.write_shard(index)?;
+        let shards = self.core.shards.borrow();
+        match shards[index].get(id)? {
+            Some(current) => shards[index].delete(txid, &current),
+            None => Ok(()),
+        }
+    }
+
+    fn user_values(&self, args: &[ValueRef<'_>]) -> Result<Vec<Value>> {
+        (0..self.core.config.user_columns.len())
+            .map(|i| args.get(COL_USER_FIRST as usize + i).map_or(Ok(Value::Null), |v| owned(*v)))
+            .collect()
+    }
+}
+
+/// The file of the database `schema` of connection `db`, or `None` for :memory: and temp.
+fn host_filename(db: *mut ffi::sqlite3, schema: &str) -> Option<String> {
+    let schema = CString::new(schema).ok()?;
+    // SAFETY: db is a valid handle; the returned string is owned by SQLite and valid while the
+    // database stays attached; it is copied at once.
+    let name = unsafe { ffi::sqlite3_db_filename(db, schema.as_ptr()) };
+    if name.is_null() {
+        return None;
+    }
+    // SAFETY: non-null, NUL-terminated, as documented for sqlite3_db_filename.
+    let name = unsafe { CStr::from_ptr(name) }.to_string_lossy().into_owned();
+    (!name.is_empty()).then_some(name)
+}
+
+fn integer_id(value: ValueRef<'_>, what: &str) -> Result<Option<i64>> {
+    match value {
+        ValueRef::Null => Ok(None),
+        ValueRef::Integer(i) => Ok(Some(i)),
+        ValueRef::Real(r) if r.fract() == 0.0 && r.abs() < 9.0e18 => Ok(Some(r as i64)),
+        other => Err(Error::WrongType(format!("{what} must be an integer, not {}", type_name(other)))),
+    }
+}
+
+/// SQL's name for the type of a value, for messages.
+fn type_name(value: ValueRef<'_>) -> &'static str {
+    match value {
+        ValueRef::Null => "NULL",
+        ValueRef::Integer(_) => "INTEGER",
+        ValueRef::Real(_) => "REAL",
+        ValueRef::Text(_) => "TEXT",
+        ValueRef::Blob(_) => "BLOB",
+    }
+}
+
+/// An owned copy of a value SQLite passed in.
+fn owned(value: ValueRef<'_>) -> Result<Value> {
+    Value::try_from(value).map_err(|e| Error::WrongType(e.to_string()))
+}
+
+fn name_value(value: ValueRef<'_>) -> Result<Value> {
+    match value {
+        ValueRef::Blob(_) => Err(Error::WrongType("name must be TEXT, not a BLOB".into())),
+        other => owned(other),
+    }
+}
+
+fn image_bytes<'a>(value: ValueRef<'a>, row: &str) -> Result<&'a [u8]> {
+    match value {
+        ValueRef::Blob(b) => Ok(b),
+        ValueRef::Null => Err(Error::WrongType(format!("row {row}: data is NULL; every row holds an image"))),
+        other => Err(Error::WrongType(format!(
+            "row {row}: data must be a BLOB holding an image, not {}",
+            type_name(other)
+        ))),
+    }
+}
+
+unsafe impl<'vtab> VTab<'vtab> for ImageTable {
+    type Aux = ();
+    type Cursor = ImageCursor;
+
+    fn connect(db: &mut VTabConnection, _aux: Option<&()>, args: &[&[u8]]) -> rusqlite::Result<(String, Self)> {
+        Ok(catch_panic(|| ImageTable::open(db, args, false))?)
+    }
+
+    fn best_index(&self, info: &mut IndexInfo) -> rusqlite::Result<()> {
+        Ok(catch_panic(|| {
+            plan(info, self.shard_count());
+            Ok(())
+        })?)
+    }
+
+    fn open(&'vtab mut self) -> rusqlite::Result<ImageCursor> {
+        self.core.open_cursors.set(self.core.open_cursors.get() + 1);
+        Ok(ImageCursor {
+            base: sqlite3_vtab_cursor::default(),
+            core: Rc::clone(&self.core),
+            filter: ScanFilter::default(),
+            lanes: Vec::new(),
+            current: None,
+        })
+    }
+}
+
+impl CreateVTab<'_> for ImageTable {
+    const KIND: VTabKind = VTabKind::Default;
+
+    fn create(db: &mut VTabConnection, _aux: Option<&()>, args: &[&[u8]]) -> rusqlite::Result<(String, Self)> {
+        Ok(catch_panic(|| ImageTable::open(db, args, true))?)
+    }
+
+    /// DROP TABLE: deletes the table's shard files, journal and lock files.
+    fn destroy(&self) -> rusqlite::Result<()> {
+        Ok(catch_panic(|| {
+            let config = &self.core.config;
+            let mut files = vec![config.journal_path.clone(), config.lock_path.clone(), config.publish_lock_path.clone()];
+            for shard in &config.shard_paths {
+                for suffix in ["", "-wal", "-shm"] {
+                    let mut name = shard.as_os_str().to_owned();
+                    name.push(suffix);
+                    files.push(name.into());
+                }
+            }
+            for file in files {
+                match std::fs::remove_file(&file) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::journal_io(&file)(e)),
+                    _ => {}
+                }
+            }
+            Ok(())
+        })?)
+    }
+}
+
+impl UpdateVTab<'_> for ImageTable {
+    fn delete(&mut self, arg: ValueRef<'_>) -> rusqlite::Result<()> {
+        Ok(catch_panic(|| match integer_id(arg, "id")? {
+            Some(id) => self.delete_row(id),
+            None => Ok(()),
+        })?)
+    }
+
+    fn insert(&mut self, args: &Inserts<'_>) -> rusqlite::Result<i64> {
+        Ok(catch_panic(|| {
+            let values: Vec<ValueRef<'_>> = args.iter().skip(2).collect();
+            let rowid = integer_id(args.iter().nth(1).unwrap_or(ValueRef::Null), "rowid")?;
+            let column_id = integer_id(values[COL_ID as usize], "id")?;
+            for (col, name) in DERIVED {
+                if values[col as usize] != ValueRef::Null {
+                    return Err(Error::DerivedColumn(name));
+                }
+            }
+            let name = name_value(values[COL_NAME as usize])?;
+            let id = match (column_id, rowid) {
+                (Some(a), Some(b)) if a != b => {
+                    return Err(Error::BadArgument(format!("id {a} and rowid {b} disagree; give one of them")))
+                }
+                (Some(id), _) | (None, Some(id)) => id,
+                (None, None) => {
+                    let shard = 0; // any: only to open the write transaction before reading ids
+                    self.write_shard(shard).map(|_| ())?;
+                    let shards = self.core.shards.borrow();
+                    self.core.coordinator.borrow_mut().assign_id(&shards)?
+                }
+            };
+            let data = image_bytes(values[COL_DATA as usize], &Self::describe_row(Some(id), &name))?;
+            let row = self.derive(id, name, data, self.user_values(&values)?)?;
+            self.insert_row(&row, data)?;
+            Ok(id)
+        })?)
+    }
+
+    fn update(&mut self, args: &Updates<'_>) -> rusqlite::Result<()> {
+        Ok(catch_panic(|| {
+            let all: Vec<ValueRef<'_>> = args.iter().collect();
+            let changed = |col: c_int| !args.no_change(2 + col as usize);
+            let old_id = integer_id(all[0], "rowid")?.ok_or_else(|| Error::Internal("UPDATE without a rowid".into()))?;
+            for (col, name) in DERIVED {
+                if changed(col) {
+                    return Err(Error::DerivedColumn(name));
+                }
+            }
+            let values = &all[2..];
+            let new_id = if changed(COL_ID) {
+                integer_id(values[COL_ID as usize], "id")?
+            } else {
+                integer_id(all[1], "rowid")?
+            }
+            .ok_or_else(|| Error::WrongType("id cannot be set to NULL".into()))?;
+            let Some(current) = self.get_row(old_id)? else { return Ok(()) };
+            let name = if changed(COL_NAME) { name_value(values[COL_NAME as usize])? } else { current.name.clone() };
+            let user: Vec<Value> = (0..self.core.config.user_columns.len())
+                .map(|i| {
+                    let col = COL_USER_FIRST + i as c_int;
+                    if changed(col) {
+                        owned(values[col as usize])
+                    } else {
+                        Ok(current.user[i].clone())
+                    }
+                })
+                .collect::<Result<_>>()?;
+            let new_data = if changed(COL_DATA) {
+                Some(image_bytes(values[COL_DATA as usize], &Self::describe_row(Some(new_id), &name))?)
+            } else {
+                None
+            };
+            let row = match new_data {
+                Some(data) => self.derive(new_id, name, data, user)?,
+                None => NewRow {
+                    id: new_id,
+                    name,
+                    format: current.format.clone(),
+                    width: current.width,
+                    height: current.height,
+                    bytes: current.bytes,
+                    hash: current.hash.clone(),
+                    user,
+                },
+            };
+            if new_id == old_id {
+                let index = shard_of(old_id, self.shard_count());
+                let txid = self.write_shard(index)?;
+                return self.core.shards.borrow()[index].update(txid, &current, &row, new_data);
+            }
+            // A new id may live on another shard: move the row (its blob is copied).
+            let data = match new_data {
+                Some(d) => d.to_vec(),
+                None => self.core.shards.borrow()[shard_of(old_id, self.shard_count())].read_blob(current.blob_id)?,
+            };
+            if self.get_row(new_id)?.is_some() {
+                return Err(Error::DuplicateId { table: self.core.config.table_name.clone(), id: new_id });
+            }
+            self.delete_row(old_id)?;
+            self.insert_row(&row, &data)
+        })?)
+    }
+}
+
+impl TransactionVTab<'_> for ImageTable {
+    fn begin(&mut self) -> rusqlite::Result<()> {
+        Ok(catch_panic(|| self.core.coordinator.borrow_mut().begin_write(&mut self.core.shards.borrow_mut()))?)
+    }
+
+    fn sync(&mut self) -> rusqlite::Result<()> {
+        Ok(catch_panic(|| self.core.coordinator.borrow_mut().sync(&mut self.core.shards.borrow_mut()))?)
+    }
+
+    fn commit(&mut self) -> rusqlite::Result<()> {
+        Ok(catch_panic(|| {
+            self.core.coordinator.borrow_mut().commit(&mut self.core.shards.borrow_mut());
+            Ok(())
+        })?)
+    }
+
+    fn rollback(&mut self) -> rusqlite::Result<()> {
+        Ok(catch_panic(|| {
+            self.core.coordinator.borrow_mut().rollback(&mut self.core.shards.borrow_mut());
+            Ok(())
+        })?)
+    }
+}
+
+/// Chooses the plan for xBestIndex.
+fn plan(info: &mut IndexInfo, shard_count: usize) {
+    let mut id_eq = None;
+    let mut lower = None;
+    let mut upper = None;
+    let mut hash_eq = None;
+    let mut name_eq = None;
+    for (i, c) in info.constraints().enumerate() {
+        if !c.is_usable() {
+            continue;
+        }
+        let on_id = c.column() == COL_ID || c.column() == COL_ROWID;
+        let slot = match (c.operator(), on_id, c.column()) {
+            (IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_EQ, true, _) => &mut id_eq,
+            (IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_GT | IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_GE, true, _) => {
+                &mut lower
+            }
+            (IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_LT | IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_LE, true, _) => {
+                &mut upper
+            }
+            (IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_EQ, false, COL_HASH) => &mut hash_eq,
+            (IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_EQ, false, COL_NAME) => &mut name_eq,
+            _ => continue,
+        };
+        if slot.is_none() {
+            *slot = Some((i, c.operator()));
+        }
+    }
+    let mut idx_num = 0;
+    let mut argv = 0;
+    let mut use_constraint = |info: &mut IndexInfo, slot: Option<(usize, IndexConstraintOp)>, bit: c_int| {
+        if let Some((i, _)) = slot {
+            argv += 1;
+            info.constraint_usage(i).set_argv_index(argv);
+            idx_num |= bit;
+        }
+    };
+    let lower_bits = match &lower {
+        Some((_, IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_GT)) => PLAN_ID_LOWER | PLAN_ID_LOWER_EXCLUSIVE,
+        _ => PLAN_ID_LOWER,
+    };
+    let upper_bits = match &upper {
+        Some((_, IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_LT)) => PLAN_ID_UPPER | PLAN_ID_UPPER_EXCLUSIVE,
+        _ => PLAN_ID_UPPER,
+    };
+    let (has_eq, has_lower, has_upper, has_hash, has_name) =
+        (id_eq.is_some(), lower.is_some(), upper.is_some(), hash_eq.is_some(), name_eq.is_some());
+    use_constraint(info, id_eq, PLAN_ID_EQ);
+    use_constraint(info, lower, lower_bits);
+    use_constraint(info, upper, upper_bits);
+    use_constraint(info, hash_eq, PLAN_HASH_EQ);
+    use_constraint(info, name_eq, PLAN_NAME_EQ);
+
+    let shards = shard_count as f64;
+    let (cost, rows) = if has_eq {
+        (1.0, 1.0)
+    } else if has_hash {
+        (2.0 * shards, 1.0)
+    } else if has_name {
+        (2.0 * shards, 2.0)
+    } else if has_lower && has_upper {
+        (shards + TABLE_ROWS_ESTIMATE / 100.0, TABLE_ROWS_ESTIMATE / 100.0)
+    } else if has_lower || has_upper {
+        (shards + TABLE_ROWS_ESTIMATE / 4.0, TABLE_ROWS_ESTIMATE / 4.0)
+    } else {
+        (shards + TABLE_ROWS_ESTIMATE, TABLE_ROWS_ESTIMATE)
+    };
+    let order: Vec<(c_int, bool)> = info.order_bys().map(|o| (o.column(), o.is_order_by_desc())).collect();
+    if let [(column, desc)] = order.as_slice() {
+        if *column == COL_ID || *column == COL_ROWID {
+            info.set_order_by_consumed(true);
+            if *desc {
+                idx_num |= PLAN_DESCENDING;
+            }
+        }
+    }
+    info.set_idx_num(idx_num);
+    info.set_estimated_cost(cost);
+    info.set_estimated_rows(rows as i64);
+}
+
+/// Reads a filter's bounds from xFilter's arguments. A value that is not a number leaves its
+/// bound out (SQLite re-checks every constraint); `None` if no row can match.
+fn scan_filter(idx_num: c_int, args: &Filters<'_>) -> Option<ScanFilter> {
+    let mut filter = ScanFilter { descending: idx_num & PLAN_DESCENDING != 0, ..ScanFilter::default() };
+    let mut next = 0;
+    let mut arg = || {
+        let v = args.get::<Value>(next).unwrap_or(Value::Null);
+        next += 1;
+        v
+    };
+    let number = |v: &Value| match v {
+        Value::Integer(i) => Some(*i as f64),
+        Value::Real(r) => Some(*r),
+        _ => None,
+    };
+    if idx_num & PLAN_ID_EQ != 0 {
+        let v = arg();
+        match number(&v) {
+            Some(n) if n.fract() != 0.0 => return None,
+            Some(_) => filter.id_eq = Some(if let Value::Integer(i) = v { i } else { number(&v)? as i64 }),
+            None if v == Value::Null => return None,
+            None => {}
+        }
+    }
+    if idx_num & PLAN_ID_LOWER != 0 {
+        if let Some(n) = number(&arg()) {
+            let exclusive = idx_num & PLAN_ID_LOWER_EXCLUSIVE != 0;
+            filter.id_min = Some(if exclusive { n.floor() as i64 + 1 } else { n.ceil() as i64 });
+        }
+    }
+    if idx_num & PLAN_ID_UPPER != 0 {
+        if let Some(n) = number(&arg()) {
+            let exclusive = idx_num & PLAN_ID_UPPER_EXCLUSIVE != 0;
+            filter.id_max = Some(if exclusive { n.ceil() as i64 - 1 } else { n.floor() as i64 });
+        }
+    }
+    if idx_num & PLAN_HASH_EQ != 0 {
+        match arg() {
+            Value::Text(h) => filter.hash_eq = Some(h),
+            _ => return None,
+        }
+    }
+    if idx_num & PLAN_NAME_EQ != 0 {
+        match arg() {
+            Value::Null => return None,
+            v => filter.name_eq = Some(v),
+        }
+    }
+    Some(filter)
+}
+
+/// The rows of one shard, a page at a time.
+struct Lane {
+    shard: usize,
+    rows: VecDeque<StoredRow>,
+    last_id: Option<i64>,
+    page_rows: usize,
+    exhausted: bool,
+}
+
+/// A cursor: a merge, in id order, of the matching rows of every shard it reads.
+#[repr(C)]
+pub struct ImageCursor {
+    /// SQLite's part; must come first.
+    base: sqlite3_vtab_cursor,
+    core: Rc<TableCore>,
+    filter: ScanFilter,
+    lanes: Vec<Lane>,
+    /// The lane whose first row is the current row.
+    current: Option<usize>,
+}
+
+impl ImageCursor {
+    fn refill(&mut self, lane: usize) -> Result<()> {
+        let l = &mut self.lanes[lane];
+        if !l.rows.is_empty() || l.exhausted {
+            return Ok(());
+        }
+        let page = self.core.shards.borrow()[l.shard].scan_page(&self.filter, l.last_id, l.page_rows)?;
+        l.exhausted = page.len() < l.page_rows;
+        l.page_rows = (l.page_rows * 2).min(PAGE_ROWS_MAX);
+        l.last_id = page.last().map(|r| r.id).or(l.last_id);
+        l.rows.extend(page);
+        Ok(())
+    }
+
+    fn pick_current(&mut self) {
+        let heads = self.lanes.iter().enumerate().filter_map(|(i, l)| l.rows.front().map(|r| (i, r.id)));
+        self.current = if self.filter.descending {
+            heads.max_by_key(|&(_, id)| id)
+        } else {
+            heads.min_by_key(|&(_, id)| id)
+        }
+        .map(|(i, _)| i);
+    }
+
+    fn row(&self) -> Result<(&StoredRow, usize)> {
+        let lane = self.current.map(|i| &self.lanes[i]).ok_or_else(|| Error::Internal("no current row".into()))?;
+        let row = lane.rows.front().ok_or_else(|| Error::Internal("no current row".into()))?;
+        Ok((row, lane.shard))
+    }
+}
+
+impl Drop for ImageCursor {
+    fn drop(&mut self) {
+        let open = self.core.open_cursors.get().saturating_sub(1);
+        self.core.open_cursors.set(open);
+        if open == 0 {
+            if let (Ok(mut coordinator), Ok(mut shards)) =
+                (self.core.coordinator.try_borrow_mut(), self.core.shards.try_borrow_mut())
+            {
+                coordinator.end_read(&mut shards);
+            }
+        }
+    }
+}
+
+unsafe impl VTabCursor for ImageCursor {
+    fn filter(&mut self, idx_num: c_int, _idx_str: Option<&str>, args: &Filters<'_>) -> rusqlite::Result<()> {
+        Ok(catch_panic(|| {
+            self.core.coordinator.borrow_mut().begin_read(&mut self.core.shards.borrow_mut())?;
+            self.lanes.clear();
+            self.current = None;
+            let Some(filter) = scan_filter(idx_num, args) else { return Ok(()) };
+            let shard_count = self.core.config.shard_paths.len();
+            let shards: Vec<usize> = match filter.id_eq {
+                Some(id) => vec![shard_of(id, shard_count)],
+                None => (0..shard_count).collect(),
+            };
+            self.filter = filter;
+            self.lanes = shards
+                .into_iter()
+                .map(|shard| Lane { shard, rows: VecDeque::new(), last_id: None, page_rows: PAGE_ROWS_FIRST, exhausted: false })
+                .collect();
+            for lane in 0..self.lanes.len() {
+                self.refill(lane)?;
+            }
+            self.pick_current();
+            Ok(())
+        })?)
+    }
+
+    fn next(&mut self) -> rusqlite::Result<()> {
+        Ok(catch_panic(|| {
+            if let Some(lane) = self.current {
+                self.lanes[lane].rows.pop_front();
+                self.refill(lane)?;
+            }
+            self.pick_current();
+            Ok(())
+        })?)
+    }
+
+    fn eof(&self) -> bool {
+        self.current.is_none()
+    }
+
+    fn column(&self, ctx: &mut Context, i: c_int) -> rusqlite::Result<()> {
+        Ok(catch_panic(|| {
+            if ctx.no_change() {
+                // An UPDATE that does not set this column: leave it unread (xUpdate then sees
+                // it as unchanged), above all `data`.
+                return Ok(());
+            }
+            let (row, shard) = self.row()?;
+            let set = |ctx: &mut Context, v: &dyn rusqlite::ToSql| ctx.set_result(&v).map_err(|e| Error::Internal(e.to_string()));
+            match i {
+                COL_ID => set(ctx, &row.id),
+                COL_NAME => set(ctx, &row.name),
+                COL_DATA => {
+                    let data = self.core.shards.borrow()[shard].read_blob(row.blob_id)?;
+                    set(ctx, &data)
+                }
+                COL_FORMAT => set(ctx, &row.format),
+                COL_WIDTH => set(ctx, &row.width),
+                COL_HEIGHT => set(ctx, &row.height),
+                COL_BYTES => set(ctx, &row.bytes),
+                COL_HASH => set(ctx, &row.hash),
+                COL_SHARD => set(ctx, &(shard as i64)),
+                user => match row.user.get((user - COL_USER_FIRST) as usize) {
+                    Some(v) => set(ctx, v),
+                    None => Err(Error::Internal(format!("no column {user}"))),
+                },
+            }
+        })?)
+    }
+
+    fn rowid(&self) -> rusqlite::Result<i64> {
+        Ok(catch_panic(|| Ok(self.row()?.0.id))?)
+    }
+}
+
+// ---- savepoints: module version 2 -------------------------------------------------------
+
+/// Runs a savepoint callback on the table behind `vtab`.
+///
+/// # Safety
+/// `vtab` must be a pointer SQLite received from this module's xCreate/xConnect, i.e. to an
+/// `ImageTable` (whose first field is the `sqlite3_vtab`, `#[repr(C)]`).
+unsafe fn with_table(vtab: *mut sqlite3_vtab, body: impl FnOnce(&ImageTable) -> Result<()>) -> c_int {
+    // SAFETY: by this function's contract; SQLite calls one method at a time per connection.
+    let table = unsafe { &*(vtab as *const ImageTable) };
+    match catch_panic(|| body(table)) {
+        Ok(()) => ffi::SQLITE_OK,
+        Err(e) => {
+            // SAFETY: vtab is valid (above); set_error_message owns the SQLite allocation rules.
+            unsafe { set_error_message(vtab, &e.to_string()) };
+            e.sqlite_code()
+        }
+    }
+}
+
+/// Hands SQLite an error message for a vtab method (it frees the old one and later this one).
+unsafe fn set_error_message(vtab: *mut sqlite3_vtab, message: &str) {
+    let Ok(text) = CString::new(message) else { return };
+    let bytes = text.as_bytes_with_nul();
+    // SAFETY: sqlite3_malloc returns memory SQLite can free; we copy `bytes.len()` bytes into a
+    // block of that size; zErrMsg is freed by SQLite with sqlite3_free.
+    unsafe {
+        let buf = ffi::sqlite3_malloc(bytes.len() as c_int) as *mut c_char;
+        if buf.is_null() {
+            return;
+        }
+        std::ptr::copy_nonoverlapping(bytes.as_ptr() as *const c_char, buf, bytes.len());
+        if !(*vtab).zErrMsg.is_null() {
+            ffi::sqlite3_free((*vtab).zErrMsg as *mut std::ffi::c_void);
+        }
+        (*vtab).zErrMsg = buf;
+    }
+}
+
+unsafe extern "C" fn x_savepoint(vtab: *mut sqlite3_vtab, level: c_int) -> c_int {
+    // SAFETY: SQLite calls this with a vtab of this module.
+    unsafe {
+        with_table(vtab, |t| {
+            let mut coordinator = t.core.coordinator.borrow_mut();
+            coordinator.savepoint(&t.core.shards.borrow(), level)
+        })
+    }
+}
+
+unsafe extern "C" fn x_release(vtab: *mut sqlite3_vtab, level: c_int) -> c_int {
+    // SAFETY: as for x_savepoint.
+    unsafe { with_table(vtab, |t| t.core.coordinator.borrow_mut().release(&t.core.shards.borrow(), level)) }
+}
+
+unsafe extern "C" fn x_rollback_to(vtab: *mut sqlite3_vtab, level: c_int) -> c_int {
+    // SAFETY: as for x_savepoint.
+    unsafe { with_table(vtab, |t| t.core.coordinator.borrow_mut().rollback_to(&t.core.shards.borrow(), level)) }
+}
+
+/// rusqlite's module for this table, raised to version 2 with savepoint callbacks.
+struct ModuleV2(ffi::sqlite3_module);
+// SAFETY: the module is an immutable table of function pointers, shared read-only by SQLite.
+unsafe impl Sync for ModuleV2 {}
+unsafe impl Send for ModuleV2 {}
+
+static MODULE: std::sync::OnceLock<ModuleV2> = std::sync::OnceLock::new();
+
+/// Registers the `imagestore` module on a connection.
+pub fn register(conn: &Connection) -> rusqlite::Result<()> {
+    let module = MODULE.get_or_init(|| {
+        let rusqlite_module = update_module_with_tx::<ImageTable>();
+        // SAFETY: rusqlite's `Module` is `#[repr(transparent)]` over `ffi::sqlite3_module`, so a
+        // pointer to it is a valid pointer to the module struct, which is plain data we copy.
+        let base: ffi::sqlite3_module =
+            unsafe { std::ptr::read(rusqlite_module as *const _ as *const ffi::sqlite3_module) };
+        ModuleV2(ffi::sqlite3_module {
+            iVersion: 2,
+            xSavepoint: Some(x_savepoint),
+            xRelease: Some(x_release),
+            xRollbackTo: Some(x_rollback_to),
+            ..base
+        })
+    });
+    let name = c"imagestore";
+    // SAFETY: conn.handle() is a valid connection; the module is 'static; no client data.
+    let rc = unsafe {
+        ffi::sqlite3_create_module_v2(conn.handle(), name.as_ptr(), &module.0, std::ptr::null_mut(), None)
+    };
+    if rc == ffi::SQLITE_OK {
+        Ok(())
+    } else {
+        Err(rusqlite::Error::SqliteFailure(ffi::Error::new(rc), Some("could not register module imagestore".into())))
+    }
+}

@@ -1,0 +1,106 @@
+"""Shared helpers for the imagestore Python tests.
+
+Paths (repo root, extension library, corpus), the corpus manifest (the oracle
+for format/width/height/bytes/hash), the shard placement function from the
+spec, an apsw connection factory with the extension loaded, and the expected
+error-message patterns -- kept here, in one place, so they are easy to adjust.
+"""
+import csv
+import os
+import re
+from pathlib import Path
+
+import apsw
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CORPUS = (REPO_ROOT / ".." / "shared" / "corpus").resolve()
+LIB = Path(os.environ.get("IMAGESTORE_LIB",
+                          REPO_ROOT / "target" / "release" / "libimagestore.so")).resolve()
+
+# Case-insensitive regexes for the error messages the spec describes.
+# `statement error @name` in tests/sql/*.test refers to these.
+ERRORS = {
+    "derived": r"derived",
+    "not_image": r"not an image|unrecognized image format",
+    # NULL data: refused as not an image, or as a NOT NULL violation.
+    "null_data": r"not an image|unrecognized image format|not null",
+    "unique": r"UNIQUE constraint failed",
+    "unknown_option": r"unknown|unrecognized|invalid|unsupported",
+    "bad_shards": r"shard",
+    "duplicate_shard": r"duplicate|same|twice|more than once",
+    "memory_needs_paths": r"memory|shard|path",
+    "open_shard": r"shard|not a database|unable to open|no such file|missing|cannot open",
+}
+
+
+def error_re(name):
+    return re.compile(ERRORS[name], re.IGNORECASE)
+
+
+def splitmix64(x):
+    """The spec's placement hash: shard = splitmix64(id) % shard_count."""
+    mask = (1 << 64) - 1
+    z = (x + 0x9E3779B97F4A7C15) & mask
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+    return z ^ (z >> 31)
+
+
+def shard_of(rowid, shard_count):
+    return splitmix64(rowid & ((1 << 64) - 1)) % shard_count
+
+
+def manifest():
+    """Rows of corpus/manifest.tsv as dicts with int width/height/frames/bytes."""
+    with open(CORPUS / "manifest.tsv", newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    for r in rows:
+        for k in ("width", "height", "frames", "bytes"):
+            r[k] = int(r[k])
+    return rows
+
+
+def corpus_bytes(name):
+    return (CORPUS / "images" / name).read_bytes()
+
+
+def require_lib():
+    if not LIB.exists():
+        raise AssertionError(f"extension not built: {LIB} (set IMAGESTORE_LIB or build it)")
+    return str(LIB)
+
+
+def _readfile(path):
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _writefile(path, data):
+    if isinstance(data, str):
+        data = data.encode()
+    if data is None:
+        data = b""
+    with open(path, "wb") as f:
+        return f.write(data)
+
+
+def connect(path, load=True):
+    """An apsw connection to `path` with the extension loaded and the shell's
+    readfile()/writefile() registered so scripts behave the same in both."""
+    con = apsw.Connection(str(path))
+    con.set_busy_timeout(5000)
+    con.create_scalar_function("readfile", _readfile, 1)
+    con.create_scalar_function("writefile", _writefile, 2)
+    if load:
+        con.enable_load_extension(True)
+        con.load_extension(require_lib())
+    return con
+
+
+def shard_paths(db_path, table, shards):
+    """Default shard file names for `shards=N`: <dbstem>.<table>.shard<i>.db."""
+    db_path = Path(db_path)
+    return [db_path.parent / f"{db_path.stem}.{table}.shard{i}.db" for i in range(shards)]
