@@ -120,3 +120,14 @@ def test_pushed_down_results_carry_all_columns(con):
     assert by_hash == scanned
     assert [r[0] for r in by_hash] == sorted(r["id"] for r in ROWS if r["hash"] == h)
     assert all(r[2] == "webp" for r in by_hash)
+
+
+@pytest.mark.parametrize("sql, want", [
+    ("SELECT id FROM t ORDER BY id DESC", sorted(IDS, reverse=True)),
+    ("SELECT id FROM t ORDER BY id LIMIT 5", sorted(IDS)[:5]),
+    ("SELECT id FROM t WHERE name = 'n2' ORDER BY id", sorted(r["id"] for r in ROWS if r["name"] == "n2")),
+    ("SELECT id FROM t WHERE id > 3 AND id <= 9 ORDER BY id DESC", [9, 8, 7, 6, 5, 4]),
+    ("SELECT id FROM t WHERE id = 4 OR id = 1000 ORDER BY id", [4, 1000]),
+])
+def test_ordered_results(con, sql, want):
+    assert [r[0] for r in con.execute(sql)] == want

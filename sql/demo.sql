@@ -1,0 +1,54 @@
+-- imagestore demo: a sharded image table, queries, and an atomic multi-shard transaction.
+-- Run from the repository root: bash sql/demo.sh
+-- (it builds the library, links ./corpus to ../shared/corpus/images and runs this file).
+.load target/release/libimagestore
+.headers on
+.mode column
+
+.print '== A table split over 4 shard files, with a column of our own'
+DROP TABLE IF EXISTS photos;
+CREATE VIRTUAL TABLE photos USING imagestore(shards=4, album TEXT);
+
+.print '== Import every image of the corpus in one transaction (all shards or none)'
+INSERT INTO photos(name, data, album)
+  SELECT substr(name, 9), data, 'corpus' FROM fsdir('corpus/') WHERE data IS NOT NULL ORDER BY name;
+SELECT count(*) AS images, sum(bytes) AS bytes FROM photos;
+
+.print '== Metadata, derived from each image header (no blob is read here)'
+SELECT format, count(*) AS n, sum(bytes) AS bytes, max(width) AS widest FROM photos GROUP BY format ORDER BY n DESC;
+
+.print '== Where the rows live: the hidden shard column'
+SELECT shard, count(*) AS rows FROM photos GROUP BY shard;
+
+.print '== Point read by id (one shard), and a range served in id order without a sort'
+SELECT id, name, format, width, height FROM photos WHERE id = 3;
+SELECT id, name FROM photos WHERE id BETWEEN 10 AND 14 ORDER BY id;
+EXPLAIN QUERY PLAN SELECT data FROM photos WHERE id = 3;
+
+.print '== Exact duplicates by BLAKE3 hash (after storing one image twice)'
+INSERT INTO photos(name, data, album) SELECT 'camera-copy.png', data, 'copies' FROM photos WHERE name = 'camera.png';
+SELECT a.name, b.name FROM photos a JOIN photos b ON a.hash = b.hash AND a.id < b.id;
+
+.print '== A transaction over several shards, rolled back: nothing changes'
+BEGIN;
+DELETE FROM photos WHERE format = 'png';
+SELECT count(*) AS during_transaction FROM photos;
+ROLLBACK;
+SELECT count(*) AS after_rollback FROM photos;
+
+.print '== A failed statement changes nothing: one bad row refuses the whole INSERT'
+INSERT INTO photos(name, data) VALUES ('ok.png', (SELECT data FROM photos WHERE id = 1)), ('notes.txt', CAST('not an image' AS BLOB));
+SELECT count(*) AS after_refused_insert FROM photos;
+
+.print '== An atomic multi-shard commit: renames and a delete across shards'
+BEGIN;
+UPDATE photos SET album = 'favourites' WHERE name IN ('astronaut.png', 'coffee.png', 'rocket.jpg', 'chelsea.png');
+DELETE FROM photos WHERE name = 'text.png';
+COMMIT;
+SELECT shard, name, album FROM photos WHERE album = 'favourites' ORDER BY id;
+SELECT count(*) AS images FROM photos;
+
+.print '== Each shard is an ordinary SQLite file'
+ATTACH 'demo.photos.shard0.db' AS shard0;
+SELECT count(*) AS rows_in_shard0 FROM shard0.images;
+DETACH shard0;
