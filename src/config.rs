@@ -28,8 +28,9 @@ pub const MAX_PIXELS_DEFAULT: u64 = 16384 * 16384;
 pub const JOURNAL_LIMIT_BYTES_DEFAULT: u64 = 1 << 20;
 
 /// Columns every table has, in declaration order; user columns follow.
-pub const BUILTIN_COLUMNS: [&str; 9] =
-    ["id", "name", "data", "format", "width", "height", "bytes", "hash", "shard"];
+pub const BUILTIN_COLUMNS: [&str; 9] = [
+    "id", "name", "data", "format", "width", "height", "bytes", "hash", "shard",
+];
 
 /// A column of the user's own.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,7 +93,9 @@ fn parse_number(key: &str, value: &str, min: u64, max: u64) -> Result<u64> {
     let text = dequote(value);
     match text.parse::<u64>() {
         Ok(n) if (min..=max).contains(&n) => Ok(n),
-        _ => Err(bad(format!("{key}={value}: expected a whole number from {min} to {max}"))),
+        _ => Err(bad(format!(
+            "{key}={value}: expected a whole number from {min} to {max}"
+        ))),
     }
 }
 
@@ -105,7 +108,10 @@ fn parse_user_column(arg: &str) -> Result<UserColumn> {
             "'{arg}' is neither an option (key=value) nor a column definition (name [TYPE])"
         )));
     }
-    if !matches!(decl_type.as_str(), "" | "TEXT" | "INTEGER" | "INT" | "REAL" | "BLOB" | "NUMERIC") {
+    if !matches!(
+        decl_type.as_str(),
+        "" | "TEXT" | "INTEGER" | "INT" | "REAL" | "BLOB" | "NUMERIC"
+    ) {
         return Err(bad(format!(
             "column {name}: type '{decl_type}' is not one of TEXT, INTEGER, REAL, BLOB, NUMERIC"
         )));
@@ -141,9 +147,15 @@ impl TableConfig {
                 let column = parse_user_column(arg)?;
                 let lower = column.name.to_ascii_lowercase();
                 if BUILTIN_COLUMNS.contains(&lower.as_str()) {
-                    return Err(bad(format!("column {} is built in; choose another name", column.name)));
+                    return Err(bad(format!(
+                        "column {} is built in; choose another name",
+                        column.name
+                    )));
                 }
-                if user_columns.iter().any(|c| c.name.eq_ignore_ascii_case(&column.name)) {
+                if user_columns
+                    .iter()
+                    .any(|c| c.name.eq_ignore_ascii_case(&column.name))
+                {
                     return Err(bad(format!("column {} is declared twice", column.name)));
                 }
                 user_columns.push(column);
@@ -170,16 +182,22 @@ impl TableConfig {
             bad("the shards option is required: shards=N or shards='a.db,b.db,...'")
         })?;
         if table_name.contains(['/', '\\', '\0']) {
-            return Err(bad(format!("table name '{table_name}' cannot be used in file names")));
+            return Err(bad(format!(
+                "table name '{table_name}' cannot be used in file names"
+            )));
         }
         let base_dir = match host.file {
             Some(file) => file.parent().map(Path::to_path_buf).unwrap_or_default(),
             None => std::env::current_dir().unwrap_or_default(),
         };
-        let (shard_paths, derived_paths) = Self::shard_paths(table_name, &shards, &host, &base_dir)?;
+        let (shard_paths, derived_paths) =
+            Self::shard_paths(table_name, &shards, &host, &base_dir)?;
         let journal_base = match host.file {
             Some(file) => {
-                let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+                let stem = file
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default();
                 base_dir.join(format!("{stem}.{table_name}"))
             }
             None => PathBuf::from(format!("{}.{table_name}", shard_paths[0].display())),
@@ -207,15 +225,22 @@ impl TableConfig {
         let quoted = shards.starts_with(['\'', '"']);
         if let (false, Ok(count)) = (quoted, shards.parse::<u64>()) {
             if count == 0 || count > SHARD_COUNT_MAX as u64 {
-                return Err(bad(format!("shards={count}: a table has from 1 to {SHARD_COUNT_MAX} shards")));
+                return Err(bad(format!(
+                    "shards={count}: a table has from 1 to {SHARD_COUNT_MAX} shards"
+                )));
             }
             let Some(file) = host.file else {
                 return Err(bad(
                     "a table in a :memory: or temporary database needs explicit shard paths: shards='a.db,b.db'",
                 ));
             };
-            let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-            let paths = (0..count).map(|i| base_dir.join(format!("{stem}.{table_name}.shard{i}.db"))).collect();
+            let stem = file
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let paths = (0..count)
+                .map(|i| base_dir.join(format!("{stem}.{table_name}.shard{i}.db")))
+                .collect();
             return Ok((paths, true));
         }
         if !quoted {
@@ -225,16 +250,27 @@ impl TableConfig {
         }
         let list = dequote(shards);
         if list.split(',').any(|p| p.trim().is_empty()) {
-            return Err(bad(format!("shards='{list}': an empty file name in the list")));
+            return Err(bad(format!(
+                "shards='{list}': an empty file name in the list"
+            )));
         }
-        let paths: Vec<PathBuf> = list.split(',').map(|p| resolve(p.trim(), base_dir)).collect();
+        let paths: Vec<PathBuf> = list
+            .split(',')
+            .map(|p| resolve(p.trim(), base_dir))
+            .collect();
         if paths.len() > SHARD_COUNT_MAX {
-            return Err(bad(format!("shards: {} files; a table has at most {SHARD_COUNT_MAX}", paths.len())));
+            return Err(bad(format!(
+                "shards: {} files; a table has at most {SHARD_COUNT_MAX}",
+                paths.len()
+            )));
         }
         let mut seen = HashSet::new();
         for p in &paths {
             if !seen.insert(normalize(p)) {
-                return Err(bad(format!("shards: {} is listed twice; each shard needs its own file", p.display())));
+                return Err(bad(format!(
+                    "shards: {} is listed twice; each shard needs its own file",
+                    p.display()
+                )));
             }
         }
         Ok((paths, false))
@@ -280,7 +316,13 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Result<TableConfig> {
-        TableConfig::parse("images", args, HostDatabase { file: Some(Path::new("/data/photos.db")) })
+        TableConfig::parse(
+            "images",
+            args,
+            HostDatabase {
+                file: Some(Path::new("/data/photos.db")),
+            },
+        )
     }
 
     #[test]
@@ -288,7 +330,10 @@ mod tests {
         let c = parse(&["shards=2"]).unwrap();
         assert_eq!(
             c.shard_paths,
-            vec![PathBuf::from("/data/photos.images.shard0.db"), PathBuf::from("/data/photos.images.shard1.db")]
+            vec![
+                PathBuf::from("/data/photos.images.shard0.db"),
+                PathBuf::from("/data/photos.images.shard1.db")
+            ]
         );
         assert_eq!(c.journal_path, PathBuf::from("/data/photos.images.journal"));
         assert_eq!(c.lock_path, PathBuf::from("/data/photos.images.lock"));
@@ -297,9 +342,20 @@ mod tests {
     #[test]
     fn named_shards_resolve_against_the_database_folder() {
         let c = parse(&["shards='a.db, /x/b.db'", "album TEXT", "year integer"]).unwrap();
-        assert_eq!(c.shard_paths, vec![PathBuf::from("/data/a.db"), PathBuf::from("/x/b.db")]);
-        assert_eq!(c.user_columns[1], UserColumn { name: "year".into(), decl_type: "INTEGER".into() });
-        assert!(c.declaration().ends_with("\"album\" TEXT, \"year\" INTEGER)"));
+        assert_eq!(
+            c.shard_paths,
+            vec![PathBuf::from("/data/a.db"), PathBuf::from("/x/b.db")]
+        );
+        assert_eq!(
+            c.user_columns[1],
+            UserColumn {
+                name: "year".into(),
+                decl_type: "INTEGER".into()
+            }
+        );
+        assert!(c
+            .declaration()
+            .ends_with("\"album\" TEXT, \"year\" INTEGER)"));
     }
 
     #[test]
@@ -326,7 +382,12 @@ mod tests {
     fn memory_database_needs_explicit_paths() {
         let err = TableConfig::parse("t", &["shards=2"], HostDatabase { file: None }).unwrap_err();
         assert!(err.to_string().contains("explicit shard paths"));
-        let c = TableConfig::parse("t", &["shards='/tmp/a.db,/tmp/b.db'"], HostDatabase { file: None }).unwrap();
+        let c = TableConfig::parse(
+            "t",
+            &["shards='/tmp/a.db,/tmp/b.db'"],
+            HostDatabase { file: None },
+        )
+        .unwrap();
         assert_eq!(c.journal_path, PathBuf::from("/tmp/a.db.t.journal"));
     }
 }

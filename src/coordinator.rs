@@ -130,7 +130,12 @@ pub struct Coordinator {
 
 impl Coordinator {
     /// Opens the journal (creating it if `create`) and runs recovery if no writer is active.
-    pub fn open(config: &TableConfig, table_id: TableId, shards: &mut [Shard], create: bool) -> Result<Coordinator> {
+    pub fn open(
+        config: &TableConfig,
+        table_id: TableId,
+        shards: &mut [Shard],
+        create: bool,
+    ) -> Result<Coordinator> {
         let writer_lock = LockFile::open(&config.lock_path)?;
         let publish_lock = LockFile::open(&config.publish_lock_path)?;
         let journal = match Journal::open_existing(&config.journal_path, table_id)? {
@@ -179,7 +184,9 @@ impl Coordinator {
     /// Finishes or undoes every prepared transaction. The caller holds the writer lock and has
     /// no transaction open on the shards.
     fn recover(&mut self, shards: &mut [Shard]) -> Result<()> {
-        let _publish = self.publish_lock.exclusive("publish lock", self.busy_timeout_ms)?;
+        let _publish = self
+            .publish_lock
+            .exclusive("publish lock", self.busy_timeout_ms)?;
         if self.journal.refresh()? {
             self.journal.cut_torn_tail()?;
         }
@@ -211,7 +218,9 @@ impl Coordinator {
                 return Ok(());
             }
             end_all(shards);
-            let _writer = self.writer_lock.exclusive("writer lock", self.busy_timeout_ms)?;
+            let _writer = self
+                .writer_lock
+                .exclusive("writer lock", self.busy_timeout_ms)?;
             self.recover(shards)?;
         }
         Err(Error::InDoubt(format!(
@@ -223,7 +232,9 @@ impl Coordinator {
     /// Pins a snapshot on every shard; `false` (snapshots still open) if one holds an undecided
     /// prepare record, which only a dead writer leaves behind.
     fn open_snapshots(&mut self, shards: &mut [Shard]) -> Result<bool> {
-        let _publish = self.publish_lock.shared("publish lock", self.busy_timeout_ms)?;
+        let _publish = self
+            .publish_lock
+            .shared("publish lock", self.busy_timeout_ms)?;
         let mut prepared = Vec::new();
         for shard in shards.iter() {
             match shard.begin_read() {
@@ -261,13 +272,17 @@ impl Coordinator {
         }
         self.check_not_poisoned()?;
         self.end_read(shards);
-        let writer = self.writer_lock.exclusive("writer lock", self.busy_timeout_ms)?;
+        let writer = self
+            .writer_lock
+            .exclusive("writer lock", self.busy_timeout_ms)?;
         for _ in 0..RECOVERY_ATTEMPTS_MAX {
             begin_all(shards)?;
             let mut last_txid = 0;
             let mut prepared = false;
             for shard in shards.iter() {
-                let state = shard.last_txid().and_then(|t| Ok((t, !shard.prepared_txids()?.is_empty())));
+                let state = shard
+                    .last_txid()
+                    .and_then(|t| Ok((t, !shard.prepared_txids()?.is_empty())));
                 match state {
                     Ok((t, p)) => {
                         last_txid = last_txid.max(t);
@@ -300,7 +315,10 @@ impl Coordinator {
             });
             return Ok(());
         }
-        Err(Error::InDoubt(format!("table {}: prepared transactions remain after recovery", self.table_name)))
+        Err(Error::InDoubt(format!(
+            "table {}: prepared transactions remain after recovery",
+            self.table_name
+        )))
     }
 
     /// Step 7: every shard is synced, then the journal forgets its decisions. The caller holds
@@ -309,14 +327,18 @@ impl Coordinator {
         for shard in shards {
             shard.sync_wal()?;
         }
-        let _publish = self.publish_lock.exclusive("publish lock", self.busy_timeout_ms)?;
+        let _publish = self
+            .publish_lock
+            .exclusive("publish lock", self.busy_timeout_ms)?;
         self.journal.reset()
     }
 
     fn write_txn(&mut self) -> Result<&mut WriteTxn> {
         match &mut self.activity {
             Activity::Writing(txn) if !txn.decided => Ok(txn),
-            _ => Err(Error::Internal("a write outside a write transaction".into())),
+            _ => Err(Error::Internal(
+                "a write outside a write transaction".into(),
+            )),
         }
     }
 
@@ -337,7 +359,8 @@ impl Coordinator {
                 for shard in shards {
                     max = max.max(shard.max_id()?.unwrap_or(0));
                 }
-                max.checked_add(1).ok_or_else(|| Error::BadArgument("no id left above the largest one".into()))?
+                max.checked_add(1)
+                    .ok_or_else(|| Error::BadArgument("no id left above the largest one".into()))?
             }
         };
         txn.next_id = Some(next + 1);
@@ -356,7 +379,9 @@ impl Coordinator {
     // ---- writers: savepoints ------------------------------------------------------------
 
     pub fn savepoint(&mut self, shards: &[Shard], level: i32) -> Result<()> {
-        let Activity::Writing(txn) = &mut self.activity else { return Ok(()) };
+        let Activity::Writing(txn) = &mut self.activity else {
+            return Ok(());
+        };
         for shard in shards {
             shard.savepoint(level)?;
         }
@@ -365,8 +390,12 @@ impl Coordinator {
     }
 
     pub fn release(&mut self, shards: &[Shard], level: i32) -> Result<()> {
-        let Activity::Writing(txn) = &mut self.activity else { return Ok(()) };
-        let Some(pos) = txn.savepoints.iter().position(|(l, _)| *l >= level) else { return Ok(()) };
+        let Activity::Writing(txn) = &mut self.activity else {
+            return Ok(());
+        };
+        let Some(pos) = txn.savepoints.iter().position(|(l, _)| *l >= level) else {
+            return Ok(());
+        };
         let outermost = txn.savepoints[pos].0;
         for shard in shards {
             shard.release(outermost)?;
@@ -376,8 +405,12 @@ impl Coordinator {
     }
 
     pub fn rollback_to(&mut self, shards: &[Shard], level: i32) -> Result<()> {
-        let Activity::Writing(txn) = &mut self.activity else { return Ok(()) };
-        let Some(pos) = txn.savepoints.iter().position(|(l, _)| *l >= level) else { return Ok(()) };
+        let Activity::Writing(txn) = &mut self.activity else {
+            return Ok(());
+        };
+        let Some(pos) = txn.savepoints.iter().position(|(l, _)| *l >= level) else {
+            return Ok(());
+        };
         let (target, dirty) = txn.savepoints[pos].clone();
         for shard in shards {
             shard.rollback_to(target)?;
@@ -429,9 +462,16 @@ impl Coordinator {
         })
     }
 
-    fn commit_two_phase(&mut self, shards: &mut [Shard], txid: u64, written: &[usize]) -> Result<()> {
+    fn commit_two_phase(
+        &mut self,
+        shards: &mut [Shard],
+        txid: u64,
+        written: &[usize],
+    ) -> Result<()> {
         let participants: Vec<u16> = written.iter().map(|&i| i as u16).collect();
-        let _publish = self.publish_lock.exclusive("publish lock", self.busy_timeout_ms)?;
+        let _publish = self
+            .publish_lock
+            .exclusive("publish lock", self.busy_timeout_ms)?;
         // Phase 1: every written shard votes.
         let mut prepared = Vec::new();
         let mut refusal = None;
@@ -450,10 +490,12 @@ impl Coordinator {
         }
         // Decision: the journal's synced COMMIT record is the commit point.
         let decided = self.journal.refresh().and_then(|_| {
-            self.journal.append_commit(txid, &participants).map_err(|(e, poisoned)| {
-                self.poisoned = poisoned;
-                e
-            })
+            self.journal
+                .append_commit(txid, &participants)
+                .map_err(|(e, poisoned)| {
+                    self.poisoned = poisoned;
+                    e
+                })
         });
         if let Err(e) = decided {
             if !self.poisoned {
@@ -483,7 +525,9 @@ impl Coordinator {
     /// Step 6 (xCommit): finalizes a decided transaction and ends it. Errors are not reported
     /// (SQLite ignores them); a shard left unfinalized is finalized by recovery.
     pub fn commit(&mut self, shards: &mut [Shard]) {
-        let Activity::Writing(txn) = std::mem::replace(&mut self.activity, Activity::Idle) else { return };
+        let Activity::Writing(txn) = std::mem::replace(&mut self.activity, Activity::Idle) else {
+            return;
+        };
         if !txn.decided {
             // xCommit without xSync happens only for transactions that wrote nothing.
             end_all(shards);

@@ -29,7 +29,9 @@ pub enum Error {
     TooBig { row: String, reason: String },
 
     /// A write to a column the table computes itself (SQLITE_CONSTRAINT).
-    #[error("imagestore: column {0} is derived from data and cannot be written; write data instead")]
+    #[error(
+        "imagestore: column {0} is derived from data and cannot be written; write data instead"
+    )]
     DerivedColumn(&'static str),
 
     /// An id that another row already has (SQLITE_CONSTRAINT_PRIMARYKEY).
@@ -69,7 +71,9 @@ pub enum Error {
     InDoubt(String),
 
     /// A lock was not granted within the busy timeout (SQLITE_BUSY).
-    #[error("imagestore: {what} is busy: not granted within {timeout_ms} ms (raise busy_timeout=)")]
+    #[error(
+        "imagestore: {what} is busy: not granted within {timeout_ms} ms (raise busy_timeout=)"
+    )]
     Busy { what: String, timeout_ms: u64 },
 
     /// An earlier I/O failure left this connection unsure of the files' state (SQLITE_IOERR).

@@ -22,7 +22,9 @@ pub fn check(step: &'static str) -> Result<()> {
     use std::sync::Mutex;
     static SEEN: Mutex<Option<HashMap<&'static str, u64>>> = Mutex::new(None);
 
-    let Ok(spec) = std::env::var("IMAGESTORE_FAULT") else { return Ok(()) };
+    let Ok(spec) = std::env::var("IMAGESTORE_FAULT") else {
+        return Ok(());
+    };
     let mut parts = spec.split(':');
     let (Some(name), Some(nth), Some(mode)) = (parts.next(), parts.next(), parts.next()) else {
         return Ok(());
@@ -32,7 +34,10 @@ pub fn check(step: &'static str) -> Result<()> {
     }
     let count = {
         let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
-        let counter = seen.get_or_insert_with(HashMap::new).entry(step).or_insert(0);
+        let counter = seen
+            .get_or_insert_with(HashMap::new)
+            .entry(step)
+            .or_insert(0);
         *counter += 1;
         *counter
     };

@@ -131,19 +131,31 @@ pub fn scan_records(bytes: &[u8]) -> Result<Scan, usize> {
                 at += len;
             }
             None => {
-                let later_valid = (at + 1..bytes.len()).any(|i| decode_record(&bytes[i..]).is_some());
+                let later_valid =
+                    (at + 1..bytes.len()).any(|i| decode_record(&bytes[i..]).is_some());
                 if later_valid {
                     return Err(at);
                 }
-                return Ok(Scan { records, valid_bytes: at, torn_tail: true });
+                return Ok(Scan {
+                    records,
+                    valid_bytes: at,
+                    torn_tail: true,
+                });
             }
         }
     }
-    Ok(Scan { records, valid_bytes: at, torn_tail: false })
+    Ok(Scan {
+        records,
+        valid_bytes: at,
+        torn_tail: false,
+    })
 }
 
 fn sync_dir(path: &Path) -> std::io::Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     File::open(dir)?.sync_all()
 }
 
@@ -151,8 +163,14 @@ impl Journal {
     /// Creates a new, empty journal; fails if one exists.
     pub fn create(path: &Path, table_id: TableId) -> Result<Journal> {
         let io = Error::journal_io(path);
-        let mut file = OpenOptions::new().read(true).write(true).create_new(true).open(path).map_err(io)?;
-        file.write_all(&header(&table_id)).map_err(Error::journal_io(path))?;
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(io)?;
+        file.write_all(&header(&table_id))
+            .map_err(Error::journal_io(path))?;
         file.sync_all().map_err(Error::journal_io(path))?;
         sync_dir(path).map_err(Error::journal_io(path))?;
         Journal::open(path, table_id)
@@ -168,13 +186,18 @@ impl Journal {
     }
 
     fn open(path: &Path, table_id: TableId) -> Result<Journal> {
-        let file = OpenOptions::new().read(true).write(true).open(path).map_err(Error::journal_io(path))?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(Error::journal_io(path))?;
         let inode = file.metadata().map_err(Error::journal_io(path))?.ino();
         let mut found = [0u8; HEADER_BYTES as usize];
-        file.read_exact_at(&mut found, 0).map_err(|_| Error::JournalCorrupt {
-            path: path.to_path_buf(),
-            detail: "shorter than its header".into(),
-        })?;
+        file.read_exact_at(&mut found, 0)
+            .map_err(|_| Error::JournalCorrupt {
+                path: path.to_path_buf(),
+                detail: "shorter than its header".into(),
+            })?;
         if found[..8] != MAGIC[..] || checksum(&found[..24]) != found[24..] {
             return Err(Error::JournalCorrupt {
                 path: path.to_path_buf(),
@@ -206,13 +229,19 @@ impl Journal {
         if on_disk.ino() != self.inode {
             *self = Journal::open(&self.path, self.table_id)?;
         }
-        let len = self.file.metadata().map_err(Error::journal_io(&self.path))?.len();
+        let len = self
+            .file
+            .metadata()
+            .map_err(Error::journal_io(&self.path))?
+            .len();
         if len < self.end {
             *self = Journal::open(&self.path, self.table_id)?;
             return Ok(false);
         }
         let mut bytes = vec![0u8; (len - self.end) as usize];
-        self.file.read_exact_at(&mut bytes, self.end).map_err(Error::journal_io(&self.path))?;
+        self.file
+            .read_exact_at(&mut bytes, self.end)
+            .map_err(Error::journal_io(&self.path))?;
         let scan = scan_records(&bytes).map_err(|offset| Error::JournalCorrupt {
             path: self.path.clone(),
             detail: format!(
@@ -227,7 +256,9 @@ impl Journal {
 
     /// Cuts a torn tail off, so that the next append follows the last valid record.
     pub fn cut_torn_tail(&mut self) -> Result<()> {
-        self.file.set_len(self.end).map_err(Error::journal_io(&self.path))?;
+        self.file
+            .set_len(self.end)
+            .map_err(Error::journal_io(&self.path))?;
         self.file.sync_all().map_err(Error::journal_io(&self.path))
     }
 
@@ -252,7 +283,11 @@ impl Journal {
     pub fn append_commit(&mut self, txid: u64, shards: &[u16]) -> Result<(), (Error, bool)> {
         let record = encode_commit(txid, shards);
         let written = crate::fault::check("journal_append")
-            .and_then(|()| self.file.write_all_at(&record, self.end).map_err(Error::journal_io(&self.path)))
+            .and_then(|()| {
+                self.file
+                    .write_all_at(&record, self.end)
+                    .map_err(Error::journal_io(&self.path))
+            })
             .and_then(|()| crate::fault::check("journal_sync"))
             .and_then(|()| self.file.sync_data().map_err(Error::journal_io(&self.path)));
         match written {
@@ -262,7 +297,10 @@ impl Journal {
                 Ok(())
             }
             Err(err) => {
-                let undone = self.file.set_len(self.end).and_then(|()| self.file.sync_all());
+                let undone = self
+                    .file
+                    .set_len(self.end)
+                    .and_then(|()| self.file.sync_all());
                 Err((err, undone.is_err()))
             }
         }
@@ -272,7 +310,12 @@ impl Journal {
     pub fn reset(&mut self) -> Result<()> {
         let io = || Error::journal_io(&self.path);
         let tmp = self.path.with_extension("journal-new");
-        let mut file = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp).map_err(io())?;
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(io())?;
         file.write_all(&header(&self.table_id)).map_err(io())?;
         file.sync_all().map_err(io())?;
         crate::fault::check("journal_reset")?;
@@ -341,7 +384,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.journal");
         Journal::create(&path, TABLE).unwrap();
-        assert!(matches!(Journal::open_existing(&path, [8; 16]), Err(Error::JournalCorrupt { .. })));
+        assert!(matches!(
+            Journal::open_existing(&path, [8; 16]),
+            Err(Error::JournalCorrupt { .. })
+        ));
     }
 
     #[test]

@@ -55,7 +55,10 @@ impl LockFile {
             .truncate(false)
             .open(path)
             .map_err(Error::journal_io(path))?;
-        Ok(LockFile { file: Arc::new(file), path: path.to_path_buf() })
+        Ok(LockFile {
+            file: Arc::new(file),
+            path: path.to_path_buf(),
+        })
     }
 
     /// Takes the lock exclusively, waiting up to `timeout_ms`.
@@ -77,13 +80,20 @@ impl LockFile {
         let deadline = Instant::now() + Duration::from_millis(timeout_ms);
         for attempt in 0.. {
             match try_lock(&self.file) {
-                Ok(()) => return Ok(LockGuard { file: Arc::clone(&self.file) }),
+                Ok(()) => {
+                    return Ok(LockGuard {
+                        file: Arc::clone(&self.file),
+                    })
+                }
                 Err(TryLockError::Error(e)) => return Err(Error::journal_io(&self.path)(e)),
                 Err(TryLockError::WouldBlock) if Instant::now() >= deadline => break,
                 Err(TryLockError::WouldBlock) => std::thread::sleep(backoff(attempt)),
             }
         }
-        Err(Error::Busy { what: what.to_string(), timeout_ms })
+        Err(Error::Busy {
+            what: what.to_string(),
+            timeout_ms,
+        })
     }
 }
 
@@ -95,10 +105,19 @@ mod tests {
     fn exclusive_excludes_across_handles_and_shared_share() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.lock");
-        let (a, b) = (LockFile::open(&path).unwrap(), LockFile::open(&path).unwrap());
+        let (a, b) = (
+            LockFile::open(&path).unwrap(),
+            LockFile::open(&path).unwrap(),
+        );
         let held = a.exclusive("writer lock", 0).unwrap();
-        assert!(matches!(b.exclusive("writer lock", 20), Err(Error::Busy { .. })));
-        assert!(matches!(b.shared("writer lock", 0), Err(Error::Busy { .. })));
+        assert!(matches!(
+            b.exclusive("writer lock", 20),
+            Err(Error::Busy { .. })
+        ));
+        assert!(matches!(
+            b.shared("writer lock", 0),
+            Err(Error::Busy { .. })
+        ));
         drop(held);
         let s1 = a.shared("publish lock", 0).unwrap();
         let s2 = b.shared("publish lock", 0).unwrap();

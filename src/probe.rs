@@ -26,7 +26,11 @@ pub enum ProbeError {
     /// Not an image, or an image whose header cannot be read.
     NotAnImage(String),
     /// An image beyond the pixel limit.
-    TooManyPixels { width: u32, height: u32, max_pixels: u64 },
+    TooManyPixels {
+        width: u32,
+        height: u32,
+        max_pixels: u64,
+    },
 }
 
 /// Reads the header of `data` and hashes it.
@@ -40,14 +44,20 @@ pub fn probe(data: &[u8], max_pixels: u64) -> Result<ImageInfo, ProbeError> {
     let format = reader
         .format()
         .ok_or_else(|| ProbeError::NotAnImage("unrecognized image format".into()))?;
-    let (width, height) = reader
-        .into_dimensions()
-        .map_err(|e| ProbeError::NotAnImage(format!("unreadable {} header: {e}", format_name(format))))?;
+    let (width, height) = reader.into_dimensions().map_err(|e| {
+        ProbeError::NotAnImage(format!("unreadable {} header: {e}", format_name(format)))
+    })?;
     if width == 0 || height == 0 {
-        return Err(ProbeError::NotAnImage(format!("{width}x{height} image has no pixels")));
+        return Err(ProbeError::NotAnImage(format!(
+            "{width}x{height} image has no pixels"
+        )));
     }
     if u64::from(width) * u64::from(height) > max_pixels {
-        return Err(ProbeError::TooManyPixels { width, height, max_pixels });
+        return Err(ProbeError::TooManyPixels {
+            width,
+            height,
+            max_pixels,
+        });
     }
     Ok(ImageInfo {
         format: format_name(format),
@@ -90,14 +100,25 @@ mod tests {
     fn reads_format_size_and_hash() {
         let data = png(3, 2);
         let info = probe(&data, 1 << 20).expect("probe");
-        assert_eq!((info.format.as_str(), info.width, info.height), ("png", 3, 2));
+        assert_eq!(
+            (info.format.as_str(), info.width, info.height),
+            ("png", 3, 2)
+        );
         assert_eq!(info.hash, blake3::hash(&data).to_hex().to_string());
     }
 
     #[test]
     fn refuses_non_images() {
-        for data in [&b""[..], b"hello", b"<svg xmlns='http://www.w3.org/2000/svg'/>", &[0u8; 64]] {
-            assert!(matches!(probe(data, 1 << 20), Err(ProbeError::NotAnImage(_))), "{data:?}");
+        for data in [
+            &b""[..],
+            b"hello",
+            b"<svg xmlns='http://www.w3.org/2000/svg'/>",
+            &[0u8; 64],
+        ] {
+            assert!(
+                matches!(probe(data, 1 << 20), Err(ProbeError::NotAnImage(_))),
+                "{data:?}"
+            );
         }
     }
 
@@ -108,6 +129,12 @@ mod tests {
         data[16..20].copy_from_slice(&100_000u32.to_be_bytes());
         data[20..24].copy_from_slice(&100_000u32.to_be_bytes());
         let err = probe(&data, 1 << 28).expect_err("bomb");
-        assert!(matches!(err, ProbeError::TooManyPixels { .. } | ProbeError::NotAnImage(_)), "{err:?}");
+        assert!(
+            matches!(
+                err,
+                ProbeError::TooManyPixels { .. } | ProbeError::NotAnImage(_)
+            ),
+            "{err:?}"
+        );
     }
 }

@@ -110,7 +110,12 @@ fn unhex(s: &str) -> Option<TableId> {
 impl Shard {
     /// Opens an existing shard file (`create` false) or creates a new one (`create` true:
     /// the file must not exist). Never creates a file that should have existed.
-    pub fn open(path: &Path, create: bool, user_columns: &[UserColumn], busy_timeout_ms: u64) -> Result<Shard> {
+    pub fn open(
+        path: &Path,
+        create: bool,
+        user_columns: &[UserColumn],
+        busy_timeout_ms: u64,
+    ) -> Result<Shard> {
         match (std::fs::metadata(path), create) {
             (Ok(meta), _) if meta.is_dir() => {
                 return Err(Error::ShardForeign {
@@ -124,7 +129,11 @@ impl Shard {
                     detail: "already exists; choose a new file for a new shard".into(),
                 })
             }
-            (Err(_), false) => return Err(Error::ShardMissing { path: path.to_path_buf() }),
+            (Err(_), false) => {
+                return Err(Error::ShardMissing {
+                    path: path.to_path_buf(),
+                })
+            }
             _ => {}
         }
         let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -132,8 +141,12 @@ impl Shard {
             flags |= OpenFlags::SQLITE_OPEN_CREATE;
         }
         let conn = Connection::open_with_flags(path, flags).map_err(Error::shard(path))?;
-        let mut columns: Vec<String> =
-            ["name", "format", "width", "height", "bytes", "hash", "blob_id"].iter().map(|s| s.to_string()).collect();
+        let mut columns: Vec<String> = [
+            "name", "format", "width", "height", "bytes", "hash", "blob_id",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         columns.extend(user_columns.iter().map(|c| quote_ident(&c.name)));
         let shard = Shard {
             path: path.to_path_buf(),
@@ -169,14 +182,21 @@ impl Shard {
                 detail: format!("could not be put in WAL mode (it is in {mode} mode)"),
             });
         }
-        self.conn.execute_batch("PRAGMA synchronous=FULL").map_err(self.err())
+        self.conn
+            .execute_batch("PRAGMA synchronous=FULL")
+            .map_err(self.err())
     }
 
     /// Writes the schema and identity of a new shard, durably.
     pub fn initialize(&self, identity: &ShardIdentity, user_columns: &[UserColumn]) -> Result<()> {
-        let user_defs: String =
-            user_columns.iter().map(|c| format!(", {} {}", quote_ident(&c.name), c.decl_type)).collect();
-        let user_undo: String = user_columns.iter().map(|c| format!(", {}", quote_ident(&c.name))).collect();
+        let user_defs: String = user_columns
+            .iter()
+            .map(|c| format!(", {} {}", quote_ident(&c.name), c.decl_type))
+            .collect();
+        let user_undo: String = user_columns
+            .iter()
+            .map(|c| format!(", {}", quote_ident(&c.name)))
+            .collect();
         let sql = format!(
             "BEGIN IMMEDIATE;
              CREATE TABLE imagestore_meta(key TEXT PRIMARY KEY, value) WITHOUT ROWID;
@@ -202,7 +222,10 @@ impl Shard {
 
     /// Reads this shard's identity, and checks that its columns are the table's.
     pub fn identity(&self, user_columns: &[UserColumn]) -> Result<ShardIdentity> {
-        let foreign = |detail: &str| Error::ShardForeign { path: self.path.clone(), detail: detail.to_string() };
+        let foreign = |detail: &str| Error::ShardForeign {
+            path: self.path.clone(),
+            detail: detail.to_string(),
+        };
         let has_meta: bool = self
             .conn
             .query_row(
@@ -217,7 +240,11 @@ impl Shard {
         }
         let get = |key: &str| -> Result<Option<Value>> {
             self.conn
-                .query_row("SELECT value FROM imagestore_meta WHERE key = ?1", [key], |r| r.get(0))
+                .query_row(
+                    "SELECT value FROM imagestore_meta WHERE key = ?1",
+                    [key],
+                    |r| r.get(0),
+                )
                 .optional()
                 .map_err(Error::shard(&self.path))
         };
@@ -236,27 +263,45 @@ impl Shard {
             Some(Value::Integer(i)) if i >= 0 => Some(i as usize),
             _ => None,
         };
-        let shard_index = as_index(get("shard_index")?).ok_or_else(|| foreign("has a damaged shard index"))?;
-        let shard_count = as_index(get("shard_count")?).ok_or_else(|| foreign("has a damaged shard count"))?;
-        let mut stmt = self.conn.prepare("SELECT name FROM pragma_table_info('images')").map_err(self.err())?;
-        let found: Vec<String> =
-            stmt.query_map([], |r| r.get(0)).map_err(self.err())?.collect::<rusqlite::Result<_>>().map_err(self.err())?;
-        let expected: Vec<&str> = ["id", "name", "format", "width", "height", "bytes", "hash", "blob_id"]
-            .into_iter()
-            .chain(user_columns.iter().map(|c| c.name.as_str()))
-            .collect();
+        let shard_index =
+            as_index(get("shard_index")?).ok_or_else(|| foreign("has a damaged shard index"))?;
+        let shard_count =
+            as_index(get("shard_count")?).ok_or_else(|| foreign("has a damaged shard count"))?;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT name FROM pragma_table_info('images')")
+            .map_err(self.err())?;
+        let found: Vec<String> = stmt
+            .query_map([], |r| r.get(0))
+            .map_err(self.err())?
+            .collect::<rusqlite::Result<_>>()
+            .map_err(self.err())?;
+        let expected: Vec<&str> = [
+            "id", "name", "format", "width", "height", "bytes", "hash", "blob_id",
+        ]
+        .into_iter()
+        .chain(user_columns.iter().map(|c| c.name.as_str()))
+        .collect();
         if found != expected {
             return Err(foreign(&format!(
                 "holds columns {found:?}, but the table declares {expected:?}"
             )));
         }
-        Ok(ShardIdentity { table_id, shard_index, shard_count })
+        Ok(ShardIdentity {
+            table_id,
+            shard_index,
+            shard_count,
+        })
     }
 
     // ---- transactions -------------------------------------------------------------------
 
     pub fn execute(&self, sql: &str) -> Result<()> {
-        self.conn.prepare_cached(sql).and_then(|mut s| s.execute([])).map(|_| ()).map_err(self.err())
+        self.conn
+            .prepare_cached(sql)
+            .and_then(|mut s| s.execute([]))
+            .map(|_| ())
+            .map_err(self.err())
     }
 
     /// Whether a transaction is open on this shard's connection.
@@ -303,9 +348,16 @@ impl Shard {
     // ---- state read at the start of a transaction --------------------------------------
 
     pub fn prepared_txids(&self) -> Result<Vec<u64>> {
-        let mut stmt = self.conn.prepare_cached("SELECT txid FROM imagestore_prepared").map_err(self.err())?;
-        let rows = stmt.query_map([], |r| r.get::<_, i64>(0)).map_err(self.err())?;
-        rows.map(|r| r.map(|t| t as u64)).collect::<rusqlite::Result<_>>().map_err(self.err())
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT txid FROM imagestore_prepared")
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map([], |r| r.get::<_, i64>(0))
+            .map_err(self.err())?;
+        rows.map(|r| r.map(|t| t as u64))
+            .collect::<rusqlite::Result<_>>()
+            .map_err(self.err())
     }
 
     pub fn last_txid(&self) -> Result<u64> {
@@ -335,18 +387,27 @@ impl Shard {
             bytes: r.get(5)?,
             hash: r.get(6)?,
             blob_id: r.get(7)?,
-            user: (0..self.user_column_count).map(|i| r.get(8 + i)).collect::<rusqlite::Result<_>>()?,
+            user: (0..self.user_column_count)
+                .map(|i| r.get(8 + i))
+                .collect::<rusqlite::Result<_>>()?,
         })
     }
 
     pub fn get(&self, id: i64) -> Result<Option<StoredRow>> {
         let sql = format!("SELECT id, {} FROM images WHERE id = ?1", self.columns_sql);
         let mut stmt = self.conn.prepare_cached(&sql).map_err(self.err())?;
-        stmt.query_row([id], |r| self.row_from(r)).optional().map_err(self.err())
+        stmt.query_row([id], |r| self.row_from(r))
+            .optional()
+            .map_err(self.err())
     }
 
     /// One page of rows matching `filter`, in id order, after `after` (exclusive).
-    pub fn scan_page(&self, filter: &ScanFilter, after: Option<i64>, limit: usize) -> Result<Vec<StoredRow>> {
+    pub fn scan_page(
+        &self,
+        filter: &ScanFilter,
+        after: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<StoredRow>> {
         let mut conditions = Vec::new();
         let mut values: Vec<Value> = Vec::new();
         let mut add = |cond: &str, value: Value| {
@@ -369,9 +430,16 @@ impl Shard {
             add("name =", name.clone());
         }
         if let Some(after) = after {
-            add(if filter.descending { "id <" } else { "id >" }, Value::Integer(after));
+            add(
+                if filter.descending { "id <" } else { "id >" },
+                Value::Integer(after),
+            );
         }
-        let where_sql = if conditions.is_empty() { String::new() } else { format!("WHERE {}", conditions.join(" AND ")) };
+        let where_sql = if conditions.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", conditions.join(" AND "))
+        };
         let order = if filter.descending { "DESC" } else { "ASC" };
         values.push(Value::Integer(limit as i64));
         let sql = format!(
@@ -381,7 +449,9 @@ impl Shard {
         );
         let mut stmt = self.conn.prepare_cached(&sql).map_err(self.err())?;
         let rows = stmt
-            .query_map(rusqlite::params_from_iter(values.iter()), |r| self.row_from(r))
+            .query_map(rusqlite::params_from_iter(values.iter()), |r| {
+                self.row_from(r)
+            })
             .map_err(self.err())?;
         rows.collect::<rusqlite::Result<_>>().map_err(self.err())
     }
@@ -401,7 +471,11 @@ impl Shard {
             cols = self.columns_sql,
             icols = self.columns_sql.split(", ").map(|c| format!("i.{c}")).collect::<Vec<_>>().join(", "),
         );
-        self.conn.prepare_cached(&sql).and_then(|mut s| s.execute(params![txid as i64, id])).map(|_| ()).map_err(self.err())
+        self.conn
+            .prepare_cached(&sql)
+            .and_then(|mut s| s.execute(params![txid as i64, id]))
+            .map(|_| ())
+            .map_err(self.err())
     }
 
     /// Deletes `blob_id` if transaction `txid` created it (it is not `id`'s before-state blob);
@@ -432,7 +506,9 @@ impl Shard {
     }
 
     fn write_row(&self, row: &NewRow, blob_id: i64) -> Result<()> {
-        let placeholders: Vec<String> = (1..=8 + self.user_column_count).map(|i| format!("?{i}")).collect();
+        let placeholders: Vec<String> = (1..=8 + self.user_column_count)
+            .map(|i| format!("?{i}"))
+            .collect();
         let sql = format!(
             "INSERT OR REPLACE INTO images(id, {}) VALUES ({})",
             self.columns_sql,
@@ -457,7 +533,13 @@ impl Shard {
     }
 
     /// Replaces row `row.id` in place; `data` is the new image, or `None` to keep the blob.
-    pub fn update(&self, txid: u64, current: &StoredRow, row: &NewRow, data: Option<&[u8]>) -> Result<()> {
+    pub fn update(
+        &self,
+        txid: u64,
+        current: &StoredRow,
+        row: &NewRow,
+        data: Option<&[u8]>,
+    ) -> Result<()> {
         self.remember_before(txid, row.id)?;
         let blob_id = match data {
             Some(data) => {
@@ -483,7 +565,9 @@ impl Shard {
 
     fn set_last_txid(&self, txid: u64) -> Result<()> {
         self.conn
-            .prepare_cached("UPDATE imagestore_meta SET value = max(value, ?1) WHERE key = 'last_txid'")
+            .prepare_cached(
+                "UPDATE imagestore_meta SET value = max(value, ?1) WHERE key = 'last_txid'",
+            )
             .and_then(|mut s| s.execute([txid as i64]))
             .map(|_| ())
             .map_err(self.err())
@@ -492,7 +576,11 @@ impl Shard {
     /// Phase 1: makes the open transaction durable, still undoable, with a prepare record.
     pub fn prepare(&self, txid: u64, participants: &[u16]) -> Result<()> {
         crate::fault::check("shard_prepare")?;
-        let shards = participants.iter().map(u16::to_string).collect::<Vec<_>>().join(",");
+        let shards = participants
+            .iter()
+            .map(u16::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
         self.conn
             .prepare_cached("INSERT INTO imagestore_prepared(txid, shards) VALUES (?1, ?2)")
             .and_then(|mut s| s.execute(params![txid as i64, shards]))

@@ -20,8 +20,9 @@ use std::rc::Rc;
 
 use rusqlite::types::{Value, ValueRef};
 use rusqlite::vtab::{
-    sqlite3_vtab, sqlite3_vtab_cursor, update_module_with_tx, Context, CreateVTab, Filters, IndexConstraintOp,
-    IndexInfo, Inserts, TransactionVTab, UpdateVTab, Updates, VTab, VTabConnection, VTabCursor, VTabKind,
+    sqlite3_vtab, sqlite3_vtab_cursor, update_module_with_tx, Context, CreateVTab, Filters,
+    IndexConstraintOp, IndexInfo, Inserts, TransactionVTab, UpdateVTab, Updates, VTab,
+    VTabConnection, VTabCursor, VTabKind,
 };
 use rusqlite::{ffi, Connection};
 
@@ -97,8 +98,12 @@ fn utf8<'a>(bytes: &'a [u8], what: &str) -> Result<&'a str> {
 fn new_table_id(config: &TableConfig) -> TableId {
     use std::hash::{BuildHasher, Hasher};
     let mut hasher = blake3::Hasher::new();
-    let random = std::collections::hash_map::RandomState::new().build_hasher().finish();
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
     hasher.update(&random.to_le_bytes());
     hasher.update(&now.as_nanos().to_le_bytes());
     hasher.update(&std::process::id().to_le_bytes());
@@ -110,8 +115,12 @@ fn new_table_id(config: &TableConfig) -> TableId {
 
 /// Opens every shard of the table, creating them all if `create` and none exists yet.
 fn open_shards(config: &TableConfig, create: bool) -> Result<(TableId, Vec<Shard>, bool)> {
-    let existing: Vec<&Path> =
-        config.shard_paths.iter().filter(|p| std::fs::symlink_metadata(p).is_ok()).map(|p| p.as_path()).collect();
+    let existing: Vec<&Path> = config
+        .shard_paths
+        .iter()
+        .filter(|p| std::fs::symlink_metadata(p).is_ok())
+        .map(|p| p.as_path())
+        .collect();
     let cols = &config.user_columns;
     if create && existing.is_empty() {
         let table_id = new_table_id(config);
@@ -119,7 +128,14 @@ fn open_shards(config: &TableConfig, create: bool) -> Result<(TableId, Vec<Shard
         let mut shards = Vec::with_capacity(count);
         for (shard_index, path) in config.shard_paths.iter().enumerate() {
             let shard = Shard::open(path, true, cols, config.busy_timeout_ms)?;
-            shard.initialize(&ShardIdentity { table_id, shard_index, shard_count: count }, cols)?;
+            shard.initialize(
+                &ShardIdentity {
+                    table_id,
+                    shard_index,
+                    shard_count: count,
+                },
+                cols,
+            )?;
             shards.push(shard);
         }
         return Ok((table_id, shards, true));
@@ -139,7 +155,10 @@ fn open_shards(config: &TableConfig, create: bool) -> Result<(TableId, Vec<Shard
         if identity.table_id != expected_id {
             return Err(Error::ShardForeign {
                 path: path.clone(),
-                detail: format!("belongs to another table than {}", config.shard_paths[0].display()),
+                detail: format!(
+                    "belongs to another table than {}",
+                    config.shard_paths[0].display()
+                ),
             });
         }
         if identity.shard_index != index || identity.shard_count != config.shard_paths.len() {
@@ -170,8 +189,13 @@ impl ImageTable {
         // SAFETY: SQLite passes a valid connection handle to xCreate/xConnect.
         let handle = unsafe { db.handle() };
         let host_file = host_filename(handle, schema);
-        let config =
-            TableConfig::parse(table_name, &options, HostDatabase { file: host_file.as_deref().map(Path::new) })?;
+        let config = TableConfig::parse(
+            table_name,
+            &options,
+            HostDatabase {
+                file: host_file.as_deref().map(Path::new),
+            },
+        )?;
         let (table_id, mut shards, created) = open_shards(&config, create)?;
         let coordinator = Coordinator::open(&config, table_id, &mut shards, created)?;
         let declaration = config.declaration();
@@ -181,7 +205,14 @@ impl ImageTable {
             coordinator: RefCell::new(coordinator),
             open_cursors: Cell::new(0),
         };
-        Ok((declaration, ImageTable { base: sqlite3_vtab::default(), db: handle, core: Rc::new(core) }))
+        Ok((
+            declaration,
+            ImageTable {
+                base: sqlite3_vtab::default(),
+                db: handle,
+                core: Rc::new(core),
+            },
+        ))
     }
 
     fn shard_count(&self) -> usize {
@@ -202,7 +233,10 @@ impl ImageTable {
             let row = Self::describe_row(Some(id), &name);
             match e {
                 ProbeError::NotAnImage(reason) => Error::NotAnImage { row, reason },
-                too_big => Error::TooBig { row, reason: too_big.to_string() },
+                too_big => Error::TooBig {
+                    row,
+                    reason: too_big.to_string(),
+                },
             }
         })?;
         Ok(NewRow {
@@ -236,7 +270,10 @@ impl ImageTable {
             // SAFETY: self.db is the connection that is running this xUpdate.
             let mode = unsafe { ffi::sqlite3_vtab_on_conflict(self.db) };
             if mode != ffi::SQLITE_REPLACE {
-                return Err(Error::DuplicateId { table: self.core.config.table_name.clone(), id: row.id });
+                return Err(Error::DuplicateId {
+                    table: self.core.config.table_name.clone(),
+                    id: row.id,
+                });
             }
             self.delete_row(row.id)?;
         }
@@ -256,7 +293,10 @@ impl ImageTable {
 
     fn user_values(&self, args: &[ValueRef<'_>]) -> Result<Vec<Value>> {
         (0..self.core.config.user_columns.len())
-            .map(|i| args.get(COL_USER_FIRST as usize + i).map_or(Ok(Value::Null), |v| owned(*v)))
+            .map(|i| {
+                args.get(COL_USER_FIRST as usize + i)
+                    .map_or(Ok(Value::Null), |v| owned(*v))
+            })
             .collect()
     }
 }
@@ -271,7 +311,9 @@ fn host_filename(db: *mut ffi::sqlite3, schema: &str) -> Option<String> {
         return None;
     }
     // SAFETY: non-null, NUL-terminated, as documented for sqlite3_db_filename.
-    let name = unsafe { CStr::from_ptr(name) }.to_string_lossy().into_owned();
+    let name = unsafe { CStr::from_ptr(name) }
+        .to_string_lossy()
+        .into_owned();
     (!name.is_empty()).then_some(name)
 }
 
@@ -280,7 +322,10 @@ fn integer_id(value: ValueRef<'_>, what: &str) -> Result<Option<i64>> {
         ValueRef::Null => Ok(None),
         ValueRef::Integer(i) => Ok(Some(i)),
         ValueRef::Real(r) if r.fract() == 0.0 && r.abs() < 9.0e18 => Ok(Some(r as i64)),
-        other => Err(Error::WrongType(format!("{what} must be an integer, not {}", type_name(other)))),
+        other => Err(Error::WrongType(format!(
+            "{what} must be an integer, not {}",
+            type_name(other)
+        ))),
     }
 }
 
@@ -310,7 +355,9 @@ fn name_value(value: ValueRef<'_>) -> Result<Value> {
 fn image_bytes<'a>(value: ValueRef<'a>, row: &str) -> Result<&'a [u8]> {
     match value {
         ValueRef::Blob(b) => Ok(b),
-        ValueRef::Null => Err(Error::WrongType(format!("row {row}: data is NULL; every row holds an image"))),
+        ValueRef::Null => Err(Error::WrongType(format!(
+            "row {row}: data is NULL; every row holds an image"
+        ))),
         other => Err(Error::WrongType(format!(
             "row {row}: data must be a BLOB holding an image, not {}",
             type_name(other)
@@ -322,7 +369,11 @@ unsafe impl<'vtab> VTab<'vtab> for ImageTable {
     type Aux = ();
     type Cursor = ImageCursor;
 
-    fn connect(db: &mut VTabConnection, _aux: Option<&()>, args: &[&[u8]]) -> rusqlite::Result<(String, Self)> {
+    fn connect(
+        db: &mut VTabConnection,
+        _aux: Option<&()>,
+        args: &[&[u8]],
+    ) -> rusqlite::Result<(String, Self)> {
         Ok(catch_panic(|| ImageTable::open(db, args, false))?)
     }
 
@@ -348,7 +399,11 @@ unsafe impl<'vtab> VTab<'vtab> for ImageTable {
 impl CreateVTab<'_> for ImageTable {
     const KIND: VTabKind = VTabKind::Default;
 
-    fn create(db: &mut VTabConnection, _aux: Option<&()>, args: &[&[u8]]) -> rusqlite::Result<(String, Self)> {
+    fn create(
+        db: &mut VTabConnection,
+        _aux: Option<&()>,
+        args: &[&[u8]],
+    ) -> rusqlite::Result<(String, Self)> {
         Ok(catch_panic(|| ImageTable::open(db, args, true))?)
     }
 
@@ -356,7 +411,11 @@ impl CreateVTab<'_> for ImageTable {
     fn destroy(&self) -> rusqlite::Result<()> {
         Ok(catch_panic(|| {
             let config = &self.core.config;
-            let mut files = vec![config.journal_path.clone(), config.lock_path.clone(), config.publish_lock_path.clone()];
+            let mut files = vec![
+                config.journal_path.clone(),
+                config.lock_path.clone(),
+                config.publish_lock_path.clone(),
+            ];
             for shard in &config.shard_paths {
                 for suffix in ["", "-wal", "-shm"] {
                     let mut name = shard.as_os_str().to_owned();
@@ -366,7 +425,9 @@ impl CreateVTab<'_> for ImageTable {
             }
             for file in files {
                 match std::fs::remove_file(&file) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::journal_io(&file)(e)),
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(Error::journal_io(&file)(e))
+                    }
                     _ => {}
                 }
             }
@@ -396,7 +457,9 @@ impl UpdateVTab<'_> for ImageTable {
             let name = name_value(values[COL_NAME as usize])?;
             let id = match (column_id, rowid) {
                 (Some(a), Some(b)) if a != b => {
-                    return Err(Error::BadArgument(format!("id {a} and rowid {b} disagree; give one of them")))
+                    return Err(Error::BadArgument(format!(
+                        "id {a} and rowid {b} disagree; give one of them"
+                    )))
                 }
                 (Some(id), _) | (None, Some(id)) => id,
                 (None, None) => {
@@ -406,7 +469,10 @@ impl UpdateVTab<'_> for ImageTable {
                     self.core.coordinator.borrow_mut().assign_id(&shards)?
                 }
             };
-            let data = image_bytes(values[COL_DATA as usize], &Self::describe_row(Some(id), &name))?;
+            let data = image_bytes(
+                values[COL_DATA as usize],
+                &Self::describe_row(Some(id), &name),
+            )?;
             let row = self.derive(id, name, data, self.user_values(&values)?)?;
             self.insert_row(&row, data)?;
             Ok(id)
@@ -417,7 +483,8 @@ impl UpdateVTab<'_> for ImageTable {
         Ok(catch_panic(|| {
             let all: Vec<ValueRef<'_>> = args.iter().collect();
             let changed = |col: c_int| !args.no_change(2 + col as usize);
-            let old_id = integer_id(all[0], "rowid")?.ok_or_else(|| Error::Internal("UPDATE without a rowid".into()))?;
+            let old_id = integer_id(all[0], "rowid")?
+                .ok_or_else(|| Error::Internal("UPDATE without a rowid".into()))?;
             for (col, name) in DERIVED {
                 if changed(col) {
                     return Err(Error::DerivedColumn(name));
@@ -430,8 +497,14 @@ impl UpdateVTab<'_> for ImageTable {
                 integer_id(all[1], "rowid")?
             }
             .ok_or_else(|| Error::WrongType("id cannot be set to NULL".into()))?;
-            let Some(current) = self.get_row(old_id)? else { return Ok(()) };
-            let name = if changed(COL_NAME) { name_value(values[COL_NAME as usize])? } else { current.name.clone() };
+            let Some(current) = self.get_row(old_id)? else {
+                return Ok(());
+            };
+            let name = if changed(COL_NAME) {
+                name_value(values[COL_NAME as usize])?
+            } else {
+                current.name.clone()
+            };
             let user: Vec<Value> = (0..self.core.config.user_columns.len())
                 .map(|i| {
                     let col = COL_USER_FIRST + i as c_int;
@@ -443,7 +516,10 @@ impl UpdateVTab<'_> for ImageTable {
                 })
                 .collect::<Result<_>>()?;
             let new_data = if changed(COL_DATA) {
-                Some(image_bytes(values[COL_DATA as usize], &Self::describe_row(Some(new_id), &name))?)
+                Some(image_bytes(
+                    values[COL_DATA as usize],
+                    &Self::describe_row(Some(new_id), &name),
+                )?)
             } else {
                 None
             };
@@ -468,10 +544,14 @@ impl UpdateVTab<'_> for ImageTable {
             // A new id may live on another shard: move the row (its blob is copied).
             let data = match new_data {
                 Some(d) => d.to_vec(),
-                None => self.core.shards.borrow()[shard_of(old_id, self.shard_count())].read_blob(current.blob_id)?,
+                None => self.core.shards.borrow()[shard_of(old_id, self.shard_count())]
+                    .read_blob(current.blob_id)?,
             };
             if self.get_row(new_id)?.is_some() {
-                return Err(Error::DuplicateId { table: self.core.config.table_name.clone(), id: new_id });
+                return Err(Error::DuplicateId {
+                    table: self.core.config.table_name.clone(),
+                    id: new_id,
+                });
             }
             self.delete_row(old_id)?;
             self.insert_row(&row, &data)
@@ -481,23 +561,39 @@ impl UpdateVTab<'_> for ImageTable {
 
 impl TransactionVTab<'_> for ImageTable {
     fn begin(&mut self) -> rusqlite::Result<()> {
-        Ok(catch_panic(|| self.core.coordinator.borrow_mut().begin_write(&mut self.core.shards.borrow_mut()))?)
+        Ok(catch_panic(|| {
+            self.core
+                .coordinator
+                .borrow_mut()
+                .begin_write(&mut self.core.shards.borrow_mut())
+        })?)
     }
 
     fn sync(&mut self) -> rusqlite::Result<()> {
-        Ok(catch_panic(|| self.core.coordinator.borrow_mut().sync(&mut self.core.shards.borrow_mut()))?)
+        Ok(catch_panic(|| {
+            self.core
+                .coordinator
+                .borrow_mut()
+                .sync(&mut self.core.shards.borrow_mut())
+        })?)
     }
 
     fn commit(&mut self) -> rusqlite::Result<()> {
         Ok(catch_panic(|| {
-            self.core.coordinator.borrow_mut().commit(&mut self.core.shards.borrow_mut());
+            self.core
+                .coordinator
+                .borrow_mut()
+                .commit(&mut self.core.shards.borrow_mut());
             Ok(())
         })?)
     }
 
     fn rollback(&mut self) -> rusqlite::Result<()> {
         Ok(catch_panic(|| {
-            self.core.coordinator.borrow_mut().rollback(&mut self.core.shards.borrow_mut());
+            self.core
+                .coordinator
+                .borrow_mut()
+                .rollback(&mut self.core.shards.borrow_mut());
             Ok(())
         })?)
     }
@@ -517,12 +613,18 @@ fn plan(info: &mut IndexInfo, shard_count: usize) {
         let on_id = c.column() == COL_ID || c.column() == COL_ROWID;
         let slot = match (c.operator(), on_id, c.column()) {
             (IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_EQ, true, _) => &mut id_eq,
-            (IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_GT | IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_GE, true, _) => {
-                &mut lower
-            }
-            (IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_LT | IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_LE, true, _) => {
-                &mut upper
-            }
+            (
+                IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_GT
+                | IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_GE,
+                true,
+                _,
+            ) => &mut lower,
+            (
+                IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_LT
+                | IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_LE,
+                true,
+                _,
+            ) => &mut upper,
             (IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_EQ, false, COL_HASH) => &mut hash_eq,
             (IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_EQ, false, COL_NAME) => &mut name_eq,
             _ => continue,
@@ -533,23 +635,33 @@ fn plan(info: &mut IndexInfo, shard_count: usize) {
     }
     let mut idx_num = 0;
     let mut argv = 0;
-    let mut use_constraint = |info: &mut IndexInfo, slot: Option<(usize, IndexConstraintOp)>, bit: c_int| {
-        if let Some((i, _)) = slot {
-            argv += 1;
-            info.constraint_usage(i).set_argv_index(argv);
-            idx_num |= bit;
-        }
-    };
+    let mut use_constraint =
+        |info: &mut IndexInfo, slot: Option<(usize, IndexConstraintOp)>, bit: c_int| {
+            if let Some((i, _)) = slot {
+                argv += 1;
+                info.constraint_usage(i).set_argv_index(argv);
+                idx_num |= bit;
+            }
+        };
     let lower_bits = match &lower {
-        Some((_, IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_GT)) => PLAN_ID_LOWER | PLAN_ID_LOWER_EXCLUSIVE,
+        Some((_, IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_GT)) => {
+            PLAN_ID_LOWER | PLAN_ID_LOWER_EXCLUSIVE
+        }
         _ => PLAN_ID_LOWER,
     };
     let upper_bits = match &upper {
-        Some((_, IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_LT)) => PLAN_ID_UPPER | PLAN_ID_UPPER_EXCLUSIVE,
+        Some((_, IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_LT)) => {
+            PLAN_ID_UPPER | PLAN_ID_UPPER_EXCLUSIVE
+        }
         _ => PLAN_ID_UPPER,
     };
-    let (has_eq, has_lower, has_upper, has_hash, has_name) =
-        (id_eq.is_some(), lower.is_some(), upper.is_some(), hash_eq.is_some(), name_eq.is_some());
+    let (has_eq, has_lower, has_upper, has_hash, has_name) = (
+        id_eq.is_some(),
+        lower.is_some(),
+        upper.is_some(),
+        hash_eq.is_some(),
+        name_eq.is_some(),
+    );
     use_constraint(info, id_eq, PLAN_ID_EQ);
     use_constraint(info, lower, lower_bits);
     use_constraint(info, upper, upper_bits);
@@ -564,13 +676,22 @@ fn plan(info: &mut IndexInfo, shard_count: usize) {
     } else if has_name {
         (2.0 * shards, 2.0)
     } else if has_lower && has_upper {
-        (shards + TABLE_ROWS_ESTIMATE / 100.0, TABLE_ROWS_ESTIMATE / 100.0)
+        (
+            shards + TABLE_ROWS_ESTIMATE / 100.0,
+            TABLE_ROWS_ESTIMATE / 100.0,
+        )
     } else if has_lower || has_upper {
-        (shards + TABLE_ROWS_ESTIMATE / 4.0, TABLE_ROWS_ESTIMATE / 4.0)
+        (
+            shards + TABLE_ROWS_ESTIMATE / 4.0,
+            TABLE_ROWS_ESTIMATE / 4.0,
+        )
     } else {
         (shards + TABLE_ROWS_ESTIMATE, TABLE_ROWS_ESTIMATE)
     };
-    let order: Vec<(c_int, bool)> = info.order_bys().map(|o| (o.column(), o.is_order_by_desc())).collect();
+    let order: Vec<(c_int, bool)> = info
+        .order_bys()
+        .map(|o| (o.column(), o.is_order_by_desc()))
+        .collect();
     if let [(column, desc)] = order.as_slice() {
         if *column == COL_ID || *column == COL_ROWID {
             info.set_order_by_consumed(true);
@@ -587,7 +708,10 @@ fn plan(info: &mut IndexInfo, shard_count: usize) {
 /// Reads a filter's bounds from xFilter's arguments. A value that is not a number leaves its
 /// bound out (SQLite re-checks every constraint); `None` if no row can match.
 fn scan_filter(idx_num: c_int, args: &Filters<'_>) -> Option<ScanFilter> {
-    let mut filter = ScanFilter { descending: idx_num & PLAN_DESCENDING != 0, ..ScanFilter::default() };
+    let mut filter = ScanFilter {
+        descending: idx_num & PLAN_DESCENDING != 0,
+        ..ScanFilter::default()
+    };
     let mut next = 0;
     let mut arg = || {
         let v = args.get::<Value>(next).unwrap_or(Value::Null);
@@ -603,7 +727,13 @@ fn scan_filter(idx_num: c_int, args: &Filters<'_>) -> Option<ScanFilter> {
         let v = arg();
         match number(&v) {
             Some(n) if n.fract() != 0.0 => return None,
-            Some(_) => filter.id_eq = Some(if let Value::Integer(i) = v { i } else { number(&v)? as i64 }),
+            Some(_) => {
+                filter.id_eq = Some(if let Value::Integer(i) = v {
+                    i
+                } else {
+                    number(&v)? as i64
+                })
+            }
             None if v == Value::Null => return None,
             None => {}
         }
@@ -611,13 +741,21 @@ fn scan_filter(idx_num: c_int, args: &Filters<'_>) -> Option<ScanFilter> {
     if idx_num & PLAN_ID_LOWER != 0 {
         if let Some(n) = number(&arg()) {
             let exclusive = idx_num & PLAN_ID_LOWER_EXCLUSIVE != 0;
-            filter.id_min = Some(if exclusive { n.floor() as i64 + 1 } else { n.ceil() as i64 });
+            filter.id_min = Some(if exclusive {
+                n.floor() as i64 + 1
+            } else {
+                n.ceil() as i64
+            });
         }
     }
     if idx_num & PLAN_ID_UPPER != 0 {
         if let Some(n) = number(&arg()) {
             let exclusive = idx_num & PLAN_ID_UPPER_EXCLUSIVE != 0;
-            filter.id_max = Some(if exclusive { n.ceil() as i64 - 1 } else { n.floor() as i64 });
+            filter.id_max = Some(if exclusive {
+                n.ceil() as i64 - 1
+            } else {
+                n.floor() as i64
+            });
         }
     }
     if idx_num & PLAN_HASH_EQ != 0 {
@@ -662,7 +800,8 @@ impl ImageCursor {
         if !l.rows.is_empty() || l.exhausted {
             return Ok(());
         }
-        let page = self.core.shards.borrow()[l.shard].scan_page(&self.filter, l.last_id, l.page_rows)?;
+        let page =
+            self.core.shards.borrow()[l.shard].scan_page(&self.filter, l.last_id, l.page_rows)?;
         l.exhausted = page.len() < l.page_rows;
         l.page_rows = (l.page_rows * 2).min(PAGE_ROWS_MAX);
         l.last_id = page.last().map(|r| r.id).or(l.last_id);
@@ -671,7 +810,11 @@ impl ImageCursor {
     }
 
     fn pick_current(&mut self) {
-        let heads = self.lanes.iter().enumerate().filter_map(|(i, l)| l.rows.front().map(|r| (i, r.id)));
+        let heads = self
+            .lanes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| l.rows.front().map(|r| (i, r.id)));
         self.current = if self.filter.descending {
             heads.max_by_key(|&(_, id)| id)
         } else {
@@ -681,8 +824,14 @@ impl ImageCursor {
     }
 
     fn row(&self) -> Result<(&StoredRow, usize)> {
-        let lane = self.current.map(|i| &self.lanes[i]).ok_or_else(|| Error::Internal("no current row".into()))?;
-        let row = lane.rows.front().ok_or_else(|| Error::Internal("no current row".into()))?;
+        let lane = self
+            .current
+            .map(|i| &self.lanes[i])
+            .ok_or_else(|| Error::Internal("no current row".into()))?;
+        let row = lane
+            .rows
+            .front()
+            .ok_or_else(|| Error::Internal("no current row".into()))?;
         Ok((row, lane.shard))
     }
 }
@@ -692,9 +841,10 @@ impl Drop for ImageCursor {
         let open = self.core.open_cursors.get().saturating_sub(1);
         self.core.open_cursors.set(open);
         if open == 0 {
-            if let (Ok(mut coordinator), Ok(mut shards)) =
-                (self.core.coordinator.try_borrow_mut(), self.core.shards.try_borrow_mut())
-            {
+            if let (Ok(mut coordinator), Ok(mut shards)) = (
+                self.core.coordinator.try_borrow_mut(),
+                self.core.shards.try_borrow_mut(),
+            ) {
                 coordinator.end_read(&mut shards);
             }
         }
@@ -702,12 +852,22 @@ impl Drop for ImageCursor {
 }
 
 unsafe impl VTabCursor for ImageCursor {
-    fn filter(&mut self, idx_num: c_int, _idx_str: Option<&str>, args: &Filters<'_>) -> rusqlite::Result<()> {
+    fn filter(
+        &mut self,
+        idx_num: c_int,
+        _idx_str: Option<&str>,
+        args: &Filters<'_>,
+    ) -> rusqlite::Result<()> {
         Ok(catch_panic(|| {
-            self.core.coordinator.borrow_mut().begin_read(&mut self.core.shards.borrow_mut())?;
+            self.core
+                .coordinator
+                .borrow_mut()
+                .begin_read(&mut self.core.shards.borrow_mut())?;
             self.lanes.clear();
             self.current = None;
-            let Some(filter) = scan_filter(idx_num, args) else { return Ok(()) };
+            let Some(filter) = scan_filter(idx_num, args) else {
+                return Ok(());
+            };
             let shard_count = self.core.config.shard_paths.len();
             let shards: Vec<usize> = match filter.id_eq {
                 Some(id) => vec![shard_of(id, shard_count)],
@@ -716,7 +876,13 @@ unsafe impl VTabCursor for ImageCursor {
             self.filter = filter;
             self.lanes = shards
                 .into_iter()
-                .map(|shard| Lane { shard, rows: VecDeque::new(), last_id: None, page_rows: PAGE_ROWS_FIRST, exhausted: false })
+                .map(|shard| Lane {
+                    shard,
+                    rows: VecDeque::new(),
+                    last_id: None,
+                    page_rows: PAGE_ROWS_FIRST,
+                    exhausted: false,
+                })
                 .collect();
             for lane in 0..self.lanes.len() {
                 self.refill(lane)?;
@@ -749,7 +915,10 @@ unsafe impl VTabCursor for ImageCursor {
                 return Ok(());
             }
             let (row, shard) = self.row()?;
-            let set = |ctx: &mut Context, v: &dyn rusqlite::ToSql| ctx.set_result(&v).map_err(|e| Error::Internal(e.to_string()));
+            let set = |ctx: &mut Context, v: &dyn rusqlite::ToSql| {
+                ctx.set_result(&v)
+                    .map_err(|e| Error::Internal(e.to_string()))
+            };
             match i {
                 COL_ID => set(ctx, &row.id),
                 COL_NAME => set(ctx, &row.name),
@@ -783,7 +952,10 @@ unsafe impl VTabCursor for ImageCursor {
 /// # Safety
 /// `vtab` must be a pointer SQLite received from this module's xCreate/xConnect, i.e. to an
 /// `ImageTable` (whose first field is the `sqlite3_vtab`, `#[repr(C)]`).
-unsafe fn with_table(vtab: *mut sqlite3_vtab, body: impl FnOnce(&ImageTable) -> Result<()>) -> c_int {
+unsafe fn with_table(
+    vtab: *mut sqlite3_vtab,
+    body: impl FnOnce(&ImageTable) -> Result<()>,
+) -> c_int {
     // SAFETY: by this function's contract; SQLite calls one method at a time per connection.
     let table = unsafe { &*(vtab as *const ImageTable) };
     match catch_panic(|| body(table)) {
@@ -798,7 +970,9 @@ unsafe fn with_table(vtab: *mut sqlite3_vtab, body: impl FnOnce(&ImageTable) -> 
 
 /// Hands SQLite an error message for a vtab method (it frees the old one and later this one).
 unsafe fn set_error_message(vtab: *mut sqlite3_vtab, message: &str) {
-    let Ok(text) = CString::new(message) else { return };
+    let Ok(text) = CString::new(message) else {
+        return;
+    };
     let bytes = text.as_bytes_with_nul();
     // SAFETY: sqlite3_malloc returns memory SQLite can free; we copy `bytes.len()` bytes into a
     // block of that size; zErrMsg is freed by SQLite with sqlite3_free.
@@ -827,12 +1001,26 @@ unsafe extern "C" fn x_savepoint(vtab: *mut sqlite3_vtab, level: c_int) -> c_int
 
 unsafe extern "C" fn x_release(vtab: *mut sqlite3_vtab, level: c_int) -> c_int {
     // SAFETY: as for x_savepoint.
-    unsafe { with_table(vtab, |t| t.core.coordinator.borrow_mut().release(&t.core.shards.borrow(), level)) }
+    unsafe {
+        with_table(vtab, |t| {
+            t.core
+                .coordinator
+                .borrow_mut()
+                .release(&t.core.shards.borrow(), level)
+        })
+    }
 }
 
 unsafe extern "C" fn x_rollback_to(vtab: *mut sqlite3_vtab, level: c_int) -> c_int {
     // SAFETY: as for x_savepoint.
-    unsafe { with_table(vtab, |t| t.core.coordinator.borrow_mut().rollback_to(&t.core.shards.borrow(), level)) }
+    unsafe {
+        with_table(vtab, |t| {
+            t.core
+                .coordinator
+                .borrow_mut()
+                .rollback_to(&t.core.shards.borrow(), level)
+        })
+    }
 }
 
 /// rusqlite's module for this table, raised to version 2 with savepoint callbacks.
@@ -862,11 +1050,20 @@ pub fn register(conn: &Connection) -> rusqlite::Result<()> {
     let name = c"imagestore";
     // SAFETY: conn.handle() is a valid connection; the module is 'static; no client data.
     let rc = unsafe {
-        ffi::sqlite3_create_module_v2(conn.handle(), name.as_ptr(), &module.0, std::ptr::null_mut(), None)
+        ffi::sqlite3_create_module_v2(
+            conn.handle(),
+            name.as_ptr(),
+            &module.0,
+            std::ptr::null_mut(),
+            None,
+        )
     };
     if rc == ffi::SQLITE_OK {
         Ok(())
     } else {
-        Err(rusqlite::Error::SqliteFailure(ffi::Error::new(rc), Some("could not register module imagestore".into())))
+        Err(rusqlite::Error::SqliteFailure(
+            ffi::Error::new(rc),
+            Some("could not register module imagestore".into()),
+        ))
     }
 }
