@@ -33,7 +33,8 @@
 //! 3. *One-phase path*: if one shard was written, it drops its before-states and commits: one
 //!    SQLite commit is atomic by itself. Its sync is the commit point.
 //! 4. *Prepare* (n > 1 shards): take the publish lock exclusively; each written shard adds a
-//!    prepare record and commits durably (synchronous=FULL). A shard that fails votes no; then
+//!    prepare record and commits, then their WAL files are fsynced in parallel (`durable`), so
+//!    the prepare costs about one sync however many shards it touches. A shard that fails votes no; then
 //!    every prepared shard is undone from its before-states and the statement fails. All votes
 //!    must be yes: a majority would commit on some shards what another shard refused (say a
 //!    constraint failure), so the transaction would be neither whole nor absent.
@@ -42,8 +43,8 @@
 //!    shards are undone, so a failed COMMIT leaves nothing; if even the cut fails, the table is
 //!    poisoned and recovery, reading the file, decides. Release the publish lock.
 //! 6. *Finalize* (phase 2, at xCommit): each shard drops its before-states and prepare record in a
-//!    transaction of its own, with synchronous=NORMAL (no sync: until it is durable the journal
-//!    keeps the decision, and recovery finalizes again). Release the writer lock.
+//!    transaction of its own, not synced: until it is durable the journal keeps the decision, and
+//!    recovery finalizes again. Release the writer lock.
 //! 7. *Trim*: at a later begin, if the journal is larger than `journal_limit` and no shard holds a
 //!    prepare record, fsync every shard's WAL (making every finalize durable) and reset the
 //!    journal. Only then may a COMMIT record be forgotten: presumed abort would otherwise turn
@@ -324,9 +325,7 @@ impl Coordinator {
     /// Step 7: every shard is synced, then the journal forgets its decisions. The caller holds
     /// the writer lock and has checked that no shard holds a prepare record.
     fn trim_journal(&mut self, shards: &[Shard]) -> Result<()> {
-        for shard in shards {
-            shard.sync_wal()?;
-        }
+        crate::durable::sync_wals(&shards.iter().map(|s| s.path.as_path()).collect::<Vec<_>>())?;
         let _publish = self
             .publish_lock
             .exclusive("publish lock", self.busy_timeout_ms)?;
@@ -483,6 +482,11 @@ impl Coordinator {
                 Ok(()) => prepared.push(i),
                 Err(e) => refusal = Some(e),
             }
+        }
+        if refusal.is_none() {
+            let paths: Vec<&std::path::Path> =
+                prepared.iter().map(|&i| shards[i].path.as_path()).collect();
+            refusal = crate::durable::sync_wals(&paths).err();
         }
         if let Some(no) = refusal {
             self.abort_everywhere(shards, txid, &prepared);

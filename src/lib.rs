@@ -14,6 +14,7 @@
 //! - `coordinator`: the commit protocol, described in full in its module comment.
 //! - `journal`: the coordinator's durable decision log.
 //! - `locks`: the cross-process writer and publish locks.
+//! - `durable`: parallel fsync of shard WAL files.
 //! - `shard`: one shard file: schema, rows, and the protocol's per-shard steps.
 //! - `placement`: which shard holds an id.
 //! - `probe`: the image header probe that derives format, size and hash.
@@ -21,6 +22,7 @@
 
 pub mod config;
 pub mod coordinator;
+pub mod durable;
 pub mod error;
 pub mod fault;
 pub mod journal;
@@ -56,9 +58,10 @@ pub unsafe extern "C" fn sqlite3_imagestore_init(
 ) -> std::ffi::c_int {
     // SAFETY: the arguments come from SQLite's loader unchanged.
     unsafe {
+        // Loaded permanently: the sync threads of `durable` must never outlive the code.
         Connection::extension_init2(db, pz_err_msg, p_api, |conn| {
             register(&conn)?;
-            Ok(false)
+            Ok(true)
         })
     }
 }

@@ -182,8 +182,10 @@ impl Shard {
                 detail: format!("could not be put in WAL mode (it is in {mode} mode)"),
             });
         }
+        // Commits are made durable by the coordinator, which fsyncs WAL files itself where the
+        // protocol needs it (see `durable`).
         self.conn
-            .execute_batch("PRAGMA synchronous=FULL")
+            .execute_batch("PRAGMA synchronous=NORMAL")
             .map_err(self.err())
     }
 
@@ -217,7 +219,8 @@ impl Shard {
             identity.shard_index,
             identity.shard_count,
         );
-        self.conn.execute_batch(&sql).map_err(self.err())
+        self.conn.execute_batch(&sql).map_err(self.err())?;
+        crate::durable::sync_wal(&self.path)
     }
 
     /// Reads this shard's identity, and checks that its columns are the table's.
@@ -573,7 +576,8 @@ impl Shard {
             .map_err(self.err())
     }
 
-    /// Phase 1: makes the open transaction durable, still undoable, with a prepare record.
+    /// Phase 1: commits the open transaction, still undoable, with a prepare record. It is
+    /// durable once the coordinator has synced this shard's WAL.
     pub fn prepare(&self, txid: u64, participants: &[u16]) -> Result<()> {
         crate::fault::check("shard_prepare")?;
         let shards = participants
@@ -590,12 +594,13 @@ impl Shard {
     }
 
     /// The one-phase path for a transaction that touched only this shard: finalize and commit
-    /// in one SQLite transaction, which is atomic by itself.
+    /// in one SQLite transaction, which is atomic by itself, and sync it.
     pub fn commit_one_phase(&self, txid: u64) -> Result<()> {
         crate::fault::check("shard_prepare")?;
         self.forget_before_states(txid)?;
         self.set_last_txid(txid)?;
-        self.commit()
+        self.commit()?;
+        crate::durable::sync_wal(&self.path)
     }
 
     /// Deletes the before-states of `txid` and the blobs only they referenced.
@@ -624,16 +629,13 @@ impl Shard {
     }
 
     /// Phase 2 of a committed transaction: drops its before-states and prepare record, in a
-    /// transaction of its own. Synced lazily (the journal keeps the decision until then).
+    /// transaction of its own. Not synced: the journal keeps the decision until it is.
     pub fn finalize(&self, txid: u64) -> Result<()> {
         crate::fault::check("shard_finalize")?;
-        self.execute("PRAGMA synchronous=NORMAL")?;
-        let finalized = self.in_own_transaction(|s| {
+        self.in_own_transaction(|s| {
             s.forget_before_states(txid)?;
             s.drop_prepare_record(txid)
-        });
-        let restored = self.execute("PRAGMA synchronous=FULL");
-        finalized.and(restored)
+        })
     }
 
     /// Undoes a prepared (or partly written) transaction from its before-states, in a
@@ -665,18 +667,6 @@ impl Shard {
                 let _ = self.rollback();
                 Err(e)
             }
-        }
-    }
-
-    /// Makes everything committed on this shard durable, synced or not: fsync of its WAL file.
-    /// (Opening and closing the -wal file is safe: SQLite holds no POSIX locks on it.)
-    pub fn sync_wal(&self) -> Result<()> {
-        let mut wal = self.path.as_os_str().to_owned();
-        wal.push("-wal");
-        match std::fs::File::open(&wal) {
-            Ok(f) => f.sync_all().map_err(Error::journal_io(Path::new(&wal))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::journal_io(Path::new(&wal))(e)),
         }
     }
 }
