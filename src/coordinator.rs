@@ -115,6 +115,8 @@ enum Activity {
     /// A read transaction on every shard (one query's consistent snapshot).
     Reading,
     Writing(WriteTxn),
+    /// xSync failed and undid the transaction; SQLite will roll back.
+    Aborted,
 }
 
 /// The coordinator of one table in one connection.
@@ -427,19 +429,31 @@ impl Coordinator {
         let (txid, dirty) = match &self.activity {
             Activity::Writing(txn) if txn.decided => return Ok(()), // xSync again after BUSY
             Activity::Writing(txn) => (txn.txid, txn.dirty.clone()),
+            Activity::Aborted => {
+                return Err(Error::Internal(
+                    "commit of a transaction that was already aborted".into(),
+                ))
+            }
             _ => return Ok(()),
         };
         let written: Vec<usize> = (0..shards.len()).filter(|&i| dirty[i]).collect();
-        for (i, shard) in shards.iter().enumerate() {
-            if !dirty[i] {
-                shard.rollback()?;
-            }
-        }
-        let outcome = match written.as_slice() {
-            [] => Ok(()),
-            [only] => self.commit_one_phase(&shards[*only], txid),
-            _ => self.commit_two_phase(shards, txid, &written),
+        // Wait for readers before touching anything: if they keep the lock past the timeout,
+        // the transaction stays open and SQLite reports SQLITE_BUSY; COMMIT may be retried.
+        let publish = match written.len() {
+            0 | 1 => None,
+            _ => Some(
+                self.publish_lock
+                    .exclusive("publish lock", self.busy_timeout_ms)?,
+            ),
         };
+        let outcome =
+            self.end_clean_shards(shards, &dirty)
+                .and_then(|()| match written.as_slice() {
+                    [] => Ok(()),
+                    [only] => self.commit_one_phase(&shards[*only], txid),
+                    _ => self.commit_two_phase(shards, txid, &written),
+                });
+        drop(publish);
         match outcome {
             Ok(()) => {
                 if let Activity::Writing(txn) = &mut self.activity {
@@ -449,10 +463,17 @@ impl Coordinator {
             }
             Err(e) => {
                 end_all(shards);
-                self.activity = Activity::Idle;
+                self.activity = Activity::Aborted;
                 Err(e)
             }
         }
+    }
+
+    fn end_clean_shards(&self, shards: &[Shard], dirty: &[bool]) -> Result<()> {
+        for (shard, _) in shards.iter().zip(dirty).filter(|(_, d)| !**d) {
+            shard.rollback()?;
+        }
+        Ok(())
     }
 
     fn commit_one_phase(&mut self, shard: &Shard, txid: u64) -> Result<()> {
@@ -550,11 +571,11 @@ impl Coordinator {
     pub fn rollback(&mut self, shards: &mut [Shard]) {
         match &self.activity {
             Activity::Writing(txn) if txn.decided => self.commit(shards),
-            Activity::Writing(_) => {
+            Activity::Writing(_) | Activity::Aborted => {
                 end_all(shards);
                 self.activity = Activity::Idle;
             }
-            _ => {}
+            Activity::Idle | Activity::Reading => {}
         }
     }
 
