@@ -34,7 +34,7 @@ pub enum Error {
     )]
     DerivedColumn(&'static str),
 
-    /// An id that another row already has (SQLITE_CONSTRAINT_PRIMARYKEY).
+    /// An id that another row already has (SQLITE_CONSTRAINT, which SQLite's OR IGNORE skips).
     #[error("UNIQUE constraint failed: {table}.id (id {id} already exists)")]
     DuplicateId { table: String, id: i64 },
 
@@ -94,8 +94,7 @@ impl Error {
             Error::BadArgument(_) | Error::NotAnImage { .. } => ffi::SQLITE_ERROR,
             Error::WrongType(_) => ffi::SQLITE_MISMATCH,
             Error::TooBig { .. } => ffi::SQLITE_TOOBIG,
-            Error::DerivedColumn(_) => ffi::SQLITE_CONSTRAINT,
-            Error::DuplicateId { .. } => ffi::SQLITE_CONSTRAINT_PRIMARYKEY,
+            Error::DerivedColumn(_) | Error::DuplicateId { .. } => ffi::SQLITE_CONSTRAINT,
             Error::ShardMissing { .. } => ffi::SQLITE_CANTOPEN,
             Error::ShardForeign { .. } | Error::JournalCorrupt { .. } | Error::InDoubt(_) => {
                 ffi::SQLITE_CORRUPT_VTAB

@@ -186,6 +186,10 @@ impl ImageTable {
             .iter()
             .map(|a| utf8(a, "a table argument"))
             .collect::<Result<_>>()?;
+        // Duplicate ids answer SQLITE_CONSTRAINT, so that SQLite applies OR IGNORE / OR ABORT
+        // itself; OR REPLACE is done here.
+        db.config(rusqlite::vtab::VTabConfig::ConstraintSupport)
+            .map_err(|e| Error::Internal(e.to_string()))?;
         // SAFETY: SQLite passes a valid connection handle to xCreate/xConnect.
         let handle = unsafe { db.handle() };
         let host_file = host_filename(handle, schema);
@@ -356,10 +360,10 @@ fn image_bytes<'a>(value: ValueRef<'a>, row: &str) -> Result<&'a [u8]> {
     match value {
         ValueRef::Blob(b) => Ok(b),
         ValueRef::Null => Err(Error::WrongType(format!(
-            "row {row}: data is NULL; every row holds an image"
+            "row {row}: data is not an image but NULL; every row holds an image"
         ))),
         other => Err(Error::WrongType(format!(
-            "row {row}: data must be a BLOB holding an image, not {}",
+            "row {row}: data is not an image but {}; store the image file's bytes as a BLOB",
             type_name(other)
         ))),
     }
