@@ -44,6 +44,8 @@ pub fn check(step: &'static str) -> Result<()> {
     if nth.parse::<u64>().ok() != Some(count) {
         return Ok(());
     }
+    // Tests read this line to know that the fault fired.
+    eprintln!("imagestore: fault injected at {step} (occurrence {count}, {mode})");
     if mode == "abort" {
         std::process::abort();
     }

@@ -30,6 +30,17 @@ ERRORS = {
     "duplicate_shard": r"duplicate|same|twice|more than once",
     "memory_needs_paths": r"memory|shard|path",
     "open_shard": r"shard|not a database|unable to open|no such file|missing|cannot open",
+    # Used by test_hostile_input.py.
+    "too_big": r"max_pixels|too (big|large)|exceeds|limit",
+    "max_pixels": r"max_pixels",
+    "data_type": r"not an image|unrecognized image format|blob|type|mismatch",
+    "name_blob": r"name.*(blob|text)|mismatch",
+    "id_type": r"mismatch|integer",
+    "readonly_column": r"derived|hidden|read.?only|cannot be (written|set)",
+    "is_directory": r"director|not a (regular )?file",
+    "not_sqlite": r"not a database|not an? (sqlite|shard)|file is not|not .*shard",
+    "shadow_column": r"\bwidth\b",
+    "bad_column_type": r"potato|type",
 }
 
 

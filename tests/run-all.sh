@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Build the extension, run the Rust unit tests, then the Python harness
-# (pytest last so its closing "N passed" line ends the output).
+# Builds the extension (and its fault-injection twin for the fault matrix), runs the Rust tests,
+# then the Python harness (pytest last, so its closing "N passed" line ends the output).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release
+cargo build --release --features fault-injection --target-dir target/fault
 cargo test --no-default-features --features bundled
 python3 -m pytest -q tests

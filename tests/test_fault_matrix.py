@@ -1,0 +1,126 @@
+"""Faults at every step of the commit and recovery paths: every transaction whole or absent.
+
+The library built with the cargo feature `fault-injection` (target/fault/release) makes the nth
+occurrence of a named protocol step return an I/O error or abort the process
+(IMAGESTORE_FAULT=step:n:mode, see src/fault.rs). For every step x mode x shards touched
+(1, 2 and all 4) a writer process runs transactions until the fault strikes; then the table is
+reopened with the ordinary library (recovery runs) and checked against the writer's log:
+each transaction whole or absent, every COMMIT that returned present, every COMMIT that returned
+an error absent. Recovery's own step is faulted after a crash that leaves prepare records behind.
+"""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fault_worker import baseline_ids, plan
+from harness import REPO_ROOT, connect, corpus_bytes, require_lib
+
+HERE = Path(__file__).resolve().parent
+FAULT_LIB = Path(os.environ.get("IMAGESTORE_FAULT_LIB", REPO_ROOT / "target" / "fault" / "release" / "libimagestore.so"))
+STEPS = ["shard_prepare", "journal_append", "journal_sync", "shard_finalize", "journal_reset"]
+MODES = ["error", "abort"]
+TXNS = 6
+RESET_TXNS = 160  # enough 2-shard commits to pass journal_limit=4096 and reset the journal
+totals = {"runs": 0, "fired": 0, "transactions": 0, "partial": 0, "lost": 0}
+
+
+def make_table(db, txns, touched):
+    con = connect(db)
+    con.execute("CREATE VIRTUAL TABLE t USING imagestore(shards=4, journal_limit=4096)")
+    image = corpus_bytes("no_time_for_that_tiny.gif")
+    con.execute("BEGIN")
+    for i in baseline_ids(txns, touched):
+        con.execute("INSERT INTO t(id, name, data) VALUES (?, 'base', ?)", (i, image))
+    con.execute("COMMIT")
+    con.close()
+
+
+def run_writer(db, txns, touched, acked, fault):
+    env = dict(os.environ, IMAGESTORE_LIB=str(FAULT_LIB), IMAGESTORE_FAULT=fault)
+    return subprocess.run([sys.executable, str(HERE / "fault_worker.py"), str(db), str(txns), str(touched), str(acked)],
+                          cwd=HERE, env=env, capture_output=True, text=True, timeout=120)
+
+
+def open_with_fault(db, fault):
+    """Opens the table in a process whose recovery step faults."""
+    code = f"from harness import connect; list(connect({str(db)!r}).execute('SELECT count(*) FROM t'))"
+    env = dict(os.environ, IMAGESTORE_LIB=str(FAULT_LIB), IMAGESTORE_FAULT=fault)
+    return subprocess.run([sys.executable, "-c", code], cwd=HERE, env=env, capture_output=True, text=True, timeout=60)
+
+
+def check(db, txns, touched, acked):
+    """Counts (transactions, partial, lost) after reopening with the ordinary library."""
+    con = connect(db)
+    rows = dict(con.execute("SELECT id, name FROM t"))
+    outcomes = dict(line.split() for line in Path(acked).read_text().splitlines()) if Path(acked).exists() else {}
+    partial = lost = 0
+    for k, ops in enumerate(plan(txns, touched)):
+        applied = [rows.get(n) == f"t{k}" and rows.get(r) == f"t{k}" and d not in rows for n, r, d in ops]
+        absent = [n not in rows and rows.get(r) == "base" and d in rows for n, r, d in ops]
+        whole, none = all(applied), all(absent)
+        if not (whole or none):
+            partial += 1
+        outcome = outcomes.get(str(k))
+        if (outcome == "ok" and not whole) or (outcome == "err" and not none):
+            lost += 1
+    # Nothing of the protocol is left behind, and no orphan blob.
+    for i in range(4):
+        shard = connect(db.with_name(f"{db.stem}.t.shard{i}.db"), load=False)
+        (prepared,), = shard.execute("SELECT count(*) FROM imagestore_prepared")
+        (orphans,), = shard.execute("SELECT count(*) FROM blobs WHERE blob_id NOT IN (SELECT blob_id FROM images)")
+        assert prepared == 0 and orphans == 0, (i, prepared, orphans)
+    return txns, partial, lost
+
+
+def record(result, fired):
+    txns, partial, lost = result
+    totals["runs"] += 1
+    totals["fired"] += fired
+    totals["transactions"] += txns
+    totals["partial"] += partial
+    totals["lost"] += lost
+    assert (partial, lost) == (0, 0)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def summary():
+    require_lib()
+    if not FAULT_LIB.exists():
+        pytest.fail(f"fault-injection build missing: {FAULT_LIB} (tests/run-all.sh builds it)")
+    yield
+    print(f"\nfault matrix: {totals['runs']} runs (steps x modes x shards touched), faults fired "
+          f"{totals['fired']}, transactions checked {totals['transactions']}, "
+          f"partial {totals['partial']}, lost {totals['lost']}")
+
+
+@pytest.mark.parametrize("touched", [1, 2, 4])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("step", STEPS)
+def test_fault_at_commit_step(tmp_path, step, mode, touched):
+    txns = RESET_TXNS if step == "journal_reset" else TXNS
+    db, acked = tmp_path / "f.db", tmp_path / "acked"
+    make_table(db, txns, touched)
+    nth = 1 if step == "journal_reset" else 2
+    result = run_writer(db, txns, touched, acked, f"{step}:{nth}:{mode}")
+    fired = "fault injected at" in result.stderr
+    record(check(db, txns, touched, acked), fired)
+    if touched > 1 or step == "shard_prepare":
+        assert fired, f"{step} never ran: {result.stderr[-2000:]}"
+
+
+@pytest.mark.parametrize("decided", [False, True])
+@pytest.mark.parametrize("mode", MODES)
+def test_fault_during_recovery(tmp_path, mode, decided):
+    db, acked = tmp_path / "f.db", tmp_path / "acked"
+    make_table(db, TXNS, 4)
+    # A crash that leaves prepare records: before the decision, or after it (before finalize).
+    crash = "shard_finalize:2:abort" if decided else "journal_append:2:abort"
+    assert run_writer(db, TXNS, 4, acked, crash).returncode != 0
+    # Recovery itself fails at its first shard, then again at its second.
+    for nth in (1, 2):
+        opened = open_with_fault(db, f"recovery_shard:{nth}:{mode}")
+        assert "fault injected at recovery_shard" in opened.stderr, opened.stderr[-2000:]
+    record(check(db, TXNS, 4, acked), True)
