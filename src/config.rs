@@ -6,6 +6,8 @@
 //!                             folder (or the current folder for a :memory: or temp database)
 //! busy_timeout=MS          -- how long a writer waits for the table's locks. Default 5000.
 //! max_pixels=N             -- largest width*height accepted. Default 268435456 (16384^2).
+//! verify=LEVEL             -- header, structure or decode: how far data is checked before it
+//!                             is stored (see `probe`). Default structure.
 //! journal_limit=BYTES      -- the journal is emptied when it grows past this. Default 1048576.
 //! <name> [TYPE]            -- a column of the user's own (TYPE: TEXT, INTEGER, REAL, BLOB,
 //!                             NUMERIC, or none), stored with the row and writable.
@@ -19,6 +21,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::probe::Verify;
 
 /// Most shards a table may have (journal records store shard numbers as u16; a commit touches
 /// at most this many files).
@@ -53,6 +56,7 @@ pub struct TableConfig {
     pub publish_lock_path: PathBuf,
     pub busy_timeout_ms: u64,
     pub max_pixels: u64,
+    pub verify: Verify,
     pub journal_limit_bytes: u64,
     pub user_columns: Vec<UserColumn>,
 }
@@ -136,6 +140,7 @@ impl TableConfig {
         let mut busy_timeout_ms = None;
         let mut max_pixels = None;
         let mut journal_limit_bytes = None;
+        let mut verify = Verify::Structure;
         let mut user_columns: Vec<UserColumn> = Vec::new();
         let mut seen_keys = HashSet::new();
         for raw in args {
@@ -170,10 +175,15 @@ impl TableConfig {
                 "shards" => shards = Some(value.to_string()),
                 "busy_timeout" => busy_timeout_ms = Some(parse_number(&key, value, 0, 3_600_000)?),
                 "max_pixels" => max_pixels = Some(parse_number(&key, value, 1, u64::MAX)?),
+                "verify" => {
+                    verify = Verify::parse(&dequote(value)).ok_or_else(|| {
+                        bad(format!("verify={value}: expected header, structure or decode"))
+                    })?
+                }
                 "journal_limit" => journal_limit_bytes = Some(parse_number(&key, value, 4096, u64::MAX)?),
                 _ => {
                     return Err(bad(format!(
-                        "unknown option '{key}'; the options are shards, busy_timeout, max_pixels, journal_limit"
+                        "unknown option '{key}'; the options are shards, busy_timeout, max_pixels, verify, journal_limit"
                     )))
                 }
             }
@@ -211,6 +221,7 @@ impl TableConfig {
             publish_lock_path: with_suffix(&journal_base, ".publish-lock"),
             busy_timeout_ms: busy_timeout_ms.unwrap_or(BUSY_TIMEOUT_MS_DEFAULT),
             max_pixels: max_pixels.unwrap_or(MAX_PIXELS_DEFAULT),
+            verify,
             journal_limit_bytes: journal_limit_bytes.unwrap_or(JOURNAL_LIMIT_BYTES_DEFAULT),
             user_columns,
         })

@@ -1,9 +1,19 @@
-//! The image header probe: what the table derives from `data` on every write.
+//! The image probe: what the table derives from `data` on every write, and how far it checks it.
 //!
-//! Only the header is read (no pixel is decoded), so a probe costs microseconds whatever the image
-//! size. The probe refuses anything that is not an image in a format the `image` crate reads, and
-//! any image whose pixel count exceeds the table's limit (a decompression bomb announces itself in
-//! its header).
+//! The header gives format, width and height (no pixel is decoded). Anything that is not an image
+//! in a format the `image` crate reads is refused, and so is any image whose pixel count exceeds
+//! the table's limit (a decompression bomb announces itself in its header). Then, by the table's
+//! `verify=` level:
+//! - `header`: nothing more.
+//! - `structure` (default): a check of the container that costs about as much as hashing the
+//!   bytes: every PNG chunk present with a correct CRC through IEND; a JPEG ends with its EOI
+//!   marker; a GIF with its trailer; a WebP's RIFF size and a BMP's file size fit the bytes. It
+//!   finds truncation (the commonest damage) and, in PNG, any flipped bit. Other formats are
+//!   decoded in full, as for `decode`.
+//! - `decode`: every pixel is decoded, with allocations bounded by the pixel limit.
+//!
+//! Compressed JPEG and WebP data carry no checksum: a flipped bit in their middle decodes to wrong
+//! pixels and no decoder can tell. The table's BLAKE3 `hash` is what detects later damage.
 
 use std::io::Cursor;
 
@@ -20,6 +30,25 @@ pub struct ImageInfo {
     pub hash: String,
 }
 
+/// How thoroughly `data` is checked before it is stored (table argument `verify=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verify {
+    Header,
+    Structure,
+    Decode,
+}
+
+impl Verify {
+    pub fn parse(s: &str) -> Option<Verify> {
+        match s {
+            "header" => Some(Verify::Header),
+            "structure" => Some(Verify::Structure),
+            "decode" => Some(Verify::Decode),
+            _ => None,
+        }
+    }
+}
+
 /// Why `data` was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProbeError {
@@ -33,8 +62,8 @@ pub enum ProbeError {
     },
 }
 
-/// Reads the header of `data` and hashes it.
-pub fn probe(data: &[u8], max_pixels: u64) -> Result<ImageInfo, ProbeError> {
+/// Reads the header of `data`, checks it as far as `verify` says, and hashes it.
+pub fn probe(data: &[u8], max_pixels: u64, verify: Verify) -> Result<ImageInfo, ProbeError> {
     if data.is_empty() {
         return Err(ProbeError::NotAnImage("empty blob".into()));
     }
@@ -59,12 +88,99 @@ pub fn probe(data: &[u8], max_pixels: u64) -> Result<ImageInfo, ProbeError> {
             max_pixels,
         });
     }
+    let structure = match (verify, format) {
+        (Verify::Header, _) => Ok(()),
+        (Verify::Structure, ImageFormat::Png) => check_png(data),
+        (Verify::Structure, ImageFormat::Jpeg) => check_jpeg(data),
+        (Verify::Structure, ImageFormat::Gif) => check_gif(data),
+        (Verify::Structure, ImageFormat::WebP) => check_riff(data),
+        (Verify::Structure, ImageFormat::Bmp) => check_bmp(data),
+        _ => decode(data, max_pixels),
+    };
+    structure.map_err(|reason| {
+        ProbeError::NotAnImage(format!("damaged {}: {reason}", format_name(format)))
+    })?;
     Ok(ImageInfo {
         format: format_name(format),
         width,
         height,
         hash: blake3::hash(data).to_hex().to_string(),
     })
+}
+
+/// Walks the PNG chunks through IEND, checking each CRC.
+fn check_png(data: &[u8]) -> Result<(), String> {
+    let mut at = 8;
+    loop {
+        let header = data
+            .get(at..at + 8)
+            .ok_or("truncated: ends before its IEND chunk")?;
+        let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let end = at.checked_add(12 + len).ok_or("a chunk length overflows")?;
+        let chunk = data
+            .get(at + 4..end)
+            .ok_or("truncated: ends inside a chunk")?;
+        let (body, crc) = chunk.split_at(chunk.len() - 4);
+        if crc32fast::hash(body).to_be_bytes() != crc {
+            return Err(format!(
+                "chunk {} at byte {at} fails its CRC",
+                String::from_utf8_lossy(&body[..4])
+            ));
+        }
+        if &body[..4] == b"IEND" {
+            return Ok(());
+        }
+        at = end;
+    }
+}
+
+/// A JPEG ends with its EOI marker (some writers pad after it, so the tail is searched).
+fn check_jpeg(data: &[u8]) -> Result<(), String> {
+    let tail = &data[data.len().saturating_sub(256)..];
+    if tail.windows(2).any(|w| w == [0xFF, 0xD9]) {
+        Ok(())
+    } else {
+        Err("truncated: no end-of-image marker".into())
+    }
+}
+
+fn check_gif(data: &[u8]) -> Result<(), String> {
+    match data.last() {
+        Some(0x3B) => Ok(()),
+        _ => Err("truncated: no trailer byte".into()),
+    }
+}
+
+fn check_riff(data: &[u8]) -> Result<(), String> {
+    let size = data
+        .get(4..8)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
+    match size {
+        Some(size) if size + 8 <= data.len() => Ok(()),
+        _ => Err(format!("truncated: {} bytes of a longer file", data.len())),
+    }
+}
+
+fn check_bmp(data: &[u8]) -> Result<(), String> {
+    let size = data
+        .get(2..6)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
+    match size {
+        Some(size) if size <= data.len() => Ok(()),
+        _ => Err(format!("truncated: {} bytes of a longer file", data.len())),
+    }
+}
+
+/// Decodes every pixel, with allocations bounded by the pixel limit (16 bytes a pixel covers
+/// every sample type the crate decodes to).
+fn decode(data: &[u8], max_pixels: u64) -> Result<(), String> {
+    let mut reader = ImageReader::new(Cursor::new(data))
+        .with_guessed_format()
+        .map_err(|e| e.to_string())?;
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(max_pixels.saturating_mul(16));
+    reader.limits(limits);
+    reader.decode().map(drop).map_err(|e| e.to_string())
 }
 
 /// The lowercase name the table reports for a format (`jpeg`, not `jpg`).
@@ -99,7 +215,7 @@ mod tests {
     #[test]
     fn reads_format_size_and_hash() {
         let data = png(3, 2);
-        let info = probe(&data, 1 << 20).expect("probe");
+        let info = probe(&data, 1 << 20, Verify::Structure).expect("probe");
         assert_eq!(
             (info.format.as_str(), info.width, info.height),
             ("png", 3, 2)
@@ -116,7 +232,10 @@ mod tests {
             &[0u8; 64],
         ] {
             assert!(
-                matches!(probe(data, 1 << 20), Err(ProbeError::NotAnImage(_))),
+                matches!(
+                    probe(data, 1 << 20, Verify::Structure),
+                    Err(ProbeError::NotAnImage(_))
+                ),
                 "{data:?}"
             );
         }
@@ -125,16 +244,44 @@ mod tests {
     #[test]
     fn refuses_a_header_claiming_too_many_pixels() {
         let mut data = png(1, 1);
-        // IHDR width and height live at bytes 16..24; claim 100000 x 100000.
+        // IHDR width and height live at bytes 16..24, its CRC at 29..33: claim 100000 x 100000.
         data[16..20].copy_from_slice(&100_000u32.to_be_bytes());
         data[20..24].copy_from_slice(&100_000u32.to_be_bytes());
-        let err = probe(&data, 1 << 28).expect_err("bomb");
+        let crc = crc32fast::hash(&data[12..29]).to_be_bytes();
+        data[29..33].copy_from_slice(&crc);
+        let err = probe(&data, 1 << 28, Verify::Header).expect_err("bomb");
         assert!(
-            matches!(
-                err,
-                ProbeError::TooManyPixels { .. } | ProbeError::NotAnImage(_)
-            ),
+            matches!(err, ProbeError::TooManyPixels { width: 100_000, .. }),
             "{err:?}"
         );
+    }
+
+    #[test]
+    fn structure_finds_every_truncation_and_png_bit_flip() {
+        let data = png(8, 8);
+        for cut in 33..data.len() {
+            assert!(
+                probe(&data[..cut], 1 << 20, Verify::Structure).is_err(),
+                "cut at {cut}"
+            );
+        }
+        for bit in (33 * 8)..(data.len() * 8) {
+            let mut flipped = data.clone();
+            flipped[bit / 8] ^= 1 << (bit % 8);
+            assert!(
+                probe(&flipped, 1 << 20, Verify::Structure).is_err(),
+                "bit {bit}"
+            );
+        }
+    }
+
+    #[test]
+    fn decode_refuses_damage_the_header_hides() {
+        let mut out = Vec::new();
+        image::RgbImage::new(64, 64)
+            .write_to(&mut Cursor::new(&mut out), ImageFormat::Tiff)
+            .expect("tiff");
+        assert!(probe(&out, 1 << 20, Verify::Decode).is_ok());
+        assert!(probe(&out[..out.len() / 2], 1 << 20, Verify::Decode).is_err());
     }
 }

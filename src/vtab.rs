@@ -233,7 +233,8 @@ impl ImageTable {
 
     /// Validates `data` and derives the stored metadata.
     fn derive(&self, id: i64, name: Value, data: &[u8], user: Vec<Value>) -> Result<NewRow> {
-        let info = probe(data, self.core.config.max_pixels).map_err(|e| {
+        let config = &self.core.config;
+        let info = probe(data, config.max_pixels, config.verify).map_err(|e| {
             let row = Self::describe_row(Some(id), &name);
             match e {
                 ProbeError::NotAnImage(reason) => Error::NotAnImage { row, reason },

@@ -37,8 +37,8 @@ ERRORS = {
     "name_blob": r"name.*(blob|text)|mismatch",
     "id_type": r"mismatch|integer",
     "readonly_column": r"derived|hidden|read.?only|cannot be (written|set)",
-    "is_directory": r"director|not a (regular )?file",
-    "not_sqlite": r"not a database|not an? (sqlite|shard)|file is not|not .*shard",
+    # CREATE naming a path that exists (a directory, a non-SQLite file).
+    "existing_path": r"exist|director|not a (database|file)",
     "shadow_column": r"\bwidth\b",
     "bad_column_type": r"potato|type",
 }

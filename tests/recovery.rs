@@ -134,7 +134,8 @@ fn prepare_both(shards: &[Shard]) -> (u64, Vec<(i64, String)>) {
     }
     let (new_id, renamed, deleted) = (new_id_on(0), old_id_on(0), old_id_on(1));
     let data = png(20);
-    let info = imagestore::probe::probe(&data, 1 << 30).unwrap();
+    let info =
+        imagestore::probe::probe(&data, 1 << 30, imagestore::probe::Verify::Structure).unwrap();
     let row = |id: i64, name: &str| NewRow {
         id,
         name: name.to_string().into(),
