@@ -579,6 +579,11 @@ impl Coordinator {
         }
     }
 
+    /// Whether the journal, as last read, holds a COMMIT decision for `txid`.
+    pub fn is_committed(&self, txid: u64) -> bool {
+        self.journal.is_committed(txid)
+    }
+
     /// Whether this connection has a write transaction open.
     pub fn is_writing(&self) -> bool {
         matches!(self.activity, Activity::Writing(_))

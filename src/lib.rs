@@ -18,6 +18,7 @@
 //! - `shard`: one shard file: schema, rows, and the protocol's per-shard steps.
 //! - `placement`: which shard holds an id.
 //! - `probe`: the image header probe that derives format, size and hash.
+//! - `maintenance`: imagestore_check() and imagestore_transactions().
 //! - `config`: the table's arguments. `error`: errors and their SQLite codes.
 
 pub mod config;
@@ -27,6 +28,7 @@ pub mod error;
 pub mod fault;
 pub mod journal;
 pub mod locks;
+pub mod maintenance;
 pub mod placement;
 pub mod probe;
 pub mod shard;
@@ -37,6 +39,7 @@ use rusqlite::Connection;
 /// Registers everything the extension provides on one connection.
 pub fn register(conn: &Connection) -> rusqlite::Result<()> {
     vtab::register(conn)?;
+    maintenance::register(conn)?;
     conn.create_scalar_function(
         "imagestore_version",
         0,

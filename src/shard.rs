@@ -669,4 +669,57 @@ impl Shard {
             }
         }
     }
+
+    // ---- checks -------------------------------------------------------------------------
+
+    /// What `PRAGMA integrity_check` reports, less its "ok".
+    pub fn integrity_problems(&self) -> Result<Vec<String>> {
+        let mut stmt = self
+            .conn
+            .prepare("PRAGMA integrity_check")
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(self.err())?;
+        let found: Vec<String> = rows.collect::<rusqlite::Result<_>>().map_err(self.err())?;
+        // Newer SQLite reports several problems in one row, one a line.
+        Ok(found
+            .iter()
+            .flat_map(|row| row.lines())
+            .filter(|line| *line != "ok" && !line.starts_with("*** in database"))
+            .map(str::to_string)
+            .collect())
+    }
+
+    /// Calls `visit(id, stored hash, image bytes or None if missing)` for every row.
+    pub fn for_each_image(&self, mut visit: impl FnMut(i64, &str, Option<&[u8]>)) -> Result<()> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT i.id, i.hash, b.data FROM images i LEFT JOIN blobs b ON b.blob_id = i.blob_id ORDER BY i.id")
+            .map_err(self.err())?;
+        let mut rows = stmt.query([]).map_err(self.err())?;
+        while let Some(row) = rows.next().map_err(self.err())? {
+            let id: i64 = row.get(0).map_err(self.err())?;
+            let hash: String = row.get(1).map_err(self.err())?;
+            let data = row
+                .get_ref(2)
+                .map_err(self.err())?
+                .as_blob_or_null()
+                .map_err(|e| Error::shard(&self.path)(e.into()))?;
+            visit(id, &hash, data);
+        }
+        Ok(())
+    }
+
+    /// Blobs that no row and no before-state references.
+    pub fn orphan_blob_count(&self) -> Result<i64> {
+        self.conn
+            .query_row(
+                "SELECT count(*) FROM blobs WHERE blob_id NOT IN (SELECT blob_id FROM images)
+                 AND blob_id NOT IN (SELECT blob_id FROM imagestore_undo WHERE blob_id IS NOT NULL)",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(self.err())
+    }
 }

@@ -75,10 +75,63 @@ const TABLE_ROWS_ESTIMATE: f64 = 1_000_000.0;
 
 /// One table as opened by one connection.
 pub struct TableCore {
-    config: TableConfig,
-    shards: RefCell<Vec<Shard>>,
-    coordinator: RefCell<Coordinator>,
-    open_cursors: Cell<usize>,
+    pub(crate) config: TableConfig,
+    pub(crate) shards: RefCell<Vec<Shard>>,
+    pub(crate) coordinator: RefCell<Coordinator>,
+    pub(crate) open_cursors: Cell<usize>,
+}
+
+/// The tables each connection has open, so that SQL functions given a table name can reach it.
+struct OpenTable {
+    db: usize,
+    schema: String,
+    name: String,
+    core: *const TableCore,
+}
+
+// SAFETY: the pointer is only dereferenced by `with_open_table`, on a call SQLite makes on the
+// connection `db` (which SQLite serializes), while the table is connected (entries are removed
+// when the `ImageTable` that owns the `Rc<TableCore>` is dropped).
+unsafe impl Send for OpenTable {}
+
+static OPEN_TABLES: std::sync::Mutex<Vec<OpenTable>> = std::sync::Mutex::new(Vec::new());
+
+fn open_tables() -> std::sync::MutexGuard<'static, Vec<OpenTable>> {
+    OPEN_TABLES
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Runs `body` on the table called `name` (`table` or `schema.table`) open on connection `db`.
+pub fn with_open_table<T>(
+    db: *mut ffi::sqlite3,
+    name: &str,
+    body: impl FnOnce(&TableCore) -> Result<T>,
+) -> Result<T> {
+    let (schema, table) = match name.split_once('.') {
+        Some((schema, table)) => (Some(schema), table),
+        None => (None, name),
+    };
+    let core = open_tables()
+        .iter()
+        .find(|t| {
+            t.db == db as usize
+                && t.name.eq_ignore_ascii_case(table)
+                && schema.is_none_or(|s| t.schema.eq_ignore_ascii_case(s))
+        })
+        .map(|t| t.core)
+        .ok_or_else(|| {
+            Error::BadArgument(format!("no imagestore table named {name} in this database"))
+        })?;
+    // SAFETY: see `OpenTable`: we are inside a call on connection `db` and the table is connected.
+    body(unsafe { &*core })
+}
+
+impl Drop for ImageTable {
+    fn drop(&mut self) {
+        let core = Rc::as_ptr(&self.core);
+        open_tables().retain(|t| t.core != core);
+    }
 }
 
 /// The virtual table object SQLite holds.
@@ -209,12 +262,19 @@ impl ImageTable {
             coordinator: RefCell::new(coordinator),
             open_cursors: Cell::new(0),
         };
+        let core = Rc::new(core);
+        open_tables().push(OpenTable {
+            db: handle as usize,
+            schema: schema.to_string(),
+            name: table_name.to_string(),
+            core: Rc::as_ptr(&core),
+        });
         Ok((
             declaration,
             ImageTable {
                 base: sqlite3_vtab::default(),
                 db: handle,
-                core: Rc::new(core),
+                core,
             },
         ))
     }

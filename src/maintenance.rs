@@ -1,0 +1,166 @@
+//! SQL functions for operating a table: checking it, and seeing transactions left in doubt.
+//!
+//! ```sql
+//! SELECT imagestore_check('images');         -- JSON: rows and bytes checked, and every problem
+//! SELECT imagestore_transactions('images');  -- JSON: prepared transactions and their state
+//! ```
+//! The table is named as `table` or `schema.table`. Both read one consistent snapshot of every
+//! shard, like a query on the table.
+
+use rusqlite::functions::{Context, FunctionFlags};
+use rusqlite::Connection;
+
+use crate::error::{catch_panic, Error, Result};
+use crate::placement::shard_of;
+use crate::vtab::{with_open_table, TableCore};
+
+/// A JSON string literal.
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Runs `body` on one consistent snapshot of every shard of the table.
+fn on_snapshot<T>(core: &TableCore, body: impl FnOnce(&TableCore) -> Result<T>) -> Result<T> {
+    core.coordinator
+        .borrow_mut()
+        .begin_read(&mut core.shards.borrow_mut())?;
+    let result = body(core);
+    if core.open_cursors.get() == 0 {
+        core.coordinator
+            .borrow_mut()
+            .end_read(&mut core.shards.borrow_mut());
+    }
+    result
+}
+
+/// Verifies every shard's integrity, every blob against its BLAKE3 hash, placement, and that no
+/// blob is orphaned. Problems are reported, not raised: a damaged shard still lets the others
+/// be checked.
+fn check(core: &TableCore) -> Result<String> {
+    on_snapshot(core, |core| {
+        let shards = core.shards.borrow();
+        let count = shards.len();
+        let (mut rows, mut bytes, mut problems) = (0u64, 0u64, Vec::new());
+        for (index, shard) in shards.iter().enumerate() {
+            let file = shard.path.display();
+            let mut checked = || -> Result<()> {
+                for line in shard.integrity_problems()? {
+                    problems.push(format!("shard {index} ({file}): integrity_check: {line}"));
+                }
+                shard.for_each_image(|id, hash, data| {
+                    rows += 1;
+                    match data {
+                        None => problems.push(format!("shard {index} ({file}): row {id}: image bytes missing")),
+                        Some(data) => {
+                            bytes += data.len() as u64;
+                            let actual = blake3::hash(data).to_hex();
+                            if actual.as_str() != hash {
+                                problems.push(format!(
+                                    "shard {index} ({file}): row {id}: image bytes do not match their hash (stored {hash}, computed {actual})"
+                                ));
+                            }
+                        }
+                    }
+                    let home = shard_of(id, count);
+                    if home != index {
+                        problems.push(format!("shard {index} ({file}): row {id} belongs on shard {home}"));
+                    }
+                })?;
+                let orphans = shard.orphan_blob_count()?;
+                if orphans > 0 {
+                    problems.push(format!(
+                        "shard {index} ({file}): {orphans} image blobs belong to no row"
+                    ));
+                }
+                Ok(())
+            };
+            if let Err(e) = checked() {
+                problems.push(format!("shard {index} ({file}): {e}"));
+            }
+        }
+        let list: Vec<String> = problems.iter().map(|p| json_string(p)).collect();
+        Ok(format!(
+            "{{\"table\":{},\"shards\":{count},\"rows\":{rows},\"bytes\":{bytes},\"ok\":{},\"problems\":[{}]}}",
+            json_string(&core.config.table_name),
+            problems.is_empty(),
+            list.join(",")
+        ))
+    })
+}
+
+/// Prepared transactions found on the shards, each with its shards and state: `committed`
+/// (decided; recovery finalizes it) or `undecided` (recovery aborts it).
+fn transactions(core: &TableCore) -> Result<String> {
+    on_snapshot(core, |core| {
+        let shards = core.shards.borrow();
+        let mut found: std::collections::BTreeMap<u64, Vec<usize>> = Default::default();
+        for (index, shard) in shards.iter().enumerate() {
+            for txid in shard.prepared_txids()? {
+                found.entry(txid).or_default().push(index);
+            }
+        }
+        let coordinator = core.coordinator.borrow();
+        let items: Vec<String> = found
+            .iter()
+            .map(|(txid, on)| {
+                let state = if coordinator.is_committed(*txid) {
+                    "committed"
+                } else {
+                    "undecided"
+                };
+                format!("{{\"txid\":{txid},\"shards\":{on:?},\"state\":\"{state}\"}}")
+            })
+            .collect();
+        Ok(format!("[{}]", items.join(",")))
+    })
+}
+
+fn table_function(
+    conn: &Connection,
+    name: &str,
+    run: fn(&TableCore) -> Result<String>,
+) -> rusqlite::Result<()> {
+    conn.create_scalar_function(
+        name,
+        1,
+        FunctionFlags::SQLITE_UTF8,
+        move |ctx: &Context<'_>| {
+            Ok(catch_panic(|| {
+                let table: String = ctx
+                    .get(0)
+                    .map_err(|_| Error::WrongType("give the table's name as TEXT".into()))?;
+                // SAFETY: the handle of the connection running this function, used only during it.
+                let db =
+                    unsafe { ctx.get_connection() }.map_err(|e| Error::Internal(e.to_string()))?;
+                // Preparing a statement on the table connects it if this connection has not yet.
+                let quoted = table
+                    .split('.')
+                    .map(|p| format!("\"{}\"", p.replace('"', "\"\"")))
+                    .collect::<Vec<_>>()
+                    .join(".");
+                db.prepare(&format!("SELECT 1 FROM {quoted} LIMIT 0"))
+                    .map_err(|e| Error::BadArgument(format!("{table}: {e}")))?;
+                // SAFETY: as above.
+                let handle = unsafe { db.handle() };
+                with_open_table(handle, &table, run)
+            })?)
+        },
+    )
+}
+
+/// Registers the operating functions.
+pub fn register(conn: &Connection) -> rusqlite::Result<()> {
+    table_function(conn, "imagestore_check", check)?;
+    table_function(conn, "imagestore_transactions", transactions)
+}
