@@ -13,9 +13,9 @@
 //!                             NUMERIC, or none), stored with the row and writable.
 //! ```
 //! `shards` is required. Unknown or repeated options are errors that name them.
-//! The journal and two lock files sit beside the database, named after the table:
-//! `<db stem>.<table>.journal`, `.lock` and `.publish-lock` (for a :memory: or temp database,
-//! beside the first shard: `<first shard>.<table>.journal` and so on).
+//! The coordinator's journal and two lock files sit beside the first shard, named after it:
+//! `<shard 0>.imagestore-journal`, `.imagestore-lock` and `.imagestore-publish`. They belong to the
+//! shard set, so every database that opens these shards coordinates through the same files.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -202,23 +202,17 @@ impl TableConfig {
         };
         let (shard_paths, derived_paths) =
             Self::shard_paths(table_name, &shards, &host, &base_dir)?;
-        let journal_base = match host.file {
-            Some(file) => {
-                let stem = file
-                    .file_stem()
-                    .map(|s| s.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                base_dir.join(format!("{stem}.{table_name}"))
-            }
-            None => PathBuf::from(format!("{}.{table_name}", shard_paths[0].display())),
-        };
+        // The coordinator's files go with the shard set, not with the database or the table's
+        // name: whoever opens these shards, from whichever database, shares one journal and one
+        // pair of locks.
+        let coordinator_base = shard_paths[0].clone();
         Ok(TableConfig {
             table_name: table_name.to_string(),
             shard_paths,
             derived_paths,
-            journal_path: with_suffix(&journal_base, ".journal"),
-            lock_path: with_suffix(&journal_base, ".lock"),
-            publish_lock_path: with_suffix(&journal_base, ".publish-lock"),
+            journal_path: with_suffix(&coordinator_base, ".imagestore-journal"),
+            lock_path: with_suffix(&coordinator_base, ".imagestore-lock"),
+            publish_lock_path: with_suffix(&coordinator_base, ".imagestore-publish"),
             busy_timeout_ms: busy_timeout_ms.unwrap_or(BUSY_TIMEOUT_MS_DEFAULT),
             max_pixels: max_pixels.unwrap_or(MAX_PIXELS_DEFAULT),
             verify,
@@ -346,8 +340,14 @@ mod tests {
                 PathBuf::from("/data/photos.images.shard1.db")
             ]
         );
-        assert_eq!(c.journal_path, PathBuf::from("/data/photos.images.journal"));
-        assert_eq!(c.lock_path, PathBuf::from("/data/photos.images.lock"));
+        assert_eq!(
+            c.journal_path,
+            PathBuf::from("/data/photos.images.shard0.db.imagestore-journal")
+        );
+        assert_eq!(
+            c.lock_path,
+            PathBuf::from("/data/photos.images.shard0.db.imagestore-lock")
+        );
     }
 
     #[test]
@@ -399,6 +399,9 @@ mod tests {
             HostDatabase { file: None },
         )
         .unwrap();
-        assert_eq!(c.journal_path, PathBuf::from("/tmp/a.db.t.journal"));
+        assert_eq!(
+            c.journal_path,
+            PathBuf::from("/tmp/a.db.imagestore-journal")
+        );
     }
 }

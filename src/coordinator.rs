@@ -193,6 +193,9 @@ impl Coordinator {
         if self.journal.refresh()? {
             self.journal.cut_torn_tail()?;
         }
+        // A record a dead writer wrote but never synced must be durable before anything acts on
+        // it: finalizing from a record that a power cut then takes away would half-apply it.
+        self.journal.sync()?;
         for shard in shards.iter() {
             for txid in shard.prepared_txids()? {
                 crate::fault::check("recovery_shard")?;
@@ -251,7 +254,9 @@ impl Coordinator {
         if prepared.is_empty() {
             return Ok(true);
         }
-        if let Err(e) = self.journal.refresh() {
+        // The reader is about to show these transactions as committed: their records must be
+        // durable (a writer may have died between writing and syncing one).
+        if let Err(e) = self.journal.refresh().and_then(|_| self.journal.sync()) {
             end_all(shards);
             return Err(e);
         }
@@ -379,8 +384,18 @@ impl Coordinator {
 
     // ---- writers: savepoints ------------------------------------------------------------
 
+    /// The open, undecided write transaction, if any (savepoint calls after a decided xSync,
+    /// when SQLite keeps a busy COMMIT open, have nothing left to do).
+    fn undecided_txn(&mut self) -> Option<&mut WriteTxn> {
+        match &mut self.activity {
+            Activity::Writing(txn) if !txn.decided => Some(txn),
+            _ => None,
+        }
+    }
+
+    /// xSavepoint: SQLite's savepoint `level` begins.
     pub fn savepoint(&mut self, shards: &[Shard], level: i32) -> Result<()> {
-        let Activity::Writing(txn) = &mut self.activity else {
+        let Some(txn) = self.undecided_txn() else {
             return Ok(());
         };
         for shard in shards {
@@ -390,8 +405,9 @@ impl Coordinator {
         Ok(())
     }
 
+    /// xRelease: savepoint `level` and every later one end, keeping their changes.
     pub fn release(&mut self, shards: &[Shard], level: i32) -> Result<()> {
-        let Activity::Writing(txn) = &mut self.activity else {
+        let Some(txn) = self.undecided_txn() else {
             return Ok(());
         };
         let Some(pos) = txn.savepoints.iter().position(|(l, _)| *l >= level) else {
@@ -405,19 +421,31 @@ impl Coordinator {
         Ok(())
     }
 
+    /// xRollbackTo: undoes everything since savepoint `level` began. SQLite reports only the
+    /// savepoints that begin after the table joined the transaction, and those end (are
+    /// released) with their statements, so a `level` this coordinator does not hold began before
+    /// the table's first write: the rollback goes back to the transaction's start.
     pub fn rollback_to(&mut self, shards: &[Shard], level: i32) -> Result<()> {
-        let Activity::Writing(txn) = &mut self.activity else {
+        let Some(txn) = self.undecided_txn() else {
             return Ok(());
         };
-        let Some(pos) = txn.savepoints.iter().position(|(l, _)| *l >= level) else {
-            return Ok(());
-        };
-        let (target, dirty) = txn.savepoints[pos].clone();
-        for shard in shards {
-            shard.rollback_to(target)?;
+        match txn.savepoints.iter().position(|(l, _)| *l == level) {
+            Some(pos) => {
+                let (target, dirty) = txn.savepoints[pos].clone();
+                for shard in shards {
+                    shard.rollback_to(target)?;
+                }
+                txn.dirty = dirty;
+                txn.savepoints.truncate(pos + 1);
+            }
+            None => {
+                for shard in shards {
+                    shard.rollback_to_start()?;
+                }
+                txn.dirty.iter_mut().for_each(|d| *d = false);
+                txn.savepoints.clear();
+            }
         }
-        txn.dirty = dirty;
-        txn.savepoints.truncate(pos + 1);
         txn.next_id = None;
         Ok(())
     }
@@ -479,6 +507,15 @@ impl Coordinator {
     fn commit_one_phase(&mut self, shard: &Shard, txid: u64) -> Result<()> {
         shard.commit_one_phase(txid).inspect_err(|_| {
             let _ = shard.rollback();
+        })?;
+        // Committed in SQLite's sense; if it cannot be made durable it cannot be undone either,
+        // and whether it survives a power cut is unknown.
+        crate::durable::sync_wal(&shard.path).map_err(|e| {
+            self.poisoned = true;
+            Error::Poisoned(format!(
+                "{} (the commit is visible but its sync failed: {e})",
+                self.table_name
+            ))
         })
     }
 
@@ -579,9 +616,16 @@ impl Coordinator {
         }
     }
 
-    /// Whether the journal, as last read, holds a COMMIT decision for `txid`.
-    pub fn is_committed(&self, txid: u64) -> bool {
-        self.journal.is_committed(txid)
+    /// Whether the journal holds a COMMIT decision for `txid` (read afresh).
+    pub fn is_committed(&mut self, txid: u64) -> Result<bool> {
+        self.journal.refresh()?;
+        Ok(self.journal.is_committed(txid))
+    }
+
+    /// Takes the writer lock (for DROP TABLE).
+    pub fn lock_writer(&self) -> Result<LockGuard> {
+        self.writer_lock
+            .exclusive("writer lock", self.busy_timeout_ms)
     }
 
     /// Whether this connection has a write transaction open.

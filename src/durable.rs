@@ -28,19 +28,41 @@ pub fn wal_path(db: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// fsyncs the WAL of the shard database at `db`.
+/// fsyncs the WAL of the shard database at `db`. A WAL file this process has not synced before
+/// (SQLite creates a new one after the last connection to a shard closed) gets its directory
+/// synced too, so that the file's name survives a power cut along with its contents.
 pub fn sync_wal(db: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    static KNOWN_WALS: Mutex<Vec<(PathBuf, u64)>> = Mutex::new(Vec::new());
     let wal = wal_path(db);
-    match std::fs::File::open(&wal) {
-        Ok(f) => f.sync_data().map_err(Error::journal_io(&wal)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::journal_io(&wal)(e)),
+    let io = |e| Error::journal_io(&wal)(e);
+    let file = match std::fs::File::open(&wal) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io(e)),
+    };
+    file.sync_data().map_err(io)?;
+    let inode = file.metadata().map_err(io)?.ino();
+    let mut known = KNOWN_WALS.lock().unwrap_or_else(|p| p.into_inner());
+    if !known.iter().any(|(p, i)| p == &wal && *i == inode) {
+        let dir = wal
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
+        known.retain(|(p, _)| p != &wal);
+        known.push((wal.clone(), inode));
     }
+    Ok(())
 }
 
-fn pool() -> &'static Mutex<Sender<Job>> {
-    static POOL: OnceLock<Mutex<Sender<Job>>> = OnceLock::new();
-    POOL.get_or_init(|| {
+/// The pool's queue, or `None` in a child forked after the pool started (its threads did not
+/// survive the fork; the child syncs on its own thread).
+fn pool() -> Option<&'static Mutex<Sender<Job>>> {
+    static POOL: OnceLock<(u32, Mutex<Sender<Job>>)> = OnceLock::new();
+    let (owner, queue) = POOL.get_or_init(|| {
         let (sender, receiver) = channel::<Job>();
         let receiver = Arc::new(Mutex::new(receiver));
         for i in 0..SYNC_THREADS_MAX - 1 {
@@ -59,8 +81,9 @@ fn pool() -> &'static Mutex<Sender<Job>> {
                     }
                 });
         }
-        Mutex::new(sender)
-    })
+        (std::process::id(), Mutex::new(sender))
+    });
+    (*owner == std::process::id()).then_some(queue)
 }
 
 /// fsyncs the WALs of all these shard databases, in parallel; the first error, if any.
@@ -77,8 +100,8 @@ pub fn sync_wals(dbs: &[&Path]) -> Result<()> {
             let _ = done.send(sync_wal(&owned));
         });
         let sent = pool()
-            .lock()
-            .map_err(|_| ())
+            .ok_or(())
+            .and_then(|p| p.lock().map_err(|_| ()))
             .and_then(|p| p.send(job).map_err(|_| ()));
         match sent {
             Ok(()) => queued += 1,

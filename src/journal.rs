@@ -262,6 +262,11 @@ impl Journal {
         self.file.sync_all().map_err(Error::journal_io(&self.path))
     }
 
+    /// Makes everything read from the journal durable (a writer may have died before its sync).
+    pub fn sync(&self) -> Result<()> {
+        self.file.sync_data().map_err(Error::journal_io(&self.path))
+    }
+
     /// Whether the journal holds a COMMIT decision for `txid`.
     pub fn is_committed(&self, txid: u64) -> bool {
         self.committed.contains_key(&txid)

@@ -110,18 +110,18 @@ fn transactions(core: &TableCore) -> Result<String> {
                 found.entry(txid).or_default().push(index);
             }
         }
-        let coordinator = core.coordinator.borrow();
-        let items: Vec<String> = found
-            .iter()
-            .map(|(txid, on)| {
-                let state = if coordinator.is_committed(*txid) {
-                    "committed"
-                } else {
-                    "undecided"
-                };
-                format!("{{\"txid\":{txid},\"shards\":{on:?},\"state\":\"{state}\"}}")
-            })
-            .collect();
+        let mut coordinator = core.coordinator.borrow_mut();
+        let mut items = Vec::new();
+        for (txid, on) in &found {
+            let state = if coordinator.is_committed(*txid)? {
+                "committed"
+            } else {
+                "undecided"
+            };
+            items.push(format!(
+                "{{\"txid\":{txid},\"shards\":{on:?},\"state\":\"{state}\"}}"
+            ));
+        }
         Ok(format!("[{}]", items.join(",")))
     })
 }

@@ -312,8 +312,16 @@ impl Shard {
         !self.conn.is_autocommit()
     }
 
+    /// Begins a write transaction, with a savepoint at its start for
+    /// [`rollback_to_start`](Self::rollback_to_start).
     pub fn begin_write(&self) -> Result<()> {
-        self.execute("BEGIN IMMEDIATE")
+        self.execute("BEGIN IMMEDIATE")?;
+        self.execute("SAVEPOINT start")
+    }
+
+    /// Undoes everything the open write transaction did, keeping it open.
+    pub fn rollback_to_start(&self) -> Result<()> {
+        self.execute("ROLLBACK TO start")
     }
 
     /// Opens a read transaction and pins its snapshot (in WAL mode the snapshot is taken at the
@@ -594,13 +602,12 @@ impl Shard {
     }
 
     /// The one-phase path for a transaction that touched only this shard: finalize and commit
-    /// in one SQLite transaction, which is atomic by itself, and sync it.
+    /// in one SQLite transaction, which is atomic by itself (the coordinator then syncs it).
     pub fn commit_one_phase(&self, txid: u64) -> Result<()> {
         crate::fault::check("shard_prepare")?;
         self.forget_before_states(txid)?;
         self.set_last_txid(txid)?;
-        self.commit()?;
-        crate::durable::sync_wal(&self.path)
+        self.commit()
     }
 
     /// Deletes the before-states of `txid` and the blobs only they referenced.

@@ -81,6 +81,18 @@ pub struct TableCore {
     pub(crate) open_cursors: Cell<usize>,
 }
 
+impl TableCore {
+    /// After a write transaction ends, cursors this connection still has open (a query being
+    /// stepped while the same connection wrote) go on reading from a fresh consistent snapshot,
+    /// never from the shards unguarded.
+    fn resume_open_cursors(&self, coordinator: &mut Coordinator) -> Result<()> {
+        if self.open_cursors.get() > 0 {
+            coordinator.begin_read(&mut self.shards.borrow_mut())?;
+        }
+        Ok(())
+    }
+}
+
 /// The tables each connection has open, so that SQL functions given a table name can reach it.
 struct OpenTable {
     db: usize,
@@ -316,12 +328,18 @@ impl ImageTable {
         })
     }
 
-    fn write_shard(&self, shard: usize) -> Result<u64> {
+    /// Opens the write transaction if SQLite has not (it calls xBegin first, normally).
+    fn ensure_writing(&self) -> Result<()> {
         let mut coordinator = self.core.coordinator.borrow_mut();
         if !coordinator.is_writing() {
             coordinator.begin_write(&mut self.core.shards.borrow_mut())?;
         }
-        coordinator.record_write(shard)
+        Ok(())
+    }
+
+    fn write_shard(&self, shard: usize) -> Result<u64> {
+        self.ensure_writing()?;
+        self.core.coordinator.borrow_mut().record_write(shard)
     }
 
     fn get_row(&self, id: i64) -> Result<Option<StoredRow>> {
@@ -475,6 +493,15 @@ impl CreateVTab<'_> for ImageTable {
     /// DROP TABLE: deletes the table's shard files, journal and lock files.
     fn destroy(&self) -> rusqlite::Result<()> {
         Ok(catch_panic(|| {
+            // SAFETY: self.db is the connection running this DROP TABLE.
+            if unsafe { ffi::sqlite3_get_autocommit(self.db) } == 0 {
+                return Err(Error::BadArgument(
+                    "DROP TABLE deletes the shard files and cannot be rolled back: run it outside BEGIN ... COMMIT"
+                        .into(),
+                ));
+            }
+            // No writer of this table, in any process, is mid-commit while its files go.
+            let _writer = self.core.coordinator.borrow().lock_writer()?;
             let config = &self.core.config;
             let mut files = vec![
                 config.journal_path.clone(),
@@ -528,8 +555,7 @@ impl UpdateVTab<'_> for ImageTable {
                 }
                 (Some(id), _) | (None, Some(id)) => id,
                 (None, None) => {
-                    let shard = 0; // any: only to open the write transaction before reading ids
-                    self.write_shard(shard).map(|_| ())?;
+                    self.ensure_writing()?;
                     let shards = self.core.shards.borrow();
                     self.core.coordinator.borrow_mut().assign_id(&shards)?
                 }
@@ -612,12 +638,7 @@ impl UpdateVTab<'_> for ImageTable {
                 None => self.core.shards.borrow()[shard_of(old_id, self.shard_count())]
                     .read_blob(current.blob_id)?,
             };
-            if self.get_row(new_id)?.is_some() {
-                return Err(Error::DuplicateId {
-                    table: self.core.config.table_name.clone(),
-                    id: new_id,
-                });
-            }
+            // insert_row refuses an existing id, or replaces it under OR REPLACE.
             self.delete_row(old_id)?;
             self.insert_row(&row, &data)
         })?)
@@ -645,21 +666,17 @@ impl TransactionVTab<'_> for ImageTable {
 
     fn commit(&mut self) -> rusqlite::Result<()> {
         Ok(catch_panic(|| {
-            self.core
-                .coordinator
-                .borrow_mut()
-                .commit(&mut self.core.shards.borrow_mut());
-            Ok(())
+            let mut coordinator = self.core.coordinator.borrow_mut();
+            coordinator.commit(&mut self.core.shards.borrow_mut());
+            self.core.resume_open_cursors(&mut coordinator)
         })?)
     }
 
     fn rollback(&mut self) -> rusqlite::Result<()> {
         Ok(catch_panic(|| {
-            self.core
-                .coordinator
-                .borrow_mut()
-                .rollback(&mut self.core.shards.borrow_mut());
-            Ok(())
+            let mut coordinator = self.core.coordinator.borrow_mut();
+            coordinator.rollback(&mut self.core.shards.borrow_mut());
+            self.core.resume_open_cursors(&mut coordinator)
         })?)
     }
 }
@@ -690,6 +707,14 @@ fn plan(info: &mut IndexInfo, shard_count: usize) {
                 true,
                 _,
             ) => &mut upper,
+            // A text comparison under another collation (NOCASE, ...) is not the shard's `=`.
+            (IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_EQ, false, COL_HASH | COL_NAME)
+                if info
+                    .collation(i)
+                    .map_or(true, |c| !c.eq_ignore_ascii_case("BINARY")) =>
+            {
+                continue
+            }
             (IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_EQ, false, COL_HASH) => &mut hash_eq,
             (IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_EQ, false, COL_NAME) => &mut name_eq,
             _ => continue,
@@ -1088,6 +1113,19 @@ unsafe extern "C" fn x_rollback_to(vtab: *mut sqlite3_vtab, level: c_int) -> c_i
     }
 }
 
+unsafe extern "C" fn x_rename(vtab: *mut sqlite3_vtab, _new_name: *const c_char) -> c_int {
+    // SAFETY: as for x_savepoint.
+    unsafe {
+        with_table(vtab, |_| {
+            Err(Error::BadArgument(
+                "an imagestore table cannot be renamed (its shard files are named after it); \
+                 create a new table and copy the rows"
+                    .into(),
+            ))
+        })
+    }
+}
+
 /// rusqlite's module for this table, raised to version 2 with savepoint callbacks.
 struct ModuleV2(ffi::sqlite3_module);
 // SAFETY: the module is an immutable table of function pointers, shared read-only by SQLite.
@@ -1109,6 +1147,7 @@ pub fn register(conn: &Connection) -> rusqlite::Result<()> {
             xSavepoint: Some(x_savepoint),
             xRelease: Some(x_release),
             xRollbackTo: Some(x_rollback_to),
+            xRename: Some(x_rename),
             ..base
         })
     });

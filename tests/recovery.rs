@@ -52,7 +52,7 @@ impl Fixture {
     }
 
     fn journal_path(&self) -> PathBuf {
-        self.db.with_file_name("lib.t.journal")
+        self.db.with_file_name("lib.t.shard0.db.imagestore-journal")
     }
 
     fn shards(&self) -> Vec<Shard> {

@@ -36,8 +36,9 @@ def test_table_files_beside_the_db(db):
     for p in shard_paths(db, "t", 2):
         assert p.exists(), p
         assert p.read_bytes()[:16] == b"SQLite format 3\0"
-    for suffix in ("journal", "lock"):
-        assert (db.parent / f"test.t.{suffix}").exists(), f"test.t.{suffix} missing"
+    for suffix in ("journal", "lock", "publish"):
+        name = f"test.t.shard0.db.imagestore-{suffix}"
+        assert (db.parent / name).exists(), f"{name} missing"
 
 
 def test_reopen_finds_table(db):
