@@ -31,6 +31,9 @@ use crate::journal::TableId;
 
 pub const FORMAT_VERSION: i64 = 1;
 
+/// Images from this size up are written in place into a zeroblob (below it, binding is faster).
+const BLOB_IN_PLACE_BYTES_MIN: usize = 256 * 1024;
+
 /// A row as stored in a shard's `images` table.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredRow {
@@ -467,11 +470,15 @@ impl Shard {
         rows.collect::<rusqlite::Result<_>>().map_err(self.err())
     }
 
+    /// Reads image bytes straight from the blob's pages into one buffer.
     pub fn read_blob(&self, blob_id: i64) -> Result<Vec<u8>> {
-        self.conn
-            .prepare_cached("SELECT data FROM blobs WHERE blob_id = ?1")
-            .and_then(|mut s| s.query_row([blob_id], |r| r.get(0)))
-            .map_err(self.err())
+        let blob = self
+            .conn
+            .blob_open(rusqlite::MAIN_DB, "blobs", "data", blob_id, true)
+            .map_err(self.err())?;
+        let mut data = vec![0u8; blob.len()];
+        blob.read_at_exact(&mut data, 0).map_err(self.err())?;
+        Ok(data)
     }
 
     /// Records `id`'s state before transaction `txid` first touches it (no-op after the first).
@@ -502,11 +509,27 @@ impl Shard {
             .map_err(self.err())
     }
 
+    /// Stores image bytes. A large image is written into a zeroblob in place, so that no copy of
+    /// it is made on the way (binding it would copy it once, and building the record again).
     fn insert_blob(&self, data: &[u8]) -> Result<i64> {
-        self.conn
-            .prepare_cached("INSERT INTO blobs(data) VALUES (?1)")
-            .and_then(|mut s| s.insert([data]))
-            .map_err(self.err())
+        if data.len() < BLOB_IN_PLACE_BYTES_MIN {
+            return self
+                .conn
+                .prepare_cached("INSERT INTO blobs(data) VALUES (?1)")
+                .and_then(|mut s| s.insert([data]))
+                .map_err(self.err());
+        }
+        let blob_id = self
+            .conn
+            .prepare_cached("INSERT INTO blobs(data) VALUES (zeroblob(?1))")
+            .and_then(|mut s| s.insert([data.len() as i64]))
+            .map_err(self.err())?;
+        let mut blob = self
+            .conn
+            .blob_open(rusqlite::MAIN_DB, "blobs", "data", blob_id, false)
+            .map_err(self.err())?;
+        blob.write_at(data, 0).map_err(self.err())?;
+        Ok(blob_id)
     }
 
     /// Inserts a row (the caller checked that its id is free) with a new blob.
