@@ -70,6 +70,34 @@ fn bad(message: impl Into<String>) -> Error {
     Error::BadArgument(message.into())
 }
 
+/// The module arguments of a `CREATE VIRTUAL TABLE ... USING imagestore(...)` statement, split
+/// as SQLite splits them (top-level commas; quotes and parentheses kept whole).
+pub fn module_arguments(create_sql: &str) -> Option<Vec<String>> {
+    let open = create_sql.find('(')?;
+    let close = create_sql.rfind(')')?;
+    let inner = create_sql.get(open + 1..close)?;
+    let (mut args, mut current, mut depth, mut quote) =
+        (Vec::new(), String::new(), 0i32, None::<char>);
+    for c in inner.chars() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '\'' | '"' | '`') => quote = Some(c),
+            (None, '[') => quote = Some(']'),
+            (None, '(') => depth += 1,
+            (None, ')') => depth -= 1,
+            (None, ',') if depth == 0 => {
+                args.push(std::mem::take(&mut current).trim().to_string());
+                continue;
+            }
+            _ => {}
+        }
+        current.push(c);
+    }
+    args.push(current.trim().to_string());
+    Some(args)
+}
+
 /// Removes one level of SQL quoting ('x', "x", `x`, [x]).
 fn dequote(s: &str) -> String {
     let s = s.trim();
@@ -387,6 +415,19 @@ mod tests {
             let err = parse(args).expect_err(needle).to_string();
             assert!(err.contains(needle), "{args:?}: {err}");
         }
+    }
+
+    #[test]
+    fn module_arguments_split_as_sqlite_does() {
+        let sql = "CREATE VIRTUAL TABLE t USING imagestore(shards='a,b.db, it''s.db', album TEXT, n NUMERIC(10, 2))";
+        assert_eq!(
+            module_arguments(sql).unwrap(),
+            vec![
+                "shards='a,b.db, it''s.db'",
+                "album TEXT",
+                "n NUMERIC(10, 2)"
+            ]
+        );
     }
 
     #[test]

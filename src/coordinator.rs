@@ -148,9 +148,11 @@ impl Coordinator {
                     if let Some((shard, txids)) = first_prepared(shards)? {
                         return Err(Error::InDoubt(format!(
                             "the journal {} is missing while shard {} holds prepared transactions {txids:?}; \
-                             their outcome cannot be known. Restore the journal, or restore the table from a backup",
+                             their outcome cannot be known. Restore the journal, or decide: \
+                             SELECT imagestore_resolve('{}', 'commit' or 'abort')",
                             config.journal_path.display(),
-                            shard.display()
+                            shard.display(),
+                            config.table_name
                         )));
                     }
                 }
@@ -632,6 +634,49 @@ impl Coordinator {
     pub fn is_writing(&self) -> bool {
         matches!(self.activity, Activity::Writing(_))
     }
+}
+
+/// A person's decision for transactions recovery cannot decide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolution {
+    Commit,
+    Abort,
+}
+
+/// Applies a person's decision to every prepared transaction of the shards, when the journal that
+/// would decide them is missing (the table then refuses to open). Returns the transactions
+/// resolved. With a journal present, recovery decides, and this refuses.
+pub fn resolve_in_doubt(
+    config: &TableConfig,
+    table_id: TableId,
+    shards: &[Shard],
+    resolution: Resolution,
+) -> Result<Vec<u64>> {
+    let writer_lock = LockFile::open(&config.lock_path)?;
+    let _writer = writer_lock.exclusive("writer lock", config.busy_timeout_ms)?;
+    if Journal::open_existing(&config.journal_path, table_id)?.is_some() {
+        return Err(Error::BadArgument(format!(
+            "the journal {} exists and decides every prepared transaction; opening the table runs recovery",
+            config.journal_path.display()
+        )));
+    }
+    let publish_lock = LockFile::open(&config.publish_lock_path)?;
+    let _publish = publish_lock.exclusive("publish lock", config.busy_timeout_ms)?;
+    let mut resolved = Vec::new();
+    for shard in shards {
+        for txid in shard.prepared_txids()? {
+            match resolution {
+                Resolution::Commit => shard.finalize(txid)?,
+                Resolution::Abort => shard.abort_prepared(txid)?,
+            }
+            resolved.push(txid);
+        }
+    }
+    crate::durable::sync_wals(&shards.iter().map(|s| s.path.as_path()).collect::<Vec<_>>())?;
+    Journal::create(&config.journal_path, table_id)?;
+    resolved.sort_unstable();
+    resolved.dedup();
+    Ok(resolved)
 }
 
 fn begin_all(shards: &[Shard]) -> Result<()> {

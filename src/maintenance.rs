@@ -3,16 +3,25 @@
 //! ```sql
 //! SELECT imagestore_check('images');         -- JSON: rows and bytes checked, and every problem
 //! SELECT imagestore_transactions('images');  -- JSON: prepared transactions and their state
+//! SELECT imagestore_resolve('images', 'abort'); -- decide transactions left in doubt
 //! ```
+//! `imagestore_resolve` is for the one case recovery cannot decide: the journal is missing while
+//! shards hold prepared transactions, and the table refuses to open. It reads the table's
+//! definition from the schema, opens the shards itself, applies the decision to every prepared
+//! transaction, and starts a new journal.
 //! The table is named as `table` or `schema.table`. Both read one consistent snapshot of every
 //! shard, like a query on the table.
 
 use rusqlite::functions::{Context, FunctionFlags};
 use rusqlite::Connection;
 
+use std::path::Path;
+
+use crate::config::{module_arguments, HostDatabase, TableConfig};
+use crate::coordinator::{resolve_in_doubt, Resolution};
 use crate::error::{catch_panic, Error, Result};
 use crate::placement::shard_of;
-use crate::vtab::{with_open_table, TableCore};
+use crate::vtab::{host_filename, open_shards, with_open_table, TableCore};
 
 /// A JSON string literal.
 fn json_string(s: &str) -> String {
@@ -159,8 +168,60 @@ fn table_function(
     )
 }
 
+/// `imagestore_resolve(table, 'commit' | 'abort')`.
+fn resolve(ctx: &Context<'_>) -> Result<String> {
+    let table: String = ctx
+        .get(0)
+        .map_err(|_| Error::WrongType("give the table's name as TEXT".into()))?;
+    let decision: String = ctx
+        .get(1)
+        .map_err(|_| Error::WrongType("give 'commit' or 'abort'".into()))?;
+    let resolution = match decision.to_ascii_lowercase().as_str() {
+        "commit" => Resolution::Commit,
+        "abort" => Resolution::Abort,
+        other => {
+            return Err(Error::BadArgument(format!(
+                "decision '{other}': give 'commit' or 'abort'"
+            )))
+        }
+    };
+    let (schema, name) = table.split_once('.').unwrap_or(("main", table.as_str()));
+    // SAFETY: the handle of the connection running this function, used only during it.
+    let db = unsafe { ctx.get_connection() }.map_err(|e| Error::Internal(e.to_string()))?;
+    let quoted_schema = format!("\"{}\"", schema.replace('"', "\"\""));
+    let sql: String = db
+        .query_row(
+            &format!("SELECT sql FROM {quoted_schema}.sqlite_schema WHERE type = 'table' AND name = ?1 COLLATE NOCASE"),
+            [name],
+            |r| r.get(0),
+        )
+        .map_err(|_| Error::BadArgument(format!("no table named {table}")))?;
+    let args = module_arguments(&sql)
+        .filter(|_| sql.to_ascii_lowercase().contains("using imagestore"))
+        .ok_or_else(|| Error::BadArgument(format!("{table} is not an imagestore table")))?;
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    // SAFETY: as above.
+    let host = host_filename(unsafe { db.handle() }, schema);
+    let config = TableConfig::parse(
+        name,
+        &args,
+        HostDatabase {
+            file: host.as_deref().map(Path::new),
+        },
+    )?;
+    let (table_id, shards, _) = open_shards(&config, false)?;
+    let resolved = resolve_in_doubt(&config, table_id, &shards, resolution)?;
+    Ok(format!(
+        "{{\"decision\":\"{}\",\"transactions\":{resolved:?}}}",
+        decision.to_ascii_lowercase()
+    ))
+}
+
 /// Registers the operating functions.
 pub fn register(conn: &Connection) -> rusqlite::Result<()> {
     table_function(conn, "imagestore_check", check)?;
-    table_function(conn, "imagestore_transactions", transactions)
+    table_function(conn, "imagestore_transactions", transactions)?;
+    conn.create_scalar_function("imagestore_resolve", 2, FunctionFlags::SQLITE_UTF8, |ctx| {
+        Ok(catch_panic(|| resolve(ctx))?)
+    })
 }

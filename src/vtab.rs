@@ -179,7 +179,10 @@ fn new_table_id(config: &TableConfig) -> TableId {
 }
 
 /// Opens every shard of the table, creating them all if `create` and none exists yet.
-fn open_shards(config: &TableConfig, create: bool) -> Result<(TableId, Vec<Shard>, bool)> {
+pub(crate) fn open_shards(
+    config: &TableConfig,
+    create: bool,
+) -> Result<(TableId, Vec<Shard>, bool)> {
     let existing: Vec<&Path> = config
         .shard_paths
         .iter()
@@ -385,7 +388,7 @@ impl ImageTable {
 }
 
 /// The file of the database `schema` of connection `db`, or `None` for :memory: and temp.
-fn host_filename(db: *mut ffi::sqlite3, schema: &str) -> Option<String> {
+pub(crate) fn host_filename(db: *mut ffi::sqlite3, schema: &str) -> Option<String> {
     let schema = CString::new(schema).ok()?;
     // SAFETY: db is a valid handle; the returned string is owned by SQLite and valid while the
     // database stays attached; it is copied at once.

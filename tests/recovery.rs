@@ -331,3 +331,47 @@ fn transaction_ids_grow_across_reopen() {
     assert!(after > before, "{after} > {before}");
     f.assert_clean();
 }
+
+/// A person decides what recovery cannot: the prepared transaction, with its journal gone.
+fn resolve_after_losing_the_journal(decision: &str) -> (Fixture, Vec<(i64, String)>) {
+    let f = Fixture::new();
+    let shards = f.shards();
+    let (_, after) = prepare_both(&shards);
+    drop(shards);
+    std::fs::remove_file(f.journal_path()).unwrap();
+    let conn = Connection::open(&f.db).unwrap();
+    imagestore::register(&conn).unwrap();
+    let report: String = conn
+        .query_row("SELECT imagestore_resolve('t', ?1)", [decision], |r| {
+            r.get(0)
+        })
+        .expect("resolve");
+    assert!(report.contains(decision), "{report}");
+    (f, after)
+}
+
+#[test]
+fn a_person_can_abort_what_a_lost_journal_left_in_doubt() {
+    let (f, _) = resolve_after_losing_the_journal("abort");
+    assert_eq!(f.rows(), baseline());
+    f.assert_clean();
+}
+
+#[test]
+fn a_person_can_commit_what_a_lost_journal_left_in_doubt() {
+    let (f, after) = resolve_after_losing_the_journal("commit");
+    assert_eq!(f.rows(), after);
+    f.assert_clean();
+}
+
+#[test]
+fn resolve_refuses_while_the_journal_decides() {
+    let f = Fixture::new();
+    let conn = open(&f.db);
+    let err = conn
+        .query_row("SELECT imagestore_resolve('t', 'abort')", [], |r| {
+            r.get::<_, String>(0)
+        })
+        .expect_err("the journal exists");
+    assert!(err.to_string().contains("recovery"), "{err}");
+}
