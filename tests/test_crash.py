@@ -7,7 +7,7 @@ and compare it with the oracle: a model built by replaying the acked log
 model, or the model plus the one transaction that was in flight (committed
 but not yet acked). Anything else is a torn (partial) or lost transaction.
 
-Env: IMAGESTORE_CRASH_KILLS (default 60), IMAGESTORE_CRASH_SECONDS (default 90),
+Env: IMAGESTORE_CRASH_KILLS (default 250), IMAGESTORE_CRASH_SECONDS (default 90),
 IMAGESTORE_CRASH_SEED. Also runnable directly: python3 tests/test_crash.py
 """
 import os
@@ -155,7 +155,7 @@ def run_crash_loop(workdir, max_kills, max_seconds, seed):
 def test_kill_9(tmp_path, capsys):
     seed = int(os.environ.get("IMAGESTORE_CRASH_SEED", time.time_ns() % 10 ** 9))
     summary, partial, lost, problems = run_crash_loop(
-        tmp_path, int(os.environ.get("IMAGESTORE_CRASH_KILLS", 60)),
+        tmp_path, int(os.environ.get("IMAGESTORE_CRASH_KILLS", 250)),
         float(os.environ.get("IMAGESTORE_CRASH_SECONDS", 90)), seed)
     with capsys.disabled():
         print(f"\n{summary} (seed {seed})")
@@ -168,7 +168,7 @@ if __name__ == "__main__":
     with tempfile.TemporaryDirectory() as d:
         seed = int(os.environ.get("IMAGESTORE_CRASH_SEED", time.time_ns() % 10 ** 9))
         summary, partial, lost, problems = run_crash_loop(
-            Path(d), int(os.environ.get("IMAGESTORE_CRASH_KILLS", 60)),
+            Path(d), int(os.environ.get("IMAGESTORE_CRASH_KILLS", 250)),
             float(os.environ.get("IMAGESTORE_CRASH_SECONDS", 90)), seed)
         print("\n".join(problems))
         print(summary)
