@@ -15,13 +15,11 @@
 use rusqlite::functions::{Context, FunctionFlags};
 use rusqlite::Connection;
 
-use std::path::Path;
-
-use crate::config::{module_arguments, HostDatabase, TableConfig};
+use crate::config::module_arguments;
 use crate::coordinator::{resolve_in_doubt, Resolution};
 use crate::error::{catch_panic, Error, Result};
 use crate::placement::shard_of;
-use crate::vtab::{host_filename, open_shards, with_open_table, TableCore};
+use crate::vtab::{open_shards, table_config, with_open_table, TableCore};
 
 /// A JSON string literal.
 fn json_string(s: &str) -> String {
@@ -201,14 +199,7 @@ fn resolve(ctx: &Context<'_>) -> Result<String> {
         .ok_or_else(|| Error::BadArgument(format!("{table} is not an imagestore table")))?;
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     // SAFETY: as above.
-    let host = host_filename(unsafe { db.handle() }, schema);
-    let config = TableConfig::parse(
-        name,
-        &args,
-        HostDatabase {
-            file: host.as_deref().map(Path::new),
-        },
-    )?;
+    let config = table_config(unsafe { db.handle() }, schema, name, &args)?;
     let (table_id, shards, _) = open_shards(&config, false)?;
     let resolved = resolve_in_doubt(&config, table_id, &shards, resolution)?;
     Ok(format!(

@@ -273,15 +273,8 @@ impl Shard {
             as_index(get("shard_index")?).ok_or_else(|| foreign("has a damaged shard index"))?;
         let shard_count =
             as_index(get("shard_count")?).ok_or_else(|| foreign("has a damaged shard count"))?;
-        let mut stmt = self
-            .conn
-            .prepare("SELECT name FROM pragma_table_info('images')")
-            .map_err(self.err())?;
-        let found: Vec<String> = stmt
-            .query_map([], |r| r.get(0))
-            .map_err(self.err())?
-            .collect::<rusqlite::Result<_>>()
-            .map_err(self.err())?;
+        let found: Vec<String> =
+            self.first_column("SELECT name FROM pragma_table_info('images')")?;
         let expected: Vec<&str> = [
             "id", "name", "format", "width", "height", "bytes", "hash", "blob_id",
         ]
@@ -362,16 +355,17 @@ impl Shard {
     // ---- state read at the start of a transaction --------------------------------------
 
     pub fn prepared_txids(&self) -> Result<Vec<u64>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT txid FROM imagestore_prepared")
-            .map_err(self.err())?;
+        let txids: Vec<i64> = self.first_column("SELECT txid FROM imagestore_prepared")?;
+        Ok(txids.into_iter().map(|t| t as u64).collect())
+    }
+
+    /// The first column of every row `sql` returns.
+    fn first_column<T: rusqlite::types::FromSql>(&self, sql: &str) -> Result<Vec<T>> {
+        let mut stmt = self.conn.prepare_cached(sql).map_err(self.err())?;
         let rows = stmt
-            .query_map([], |r| r.get::<_, i64>(0))
+            .query_map([], |r| r.get::<_, T>(0))
             .map_err(self.err())?;
-        rows.map(|r| r.map(|t| t as u64))
-            .collect::<rusqlite::Result<_>>()
-            .map_err(self.err())
+        rows.collect::<rusqlite::Result<_>>().map_err(self.err())
     }
 
     pub fn last_txid(&self) -> Result<u64> {
@@ -704,14 +698,7 @@ impl Shard {
 
     /// What `PRAGMA integrity_check` reports, less its "ok".
     pub fn integrity_problems(&self) -> Result<Vec<String>> {
-        let mut stmt = self
-            .conn
-            .prepare("PRAGMA integrity_check")
-            .map_err(self.err())?;
-        let rows = stmt
-            .query_map([], |r| r.get::<_, String>(0))
-            .map_err(self.err())?;
-        let found: Vec<String> = rows.collect::<rusqlite::Result<_>>().map_err(self.err())?;
+        let found: Vec<String> = self.first_column("PRAGMA integrity_check")?;
         // Newer SQLite reports several problems in one row, one a line.
         Ok(found
             .iter()

@@ -260,14 +260,7 @@ impl ImageTable {
             .map_err(|e| Error::Internal(e.to_string()))?;
         // SAFETY: SQLite passes a valid connection handle to xCreate/xConnect.
         let handle = unsafe { db.handle() };
-        let host_file = host_filename(handle, schema);
-        let config = TableConfig::parse(
-            table_name,
-            &options,
-            HostDatabase {
-                file: host_file.as_deref().map(Path::new),
-            },
-        )?;
+        let config = table_config(handle, schema, table_name, &options)?;
         let (table_id, mut shards, created) = open_shards(&config, create)?;
         let coordinator = Coordinator::open(&config, table_id, &mut shards, created)?;
         let declaration = config.declaration();
@@ -387,8 +380,22 @@ impl ImageTable {
     }
 }
 
+/// The configuration of table `table_name` of database `schema` from its module arguments.
+pub(crate) fn table_config(
+    db: *mut ffi::sqlite3,
+    schema: &str,
+    table_name: &str,
+    args: &[&str],
+) -> Result<TableConfig> {
+    let host_file = host_filename(db, schema);
+    let host = HostDatabase {
+        file: host_file.as_deref().map(Path::new),
+    };
+    TableConfig::parse(table_name, args, host)
+}
+
 /// The file of the database `schema` of connection `db`, or `None` for :memory: and temp.
-pub(crate) fn host_filename(db: *mut ffi::sqlite3, schema: &str) -> Option<String> {
+fn host_filename(db: *mut ffi::sqlite3, schema: &str) -> Option<String> {
     let schema = CString::new(schema).ok()?;
     // SAFETY: db is a valid handle; the returned string is owned by SQLite and valid while the
     // database stays attached; it is copied at once.
