@@ -132,6 +132,18 @@ impl From<Error> for rusqlite::Error {
     }
 }
 
+/// SQL's name for the type of a value, for messages.
+pub fn type_name(value: rusqlite::types::ValueRef<'_>) -> &'static str {
+    use rusqlite::types::ValueRef;
+    match value {
+        ValueRef::Null => "NULL",
+        ValueRef::Integer(_) => "INTEGER",
+        ValueRef::Real(_) => "REAL",
+        ValueRef::Text(_) => "TEXT",
+        ValueRef::Blob(_) => "BLOB",
+    }
+}
+
 /// Runs `body`, turning a panic into [`Error::Internal`] so that none crosses the FFI boundary.
 pub fn catch_panic<T>(body: impl FnOnce() -> Result<T>) -> Result<T> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {

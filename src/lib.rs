@@ -26,6 +26,7 @@ pub mod coordinator;
 pub mod durable;
 pub mod error;
 pub mod fault;
+pub mod imagefn;
 pub mod journal;
 pub mod locks;
 pub mod maintenance;
@@ -40,6 +41,7 @@ use rusqlite::Connection;
 pub fn register(conn: &Connection) -> rusqlite::Result<()> {
     vtab::register(conn)?;
     maintenance::register(conn)?;
+    imagefn::register(conn)?;
     conn.create_scalar_function(
         "imagestore_version",
         0,

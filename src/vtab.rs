@@ -28,7 +28,7 @@ use rusqlite::{ffi, Connection};
 
 use crate::config::{HostDatabase, TableConfig};
 use crate::coordinator::Coordinator;
-use crate::error::{catch_panic, Error, Result};
+use crate::error::{catch_panic, type_name, Error, Result};
 use crate::journal::TableId;
 use crate::placement::shard_of;
 use crate::probe::{probe, ProbeError};
@@ -419,17 +419,6 @@ fn integer_id(value: ValueRef<'_>, what: &str) -> Result<Option<i64>> {
             "{what} must be an integer, not {}",
             type_name(other)
         ))),
-    }
-}
-
-/// SQL's name for the type of a value, for messages.
-fn type_name(value: ValueRef<'_>) -> &'static str {
-    match value {
-        ValueRef::Null => "NULL",
-        ValueRef::Integer(_) => "INTEGER",
-        ValueRef::Real(_) => "REAL",
-        ValueRef::Text(_) => "TEXT",
-        ValueRef::Blob(_) => "BLOB",
     }
 }
 

@@ -1,0 +1,275 @@
+//! Bounded decoding: every image the functions read goes through here.
+//!
+//! The header is read first and an image over [`PIXELS_MAX`] is refused before any pixel is
+//! decoded (a decompression bomb announces its size in its header); the decoder then runs under
+//! `image::Limits` capped at [`DECODE_BYTES_MAX`]. The EXIF orientation is read from the header
+//! and applied, so every function sees the image as a viewer shows it.
+//!
+//! JPEG has a cheaper path for callers that want a smaller image anyway ([`decode_at_least`]):
+//! `jpeg-decoder` scales in the inverse DCT (1/2, 1/4 or 1/8), as Pillow's draft mode and libvips'
+//! shrink-on-load do.
+
+use std::io::Cursor;
+
+use image::metadata::Orientation;
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits};
+
+use crate::error::{Error, Result};
+
+/// Largest `width * height` decoded: 2^28 (16384 x 16384), the virtual table's default
+/// `max_pixels`.
+pub const PIXELS_MAX: u64 = 1 << 28;
+
+/// Largest buffer a decoder may allocate: 4 bytes for each of [`PIXELS_MAX`] pixels (1 GiB), so
+/// any 8-bit image within the pixel limit decodes; 16-bit and float images get proportionally
+/// fewer pixels.
+pub const DECODE_BYTES_MAX: u64 = PIXELS_MAX * 4;
+
+/// A decoded image, oriented for display, with the format it was stored in.
+pub struct Decoded {
+    pub image: DynamicImage,
+    pub format: ImageFormat,
+}
+
+/// What the header says, without decoding pixels.
+pub struct Header {
+    pub format: ImageFormat,
+    pub width: u32,
+    pub height: u32,
+    pub color_type: image::ColorType,
+    /// Bits per channel as stored (1 for a bilevel PNG, 16 for a 16-bit one, ...).
+    pub bit_depth: u16,
+    /// EXIF orientation code, 1 (upright) to 8.
+    pub orientation: Orientation,
+}
+
+fn not_an_image(reason: impl std::fmt::Display) -> Error {
+    Error::BadArgument(format!("data is not an image: {reason}"))
+}
+
+fn limits() -> Limits {
+    let mut limits = Limits::default();
+    limits.max_alloc = Some(DECODE_BYTES_MAX);
+    limits
+}
+
+/// Refuses images with no pixels or more than [`PIXELS_MAX`].
+pub fn check_pixels(width: u32, height: u32) -> Result<()> {
+    if width == 0 || height == 0 {
+        return Err(not_an_image(format!(
+            "{width}x{height} image has no pixels"
+        )));
+    }
+    if u64::from(width) * u64::from(height) > PIXELS_MAX {
+        return Err(Error::BadArgument(format!(
+            "image of {width}x{height} pixels exceeds the limit of {PIXELS_MAX} pixels \
+             (a decompression bomb, or an image too large to process)"
+        )));
+    }
+    Ok(())
+}
+
+fn reader(data: &[u8]) -> Result<(ImageReader<Cursor<&[u8]>>, ImageFormat)> {
+    if data.is_empty() {
+        return Err(not_an_image("empty blob"));
+    }
+    let mut reader = ImageReader::new(Cursor::new(data))
+        .with_guessed_format()
+        .map_err(not_an_image)?;
+    let format = reader
+        .format()
+        .ok_or_else(|| not_an_image("unrecognized image format"))?;
+    reader.limits(limits());
+    Ok((reader, format))
+}
+
+fn damaged(format: ImageFormat) -> impl Fn(image::ImageError) -> Error {
+    move |e| match e {
+        image::ImageError::Limits(e) => Error::BadArgument(format!(
+            "{} image needs more memory than the limit of {DECODE_BYTES_MAX} bytes: {e}",
+            crate::probe::format_name(format)
+        )),
+        e => not_an_image(format!(
+            "unreadable {}: {e}",
+            crate::probe::format_name(format)
+        )),
+    }
+}
+
+/// A decoder whose header has been read and whose size is within the limits.
+fn open_decoder(data: &[u8]) -> Result<(impl ImageDecoder + use<'_>, ImageFormat, Orientation)> {
+    let (reader, format) = reader(data)?;
+    let mut decoder = reader.into_decoder().map_err(damaged(format))?;
+    let (width, height) = decoder.dimensions();
+    check_pixels(width, height)?;
+    if decoder.total_bytes() > DECODE_BYTES_MAX {
+        return Err(Error::BadArgument(format!(
+            "{width}x{height} {:?} image needs {} bytes, over the limit of {DECODE_BYTES_MAX}",
+            decoder.color_type(),
+            decoder.total_bytes()
+        )));
+    }
+    // A damaged EXIF block only loses the orientation, as in every viewer.
+    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+    Ok((decoder, format, orientation))
+}
+
+/// Reads the header only.
+pub fn header(data: &[u8]) -> Result<Header> {
+    let (decoder, format, orientation) = open_decoder(data)?;
+    let (width, height) = decoder.dimensions();
+    let original = decoder.original_color_type();
+    let channels = u16::from(original.channel_count().max(1));
+    Ok(Header {
+        format,
+        width,
+        height,
+        color_type: decoder.color_type(),
+        bit_depth: original.bits_per_pixel() / channels,
+        orientation,
+    })
+}
+
+/// Decodes every pixel (the first frame of an animation) and applies the EXIF orientation.
+pub fn decode(data: &[u8]) -> Result<Decoded> {
+    let (decoder, format, orientation) = open_decoder(data)?;
+    let mut image = DynamicImage::from_decoder(decoder).map_err(damaged(format))?;
+    image.apply_orientation(orientation);
+    Ok(Decoded { image, format })
+}
+
+/// Whether `orientation` swaps width and height.
+pub fn swaps_axes(orientation: Orientation) -> bool {
+    matches!(
+        orientation,
+        Orientation::Rotate90
+            | Orientation::Rotate270
+            | Orientation::Rotate90FlipH
+            | Orientation::Rotate270FlipH
+    )
+}
+
+/// Decodes an image for a caller that will shrink it to fit `want_width x want_height` (as
+/// displayed): a JPEG is decoded at the smallest DCT scale that still covers the request; any
+/// other image, or a JPEG that `jpeg-decoder` cannot scale (CMYK, 16-bit, or one it refuses),
+/// in full.
+pub fn decode_at_least(data: &[u8], want_width: u32, want_height: u32) -> Result<Decoded> {
+    let (reader, format) = reader(data)?;
+    if format != ImageFormat::Jpeg {
+        return decode(data);
+    }
+    let mut decoder = reader.into_decoder().map_err(damaged(format))?;
+    let (width, height) = decoder.dimensions();
+    check_pixels(width, height)?;
+    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+    let (want_width, want_height) = if swaps_axes(orientation) {
+        (want_height, want_width)
+    } else {
+        (want_width, want_height)
+    };
+    match decode_jpeg_scaled(data, want_width, want_height) {
+        Some(mut image) => {
+            image.apply_orientation(orientation);
+            Ok(Decoded { image, format })
+        }
+        None => decode(data),
+    }
+}
+
+/// `jpeg-decoder` at the smallest scale covering the request; `None` where it cannot help.
+fn decode_jpeg_scaled(data: &[u8], want_width: u32, want_height: u32) -> Option<DynamicImage> {
+    let clamp = |n: u32| u16::try_from(n.max(1)).unwrap_or(u16::MAX);
+    let mut decoder = jpeg_decoder::Decoder::new(Cursor::new(data));
+    decoder.set_max_decoding_buffer_size(usize::try_from(DECODE_BYTES_MAX).ok()?);
+    let (width, height) = decoder.scale(clamp(want_width), clamp(want_height)).ok()?;
+    let pixels = decoder.decode().ok()?;
+    let info = decoder.info()?;
+    let (width, height) = (u32::from(width), u32::from(height));
+    match info.pixel_format {
+        jpeg_decoder::PixelFormat::L8 => {
+            image::GrayImage::from_raw(width, height, pixels).map(DynamicImage::ImageLuma8)
+        }
+        jpeg_decoder::PixelFormat::RGB24 => {
+            image::RgbImage::from_raw(width, height, pixels).map(DynamicImage::ImageRgb8)
+        }
+        _ => None,
+    }
+}
+
+/// How many frames the image holds (pages of a TIFF, frames of a GIF, APNG or animated WebP),
+/// read from the container without decoding pixels.
+pub fn frame_count(data: &[u8], format: ImageFormat) -> Result<u32> {
+    let count = match format {
+        ImageFormat::Gif => {
+            let mut options = gif::DecodeOptions::new();
+            options.set_color_output(gif::ColorOutput::Indexed);
+            let mut decoder = options.read_info(Cursor::new(data)).map_err(not_an_image)?;
+            let mut count = 0u32;
+            while decoder.next_frame_info().map_err(not_an_image)?.is_some() {
+                count = count.saturating_add(1);
+            }
+            count
+        }
+        ImageFormat::Tiff => {
+            let mut decoder =
+                tiff::decoder::Decoder::new(Cursor::new(data)).map_err(not_an_image)?;
+            let mut count = 1u32;
+            while decoder.more_images() {
+                decoder.next_image().map_err(not_an_image)?;
+                count = count.saturating_add(1);
+            }
+            count
+        }
+        ImageFormat::WebP => {
+            let decoder = image_webp::WebPDecoder::new(Cursor::new(data)).map_err(not_an_image)?;
+            decoder.num_frames().max(1)
+        }
+        ImageFormat::Png => {
+            let reader = png::Decoder::new(Cursor::new(data))
+                .read_info()
+                .map_err(not_an_image)?;
+            reader
+                .info()
+                .animation_control
+                .map_or(1, |control| control.num_frames.max(1))
+        }
+        _ => 1,
+    };
+    Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_empty_text_and_a_header_over_the_pixel_limit() {
+        assert!(decode(b"").is_err());
+        assert!(decode(b"hello, not an image").is_err());
+        let mut data = Vec::new();
+        image::RgbImage::new(1, 1)
+            .write_to(&mut Cursor::new(&mut data), ImageFormat::Png)
+            .expect("encode");
+        data[16..20].copy_from_slice(&100_000u32.to_be_bytes());
+        data[20..24].copy_from_slice(&100_000u32.to_be_bytes());
+        let crc = crc32fast::hash(&data[12..29]).to_be_bytes();
+        data[29..33].copy_from_slice(&crc);
+        let message = decode(&data)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(message.contains("100000x100000"), "{message}");
+    }
+
+    #[test]
+    fn scaled_jpeg_decode_covers_the_request() {
+        let mut data = Vec::new();
+        image::RgbImage::from_fn(800, 600, |x, y| image::Rgb([x as u8, y as u8, 7]))
+            .write_to(&mut Cursor::new(&mut data), ImageFormat::Jpeg)
+            .expect("encode");
+        let decoded = decode_at_least(&data, 200, 150).expect("decode");
+        assert_eq!((decoded.image.width(), decoded.image.height()), (200, 150));
+        let decoded = decode_at_least(&data, 300, 225).expect("decode");
+        assert_eq!((decoded.image.width(), decoded.image.height()), (400, 300));
+    }
+}
