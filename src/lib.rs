@@ -23,6 +23,7 @@
 
 pub mod config;
 pub mod coordinator;
+pub mod derive;
 pub mod durable;
 pub mod error;
 pub mod fault;

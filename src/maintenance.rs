@@ -4,6 +4,7 @@
 //! SELECT imagestore_check('images');         -- JSON: rows and bytes checked, and every problem
 //! SELECT imagestore_transactions('images');  -- JSON: prepared transactions and their state
 //! SELECT imagestore_resolve('images', 'abort'); -- decide transactions left in doubt
+//! SELECT imagestore_derive('images', 'thumb', 'thumbnail', 256, 'webp'); -- see `derive`
 //! ```
 //! `imagestore_resolve` is for the one case recovery cannot decide: the journal is missing while
 //! shards hold prepared transactions, and the table refuses to open. It reads the table's
@@ -15,8 +16,11 @@
 use rusqlite::functions::{Context, FunctionFlags};
 use rusqlite::Connection;
 
+use rusqlite::types::Value;
+
 use crate::config::module_arguments;
 use crate::coordinator::{resolve_in_doubt, Resolution};
+use crate::derive::Operation;
 use crate::error::{catch_panic, Error, Result};
 use crate::placement::shard_of;
 use crate::vtab::{open_shards, table_config, with_open_table, TableCore};
@@ -133,6 +137,30 @@ fn transactions(core: &TableCore) -> Result<String> {
     })
 }
 
+/// Runs `body` on the table named by the function's first argument, connecting it first if this
+/// connection has not used it yet.
+pub(crate) fn with_table_argument<T>(
+    ctx: &Context<'_>,
+    body: impl FnOnce(&TableCore) -> Result<T>,
+) -> Result<T> {
+    let table: String = ctx
+        .get(0)
+        .map_err(|_| Error::WrongType("give the table's name as TEXT".into()))?;
+    // SAFETY: the handle of the connection running this function, used only during it.
+    let db = unsafe { ctx.get_connection() }.map_err(|e| Error::Internal(e.to_string()))?;
+    // Preparing a statement on the table connects it if this connection has not yet.
+    let quoted = table
+        .split('.')
+        .map(|p| format!("\"{}\"", p.replace('"', "\"\"")))
+        .collect::<Vec<_>>()
+        .join(".");
+    db.prepare(&format!("SELECT 1 FROM {quoted} LIMIT 0"))
+        .map_err(|e| Error::BadArgument(format!("{table}: {e}")))?;
+    // SAFETY: as above.
+    let handle = unsafe { db.handle() };
+    with_open_table(handle, &table, body)
+}
+
 fn table_function(
     conn: &Connection,
     name: &str,
@@ -142,28 +170,32 @@ fn table_function(
         name,
         1,
         FunctionFlags::SQLITE_UTF8,
-        move |ctx: &Context<'_>| {
-            Ok(catch_panic(|| {
-                let table: String = ctx
-                    .get(0)
-                    .map_err(|_| Error::WrongType("give the table's name as TEXT".into()))?;
-                // SAFETY: the handle of the connection running this function, used only during it.
-                let db =
-                    unsafe { ctx.get_connection() }.map_err(|e| Error::Internal(e.to_string()))?;
-                // Preparing a statement on the table connects it if this connection has not yet.
-                let quoted = table
-                    .split('.')
-                    .map(|p| format!("\"{}\"", p.replace('"', "\"\"")))
-                    .collect::<Vec<_>>()
-                    .join(".");
-                db.prepare(&format!("SELECT 1 FROM {quoted} LIMIT 0"))
-                    .map_err(|e| Error::BadArgument(format!("{table}: {e}")))?;
-                // SAFETY: as above.
-                let handle = unsafe { db.handle() };
-                with_open_table(handle, &table, run)
-            })?)
-        },
+        move |ctx: &Context<'_>| Ok(catch_panic(|| with_table_argument(ctx, run))?),
     )
+}
+
+/// `imagestore_derive(table, column, operation, args...)`: see `derive`.
+fn derive(ctx: &Context<'_>) -> Result<String> {
+    if ctx.len() < 3 {
+        return Err(Error::BadArgument(
+            "imagestore_derive(table, column, operation, arguments...)".into(),
+        ));
+    }
+    let column: String = ctx
+        .get(1)
+        .map_err(|_| Error::WrongType("give the column's name as TEXT".into()))?;
+    let operation: String = ctx
+        .get(2)
+        .map_err(|_| Error::WrongType("give the operation as TEXT".into()))?;
+    let args = (3..ctx.len())
+        .map(|i| Value::try_from(ctx.get_raw(i)).map_err(|e| Error::WrongType(e.to_string())))
+        .collect::<Result<Vec<_>>>()?;
+    let operation = Operation::parse(&operation, &args)?;
+    let summary = with_table_argument(ctx, |core| crate::derive::derive(core, &column, operation))?;
+    Ok(format!(
+        "{{\"rows\":{},\"threads\":{},\"seconds\":{:.3}}}",
+        summary.rows, summary.threads, summary.seconds
+    ))
 }
 
 /// `imagestore_resolve(table, 'commit' | 'abort')`.
@@ -214,5 +246,8 @@ pub fn register(conn: &Connection) -> rusqlite::Result<()> {
     table_function(conn, "imagestore_transactions", transactions)?;
     conn.create_scalar_function("imagestore_resolve", 2, FunctionFlags::SQLITE_UTF8, |ctx| {
         Ok(catch_panic(|| resolve(ctx))?)
+    })?;
+    conn.create_scalar_function("imagestore_derive", -1, FunctionFlags::SQLITE_UTF8, |ctx| {
+        Ok(catch_panic(|| derive(ctx))?)
     })
 }

@@ -61,6 +61,22 @@ pub struct NewRow {
     pub user: Vec<Value>,
 }
 
+impl From<&StoredRow> for NewRow {
+    /// The row as it is, to be written back with some columns changed.
+    fn from(row: &StoredRow) -> NewRow {
+        NewRow {
+            id: row.id,
+            name: row.name.clone(),
+            format: row.format.clone(),
+            width: row.width,
+            height: row.height,
+            bytes: row.bytes,
+            hash: row.hash.clone(),
+            user: row.user.clone(),
+        }
+    }
+}
+
 /// Which rows a scan returns (all conditions together).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ScanFilter {
@@ -366,6 +382,11 @@ impl Shard {
             .query_map([], |r| r.get::<_, T>(0))
             .map_err(self.err())?;
         rows.collect::<rusqlite::Result<_>>().map_err(self.err())
+    }
+
+    /// Every row's id, in order.
+    pub fn ids(&self) -> Result<Vec<i64>> {
+        self.first_column("SELECT id FROM images ORDER BY id")
     }
 
     pub fn last_txid(&self) -> Result<u64> {

@@ -1,0 +1,241 @@
+//! Whole-table processing: derive a value from every image, on every core, and store the results
+//! in one transaction that commits on every shard or on none.
+//!
+//! ```sql
+//! CREATE VIRTUAL TABLE photos USING imagestore(shards=4, thumb BLOB, phash INTEGER);
+//! SELECT imagestore_derive('photos', 'thumb', 'thumbnail', 256, 'webp');  -- {"rows":31,...}
+//! SELECT imagestore_derive('photos', 'phash', 'phash');
+//! SELECT imagestore_derive('photos', 'small', 'convert', 'jpeg', 80);
+//! ```
+//! Operations: `thumbnail, max_side [, format]` (as `image_thumbnail`), `convert, format
+//! [, quality]` (as `image_convert`), `phash` (as `image_phash`). The target is one of the table's
+//! own columns.
+//!
+//! How: the table's write transaction is opened (the writer lock excludes other writers, so the
+//! images cannot change underneath); images are read a batch at a time, bounded in bytes, and
+//! processed on a thread per core (pure Rust: no SQLite object crosses a thread); each result is
+//! written to its row through the same path as an UPDATE of that column. Any failure (a damaged
+//! image, a full disk) rolls the whole derivation back. It commits on its own, so it refuses to
+//! run inside a transaction the connection has open.
+
+use rusqlite::types::Value;
+
+use crate::coordinator::Coordinator;
+use crate::error::{Error, Result};
+use crate::imagefn::encode::{self, OutputFormat};
+use crate::imagefn::{decode, phash, thumbnail};
+use crate::shard::{NewRow, Shard};
+use crate::vtab::TableCore;
+
+/// Images read into memory at most at once, before they are processed and written.
+const BATCH_BYTES_MAX: usize = 256 << 20;
+
+/// What to compute from each image.
+#[derive(Debug, Clone, Copy)]
+pub enum Operation {
+    Thumbnail {
+        max_side: u32,
+        format: Option<OutputFormat>,
+    },
+    Convert {
+        format: OutputFormat,
+        quality: Option<u8>,
+    },
+    Phash,
+}
+
+impl Operation {
+    /// Parses the operation's name and arguments as given in SQL.
+    pub fn parse(name: &str, args: &[Value]) -> Result<Operation> {
+        let text = |v: Option<&Value>| match v {
+            Some(Value::Text(t)) => Ok(Some(t.clone())),
+            None | Some(Value::Null) => Ok(None),
+            Some(_) => Err(Error::WrongType(format!("{name}: a format is TEXT"))),
+        };
+        let integer = |v: Option<&Value>| match v {
+            Some(Value::Integer(i)) => Ok(Some(*i)),
+            None | Some(Value::Null) => Ok(None),
+            Some(_) => Err(Error::WrongType(format!(
+                "{name}: expected an INTEGER argument"
+            ))),
+        };
+        match (name.to_ascii_lowercase().as_str(), args.len()) {
+            ("thumbnail", 1 | 2) => {
+                let side = integer(args.first())?.filter(|s| (1..=65_535).contains(s));
+                let max_side = side.ok_or_else(|| Error::BadArgument("thumbnail: max_side from 1 to 65535".into()))?;
+                let format = text(args.get(1))?.map(|f| OutputFormat::parse(&f)).transpose()?;
+                Ok(Operation::Thumbnail { max_side: max_side as u32, format })
+            }
+            ("convert", 1 | 2) => {
+                let format = text(args.first())?.ok_or_else(|| Error::BadArgument("convert: give a format".into()))?;
+                let quality = integer(args.get(1))?.map(encode::quality).transpose()?;
+                Ok(Operation::Convert { format: OutputFormat::parse(&format)?, quality })
+            }
+            ("phash", 0) => Ok(Operation::Phash),
+            (other, n) => Err(Error::BadArgument(format!(
+                "derive: '{other}' with {n} arguments is not an operation; use thumbnail, max_side [, format] | \
+                 convert, format [, quality] | phash"
+            ))),
+        }
+    }
+
+    fn apply(self, data: &[u8]) -> Result<Value> {
+        Ok(match self {
+            Operation::Thumbnail { max_side, format } => {
+                Value::Blob(thumbnail(data, max_side, format)?)
+            }
+            Operation::Convert { format, quality } => Value::Blob(encode::encode(
+                decode::decode(data)?.image,
+                format,
+                quality,
+            )?),
+            Operation::Phash => Value::Integer(phash::phash(&decode::decode(data)?.image)? as i64),
+        })
+    }
+}
+
+/// An image to process: its shard, its id, its bytes.
+type Job = (usize, i64, Vec<u8>);
+
+/// Computes `operation` for every image on `threads` threads, each taking the next image as it
+/// finishes one, largest images first (so that one large image does not end the work alone).
+/// Results come in input order.
+fn compute(operation: Operation, images: &[Job], threads: usize) -> Result<Vec<Value>> {
+    let mut order: Vec<usize> = (0..images.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(images[i].2.len()));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let done = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads.clamp(1, images.len().max(1)))
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut out = Vec::new();
+                    loop {
+                        let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(&i) = order.get(k) else {
+                            return Ok(out);
+                        };
+                        let (_, id, data) = &images[i];
+                        crate::fault::check("derive_row")?;
+                        let value = operation
+                            .apply(data)
+                            .map_err(|e| Error::BadArgument(format!("row {id}: {e}")))?;
+                        out.push((i, value));
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| {
+                w.join()
+                    .map_err(|_| Error::Internal("a derive thread panicked".into()))?
+            })
+            .collect::<Result<Vec<Vec<(usize, Value)>>>>()
+    })?;
+    let mut results: Vec<(usize, Value)> = done.into_iter().flatten().collect();
+    results.sort_by_key(|(i, _)| *i);
+    Ok(results.into_iter().map(|(_, v)| v).collect())
+}
+
+/// The summary `imagestore_derive` returns.
+pub struct Summary {
+    pub rows: usize,
+    pub threads: usize,
+    pub seconds: f64,
+}
+
+/// Runs the derivation in one write transaction of the table; on any error, nothing is kept.
+pub fn derive(core: &TableCore, column: &str, operation: Operation) -> Result<Summary> {
+    let started = std::time::Instant::now();
+    let target = core
+        .config
+        .user_columns
+        .iter()
+        .position(|c| c.name.eq_ignore_ascii_case(column))
+        .ok_or_else(|| {
+            Error::BadArgument(format!("{column} is not one of the table's own columns"))
+        })?;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut coordinator = core.coordinator.borrow_mut();
+    if coordinator.is_writing() {
+        return Err(Error::BadArgument(
+            "imagestore_derive commits on its own: run it outside BEGIN ... COMMIT".into(),
+        ));
+    }
+    let mut shards = core.shards.borrow_mut();
+    coordinator.end_read(&mut shards);
+    coordinator.begin_write(&mut shards)?;
+    let outcome = (|| {
+        let mut rows = 0;
+        let mut batch: Vec<Job> = Vec::new();
+        let mut bytes = 0;
+        for (index, shard) in shards.iter().enumerate() {
+            for id in shard.ids()? {
+                let Some(row) = shard.get(id)? else { continue };
+                let data = shard.read_blob(row.blob_id)?;
+                bytes += data.len();
+                batch.push((index, id, data));
+                if bytes >= BATCH_BYTES_MAX {
+                    rows += process(
+                        &mut coordinator,
+                        &shards,
+                        target,
+                        operation,
+                        &batch,
+                        threads,
+                    )?;
+                    batch.clear();
+                    bytes = 0;
+                }
+            }
+        }
+        rows += process(
+            &mut coordinator,
+            &shards,
+            target,
+            operation,
+            &batch,
+            threads,
+        )?;
+        Ok(rows)
+    })()
+    .and_then(|rows| coordinator.sync(&mut shards).map(|()| rows));
+    match outcome {
+        Ok(rows) => {
+            coordinator.commit(&mut shards);
+            Ok(Summary {
+                rows,
+                threads,
+                seconds: started.elapsed().as_secs_f64(),
+            })
+        }
+        Err(e) => {
+            coordinator.rollback(&mut shards);
+            Err(e)
+        }
+    }
+}
+
+/// Computes a batch and stores each result in its row's `target` user column; returns how
+/// many rows were written.
+fn process(
+    coordinator: &mut Coordinator,
+    shards: &[Shard],
+    target: usize,
+    operation: Operation,
+    batch: &[Job],
+    threads: usize,
+) -> Result<usize> {
+    let results = compute(operation, batch, threads)?;
+    for ((index, id, _), value) in batch.iter().zip(results) {
+        let shard = &shards[*index];
+        let txid = coordinator.record_write(*index)?;
+        let current = shard
+            .get(*id)?
+            .ok_or_else(|| Error::Internal(format!("row {id} vanished")))?;
+        let mut row = NewRow::from(&current);
+        row.user[target] = value;
+        shard.update(txid, &current, &row, None)?;
+    }
+    Ok(batch.len())
+}
