@@ -1,0 +1,89 @@
+"""Thumbnail speed: imagestore's image_thumbnail against Pillow and libvips, in one run.
+
+For each corpus image of at least 1 megapixel (the JPEGs and WebPs up to 4096x4096), each library
+decodes, makes a thumbnail that fits 256x256, and encodes it in the input's format; best of
+REPEATS runs per image, summed. Also times imagestore_derive over the whole corpus table against a
+single-threaded UPDATE doing the same work.
+
+Usage: python3 tests/bench/thumbnail_bench.py [repeats]   (needs pillow, pyvips, pyvips-binary).
+Not part of the test run.
+"""
+import io
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import apsw
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[2]
+LIB = os.environ.get("IMAGESTORE_LIB", str(ROOT / "target" / "release" / "libimagestore.so"))
+CORPUS = ROOT.parent / "shared" / "corpus" / "images"
+
+
+def best(fn, repeats):
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def pillow_thumb(data):
+    im = Image.open(io.BytesIO(data))
+    fmt = im.format
+    im.thumbnail((256, 256))
+    out = io.BytesIO()
+    im.save(out, fmt if fmt in ("JPEG", "PNG", "WEBP", "GIF") else "PNG")
+    return out.getvalue()
+
+
+def main():
+    repeats = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+    try:
+        import pyvips
+    except ImportError:
+        pyvips = None
+    con = apsw.Connection(":memory:")
+    con.enable_load_extension(True)
+    con.load_extension(LIB)
+    images = []
+    for p in sorted(CORPUS.iterdir()):
+        im = Image.open(p)
+        if im.width * im.height >= 1_000_000:
+            images.append((p.name, p.read_bytes(), p.suffix.lstrip(".")))
+    totals = {"imagestore": 0.0, "pillow": 0.0, "libvips": 0.0}
+    print(f"{'image':28} {'imagestore ms':>14} {'Pillow ms':>10} {'libvips ms':>11}")
+    for name, data, ext in images:
+        ours = best(lambda: con.execute("SELECT image_thumbnail(?, 256)", (data,)).fetchall(), repeats)
+        pil = best(lambda: pillow_thumb(data), repeats)
+        vips = best(lambda: pyvips.Image.thumbnail_buffer(data, 256).write_to_buffer("." + ext), repeats) if pyvips else float("nan")
+        totals["imagestore"] += ours
+        totals["pillow"] += pil
+        totals["libvips"] += vips
+        print(f"{name:28} {ours * 1000:14.1f} {pil * 1000:10.1f} {vips * 1000:11.1f}")
+    print(f"{'total':28} {totals['imagestore'] * 1000:14.1f} {totals['pillow'] * 1000:10.1f} {totals['libvips'] * 1000:11.1f}")
+    print(f"ratios: imagestore / Pillow {totals['imagestore'] / totals['pillow']:.2f}, "
+          f"imagestore / libvips {totals['imagestore'] / totals['libvips']:.2f}")
+
+    with tempfile.TemporaryDirectory() as d:
+        db = apsw.Connection(os.path.join(d, "b.db"))
+        db.enable_load_extension(True)
+        db.load_extension(LIB)
+        db.execute("CREATE VIRTUAL TABLE t USING imagestore(shards=4, thumb BLOB)")
+        db.execute("BEGIN")
+        for p in sorted(CORPUS.iterdir()):
+            db.execute("INSERT INTO t(name, data) VALUES (?, ?)", (p.name, p.read_bytes()))
+        db.execute("COMMIT")
+        single = best(lambda: db.execute("UPDATE t SET thumb = image_thumbnail(data, 256, 'webp')"), repeats)
+        parallel = best(lambda: db.execute("SELECT imagestore_derive('t', 'thumb', 'thumbnail', 256, 'webp')").fetchall(), repeats)
+        print(f"whole table ({sum(1 for _ in CORPUS.iterdir())} images, 256-px WebP): single-threaded UPDATE "
+              f"{single * 1000:.0f} ms, imagestore_derive {parallel * 1000:.0f} ms on {os.cpu_count()} cores, "
+              f"ratio {parallel / single:.2f}")
+
+
+if __name__ == "__main__":
+    main()
