@@ -137,7 +137,7 @@ def main():
         scan = {k: timed(lambda c=c: run(c, scan_sql)) for k, c in tables.items()}
         results.append((f"scan ms ({rows['imagestore']} rows)", scan["imagestore"] * 1000, scan["plain"] * 1000,
                         scan["imagestore"] / scan["plain"]))
-        ids = random.Random(7).sample(range(1, min(rows.values()) + 1), 1000)
+        ids = random.Random(7).sample(range(1, min(rows.values()) + 1), min(1000, min(rows.values())))
         point = {k: timed(lambda c=c: [run(c, "SELECT data FROM images WHERE id = ?", (i,)) for i in ids]) / len(ids)
                  for k, c in tables.items()}
         results.append(("point read of data, us", point["imagestore"] * 1e6, point["plain"] * 1e6,
