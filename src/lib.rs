@@ -18,9 +18,12 @@
 //! - `shard`: one shard file: schema, rows, and the protocol's per-shard steps.
 //! - `placement`: which shard holds an id.
 //! - `probe`: the image header probe that derives format, size and hash.
-//! - `maintenance`: imagestore_check() and imagestore_transactions().
+//! - `maintenance`: the operating SQL functions (check, transactions, resolve, derive, backup).
+//! - `backup`: consistent online backup and its verification. `derive`: whole-table processing.
+//! - `imagefn`: the per-image SQL functions.
 //! - `config`: the table's arguments. `error`: errors and their SQLite codes.
 
+pub mod backup;
 pub mod config;
 pub mod coordinator;
 pub mod derive;

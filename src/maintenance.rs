@@ -18,28 +18,13 @@ use rusqlite::Connection;
 
 use rusqlite::types::Value;
 
+use crate::backup::json_string;
 use crate::config::module_arguments;
 use crate::coordinator::{resolve_in_doubt, Resolution};
 use crate::derive::Operation;
 use crate::error::{catch_panic, Error, Result};
 use crate::placement::shard_of;
 use crate::vtab::{open_shards, table_config, with_open_table, TableCore};
-
-/// A JSON string literal.
-fn json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
 
 /// Runs `body` on one consistent snapshot of every shard of the table.
 fn on_snapshot<T>(core: &TableCore, body: impl FnOnce(&TableCore) -> Result<T>) -> Result<T> {
@@ -249,5 +234,23 @@ pub fn register(conn: &Connection) -> rusqlite::Result<()> {
     })?;
     conn.create_scalar_function("imagestore_derive", -1, FunctionFlags::SQLITE_UTF8, |ctx| {
         Ok(catch_panic(|| derive(ctx))?)
+    })?;
+    conn.create_scalar_function("imagestore_backup", 2, FunctionFlags::SQLITE_UTF8, |ctx| {
+        Ok(catch_panic(|| {
+            let dest: String = ctx
+                .get(1)
+                .map_err(|_| Error::WrongType("give the backup folder as TEXT".into()))?;
+            with_table_argument(ctx, |core| {
+                crate::backup::backup(core, std::path::Path::new(&dest))
+            })
+        })?)
+    })?;
+    conn.create_scalar_function("imagestore_verify", 1, FunctionFlags::SQLITE_UTF8, |ctx| {
+        Ok(catch_panic(|| {
+            let dir: String = ctx
+                .get(0)
+                .map_err(|_| Error::WrongType("give the backup folder as TEXT".into()))?;
+            crate::backup::verify(std::path::Path::new(&dir))
+        })?)
     })
 }

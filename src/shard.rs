@@ -177,6 +177,23 @@ impl Shard {
         Ok(shard)
     }
 
+    /// Opens a shard file read-only, for checking a copy (no identity or column check).
+    pub fn open_read_only(path: &Path) -> Result<Shard> {
+        if !path.is_file() {
+            return Err(Error::ShardMissing {
+                path: path.to_path_buf(),
+            });
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags).map_err(Error::shard(path))?;
+        Ok(Shard {
+            path: path.to_path_buf(),
+            conn,
+            columns_sql: String::new(),
+            user_column_count: 0,
+        })
+    }
+
     fn err(&self) -> impl FnOnce(rusqlite::Error) -> Error + '_ {
         Error::shard(&self.path)
     }
@@ -757,6 +774,52 @@ impl Shard {
                  AND blob_id NOT IN (SELECT blob_id FROM imagestore_undo WHERE blob_id IS NOT NULL)",
                 [],
                 |r| r.get(0),
+            )
+            .map_err(self.err())
+    }
+
+    // ---- backup -------------------------------------------------------------------------
+
+    /// Copies this shard, as the connection's open read transaction sees it, into a new file.
+    pub fn backup_to(&self, dest: &Path) -> Result<()> {
+        let mut out = Connection::open(dest).map_err(Error::shard(dest))?;
+        {
+            // One step of all pages (-1): the copy is of this connection's snapshot.
+            let backup = rusqlite::backup::Backup::new(&self.conn, &mut out).map_err(self.err())?;
+            match backup.step(-1).map_err(self.err())? {
+                rusqlite::backup::StepResult::Done => {}
+                other => {
+                    return Err(Error::Busy {
+                        what: format!("backup of {} ({other:?})", self.path.display()),
+                        timeout_ms: 0,
+                    })
+                }
+            }
+        }
+        // Decided transactions the snapshot caught before their finalize: finalize them in the
+        // copy, so that the backup holds no protocol state. (The reader checked they are decided.)
+        let copy = Shard {
+            path: dest.to_path_buf(),
+            conn: out,
+            columns_sql: self.columns_sql.clone(),
+            user_column_count: self.user_column_count,
+        };
+        for txid in copy.prepared_txids()? {
+            copy.finalize(txid)?;
+        }
+        copy.conn
+            .execute_batch("PRAGMA journal_mode=DELETE")
+            .map_err(copy.err())?;
+        Ok(())
+    }
+
+    /// Rows, and bytes of images, in this shard (as the open transaction sees it).
+    pub fn totals(&self) -> Result<(i64, i64)> {
+        self.conn
+            .query_row(
+                "SELECT count(*), coalesce(sum(bytes), 0) FROM images",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .map_err(self.err())
     }
