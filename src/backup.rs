@@ -20,7 +20,7 @@
 
 use std::fs::{self, File};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::shard::Shard;
@@ -246,7 +246,7 @@ pub fn verify(dir: &Path) -> Result<String> {
 }
 
 /// Integrity and image hashes of one backup shard file, read-only.
-fn check_shard_file(index: usize, path: &PathBuf, problems: &mut Vec<String>) {
+fn check_shard_file(index: usize, path: &Path, problems: &mut Vec<String>) {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
