@@ -1,11 +1,11 @@
 //! The table's two cross-process locks, as `flock(2)` locks on two files beside the journal
-//! (`<table>.lock` and `<table>.publish-lock`).
+//! (`<shard 0>.imagestore-lock` and `<shard 0>.imagestore-publish`).
 //!
-//! - The **writer lock** (on `<table>.lock`), exclusive, is held by the one connection that has a
+//! - The **writer lock** (on `.imagestore-lock`), exclusive, is held by the one connection that has a
 //!   write transaction open on the table, from its first write until it commits or rolls back.
 //!   Writers are serialized by it, so shard locks are never contended between writers and no two
 //!   writers can wait for each other in opposite orders: there is one lock, taken first.
-//! - The **publish lock** (on `<table>.publish-lock`): a writer holds it exclusively from the first
+//! - The **publish lock** (on `.imagestore-publish`): a writer holds it exclusively from the first
 //!   shard's prepare until its COMMIT decision is durable (or its abort is complete); a reader
 //!   holds it shared only while it opens its read snapshot on every shard. So a reader's
 //!   snapshots are all taken either before any shard of a transaction prepared or after its
