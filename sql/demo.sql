@@ -7,7 +7,7 @@
 
 .print '== A table split over 4 shard files, with a column of our own'
 DROP TABLE IF EXISTS photos;
-CREATE VIRTUAL TABLE photos USING imagestore(shards=4, album TEXT);
+CREATE VIRTUAL TABLE photos USING imagestore(shards=4, album TEXT, thumb BLOB, phash INTEGER);
 
 .print '== Import every image of the corpus in one transaction (all shards or none)'
 INSERT INTO photos(name, data, album)
@@ -52,3 +52,24 @@ SELECT count(*) AS images FROM photos;
 ATTACH 'demo.photos.shard0.db' AS shard0;
 SELECT count(*) AS rows_in_shard0 FROM shard0.images;
 DETACH shard0;
+
+.print '== Image functions on any blob'
+SELECT name, image_info(data) AS info FROM photos WHERE name IN ('rocket.jpg', 'multipage.tif');
+SELECT name, image_otsu(data) AS otsu_level, json_extract(image_regions(data), '$.count') AS regions FROM photos WHERE name = 'coins.png';
+
+.print '== Whole table on every core, in one atomic transaction: 256-px WebP thumbnails and perceptual hashes'
+SELECT imagestore_derive('photos', 'thumb', 'thumbnail', 256, 'webp') IS NOT NULL AS thumbnails_done;
+SELECT imagestore_derive('photos', 'phash', 'phash') IS NOT NULL AS hashes_done;
+SELECT name, json_extract(image_info(thumb), '$.width') AS w, json_extract(image_info(thumb), '$.height') AS h, length(thumb) AS bytes
+  FROM photos WHERE name IN ('astronaut.png', 'wood-d.webp');
+
+.print '== Look-alikes of motorcycle_left.png by perceptual hash'
+SELECT name, image_distance(phash, (SELECT phash FROM photos WHERE name = 'motorcycle_left.png')) AS distance
+  FROM photos ORDER BY distance LIMIT 3;
+
+.print '== Every image re-hashed and every shard checked'
+SELECT json_extract(imagestore_check('photos'), '$.ok') AS ok, json_extract(imagestore_check('photos'), '$.rows') AS rows;
+
+.print '== A consistent online backup across all shards, verified'
+SELECT json_extract(imagestore_backup('photos', 'demo-backup'), '$.rows') AS rows_backed_up;
+SELECT json_extract(imagestore_verify('demo-backup'), '$.ok') AS backup_ok;
