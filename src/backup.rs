@@ -23,6 +23,7 @@ use std::io::Write;
 use std::path::Path;
 
 use crate::error::{Error, Result};
+use crate::maintenance::on_snapshot;
 use crate::shard::Shard;
 use crate::vtab::TableCore;
 
@@ -67,16 +68,11 @@ pub fn backup(core: &TableCore, dest: &Path) -> Result<String> {
         Err(_) => fs::create_dir_all(dest).map_err(io_error(dest))?,
     }
     let snapshot_started = std::time::Instant::now();
-    core.coordinator
-        .borrow_mut()
-        .begin_read(&mut core.shards.borrow_mut())?;
-    let snapshot_ms = snapshot_started.elapsed().as_secs_f64() * 1000.0;
-    let copied = copy_shards(core, dest);
-    if core.open_cursors.get() == 0 {
-        core.coordinator
-            .borrow_mut()
-            .end_read(&mut core.shards.borrow_mut());
-    }
+    let mut snapshot_ms = 0.0;
+    let copied = on_snapshot(core, |core| {
+        snapshot_ms = snapshot_started.elapsed().as_secs_f64() * 1000.0;
+        copy_shards(core, dest)
+    });
     let (rows, image_bytes, last_txid) = copied?;
     let mut files = Vec::new();
     let mut bytes_written = 0;

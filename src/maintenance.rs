@@ -27,7 +27,10 @@ use crate::placement::shard_of;
 use crate::vtab::{open_shards, table_config, with_open_table, TableCore};
 
 /// Runs `body` on one consistent snapshot of every shard of the table.
-fn on_snapshot<T>(core: &TableCore, body: impl FnOnce(&TableCore) -> Result<T>) -> Result<T> {
+pub(crate) fn on_snapshot<T>(
+    core: &TableCore,
+    body: impl FnOnce(&TableCore) -> Result<T>,
+) -> Result<T> {
     core.coordinator
         .borrow_mut()
         .begin_read(&mut core.shards.borrow_mut())?;
@@ -122,15 +125,19 @@ fn transactions(core: &TableCore) -> Result<String> {
     })
 }
 
+/// Argument `index` of a function call as TEXT, or a type error saying `what`.
+fn text_arg(ctx: &Context<'_>, index: usize, what: &str) -> Result<String> {
+    ctx.get(index)
+        .map_err(|_| Error::WrongType(what.to_string()))
+}
+
 /// Runs `body` on the table named by the function's first argument, connecting it first if this
 /// connection has not used it yet.
 pub(crate) fn with_table_argument<T>(
     ctx: &Context<'_>,
     body: impl FnOnce(&TableCore) -> Result<T>,
 ) -> Result<T> {
-    let table: String = ctx
-        .get(0)
-        .map_err(|_| Error::WrongType("give the table's name as TEXT".into()))?;
+    let table = text_arg(ctx, 0, "give the table's name as TEXT")?;
     // SAFETY: the handle of the connection running this function, used only during it.
     let db = unsafe { ctx.get_connection() }.map_err(|e| Error::Internal(e.to_string()))?;
     // Preparing a statement on the table connects it if this connection has not yet.
@@ -166,12 +173,8 @@ fn derive(ctx: &Context<'_>) -> Result<String> {
             "imagestore_derive(table, column, operation, arguments...)".into(),
         ));
     }
-    let column: String = ctx
-        .get(1)
-        .map_err(|_| Error::WrongType("give the column's name as TEXT".into()))?;
-    let operation: String = ctx
-        .get(2)
-        .map_err(|_| Error::WrongType("give the operation as TEXT".into()))?;
+    let column = text_arg(ctx, 1, "give the column's name as TEXT")?;
+    let operation = text_arg(ctx, 2, "give the operation as TEXT")?;
     let args = (3..ctx.len())
         .map(|i| Value::try_from(ctx.get_raw(i)).map_err(|e| Error::WrongType(e.to_string())))
         .collect::<Result<Vec<_>>>()?;
@@ -185,12 +188,8 @@ fn derive(ctx: &Context<'_>) -> Result<String> {
 
 /// `imagestore_resolve(table, 'commit' | 'abort')`.
 fn resolve(ctx: &Context<'_>) -> Result<String> {
-    let table: String = ctx
-        .get(0)
-        .map_err(|_| Error::WrongType("give the table's name as TEXT".into()))?;
-    let decision: String = ctx
-        .get(1)
-        .map_err(|_| Error::WrongType("give 'commit' or 'abort'".into()))?;
+    let table = text_arg(ctx, 0, "give the table's name as TEXT")?;
+    let decision = text_arg(ctx, 1, "give 'commit' or 'abort'")?;
     let resolution = match decision.to_ascii_lowercase().as_str() {
         "commit" => Resolution::Commit,
         "abort" => Resolution::Abort,
@@ -237,9 +236,7 @@ pub fn register(conn: &Connection) -> rusqlite::Result<()> {
     })?;
     conn.create_scalar_function("imagestore_backup", 2, FunctionFlags::SQLITE_UTF8, |ctx| {
         Ok(catch_panic(|| {
-            let dest: String = ctx
-                .get(1)
-                .map_err(|_| Error::WrongType("give the backup folder as TEXT".into()))?;
+            let dest = text_arg(ctx, 1, "give the backup folder as TEXT")?;
             with_table_argument(ctx, |core| {
                 crate::backup::backup(core, std::path::Path::new(&dest))
             })
@@ -247,9 +244,7 @@ pub fn register(conn: &Connection) -> rusqlite::Result<()> {
     })?;
     conn.create_scalar_function("imagestore_verify", 1, FunctionFlags::SQLITE_UTF8, |ctx| {
         Ok(catch_panic(|| {
-            let dir: String = ctx
-                .get(0)
-                .map_err(|_| Error::WrongType("give the backup folder as TEXT".into()))?;
+            let dir = text_arg(ctx, 0, "give the backup folder as TEXT")?;
             crate::backup::verify(std::path::Path::new(&dir))
         })?)
     })

@@ -190,6 +190,14 @@ fn journal(f: &Fixture) -> Journal {
         .expect("journal exists")
 }
 
+/// Step 5 of the protocol for the transaction `prepare_both` prepared.
+fn decide_commit(f: &Fixture, txid: u64) {
+    journal(f)
+        .append_commit(txid, &[0, 1])
+        .map_err(|e| e.0)
+        .unwrap();
+}
+
 #[test]
 fn crash_after_prepare_without_decision_aborts_everywhere() {
     let f = Fixture::new();
@@ -205,10 +213,7 @@ fn crash_after_decision_commits_everywhere() {
     let f = Fixture::new();
     let shards = f.shards();
     let (txid, after) = prepare_both(&shards);
-    journal(&f)
-        .append_commit(txid, &[0, 1])
-        .map_err(|e| e.0)
-        .unwrap();
+    decide_commit(&f, txid);
     drop(shards);
     assert_eq!(f.rows(), after);
     f.assert_clean();
@@ -219,10 +224,7 @@ fn crash_during_finalize_commits_everywhere() {
     let f = Fixture::new();
     let shards = f.shards();
     let (txid, after) = prepare_both(&shards);
-    journal(&f)
-        .append_commit(txid, &[0, 1])
-        .map_err(|e| e.0)
-        .unwrap();
+    decide_commit(&f, txid);
     shards[1].finalize(txid).unwrap();
     drop(shards);
     assert_eq!(f.rows(), after);

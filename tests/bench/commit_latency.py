@@ -18,17 +18,12 @@ import time
 
 import apsw
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from harness import shard_of  # noqa: E402  (the placement rule, kept in one place)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LIB = os.environ.get("IMAGESTORE_LIB", os.path.join(ROOT, "target", "release", "libimagestore.so"))
 IMAGE = open(os.path.join(ROOT, "..", "shared", "corpus", "images", "no_time_for_that_tiny.gif"), "rb").read()
-
-
-def splitmix64(x):
-    m = (1 << 64) - 1
-    z = (x + 0x9E3779B97F4A7C15) & m
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & m
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & m
-    return z ^ (z >> 31)
 
 
 def ids_one_per_shard(shards, count):
@@ -36,7 +31,7 @@ def ids_one_per_shard(shards, count):
     pools = {s: [] for s in range(shards)}
     i = 1
     while min(len(p) for p in pools.values()) < count:
-        pools[splitmix64(i) % shards].append(i)
+        pools[shard_of(i, shards)].append(i)
         i += 1
     return [[pools[s][k] for s in range(shards)] for k in range(count)]
 
