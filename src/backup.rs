@@ -1,266 +1,247 @@
-//! Consistent online backup of a sharded table, and its verification.
+//! Taking a consistent online backup of a sharded table: full the first time, incremental after.
 //!
 //! ```sql
-//! SELECT imagestore_backup('images', '/backups/images-2026-11-24');  -- JSON summary
-//! SELECT imagestore_verify('/backups/images-2026-11-24');            -- JSON: ok, problems
+//! SELECT imagestore_backup('images', '/backups/images');  -- JSON summary
+//! SELECT imagestore_verify('/backups/images');            -- JSON: ok, problems
 //! ```
-//! A backup folder holds `shard<i>.db` (ordinary SQLite files, one per shard) and, written last,
-//! `manifest.json` (format version, table, shard count, columns, rows, image bytes, the last
-//! transaction included, and each file's size and BLAKE3).
+//! The folder's layout and manifest are in `backup_folder`. Into a new or empty folder a backup
+//! writes generation 1, a page-for-page copy of every shard (SQLite's backup API). Into a folder
+//! that holds a backup of the same table it writes the next generation: every row again (rows
+//! are small), but only the images no earlier file of that shard holds, by BLAKE3 hash.
 //!
 //! Invariants:
 //! - Consistent cut: every shard is copied from one read snapshot of the table, taken as a query
 //!   takes it (under the publish lock), so each transaction is in the backup whole or not at all,
 //!   and no undecided transaction is. Writers are never blocked by the copy (WAL readers do not
-//!   block writers); they wait only while the snapshot is opened.
-//! - Atomic: the manifest is written to a temporary name, synced, and renamed into place only after
-//!   every shard file and the folder are synced. A folder without a manifest is an incomplete
-//!   backup, and verify refuses it; a kill at any moment leaves either that or a whole backup.
-//! - The destination must not exist (or be an empty folder): a backup never overwrites anything.
+//!   block writers); they wait only while the snapshot is opened (`writers_held_ms`).
+//! - All or nothing: new files get names no manifest uses; they are synced, then the folder,
+//!   then the new manifest is renamed over the old one. Until that rename the folder is the
+//!   earlier backup (or, the first time, no backup at all); a failed backup removes its files.
+//! - One backup at a time writes into a folder (an exclusive lock on the folder).
 
-use std::fs::{self, File};
-use std::io::Write;
-use std::path::Path;
+use std::collections::HashSet;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use serde::Serialize;
+
+use crate::backup_folder::{
+    file_digest, file_name, prepare_destination, write_manifest, Destination, Manifest,
+    ManifestColumn, ManifestFile, FORMAT, FORMAT_VERSION,
+};
+use crate::durable::{remove_files, sync_dir, sync_file};
 use crate::error::{Error, Result};
 use crate::maintenance::on_snapshot;
 use crate::shard::Shard;
 use crate::vtab::TableCore;
 
-pub const MANIFEST: &str = "manifest.json";
-pub const FORMAT: &str = "imagestore-backup";
-pub const FORMAT_VERSION: u32 = 1;
-
-fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    Error::journal_io(path)
+/// What `imagestore_backup` returns.
+#[derive(Serialize)]
+struct Summary {
+    generation: u32,
+    incremental: bool,
+    shards: usize,
+    rows: i64,
+    image_bytes: i64,
+    /// Images whose bytes this backup copied, and their size (all of them for a full backup).
+    images_copied: u64,
+    image_bytes_copied: u64,
+    /// Size of the files this backup wrote.
+    bytes_written: u64,
+    last_txid: u64,
+    writers_held_ms: f64,
+    seconds: f64,
 }
 
-fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_error(dir))
-}
-
-/// Size and BLAKE3 of a file, read in blocks.
-fn file_digest(path: &Path) -> Result<(u64, String)> {
-    let mut hasher = blake3::Hasher::new();
-    let file = File::open(path).map_err(io_error(path))?;
-    hasher.update_reader(file).map_err(io_error(path))?;
-    let bytes = fs::metadata(path).map_err(io_error(path))?.len();
-    Ok((bytes, hasher.finalize().to_hex().to_string()))
-}
-
-fn shard_file(index: usize) -> String {
-    format!("shard{index}.db")
+/// What the copy from the snapshot found and wrote.
+#[derive(Default)]
+struct Copied {
+    rows: i64,
+    image_bytes: i64,
+    last_txid: u64,
+    images_copied: u64,
+    image_bytes_copied: u64,
 }
 
 /// Backs the table up into `dest`; returns the JSON summary.
 pub fn backup(core: &TableCore, dest: &Path) -> Result<String> {
-    let started = std::time::Instant::now();
-    match fs::read_dir(dest).map(|mut entries| entries.next().is_some()) {
-        Ok(true) => {
-            return Err(Error::BadArgument(format!(
-                "{} exists and is not empty: choose a new folder",
-                dest.display()
-            )))
+    let started = Instant::now();
+    let shard_count = core.config.shard_paths.len();
+    let table_id = core.shards.borrow()[0]
+        .identity(&core.config.user_columns)?
+        .table_id_hex();
+    let _folder_lock = lock_folder(dest)?;
+    let earlier = match prepare_destination(dest, &table_id, shard_count)? {
+        Destination::New => None,
+        Destination::Earlier(manifest) => Some(manifest),
+    };
+    let generation = earlier.as_ref().map_or(1, |m| m.generation + 1);
+    let new_files: Vec<PathBuf> = (0..shard_count)
+        .map(|shard| dest.join(file_name(shard, generation)))
+        .collect();
+    let written = write_generation(core, dest, earlier.as_ref(), &new_files);
+    let (copied, writers_held_ms, files) = match written {
+        Ok(written) => written,
+        Err(e) => {
+            // Best effort: the files are not named by any manifest, so nothing trusts them even
+            // if they cannot be removed now; the next backup removes them.
+            let _ = remove_files(&new_files);
+            return Err(e);
         }
-        Ok(false) => {}
-        Err(_) => fs::create_dir_all(dest).map_err(io_error(dest))?,
+    };
+    let bytes_written = files.iter().map(|f| f.bytes).sum();
+    let manifest = Manifest {
+        format: FORMAT.into(),
+        version: FORMAT_VERSION,
+        table: core.config.table_name.clone(),
+        table_id,
+        shards: shard_count,
+        columns: core
+            .config
+            .user_columns
+            .iter()
+            .map(|c| ManifestColumn {
+                name: c.name.clone(),
+                decl_type: c.decl_type.clone(),
+            })
+            .collect(),
+        generation,
+        rows: copied.rows,
+        image_bytes: copied.image_bytes,
+        last_txid: copied.last_txid,
+        taken_unix_ms: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+        files: earlier
+            .map(|m| m.files)
+            .unwrap_or_default()
+            .into_iter()
+            .chain(files)
+            .collect(),
+    };
+    if let Err(e) = write_manifest(dest, &manifest) {
+        let _ = remove_files(&new_files);
+        return Err(e);
     }
-    let snapshot_started = std::time::Instant::now();
-    let mut snapshot_ms = 0.0;
+    let summary = Summary {
+        generation,
+        incremental: generation > 1,
+        shards: shard_count,
+        rows: copied.rows,
+        image_bytes: copied.image_bytes,
+        images_copied: copied.images_copied,
+        image_bytes_copied: copied.image_bytes_copied,
+        bytes_written,
+        last_txid: copied.last_txid,
+        writers_held_ms,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    serde_json::to_string(&summary).map_err(|e| Error::Internal(e.to_string()))
+}
+
+/// Writes this generation's files from one snapshot, then syncs them and the folder. Returns
+/// what was copied, how long writers were held, and the manifest entries of the new files.
+fn write_generation(
+    core: &TableCore,
+    dest: &Path,
+    earlier: Option<&Manifest>,
+    new_files: &[PathBuf],
+) -> Result<(Copied, f64, Vec<ManifestFile>)> {
+    // The images each shard's earlier files hold, read before the snapshot opens.
+    let held: Vec<HashSet<String>> = match earlier {
+        None => vec![HashSet::new(); new_files.len()],
+        Some(manifest) => (0..new_files.len())
+            .map(|shard| held_by_earlier_files(dest, manifest, shard))
+            .collect::<Result<_>>()?,
+    };
+    let snapshot_started = Instant::now();
+    let mut writers_held_ms = 0.0;
     let copied = on_snapshot(core, |core| {
-        snapshot_ms = snapshot_started.elapsed().as_secs_f64() * 1000.0;
-        copy_shards(core, dest)
-    });
-    let (rows, image_bytes, last_txid) = copied?;
-    let mut files = Vec::new();
-    let mut bytes_written = 0;
-    for index in 0..core.config.shard_paths.len() {
-        let path = dest.join(shard_file(index));
-        File::open(&path)
-            .and_then(|f| f.sync_all())
-            .map_err(io_error(&path))?;
-        let (bytes, hash) = file_digest(&path)?;
-        bytes_written += bytes;
-        files.push(format!(
-            "{{\"name\":\"{}\",\"bytes\":{bytes},\"blake3\":\"{hash}\"}}",
-            shard_file(index)
-        ));
+        writers_held_ms = snapshot_started.elapsed().as_secs_f64() * 1000.0;
+        copy_shards(core, new_files, earlier.is_some(), &held)
+    })?;
+    let generation = earlier.map_or(1, |m| m.generation + 1);
+    let mut entries = Vec::with_capacity(new_files.len());
+    for (shard, path) in new_files.iter().enumerate() {
+        sync_file(path)?;
+        let (bytes, blake3) = file_digest(path)?;
+        entries.push(ManifestFile {
+            name: file_name(shard, generation),
+            shard,
+            generation,
+            bytes,
+            blake3,
+        });
     }
     sync_dir(dest)?;
-    let columns: Vec<String> = core
-        .config
-        .user_columns
-        .iter()
-        .map(|c| {
-            format!(
-                "{{\"name\":{},\"type\":\"{}\"}}",
-                json_string(&c.name),
-                c.decl_type
-            )
-        })
-        .collect();
-    let manifest = format!(
-        "{{\"format\":\"{FORMAT}\",\"version\":{FORMAT_VERSION},\"table\":{},\"shards\":{},\"columns\":[{}],\
-         \"rows\":{rows},\"image_bytes\":{image_bytes},\"last_txid\":{last_txid},\"files\":[{}]}}\n",
-        json_string(&core.config.table_name),
-        core.config.shard_paths.len(),
-        columns.join(","),
-        files.join(",")
-    );
-    write_atomically(&dest.join(MANIFEST), manifest.as_bytes())?;
-    Ok(format!(
-        "{{\"shards\":{},\"rows\":{rows},\"image_bytes\":{image_bytes},\"bytes_written\":{bytes_written},\
-         \"last_txid\":{last_txid},\"writers_held_ms\":{snapshot_ms:.3},\"seconds\":{:.3}}}",
-        core.config.shard_paths.len(),
-        started.elapsed().as_secs_f64()
-    ))
+    Ok((copied, writers_held_ms, entries))
 }
 
-/// Copies every shard from the open snapshot; returns rows, image bytes, and the last txid.
-fn copy_shards(core: &TableCore, dest: &Path) -> Result<(i64, i64, u64)> {
+/// Hashes of the images that the earlier files of `shard` hold.
+fn held_by_earlier_files(
+    dest: &Path,
+    manifest: &Manifest,
+    shard: usize,
+) -> Result<HashSet<String>> {
+    let mut held = HashSet::new();
+    for file in manifest.files_of(shard) {
+        let path = dest.join(&file.name);
+        let size = std::fs::metadata(&path).map(|m| m.len()).ok();
+        if size != Some(file.bytes) {
+            return Err(Error::BadBackup {
+                dir: dest.to_path_buf(),
+                detail: format!(
+                    "{} is missing or not the size its manifest says: run imagestore_verify, and back up into a new folder",
+                    file.name
+                ),
+            });
+        }
+        held.extend(Shard::open_read_only(&path, &[])?.held_hashes()?);
+    }
+    Ok(held)
+}
+
+/// Copies every shard from the open snapshot: whole (page by page) for a first backup, rows
+/// and unheld images for an incremental one.
+fn copy_shards(
+    core: &TableCore,
+    new_files: &[PathBuf],
+    incremental: bool,
+    held: &[HashSet<String>],
+) -> Result<Copied> {
     let shards = core.shards.borrow();
-    let (mut rows, mut image_bytes, mut last_txid) = (0, 0, 0);
-    for (index, shard) in shards.iter().enumerate() {
+    let mut copied = Copied::default();
+    for ((shard, path), held) in shards.iter().zip(new_files).zip(held) {
         crate::fault::check("backup_shard")?;
-        let (r, b) = shard.totals()?;
-        rows += r;
-        image_bytes += b;
-        last_txid = last_txid.max(shard.last_txid()?);
-        shard.backup_to(&dest.join(shard_file(index)))?;
-    }
-    Ok((rows, image_bytes, last_txid))
-}
-
-fn write_atomically(path: &Path, contents: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("json.tmp");
-    let mut file = File::create(&tmp).map_err(io_error(&tmp))?;
-    file.write_all(contents)
-        .and_then(|()| file.sync_all())
-        .map_err(io_error(&tmp))?;
-    fs::rename(&tmp, path).map_err(io_error(path))?;
-    sync_dir(path.parent().unwrap_or(Path::new(".")))
-}
-
-/// A JSON string literal.
-pub fn json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
+        let (rows, image_bytes) = shard.totals()?;
+        copied.rows += rows;
+        copied.image_bytes += image_bytes;
+        copied.last_txid = copied.last_txid.max(shard.last_txid()?);
+        if incremental {
+            let (images, bytes) = shard.copy_rows_to(path, held)?;
+            copied.images_copied += images;
+            copied.image_bytes_copied += bytes;
+        } else {
+            shard.backup_to(path)?;
+            copied.images_copied += rows as u64;
+            copied.image_bytes_copied += image_bytes as u64;
         }
     }
-    out.push('"');
-    out
+    Ok(copied)
 }
 
-/// The value of `"key":` in a flat JSON text written by `backup` (numbers and strings only).
-fn json_field<'a>(json: &'a str, key: &str) -> Option<&'a str> {
-    let at = json.find(&format!("\"{key}\":"))? + key.len() + 3;
-    let rest = &json[at..];
-    let end = if let Some(stripped) = rest.strip_prefix('"') {
-        return stripped.find('"').map(|e| &stripped[..e]);
-    } else {
-        rest.find([',', '}', ']']).unwrap_or(rest.len())
-    };
-    Some(rest[..end].trim())
-}
-
-/// Re-checks a backup folder: manifest, every file's size and BLAKE3, every shard's integrity,
-/// and every image against its stored hash. Returns JSON `{"ok", "problems": [...]}`.
-pub fn verify(dir: &Path) -> Result<String> {
-    let manifest_path = dir.join(MANIFEST);
-    let manifest = fs::read_to_string(&manifest_path).map_err(|_| {
-        Error::BadArgument(format!(
-            "{} holds no {MANIFEST}: it is not a backup, or an incomplete one (never trust it)",
-            dir.display()
-        ))
-    })?;
-    if json_field(&manifest, "format") != Some(FORMAT) {
-        return Err(Error::BadArgument(format!(
-            "{}: not an imagestore backup manifest",
-            manifest_path.display()
-        )));
-    }
-    let mut problems = Vec::new();
-    let mut files = Vec::new();
-    let listed = manifest
-        .split_once("\"files\":[")
-        .map_or("", |(_, files)| files);
-    for entry in listed.split("{\"name\":").skip(1) {
-        let record = format!("{{\"name\":{entry}");
-        let (Some(name), Some(bytes), Some(hash)) = (
-            json_field(&record, "name"),
-            json_field(&record, "bytes"),
-            json_field(&record, "blake3"),
-        ) else {
-            problems.push("manifest: a damaged file entry".to_string());
-            continue;
-        };
-        if name.contains(['/', '\\']) || name.starts_with('.') {
-            problems.push(format!(
-                "manifest: file name {name} points outside the backup"
-            ));
-            continue;
-        }
-        let path = dir.join(name);
-        match file_digest(&path) {
-            Err(_) => problems.push(format!("{name}: missing")),
-            Ok((found_bytes, found_hash)) => {
-                if found_bytes.to_string() != bytes || found_hash != hash {
-                    problems.push(format!(
-                        "{name}: size or BLAKE3 differs from the manifest (damaged)"
-                    ));
-                }
-            }
-        }
-        files.push(path);
-    }
-    let shard_count: usize = json_field(&manifest, "shards")
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    if files.len() != shard_count {
-        problems.push(format!(
-            "manifest lists {} shard files for {shard_count} shards",
-            files.len()
-        ));
-    }
-    for (index, path) in files.iter().enumerate() {
-        check_shard_file(index, path, &mut problems);
-    }
-    let list: Vec<String> = problems.iter().map(|p| json_string(p)).collect();
-    Ok(format!(
-        "{{\"ok\":{},\"shards\":{shard_count},\"problems\":[{}]}}",
-        problems.is_empty(),
-        list.join(",")
-    ))
-}
-
-/// Integrity and image hashes of one backup shard file, read-only.
-fn check_shard_file(index: usize, path: &Path, problems: &mut Vec<String>) {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let checked = (|| -> Result<()> {
-        let shard = Shard::open_read_only(path)?;
-        for line in shard.integrity_problems()? {
-            problems.push(format!("{name}: integrity_check: {line}"));
-        }
-        shard.for_each_image(|id, hash, data| match data {
-            None => problems.push(format!("{name}: row {id}: image bytes missing")),
-            Some(data) if blake3::hash(data).to_hex().as_str() != hash => problems.push(format!(
-                "{name}: row {id}: image bytes do not match their hash"
-            )),
-            Some(_) => {}
-        })
-    })();
-    if let Err(e) = checked {
-        problems.push(format!("shard {index} ({name}): {e}"));
+/// Takes the folder's backup lock: an exclusive `flock` on the folder itself, which the kernel
+/// drops if this process dies.
+fn lock_folder(dest: &Path) -> Result<File> {
+    std::fs::create_dir_all(dest).map_err(Error::file_io(dest))?;
+    let folder = File::open(dest).map_err(Error::file_io(dest))?;
+    match folder.try_lock() {
+        Ok(()) => Ok(folder),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::BadArgument(format!(
+            "another backup is writing into {}: wait for it to finish",
+            dest.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::file_io(dest)(e)),
     }
 }

@@ -9,6 +9,8 @@
 //! verify=LEVEL             -- header, structure or decode: how far data is checked before it
 //!                             is stored (see `probe`). Default structure.
 //! journal_limit=BYTES      -- the journal is emptied when it grows past this. Default 1048576.
+//! restore_from='DIR'       -- CREATE fills the new table from the backup in DIR (see `restore`);
+//!                             its columns are the backup's unless declared (then they must match)
 //! <name> [TYPE]            -- a column of the user's own (TYPE: TEXT, INTEGER, REAL, BLOB,
 //!                             NUMERIC, or none), stored with the row and writable.
 //! ```
@@ -59,6 +61,8 @@ pub struct TableConfig {
     pub verify: Verify,
     pub journal_limit_bytes: u64,
     pub user_columns: Vec<UserColumn>,
+    /// The backup folder a new table is restored from (`restore_from=`).
+    pub restore_from: Option<PathBuf>,
 }
 
 /// Where the database that holds the table lives: its file, or `None` for :memory: and temp.
@@ -169,6 +173,7 @@ impl TableConfig {
         let mut max_pixels = None;
         let mut journal_limit_bytes = None;
         let mut verify = Verify::Structure;
+        let mut restore_from = None;
         let mut user_columns: Vec<UserColumn> = Vec::new();
         let mut seen_keys = HashSet::new();
         for raw in args {
@@ -209,9 +214,10 @@ impl TableConfig {
                     })?
                 }
                 "journal_limit" => journal_limit_bytes = Some(parse_number(&key, value, 4096, u64::MAX)?),
+                "restore_from" => restore_from = Some(dequote(value)),
                 _ => {
                     return Err(bad(format!(
-                        "unknown option '{key}'; the options are shards, busy_timeout, max_pixels, verify, journal_limit"
+                        "unknown option '{key}'; the options are shards, busy_timeout, max_pixels, verify, journal_limit, restore_from"
                     )))
                 }
             }
@@ -246,7 +252,24 @@ impl TableConfig {
             verify,
             journal_limit_bytes: journal_limit_bytes.unwrap_or(JOURNAL_LIMIT_BYTES_DEFAULT),
             user_columns,
+            restore_from: restore_from.map(|dir| resolve(&dir, &base_dir)),
         })
+    }
+
+    /// Every file the table owns: each shard with its WAL and shared-memory files, the journal,
+    /// and the two lock files.
+    pub fn files(&self) -> Vec<PathBuf> {
+        let mut files = vec![
+            self.journal_path.clone(),
+            self.lock_path.clone(),
+            self.publish_lock_path.clone(),
+        ];
+        for shard in &self.shard_paths {
+            for suffix in ["", "-wal", "-shm"] {
+                files.push(with_suffix(shard, suffix));
+            }
+        }
+        files
     }
 
     fn shard_paths(

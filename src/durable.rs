@@ -117,3 +117,32 @@ pub fn sync_wals(dbs: &[&Path]) -> Result<()> {
     }
     outcome
 }
+
+// ---- plain files (backups, a table's own files) -------------------------------------------
+
+/// fsyncs a file's contents.
+pub fn sync_file(path: &Path) -> Result<()> {
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(Error::file_io(path))
+}
+
+/// fsyncs a folder, so that the names created or removed in it survive a power cut.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(Error::file_io(dir))
+}
+
+/// Removes files; one that is already gone is not an error.
+pub fn remove_files(files: &[PathBuf]) -> Result<()> {
+    for file in files {
+        match std::fs::remove_file(file) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Error::file_io(file)(e))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}

@@ -9,6 +9,10 @@ use std::path::PathBuf;
 
 use rusqlite::ffi;
 
+/// errno values that mean "no room": the disk is full, or the file size limit is reached.
+const ENOSPC: i32 = 28;
+const EFBIG: i32 = 27;
+
 /// Everything that can go wrong in the table, the coordinator, the journal or a shard.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -70,6 +74,19 @@ pub enum Error {
     #[error("imagestore: {0}")]
     InDoubt(String),
 
+    /// A file outside the shards (a backup's, the journal's folder) could not be read or written
+    /// (SQLITE_IOERR, or SQLITE_FULL when the disk or the file size limit is full).
+    #[error("imagestore: {path}: {source}")]
+    FileIo {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    /// A backup folder that verify or restore cannot trust (SQLITE_CORRUPT_VTAB).
+    #[error("imagestore: backup {dir} cannot be trusted: {detail}")]
+    BadBackup { dir: PathBuf, detail: String },
+
     /// A lock was not granted within the busy timeout (SQLITE_BUSY).
     #[error(
         "imagestore: {what} is busy: not granted within {timeout_ms} ms (raise busy_timeout=)"
@@ -104,6 +121,11 @@ impl Error {
                 None => ffi::SQLITE_ERROR,
             },
             Error::JournalIo { .. } | Error::Poisoned(_) => ffi::SQLITE_IOERR,
+            Error::FileIo { source, .. } => match source.raw_os_error() {
+                Some(ENOSPC | EFBIG) => ffi::SQLITE_FULL,
+                _ => ffi::SQLITE_IOERR,
+            },
+            Error::BadBackup { .. } => ffi::SQLITE_CORRUPT_VTAB,
             Error::Busy { .. } => ffi::SQLITE_BUSY,
             Error::Internal(_) => ffi::SQLITE_INTERNAL,
         }
@@ -112,6 +134,14 @@ impl Error {
     /// Wraps an error SQLite reported on the shard file at `path`.
     pub fn shard(path: &std::path::Path) -> impl FnOnce(rusqlite::Error) -> Error + '_ {
         move |source| Error::Shard {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// Wraps an I/O error on a file at `path` that is neither a shard nor the journal.
+    pub fn file_io(path: &std::path::Path) -> impl FnOnce(io::Error) -> Error + '_ {
+        move |source| Error::FileIo {
             path: path.to_path_buf(),
             source,
         }

@@ -14,16 +14,19 @@
 //! - `coordinator`: the commit protocol, described in full in its module comment.
 //! - `journal`: the coordinator's durable decision log.
 //! - `locks`: the cross-process writer and publish locks.
-//! - `durable`: parallel fsync of shard WAL files.
+//! - `durable`: parallel fsync of shard WAL files, and plain-file sync and removal.
 //! - `shard`: one shard file: schema, rows, and the protocol's per-shard steps.
 //! - `placement`: which shard holds an id.
 //! - `probe`: the image header probe that derives format, size and hash.
 //! - `maintenance`: the operating SQL functions (check, transactions, resolve, derive, backup).
-//! - `backup`: consistent online backup and its verification. `derive`: whole-table processing.
+//! - `backup`: consistent online backup, full or incremental. `backup_folder`: a backup's layout,
+//!   manifest and verification. `restore`: a new table from a backup.
+//! - `derive`: whole-table processing.
 //! - `imagefn`: the per-image SQL functions.
 //! - `config`: the table's arguments. `error`: errors and their SQLite codes.
 
 pub mod backup;
+pub mod backup_folder;
 pub mod config;
 pub mod coordinator;
 pub mod derive;
@@ -36,6 +39,7 @@ pub mod locks;
 pub mod maintenance;
 pub mod placement;
 pub mod probe;
+pub mod restore;
 pub mod shard;
 pub mod vtab;
 

@@ -18,7 +18,6 @@ use rusqlite::Connection;
 
 use rusqlite::types::Value;
 
-use crate::backup::json_string;
 use crate::config::module_arguments;
 use crate::coordinator::{resolve_in_doubt, Resolution};
 use crate::derive::Operation;
@@ -88,13 +87,15 @@ fn check(core: &TableCore) -> Result<String> {
                 problems.push(format!("shard {index} ({file}): {e}"));
             }
         }
-        let list: Vec<String> = problems.iter().map(|p| json_string(p)).collect();
-        Ok(format!(
-            "{{\"table\":{},\"shards\":{count},\"rows\":{rows},\"bytes\":{bytes},\"ok\":{},\"problems\":[{}]}}",
-            json_string(&core.config.table_name),
-            problems.is_empty(),
-            list.join(",")
-        ))
+        Ok(serde_json::json!({
+            "table": core.config.table_name,
+            "shards": count,
+            "rows": rows,
+            "bytes": bytes,
+            "ok": problems.is_empty(),
+            "problems": problems,
+        })
+        .to_string())
     })
 }
 
@@ -117,11 +118,9 @@ fn transactions(core: &TableCore) -> Result<String> {
             } else {
                 "undecided"
             };
-            items.push(format!(
-                "{{\"txid\":{txid},\"shards\":{on:?},\"state\":\"{state}\"}}"
-            ));
+            items.push(serde_json::json!({"txid": txid, "shards": on, "state": state}));
         }
-        Ok(format!("[{}]", items.join(",")))
+        Ok(serde_json::Value::from(items).to_string())
     })
 }
 
@@ -245,7 +244,7 @@ pub fn register(conn: &Connection) -> rusqlite::Result<()> {
     conn.create_scalar_function("imagestore_verify", 1, FunctionFlags::SQLITE_UTF8, |ctx| {
         Ok(catch_panic(|| {
             let dir = text_arg(ctx, 0, "give the backup folder as TEXT")?;
-            crate::backup::verify(std::path::Path::new(&dir))
+            crate::backup_folder::verify_report(std::path::Path::new(&dir))
         })?)
     })
 }

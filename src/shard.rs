@@ -20,6 +20,7 @@
 //!
 //! This module knows SQL; the protocol (when to prepare, finalize or abort) is the coordinator's.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use rusqlite::types::Value;
@@ -33,6 +34,12 @@ pub const FORMAT_VERSION: i64 = 1;
 
 /// Images from this size up are written in place into a zeroblob (below it, binding is faster).
 const BLOB_IN_PLACE_BYTES_MIN: usize = 256 * 1024;
+
+/// Columns of `images` before the user's: id, name, format, width, height, bytes, hash, blob_id.
+const BUILTIN_STORED_COLUMNS: usize = 8;
+/// Where `hash` and `blob_id` are in a row of `SELECT * FROM images`.
+const HASH_COLUMN: usize = 6;
+const BLOB_ID_COLUMN: usize = 7;
 
 /// A row as stored in a shard's `images` table.
 #[derive(Debug, Clone, PartialEq)]
@@ -98,6 +105,13 @@ pub struct ShardIdentity {
     pub shard_count: usize,
 }
 
+impl ShardIdentity {
+    /// The table's identity as hex, as a backup manifest records it.
+    pub fn table_id_hex(&self) -> String {
+        hex(&self.table_id)
+    }
+}
+
 /// An open shard.
 pub struct Shard {
     pub path: PathBuf,
@@ -160,25 +174,14 @@ impl Shard {
             flags |= OpenFlags::SQLITE_OPEN_CREATE;
         }
         let conn = Connection::open_with_flags(path, flags).map_err(Error::shard(path))?;
-        let mut columns: Vec<String> = [
-            "name", "format", "width", "height", "bytes", "hash", "blob_id",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        columns.extend(user_columns.iter().map(|c| quote_ident(&c.name)));
-        let shard = Shard {
-            path: path.to_path_buf(),
-            conn,
-            columns_sql: columns.join(", "),
-            user_column_count: user_columns.len(),
-        };
+        let shard = Shard::with_connection(path, conn, user_columns);
         shard.configure(busy_timeout_ms)?;
         Ok(shard)
     }
 
-    /// Opens a shard file read-only, for checking a copy (no identity or column check).
-    pub fn open_read_only(path: &Path) -> Result<Shard> {
+    /// Opens a shard file read-only, for checking or reading a backup's copy: no identity check;
+    /// rows are read with `user_columns` (none to read only the built-in columns).
+    pub fn open_read_only(path: &Path, user_columns: &[UserColumn]) -> Result<Shard> {
         if !path.is_file() {
             return Err(Error::ShardMissing {
                 path: path.to_path_buf(),
@@ -186,12 +189,23 @@ impl Shard {
         }
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags).map_err(Error::shard(path))?;
-        Ok(Shard {
+        Ok(Shard::with_connection(path, conn, user_columns))
+    }
+
+    fn with_connection(path: &Path, conn: Connection, user_columns: &[UserColumn]) -> Shard {
+        let columns: Vec<String> = [
+            "name", "format", "width", "height", "bytes", "hash", "blob_id",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(user_columns.iter().map(|c| quote_ident(&c.name)))
+        .collect();
+        Shard {
             path: path.to_path_buf(),
             conn,
-            columns_sql: String::new(),
-            user_column_count: 0,
-        })
+            columns_sql: columns.join(", "),
+            user_column_count: user_columns.len(),
+        }
     }
 
     fn err(&self) -> impl FnOnce(rusqlite::Error) -> Error + '_ {
@@ -324,6 +338,24 @@ impl Shard {
             shard_index,
             shard_count,
         })
+    }
+
+    /// The user columns this shard file was created with, after the built-in ones.
+    pub fn user_columns(&self) -> Result<Vec<UserColumn>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT name, type FROM pragma_table_info('images') ORDER BY cid")
+            .map_err(self.err())?;
+        let columns = stmt
+            .query_map([], |r| {
+                Ok(UserColumn {
+                    name: r.get(0)?,
+                    decl_type: r.get(1)?,
+                })
+            })
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+            .map_err(self.err())?;
+        Ok(columns.into_iter().skip(BUILTIN_STORED_COLUMNS).collect())
     }
 
     // ---- transactions -------------------------------------------------------------------
@@ -564,6 +596,13 @@ impl Shard {
         Ok(blob_id)
     }
 
+    /// Inserts a row into a shard that is being restored: no before-state is kept, because the
+    /// whole shard is discarded if the restore fails.
+    pub fn insert_restored(&self, row: &NewRow, data: &[u8]) -> Result<()> {
+        let blob_id = self.insert_blob(data)?;
+        self.write_row(row, blob_id)
+    }
+
     /// Inserts a row (the caller checked that its id is free) with a new blob.
     pub fn insert(&self, txid: u64, row: &NewRow, data: &[u8]) -> Result<()> {
         self.remember_before(txid, row.id)?;
@@ -798,12 +837,7 @@ impl Shard {
         }
         // Decided transactions the snapshot caught before their finalize: finalize them in the
         // copy, so that the backup holds no protocol state. (The reader checked they are decided.)
-        let copy = Shard {
-            path: dest.to_path_buf(),
-            conn: out,
-            columns_sql: self.columns_sql.clone(),
-            user_column_count: self.user_column_count,
-        };
+        let copy = Shard::with_connection(dest, out, &[]);
         for txid in copy.prepared_txids()? {
             copy.finalize(txid)?;
         }
@@ -811,6 +845,109 @@ impl Shard {
             .execute_batch("PRAGMA journal_mode=DELETE")
             .map_err(copy.err())?;
         Ok(())
+    }
+
+    /// Copies this shard, as the connection's open read transaction sees it, into a new file
+    /// `dest`, leaving out the bytes of images whose hash is in `held` (an earlier backup holds
+    /// them). Rows, meta and schema are copied whole; protocol state is not. Returns how many
+    /// images' bytes were copied, and their size.
+    pub fn copy_rows_to(&self, dest: &Path, held: &HashSet<String>) -> Result<(u64, u64)> {
+        let out = Connection::open(dest).map_err(Error::shard(dest))?;
+        let dest_err = || Error::shard(dest);
+        // The file is not part of any backup until a manifest names it, after it is synced: a
+        // crash while it is written leaves only a file that nothing trusts.
+        out.execute_batch("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; BEGIN")
+            .map_err(dest_err())?;
+        let schema: Vec<String> = self.first_column(
+            "SELECT sql FROM sqlite_schema WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%' ORDER BY rowid",
+        )?;
+        for sql in &schema {
+            out.execute_batch(sql).map_err(dest_err())?;
+        }
+        self.copy_table(&out, dest, "imagestore_meta", |_| Ok(()))?;
+        let (mut images, mut bytes) = (0, 0);
+        let mut copy_blob = out
+            .prepare("INSERT OR IGNORE INTO blobs(blob_id, data) VALUES (?1, ?2)")
+            .map_err(dest_err())?;
+        self.copy_table(&out, dest, "images", |row| {
+            let (Value::Text(hash), Value::Integer(blob_id)) =
+                (&row[HASH_COLUMN], &row[BLOB_ID_COLUMN])
+            else {
+                return Err(Error::ShardForeign {
+                    path: self.path.clone(),
+                    detail: "holds a row without a hash or blob".into(),
+                });
+            };
+            if !held.contains(hash) {
+                let data = self.read_blob(*blob_id)?;
+                copy_blob
+                    .execute(params![blob_id, data])
+                    .map_err(dest_err())?;
+                images += 1;
+                bytes += data.len() as u64;
+            }
+            Ok(())
+        })?;
+        drop(copy_blob);
+        out.execute_batch("COMMIT").map_err(dest_err())?;
+        Ok((images, bytes))
+    }
+
+    /// Copies every row of `table` into the same table of `out`, calling `each` on each row.
+    fn copy_table(
+        &self,
+        out: &Connection,
+        dest: &Path,
+        table: &str,
+        mut each: impl FnMut(&[Value]) -> Result<()>,
+    ) -> Result<()> {
+        let mut read = self
+            .conn
+            .prepare(&format!("SELECT * FROM {table}"))
+            .map_err(self.err())?;
+        let width = read.column_count();
+        let placeholders = vec!["?"; width].join(", ");
+        let mut write = out
+            .prepare(&format!("INSERT INTO {table} VALUES ({placeholders})"))
+            .map_err(Error::shard(dest))?;
+        let mut rows = read.query([]).map_err(self.err())?;
+        while let Some(row) = rows.next().map_err(self.err())? {
+            let values: Vec<Value> = (0..width)
+                .map(|i| row.get(i))
+                .collect::<rusqlite::Result<_>>()
+                .map_err(self.err())?;
+            each(&values)?;
+            write
+                .execute(rusqlite::params_from_iter(values.iter()))
+                .map_err(Error::shard(dest))?;
+        }
+        Ok(())
+    }
+
+    /// Hashes of the images whose bytes this file holds.
+    pub fn held_hashes(&self) -> Result<HashSet<String>> {
+        let hashes: Vec<String> =
+            self.first_column("SELECT i.hash FROM images i JOIN blobs b ON b.blob_id = i.blob_id")?;
+        Ok(hashes.into_iter().collect())
+    }
+
+    /// The bytes of a row's image if this file holds them (a backup file of a later
+    /// generation holds only the images that earlier ones did not).
+    pub fn stored_image(&self, row: &StoredRow) -> Result<Option<Vec<u8>>> {
+        self.conn
+            .prepare_cached("SELECT data FROM blobs WHERE blob_id = ?1")
+            .and_then(|mut s| s.query_row([row.blob_id], |r| r.get(0)).optional())
+            .map_err(self.err())
+    }
+
+    /// The bytes of any image with this hash that this file holds.
+    pub fn image_by_hash(&self, hash: &str) -> Result<Option<Vec<u8>>> {
+        self.conn
+            .prepare_cached(
+                "SELECT b.data FROM images i JOIN blobs b ON b.blob_id = i.blob_id WHERE i.hash = ?1 LIMIT 1",
+            )
+            .and_then(|mut s| s.query_row([hash], |r| r.get(0)).optional())
+            .map_err(self.err())
     }
 
     /// Rows, and bytes of images, in this shard (as the open transaction sees it).

@@ -28,6 +28,7 @@ use rusqlite::{ffi, Connection};
 
 use crate::config::{HostDatabase, TableConfig};
 use crate::coordinator::Coordinator;
+use crate::durable::remove_files;
 use crate::error::{catch_panic, type_name, Error, Result};
 use crate::journal::TableId;
 use crate::placement::shard_of;
@@ -262,6 +263,9 @@ impl ImageTable {
         let handle = unsafe { db.handle() };
         let config = table_config(handle, schema, table_name, &options)?;
         let (table_id, mut shards, created) = open_shards(&config, create)?;
+        if let (true, Some(dir)) = (create, &config.restore_from) {
+            shards = restore_new_table(dir, &config, shards, created)?;
+        }
         let coordinator = Coordinator::open(&config, table_id, &mut shards, created)?;
         let declaration = config.declaration();
         let core = TableCore {
@@ -391,7 +395,36 @@ pub(crate) fn table_config(
     let host = HostDatabase {
         file: host_file.as_deref().map(Path::new),
     };
-    TableConfig::parse(table_name, args, host)
+    let mut config = TableConfig::parse(table_name, args, host)?;
+    crate::restore::adopt_columns(&mut config)?;
+    Ok(config)
+}
+
+/// Fills the shards CREATE just made from the backup in `dir`; on any error, closes them and
+/// removes the table's files again (see `restore`).
+fn restore_new_table(
+    dir: &Path,
+    config: &TableConfig,
+    shards: Vec<Shard>,
+    created: bool,
+) -> Result<Vec<Shard>> {
+    if !created {
+        return Err(Error::BadArgument(format!(
+            "restore_from fills a new table, but its shard files already exist ({}); choose new ones \
+             (files left by an interrupted restore are safe to delete)",
+            config.shard_paths[0].display()
+        )));
+    }
+    match crate::restore::restore(dir, config, &shards) {
+        Ok(()) => Ok(shards),
+        Err(e) => {
+            drop(shards);
+            // Best effort: a file left behind makes a later CREATE fail naming it, never
+            // makes a table of half a restore.
+            let _ = remove_files(&config.files());
+            Err(e)
+        }
+    }
 }
 
 /// The file of the database `schema` of connection `db`, or `None` for :memory: and temp.
@@ -501,28 +534,7 @@ impl CreateVTab<'_> for ImageTable {
             }
             // No writer of this table, in any process, is mid-commit while its files go.
             let _writer = self.core.coordinator.borrow().lock_writer()?;
-            let config = &self.core.config;
-            let mut files = vec![
-                config.journal_path.clone(),
-                config.lock_path.clone(),
-                config.publish_lock_path.clone(),
-            ];
-            for shard in &config.shard_paths {
-                for suffix in ["", "-wal", "-shm"] {
-                    let mut name = shard.as_os_str().to_owned();
-                    name.push(suffix);
-                    files.push(name.into());
-                }
-            }
-            for file in files {
-                match std::fs::remove_file(&file) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                        return Err(Error::journal_io(&file)(e))
-                    }
-                    _ => {}
-                }
-            }
-            Ok(())
+            remove_files(&self.core.config.files())
         })?)
     }
 }

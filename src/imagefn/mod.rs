@@ -58,37 +58,32 @@ fn map_image(
     encode::encode(operation(image)?, OutputFormat::same_as(format), None)
 }
 
-/// A JSON string literal (format and colour-type names are plain ASCII words, but be safe).
-fn json_string(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' | '\\' => {
-                out.push('\\');
-                out.push(c);
-            }
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
 /// `image_info` as JSON.
 pub fn info(data: &[u8]) -> Result<String> {
     let header = decode::header(data)?;
     let frames = decode::frame_count(data, header.format)?;
-    Ok(format!(
-        "{{\"format\":{},\"width\":{},\"height\":{},\"color_type\":{},\"bit_depth\":{},\"frames\":{},\"exif_orientation\":{}}}",
-        json_string(&crate::probe::format_name(header.format)),
-        header.width,
-        header.height,
-        json_string(&format!("{:?}", header.color_type).to_lowercase()),
-        header.bit_depth,
+    let info = ImageInfo {
+        format: crate::probe::format_name(header.format),
+        width: header.width,
+        height: header.height,
+        color_type: format!("{:?}", header.color_type).to_lowercase(),
+        bit_depth: header.bit_depth,
         frames,
-        header.orientation.to_exif(),
-    ))
+        exif_orientation: header.orientation.to_exif(),
+    };
+    serde_json::to_string(&info).map_err(|e| Error::Internal(e.to_string()))
+}
+
+/// What `image_info` reports, in this order.
+#[derive(serde::Serialize)]
+struct ImageInfo {
+    format: String,
+    width: u32,
+    height: u32,
+    color_type: String,
+    bit_depth: u16,
+    frames: u32,
+    exif_orientation: u8,
 }
 
 /// `image_regions` as JSON: the level used, the count, and each region's area and box.
@@ -96,20 +91,13 @@ pub fn regions_json(data: &[u8], level: Option<u8>) -> Result<String> {
     let gray = transform::luma8(&decode::decode(data)?.image);
     let level = level.unwrap_or_else(|| segment::otsu(&gray));
     let regions = segment::regions(&gray, level);
-    let list: Vec<String> = regions
+    let list: Vec<serde_json::Value> = regions
         .iter()
         .map(|r| {
-            format!(
-                "{{\"area\":{},\"x\":{},\"y\":{},\"width\":{},\"height\":{}}}",
-                r.area, r.x, r.y, r.width, r.height
-            )
+            serde_json::json!({"area": r.area, "x": r.x, "y": r.y, "width": r.width, "height": r.height})
         })
         .collect();
-    Ok(format!(
-        "{{\"level\":{level},\"count\":{},\"regions\":[{}]}}",
-        regions.len(),
-        list.join(",")
-    ))
+    Ok(serde_json::json!({"level": level, "count": regions.len(), "regions": list}).to_string())
 }
 
 // ---------- SQLite glue ----------

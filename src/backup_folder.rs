@@ -1,0 +1,367 @@
+//! The backup folder: its layout, its manifest, and verifying it.
+//!
+//! ```text
+//! /backups/images/
+//!   shard0.g1.db  shard1.g1.db ...   generation 1: a full copy of every shard
+//!   shard0.g2.db  shard1.g2.db ...   generation 2 (incremental): every row, and only the images
+//!                                    that no earlier file of the same shard holds
+//!   manifest.json                    written last; names every file the backup needs
+//! ```
+//! Every file is an ordinary SQLite database with the shard schema (`images`, `blobs`,
+//! `imagestore_meta`); a user can open one with the sqlite3 shell. The newest generation's files
+//! hold every row of the backup; a row whose bytes are not in its own file finds them, by BLAKE3
+//! hash, in an earlier generation's file of the same shard.
+//!
+//! Invariants:
+//! - A folder is a backup exactly when it holds a `manifest.json` that parses; the manifest is
+//!   renamed into place only after every file it names, and the folder, are synced. Files the
+//!   manifest does not name are leftovers of an interrupted backup and are never read.
+//! - Files named in a manifest are never changed: a later generation adds files and replaces the
+//!   manifest, so a crash during an incremental backup leaves the previous backup whole.
+//! - Verify trusts nothing: each file's size and BLAKE3 against the manifest, each file's
+//!   `PRAGMA integrity_check`, each image against its stored hash, each row's bytes present in
+//!   its file or an earlier one, and the manifest's totals against the newest files.
+
+use std::collections::HashSet;
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::UserColumn;
+use crate::durable::{remove_files, sync_dir};
+use crate::error::{Error, Result};
+use crate::shard::Shard;
+
+pub const MANIFEST: &str = "manifest.json";
+const MANIFEST_TMP: &str = "manifest.json.tmp";
+pub const FORMAT: &str = "imagestore-backup";
+pub const FORMAT_VERSION: u32 = 1;
+
+/// `manifest.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: String,
+    pub version: u32,
+    /// The name of the table backed up, and its identity (hex), which stays with its shards.
+    pub table: String,
+    pub table_id: String,
+    pub shards: usize,
+    pub columns: Vec<ManifestColumn>,
+    /// 1 for the first backup into the folder, one more for each incremental backup.
+    pub generation: u32,
+    /// Rows and image bytes in the backup (the newest generation).
+    pub rows: i64,
+    pub image_bytes: i64,
+    /// The last transaction the backup includes.
+    pub last_txid: u64,
+    pub taken_unix_ms: u64,
+    pub files: Vec<ManifestFile>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestColumn {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub decl_type: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ManifestFile {
+    pub name: String,
+    pub shard: usize,
+    pub generation: u32,
+    pub bytes: u64,
+    pub blake3: String,
+}
+
+impl Manifest {
+    pub fn user_columns(&self) -> Vec<UserColumn> {
+        self.columns
+            .iter()
+            .map(|c| UserColumn {
+                name: c.name.clone(),
+                decl_type: c.decl_type.clone(),
+            })
+            .collect()
+    }
+
+    /// The files of shard `shard`, oldest generation first.
+    pub fn files_of(&self, shard: usize) -> Vec<&ManifestFile> {
+        let mut files: Vec<&ManifestFile> =
+            self.files.iter().filter(|f| f.shard == shard).collect();
+        files.sort_by_key(|f| f.generation);
+        files
+    }
+}
+
+/// The name of shard `shard`'s file of generation `generation`.
+pub fn file_name(shard: usize, generation: u32) -> String {
+    format!("shard{shard}.g{generation}.db")
+}
+
+/// Whether a name is one a backup writes (a shard file, its rollback journal, the manifest's
+/// temporary): such a file not named by the manifest is a leftover, safe to remove.
+fn is_backup_file_name(name: &str) -> bool {
+    let shard_file = name
+        .strip_suffix(".db")
+        .or_else(|| name.strip_suffix(".db-journal"))
+        .and_then(|stem| stem.strip_prefix("shard"))
+        .and_then(|rest| rest.split_once(".g"))
+        .is_some_and(|(shard, generation)| {
+            [shard, generation]
+                .iter()
+                .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        });
+    shard_file || name == MANIFEST_TMP
+}
+
+/// Size and BLAKE3 (hex) of a file, read in blocks.
+pub fn file_digest(path: &Path) -> Result<(u64, String)> {
+    let mut hasher = blake3::Hasher::new();
+    let file = File::open(path).map_err(Error::file_io(path))?;
+    hasher.update_reader(file).map_err(Error::file_io(path))?;
+    let bytes = fs::metadata(path).map_err(Error::file_io(path))?.len();
+    Ok((bytes, hasher.finalize().to_hex().to_string()))
+}
+
+fn untrusted(dir: &Path, detail: impl Into<String>) -> Error {
+    Error::BadBackup {
+        dir: dir.to_path_buf(),
+        detail: detail.into(),
+    }
+}
+
+/// Reads and parses the manifest of the backup in `dir`.
+pub fn read_manifest(dir: &Path) -> Result<Manifest> {
+    let text = fs::read_to_string(dir.join(MANIFEST)).map_err(|_| {
+        untrusted(
+            dir,
+            format!("it holds no {MANIFEST}: it is not a backup, or one that was interrupted"),
+        )
+    })?;
+    let manifest: Manifest = serde_json::from_str(&text)
+        .map_err(|e| untrusted(dir, format!("{MANIFEST} is damaged ({e})")))?;
+    if manifest.format != FORMAT {
+        return Err(untrusted(
+            dir,
+            format!("{MANIFEST} is not an imagestore backup manifest"),
+        ));
+    }
+    if manifest.version != FORMAT_VERSION {
+        return Err(untrusted(
+            dir,
+            format!(
+                "backup format version {} (this build reads {FORMAT_VERSION})",
+                manifest.version
+            ),
+        ));
+    }
+    Ok(manifest)
+}
+
+/// Writes `manifest` into `dir` atomically: a temporary file, synced, renamed, folder synced.
+pub fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<()> {
+    let text = serde_json::to_string_pretty(manifest)
+        .map_err(|e| Error::Internal(format!("manifest: {e}")))?;
+    let tmp = dir.join(MANIFEST_TMP);
+    let mut file = File::create(&tmp).map_err(Error::file_io(&tmp))?;
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.write_all(b"\n"))
+        .and_then(|()| file.sync_all())
+        .map_err(Error::file_io(&tmp))?;
+    let path = dir.join(MANIFEST);
+    fs::rename(&tmp, &path).map_err(Error::file_io(&path))?;
+    sync_dir(dir)
+}
+
+/// What a backup finds at its destination.
+pub enum Destination {
+    /// A new or empty folder (leftovers of an interrupted first backup were removed).
+    New,
+    /// A backup of this table: the next backup is incremental.
+    Earlier(Manifest),
+}
+
+/// Readies `dir` for a backup of the table with identity `table_id` and `shards` shards:
+/// creates it, or accepts an earlier backup of the same table, removing leftovers of an
+/// interrupted backup. Anything else in the folder is refused, and nothing is touched.
+pub fn prepare_destination(dir: &Path, table_id: &str, shards: usize) -> Result<Destination> {
+    if !dir.exists() {
+        fs::create_dir_all(dir).map_err(Error::file_io(dir))?;
+        return Ok(Destination::New);
+    }
+    let names: Vec<String> = fs::read_dir(dir)
+        .map_err(Error::file_io(dir))?
+        .map(|entry| entry.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<std::io::Result<_>>()
+        .map_err(Error::file_io(dir))?;
+    let not_a_backup = |why: &str| {
+        Error::BadArgument(format!(
+            "{} {why}: choose a new folder (a backup never overwrites anything)",
+            dir.display()
+        ))
+    };
+    let earlier = if names.iter().any(|n| n == MANIFEST) {
+        let manifest =
+            read_manifest(dir).map_err(|e| not_a_backup(&format!("holds a backup that {e}")))?;
+        if manifest.table_id != table_id {
+            return Err(not_a_backup(&format!(
+                "holds a backup of another table ({}, id {})",
+                manifest.table, manifest.table_id
+            )));
+        }
+        if manifest.shards != shards {
+            return Err(not_a_backup(&format!(
+                "holds a backup of this table when it had {} shards, not {shards}",
+                manifest.shards
+            )));
+        }
+        Some(manifest)
+    } else {
+        None
+    };
+    let listed: HashSet<&str> = earlier
+        .iter()
+        .flat_map(|m| m.files.iter().map(|f| f.name.as_str()))
+        .collect();
+    let mut leftovers = Vec::new();
+    for name in &names {
+        if name == MANIFEST || listed.contains(name.as_str()) {
+            continue;
+        }
+        if !is_backup_file_name(name) {
+            return Err(not_a_backup(&format!(
+                "holds {name}, which no imagestore backup writes"
+            )));
+        }
+        leftovers.push(dir.join(name));
+    }
+    remove_files(&leftovers)?;
+    Ok(match earlier {
+        Some(manifest) => Destination::Earlier(manifest),
+        None => Destination::New,
+    })
+}
+
+/// Verifies the backup in `dir`; returns its manifest and every problem found (none: the
+/// backup can be trusted). A folder that holds no readable manifest is an error.
+pub fn verify(dir: &Path) -> Result<(Manifest, Vec<String>)> {
+    let manifest = read_manifest(dir)?;
+    let mut problems = Vec::new();
+    let mut names = HashSet::new();
+    for file in &manifest.files {
+        if file.name.contains(['/', '\\']) || file.name.starts_with('.') {
+            problems.push(format!(
+                "{MANIFEST}: file name {} points outside the backup",
+                file.name
+            ));
+            continue;
+        }
+        if !names.insert(file.name.as_str())
+            || file.shard >= manifest.shards
+            || file.generation > manifest.generation
+        {
+            problems.push(format!(
+                "{MANIFEST}: entry {} is repeated or out of range",
+                file.name
+            ));
+            continue;
+        }
+        match file_digest(&dir.join(&file.name)) {
+            Err(_) => problems.push(format!("{}: missing", file.name)),
+            Ok((bytes, hash)) if bytes != file.bytes || hash != file.blake3 => {
+                problems.push(format!(
+                    "{}: size or BLAKE3 differs from {MANIFEST} (damaged)",
+                    file.name
+                ))
+            }
+            Ok(_) => {}
+        }
+    }
+    let (mut rows, mut image_bytes) = (0, 0);
+    for shard in 0..manifest.shards {
+        let files = manifest.files_of(shard);
+        match files.last() {
+            Some(newest) if newest.generation == manifest.generation => {}
+            _ => {
+                problems.push(format!(
+                    "{MANIFEST}: no file of generation {} for shard {shard}",
+                    manifest.generation
+                ));
+                continue;
+            }
+        }
+        let (r, b) = check_shard_files(dir, &files, &mut problems);
+        rows += r;
+        image_bytes += b;
+    }
+    if problems.is_empty() && (rows, image_bytes) != (manifest.rows, manifest.image_bytes) {
+        problems.push(format!(
+            "the newest files hold {rows} rows and {image_bytes} image bytes; {MANIFEST} says {} and {}",
+            manifest.rows, manifest.image_bytes
+        ));
+    }
+    Ok((manifest, problems))
+}
+
+/// Checks one shard's files, oldest first: integrity, every image against its hash, and that a
+/// row whose bytes its file does not hold finds them in an earlier file. Returns the rows and
+/// image bytes of the newest file.
+fn check_shard_files(
+    dir: &Path,
+    files: &[&ManifestFile],
+    problems: &mut Vec<String>,
+) -> (i64, i64) {
+    let mut held: HashSet<String> = HashSet::new();
+    let mut totals = (0, 0);
+    for file in files {
+        let name = &file.name;
+        let checked = (|| -> Result<(i64, i64)> {
+            let shard = Shard::open_read_only(&dir.join(name), &[])?;
+            for line in shard.integrity_problems()? {
+                problems.push(format!("{name}: integrity_check: {line}"));
+            }
+            let mut found = Vec::new();
+            shard.for_each_image(|id, hash, data| match data {
+                Some(data) if blake3::hash(data).to_hex().as_str() != hash => problems.push(
+                    format!("{name}: row {id}: image bytes do not match their hash"),
+                ),
+                Some(_) => found.push(hash.to_string()),
+                None if held.contains(hash) => {}
+                None => problems.push(format!(
+                    "{name}: row {id}: image bytes are in no file of this or an earlier generation"
+                )),
+            })?;
+            held.extend(found);
+            shard.totals()
+        })();
+        match checked {
+            Ok(file_totals) => totals = file_totals,
+            Err(e) => problems.push(format!("{name}: {e}")),
+        }
+    }
+    totals
+}
+
+/// `imagestore_verify(dir)`: JSON `{"ok", "generation", "shards", "rows", "problems": [...]}`.
+pub fn verify_report(dir: &Path) -> Result<String> {
+    let (manifest, problems) = verify(dir)?;
+    Ok(serde_json::json!({
+        "ok": problems.is_empty(),
+        "table": manifest.table,
+        "generation": manifest.generation,
+        "shards": manifest.shards,
+        "rows": manifest.rows,
+        "image_bytes": manifest.image_bytes,
+        "last_txid": manifest.last_txid,
+        "problems": problems,
+    })
+    .to_string())
+}
+
+/// Paths of the files a manifest names.
+pub fn paths(dir: &Path, files: &[ManifestFile]) -> Vec<PathBuf> {
+    files.iter().map(|f| dir.join(&f.name)).collect()
+}

@@ -1,0 +1,178 @@
+//! Restoring a table from a backup: `CREATE VIRTUAL TABLE t USING imagestore(restore_from=DIR, ...)`.
+//!
+//! ```sql
+//! CREATE VIRTUAL TABLE restored USING imagestore(restore_from='/backups/images', shards=4);
+//! ```
+//! The new table gets its own new shard files (any number: every row is placed by the
+//! placement rule for the new count) and its own identity. Its columns are the backup's; a
+//! CREATE that declares columns must declare exactly those.
+//!
+//! Invariants:
+//! - Verified before visible: the whole backup is verified first (`backup_folder::verify`), and
+//!   every image is hashed again as it is copied; any problem refuses the restore.
+//! - All or nothing: rows are written into the new shards inside one transaction per shard,
+//!   committed only after every row is in, and synced; on any error the transactions are rolled
+//!   back and the table's new files are removed. The table enters the schema only when CREATE
+//!   returns, after all of this; a crash before then leaves no table (only files a later CREATE
+//!   refuses to reuse, naming them).
+
+use std::path::Path;
+
+use crate::backup_folder::{self, Manifest};
+use crate::config::{TableConfig, UserColumn};
+use crate::durable::sync_wals;
+use crate::error::{Error, Result};
+use crate::placement::shard_of;
+use crate::shard::{NewRow, ScanFilter, Shard};
+
+/// Rows read from a backup file at a time.
+const PAGE_ROWS: usize = 256;
+
+fn untrusted(dir: &Path, detail: impl Into<String>) -> Error {
+    Error::BadBackup {
+        dir: dir.to_path_buf(),
+        detail: detail.into(),
+    }
+}
+
+/// Gives a table that is restored from a backup the backup's columns: those of its own shard 0
+/// once it exists, the manifest's before. Declared columns must be the same.
+pub fn adopt_columns(config: &mut TableConfig) -> Result<()> {
+    let Some(dir) = &config.restore_from else {
+        return Ok(());
+    };
+    let source: Vec<UserColumn> = match Shard::open_read_only(&config.shard_paths[0], &[]) {
+        Ok(shard) => shard.user_columns()?,
+        Err(_) => match backup_folder::read_manifest(dir) {
+            Ok(manifest) => manifest.user_columns(),
+            // Neither exists: opening the table or the restore reports what is missing.
+            Err(_) => return Ok(()),
+        },
+    };
+    if config.user_columns.is_empty() {
+        config.user_columns = source;
+        return Ok(());
+    }
+    let same = config.user_columns.len() == source.len()
+        && config.user_columns.iter().zip(&source).all(|(a, b)| {
+            a.name.eq_ignore_ascii_case(&b.name) && a.decl_type.eq_ignore_ascii_case(&b.decl_type)
+        });
+    if !same {
+        let list: Vec<String> = source
+            .iter()
+            .map(|c| format!("{} {}", c.name, c.decl_type).trim().to_string())
+            .collect();
+        return Err(Error::BadArgument(format!(
+            "the backup in {} has the columns ({}); declare exactly these, or none",
+            dir.display(),
+            list.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+/// Fills the new, empty `shards` of the table from the backup in `dir`, all or nothing. On an
+/// error the shards are left rolled back; the caller removes their files.
+pub fn restore(dir: &Path, config: &TableConfig, shards: &[Shard]) -> Result<()> {
+    let (manifest, problems) = backup_folder::verify(dir)?;
+    if !problems.is_empty() {
+        return Err(untrusted(
+            dir,
+            format!(
+                "imagestore_verify finds {} problem(s), the first: {}",
+                problems.len(),
+                problems[0]
+            ),
+        ));
+    }
+    if manifest.user_columns() != config.user_columns {
+        return Err(Error::BadArgument(format!(
+            "the backup in {} has other columns than the table declares",
+            dir.display()
+        )));
+    }
+    for shard in shards {
+        shard.begin_write()?;
+    }
+    let copied = copy_rows(dir, &manifest, config, shards).and_then(|totals| {
+        if totals == (manifest.rows, manifest.image_bytes) {
+            Ok(())
+        } else {
+            Err(untrusted(
+                dir,
+                format!(
+                    "restored {} rows and {} image bytes; the manifest says {} and {}",
+                    totals.0, totals.1, manifest.rows, manifest.image_bytes
+                ),
+            ))
+        }
+    });
+    if let Err(e) = copied {
+        for shard in shards {
+            let _ = shard.rollback();
+        }
+        return Err(e);
+    }
+    for shard in shards {
+        shard.commit()?;
+    }
+    let paths: Vec<&Path> = shards.iter().map(|s| s.path.as_path()).collect();
+    sync_wals(&paths)
+}
+
+/// Copies every row of the backup into the shard the placement rule gives it; returns the rows
+/// and image bytes copied.
+fn copy_rows(
+    dir: &Path,
+    manifest: &Manifest,
+    config: &TableConfig,
+    shards: &[Shard],
+) -> Result<(i64, i64)> {
+    let (mut rows, mut image_bytes) = (0, 0);
+    for backup_shard in 0..manifest.shards {
+        let files = manifest.files_of(backup_shard);
+        let Some((newest, earlier)) = files.split_last() else {
+            continue;
+        };
+        let newest = Shard::open_read_only(&dir.join(&newest.name), &config.user_columns)?;
+        let earlier: Vec<Shard> = earlier
+            .iter()
+            .rev()
+            .map(|f| Shard::open_read_only(&dir.join(&f.name), &[]))
+            .collect::<Result<_>>()?;
+        let mut after = None;
+        loop {
+            let page = newest.scan_page(&ScanFilter::default(), after, PAGE_ROWS)?;
+            let Some(last) = page.last() else {
+                break;
+            };
+            after = Some(last.id);
+            for row in &page {
+                let mut data = newest.stored_image(row)?;
+                for file in &earlier {
+                    if data.is_some() {
+                        break;
+                    }
+                    data = file.image_by_hash(&row.hash)?;
+                }
+                let data = data.ok_or_else(|| {
+                    untrusted(
+                        dir,
+                        format!("row {}: its image bytes are in no file", row.id),
+                    )
+                })?;
+                if blake3::hash(&data).to_hex().as_str() != row.hash {
+                    return Err(untrusted(
+                        dir,
+                        format!("row {}: image bytes do not match their hash", row.id),
+                    ));
+                }
+                shards[shard_of(row.id, shards.len())]
+                    .insert_restored(&NewRow::from(row), &data)?;
+                rows += 1;
+                image_bytes += data.len() as i64;
+            }
+        }
+    }
+    Ok((rows, image_bytes))
+}
