@@ -73,3 +73,14 @@ SELECT json_extract(imagestore_check('photos'), '$.ok') AS ok, json_extract(imag
 .print '== A consistent online backup across all shards, verified'
 SELECT json_extract(imagestore_backup('photos', 'demo-backup'), '$.rows') AS rows_backed_up;
 SELECT json_extract(imagestore_verify('demo-backup'), '$.ok') AS backup_ok;
+
+.print '== One more image, then an incremental backup into the same folder: it copies only that image'
+INSERT INTO photos(name, data, album) VALUES ('rocket-again.png', image_convert(readfile('corpus/rocket.jpg'), 'png'), 'later');
+SELECT json_extract(s, '$.generation') AS generation, json_extract(s, '$.rows') AS rows,
+       json_extract(s, '$.images_copied') AS images_copied, json_extract(s, '$.image_bytes_copied') AS bytes_copied
+  FROM (SELECT imagestore_backup('photos', 'demo-backup') AS s);
+
+.print '== Restored into a new 3-shard table, verified first; it holds the same images'
+CREATE VIRTUAL TABLE restored USING imagestore(restore_from='demo-backup', shards=3);
+SELECT (SELECT count(*) FROM restored) AS restored_rows,
+       (SELECT count(*) FROM restored r JOIN photos p ON p.id = r.id AND p.hash = r.hash AND p.album IS r.album) AS identical;
