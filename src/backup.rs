@@ -28,7 +28,7 @@ use serde::Serialize;
 
 use crate::backup_folder::{
     file_digest, file_name, prepare_destination, write_manifest, Destination, Manifest,
-    ManifestColumn, ManifestFile, FORMAT, FORMAT_VERSION,
+    ManifestColumn, ManifestFile, FORMAT, FORMAT_VERSION, IN_PROGRESS,
 };
 use crate::durable::{remove_files, sync_dir, sync_file};
 use crate::error::{Error, Result};
@@ -67,6 +67,12 @@ struct Copied {
 /// Backs the table up into `dest`; returns the JSON summary.
 pub fn backup(core: &TableCore, dest: &Path) -> Result<String> {
     let started = Instant::now();
+    if core.coordinator.borrow().is_writing() {
+        return Err(Error::BadArgument(
+            "imagestore_backup copies committed transactions only: run it outside BEGIN ... COMMIT"
+                .into(),
+        ));
+    }
     let shard_count = core.config.shard_paths.len();
     let table_id = core.shards.borrow()[0]
         .identity(&core.config.user_columns)?
@@ -76,6 +82,7 @@ pub fn backup(core: &TableCore, dest: &Path) -> Result<String> {
         Destination::New => None,
         Destination::Earlier(manifest) => Some(manifest),
     };
+    mark_in_progress(dest)?;
     let generation = earlier.as_ref().map_or(1, |m| m.generation + 1);
     let new_files: Vec<PathBuf> = (0..shard_count)
         .map(|shard| dest.join(file_name(shard, generation)))
@@ -84,9 +91,7 @@ pub fn backup(core: &TableCore, dest: &Path) -> Result<String> {
     let (copied, writers_held_ms, files) = match written {
         Ok(written) => written,
         Err(e) => {
-            // Best effort: the files are not named by any manifest, so nothing trusts them even
-            // if they cannot be removed now; the next backup removes them.
-            let _ = remove_files(&new_files);
+            discard(dest, &new_files);
             return Err(e);
         }
     };
@@ -121,9 +126,12 @@ pub fn backup(core: &TableCore, dest: &Path) -> Result<String> {
             .collect(),
     };
     if let Err(e) = write_manifest(dest, &manifest) {
-        let _ = remove_files(&new_files);
+        discard(dest, &new_files);
         return Err(e);
     }
+    // From here the new manifest may be the folder's: nothing it names is ever removed.
+    sync_dir(dest)?;
+    remove_files(&[dest.join(IN_PROGRESS)])?;
     let summary = Summary {
         generation,
         incremental: generation > 1,
@@ -138,6 +146,34 @@ pub fn backup(core: &TableCore, dest: &Path) -> Result<String> {
         seconds: started.elapsed().as_secs_f64(),
     };
     serde_json::to_string(&summary).map_err(|e| Error::Internal(e.to_string()))
+}
+
+/// Removes the files of a backup that failed, then the in-progress mark. Best effort: no
+/// manifest names the files, so nothing trusts them even if they stay, and while the mark stays
+/// with them the next backup into the folder removes them.
+fn discard(dest: &Path, new_files: &[PathBuf]) {
+    let with_sqlite_files: Vec<PathBuf> = new_files
+        .iter()
+        .flat_map(|f| {
+            ["", "-journal", "-wal", "-shm"].map(|suffix| {
+                let mut name = f.as_os_str().to_owned();
+                name.push(suffix);
+                PathBuf::from(name)
+            })
+        })
+        .collect();
+    if remove_files(&with_sqlite_files).is_ok() {
+        let _ = remove_files(&[dest.join(IN_PROGRESS)]);
+    }
+}
+
+/// Marks the folder as holding a backup in progress (see `backup_folder::IN_PROGRESS`).
+fn mark_in_progress(dest: &Path) -> Result<()> {
+    let mark = dest.join(IN_PROGRESS);
+    File::create(&mark)
+        .and_then(|f| f.sync_all())
+        .map_err(Error::file_io(&mark))?;
+    sync_dir(dest)
 }
 
 /// Writes this generation's files from one snapshot, then syncs them and the folder. Returns
@@ -159,7 +195,7 @@ fn write_generation(
     let mut writers_held_ms = 0.0;
     let copied = on_snapshot(core, |core| {
         writers_held_ms = snapshot_started.elapsed().as_secs_f64() * 1000.0;
-        copy_shards(core, new_files, earlier.is_some(), &held)
+        copy_shards(core, new_files, &held)
     })?;
     let generation = earlier.map_or(1, |m| m.generation + 1);
     // Each file is synced and hashed on a thread of its own: the files are independent, and
@@ -194,7 +230,8 @@ fn write_generation(
     Ok((copied, writers_held_ms, entries))
 }
 
-/// Hashes of the images that the earlier files of `shard` hold.
+/// Hashes of the images that the earlier files of `shard` hold, from files whose BLAKE3 is the
+/// manifest's (an image is left out of the new generation only if an intact file holds it).
 fn held_by_earlier_files(
     dest: &Path,
     manifest: &Manifest,
@@ -203,12 +240,13 @@ fn held_by_earlier_files(
     let mut held = HashSet::new();
     for file in manifest.files_of(shard) {
         let path = dest.join(&file.name);
-        let size = std::fs::metadata(&path).map(|m| m.len()).ok();
-        if size != Some(file.bytes) {
+        let intact =
+            file_digest(&path).is_ok_and(|found| found == (file.bytes, file.blake3.clone()));
+        if !intact || file.name != file_name(shard, file.generation) {
             return Err(Error::BadBackup {
                 dir: dest.to_path_buf(),
                 detail: format!(
-                    "{} is missing or not the size its manifest says: run imagestore_verify, and back up into a new folder",
+                    "{} is missing or damaged: run imagestore_verify, and back up into a new folder",
                     file.name
                 ),
             });
@@ -218,12 +256,11 @@ fn held_by_earlier_files(
     Ok(held)
 }
 
-/// Copies every shard from the open snapshot: whole (page by page) for a first backup, rows
-/// and unheld images for an incremental one.
+/// Copies every shard from the open snapshot: its rows, and the images no earlier file holds
+/// (all of them for a first backup).
 fn copy_shards(
     core: &TableCore,
     new_files: &[PathBuf],
-    incremental: bool,
     held: &[HashSet<String>],
 ) -> Result<Copied> {
     let shards = core.shards.borrow();
@@ -234,23 +271,22 @@ fn copy_shards(
         copied.rows += rows;
         copied.image_bytes += image_bytes;
         copied.last_txid = copied.last_txid.max(shard.last_txid()?);
-        if incremental {
-            let (images, bytes) = shard.copy_rows_to(path, held)?;
-            copied.images_copied += images;
-            copied.image_bytes_copied += bytes;
-        } else {
-            shard.backup_to(path)?;
-            copied.images_copied += rows as u64;
-            copied.image_bytes_copied += image_bytes as u64;
-        }
+        let (images, bytes) = shard.copy_rows_to(path, held)?;
+        copied.images_copied += images;
+        copied.image_bytes_copied += bytes;
     }
     Ok(copied)
 }
 
 /// Takes the folder's backup lock: an exclusive `flock` on the folder itself, which the kernel
-/// drops if this process dies.
+/// drops if this process dies. Creates the folder first if need be, durably.
 fn lock_folder(dest: &Path) -> Result<File> {
-    std::fs::create_dir_all(dest).map_err(Error::file_io(dest))?;
+    if !dest.exists() {
+        std::fs::create_dir_all(dest).map_err(Error::file_io(dest))?;
+        if let Some(parent) = dest.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent)?;
+        }
+    }
     let folder = File::open(dest).map_err(Error::file_io(dest))?;
     match folder.try_lock() {
         Ok(()) => Ok(folder),

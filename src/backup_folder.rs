@@ -25,17 +25,21 @@
 use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::UserColumn;
-use crate::durable::{remove_files, sync_dir};
+use crate::config::{validated_user_columns, UserColumn, SHARD_COUNT_MAX};
+use crate::durable::remove_files;
 use crate::error::{Error, Result};
+use crate::placement::shard_of;
 use crate::shard::Shard;
 
 pub const MANIFEST: &str = "manifest.json";
 const MANIFEST_TMP: &str = "manifest.json.tmp";
+/// Present while a backup writes into the folder: files without a manifest are leftovers only
+/// when it is there (a folder whose manifest was lost is refused, never emptied).
+pub const IN_PROGRESS: &str = "backup-in-progress";
 pub const FORMAT: &str = "imagestore-backup";
 pub const FORMAT_VERSION: u32 = 1;
 
@@ -101,12 +105,13 @@ pub fn file_name(shard: usize, generation: u32) -> String {
     format!("shard{shard}.g{generation}.db")
 }
 
-/// Whether a name is one a backup writes (a shard file, its rollback journal, the manifest's
-/// temporary): such a file not named by the manifest is a leftover, safe to remove.
+/// Whether a name is one a backup writes (a shard file and SQLite's files beside it, the
+/// manifest's temporary, the in-progress mark): such a file not named by the manifest is a
+/// leftover of an interrupted backup.
 fn is_backup_file_name(name: &str) -> bool {
-    let shard_file = name
-        .strip_suffix(".db")
-        .or_else(|| name.strip_suffix(".db-journal"))
+    let shard_file = ["", "-journal", "-wal", "-shm"]
+        .iter()
+        .find_map(|suffix| name.strip_suffix(&format!(".db{suffix}")))
         .and_then(|stem| stem.strip_prefix("shard"))
         .and_then(|rest| rest.split_once(".g"))
         .is_some_and(|(shard, generation)| {
@@ -114,7 +119,7 @@ fn is_backup_file_name(name: &str) -> bool {
                 .iter()
                 .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
         });
-    shard_file || name == MANIFEST_TMP
+    shard_file || name == MANIFEST_TMP || name == IN_PROGRESS
 }
 
 /// Size and BLAKE3 (hex) of a file, read in blocks.
@@ -141,7 +146,7 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest> {
             format!("it holds no {MANIFEST}: it is not a backup, or one that was interrupted"),
         )
     })?;
-    let manifest: Manifest = serde_json::from_str(&text)
+    let mut manifest: Manifest = serde_json::from_str(&text)
         .map_err(|e| untrusted(dir, format!("{MANIFEST} is damaged ({e})")))?;
     if manifest.format != FORMAT {
         return Err(untrusted(
@@ -158,10 +163,27 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest> {
             ),
         ));
     }
+    if manifest.shards == 0 || manifest.shards > SHARD_COUNT_MAX {
+        return Err(untrusted(
+            dir,
+            format!("{MANIFEST} gives {} shards", manifest.shards),
+        ));
+    }
+    // Columns go into SQL when a table is restored: they must be what a declaration allows.
+    let columns = validated_user_columns(manifest.user_columns())
+        .map_err(|e| untrusted(dir, format!("{MANIFEST} lists columns no table has: {e}")))?;
+    manifest.columns = columns
+        .into_iter()
+        .map(|c| ManifestColumn {
+            name: c.name,
+            decl_type: c.decl_type,
+        })
+        .collect();
     Ok(manifest)
 }
 
-/// Writes `manifest` into `dir` atomically: a temporary file, synced, renamed, folder synced.
+/// Writes `manifest` into `dir` atomically: a temporary file, synced, then renamed over the old
+/// one. The caller syncs the folder; once this returns, the new manifest may be the folder's.
 pub fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<()> {
     let text = serde_json::to_string_pretty(manifest)
         .map_err(|e| Error::Internal(format!("manifest: {e}")))?;
@@ -172,8 +194,7 @@ pub fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<()> {
         .and_then(|()| file.sync_all())
         .map_err(Error::file_io(&tmp))?;
     let path = dir.join(MANIFEST);
-    fs::rename(&tmp, &path).map_err(Error::file_io(&path))?;
-    sync_dir(dir)
+    fs::rename(&tmp, &path).map_err(Error::file_io(&path))
 }
 
 /// What a backup finds at its destination.
@@ -184,14 +205,10 @@ pub enum Destination {
     Earlier(Manifest),
 }
 
-/// Readies `dir` for a backup of the table with identity `table_id` and `shards` shards:
-/// creates it, or accepts an earlier backup of the same table, removing leftovers of an
-/// interrupted backup. Anything else in the folder is refused, and nothing is touched.
+/// Readies the existing folder `dir` for a backup of the table with identity `table_id` and
+/// `shards` shards: accepts it empty, or holding an earlier backup of the same table, and
+/// removes leftovers of an interrupted backup. Anything else is refused, and nothing touched.
 pub fn prepare_destination(dir: &Path, table_id: &str, shards: usize) -> Result<Destination> {
-    if !dir.exists() {
-        fs::create_dir_all(dir).map_err(Error::file_io(dir))?;
-        return Ok(Destination::New);
-    }
     let names: Vec<String> = fs::read_dir(dir)
         .map_err(Error::file_io(dir))?
         .map(|entry| entry.map(|e| e.file_name().to_string_lossy().into_owned()))
@@ -204,8 +221,12 @@ pub fn prepare_destination(dir: &Path, table_id: &str, shards: usize) -> Result<
         ))
     };
     let earlier = if names.iter().any(|n| n == MANIFEST) {
-        let manifest =
-            read_manifest(dir).map_err(|e| not_a_backup(&format!("holds a backup that {e}")))?;
+        let manifest = read_manifest(dir).map_err(|e| match e {
+            Error::BadBackup { detail, .. } => {
+                not_a_backup(&format!("holds a backup that cannot be trusted ({detail})"))
+            }
+            other => other,
+        })?;
         if manifest.table_id != table_id {
             return Err(not_a_backup(&format!(
                 "holds a backup of another table ({}, id {})",
@@ -226,6 +247,7 @@ pub fn prepare_destination(dir: &Path, table_id: &str, shards: usize) -> Result<
         .iter()
         .flat_map(|m| m.files.iter().map(|f| f.name.as_str()))
         .collect();
+    let interrupted = earlier.is_some() || names.iter().any(|n| n == IN_PROGRESS);
     let mut leftovers = Vec::new();
     for name in &names {
         if name == MANIFEST || listed.contains(name.as_str()) {
@@ -234,6 +256,11 @@ pub fn prepare_destination(dir: &Path, table_id: &str, shards: usize) -> Result<
         if !is_backup_file_name(name) {
             return Err(not_a_backup(&format!(
                 "holds {name}, which no imagestore backup writes"
+            )));
+        }
+        if !interrupted {
+            return Err(not_a_backup(&format!(
+                "holds {name} but no {MANIFEST}, and no backup was interrupted there (was {MANIFEST} removed?)"
             )));
         }
         leftovers.push(dir.join(name));
@@ -293,7 +320,7 @@ pub fn verify(dir: &Path) -> Result<(Manifest, Vec<String>)> {
                 continue;
             }
         }
-        let (r, b) = check_shard_files(dir, &files, &mut problems);
+        let (r, b) = check_shard_files(dir, &manifest, &files, &mut problems);
         rows += r;
         image_bytes += b;
     }
@@ -306,11 +333,13 @@ pub fn verify(dir: &Path) -> Result<(Manifest, Vec<String>)> {
     Ok((manifest, problems))
 }
 
-/// Checks one shard's files, oldest first: integrity, every image against its hash, and that a
-/// row whose bytes its file does not hold finds them in an earlier file. Returns the rows and
-/// image bytes of the newest file.
+/// Checks one shard's files, oldest first: each is the file its manifest entry says, intact,
+/// every row on its shard by the placement rule, every image against its hash, and a row whose
+/// bytes its file does not hold finds them in an earlier file. Returns the rows and image bytes
+/// of the newest file.
 fn check_shard_files(
     dir: &Path,
+    manifest: &Manifest,
     files: &[&ManifestFile],
     problems: &mut Vec<String>,
 ) -> (i64, i64) {
@@ -323,16 +352,22 @@ fn check_shard_files(
             for line in shard.integrity_problems()? {
                 problems.push(format!("{name}: integrity_check: {line}"));
             }
+            check_file_identity(&shard, manifest, file, problems)?;
             let mut found = Vec::new();
-            shard.for_each_image(|id, hash, data| match data {
-                Some(data) if blake3::hash(data).to_hex().as_str() != hash => problems.push(
-                    format!("{name}: row {id}: image bytes do not match their hash"),
-                ),
-                Some(_) => found.push(hash.to_string()),
-                None if held.contains(hash) => {}
-                None => problems.push(format!(
-                    "{name}: row {id}: image bytes are in no file of this or an earlier generation"
-                )),
+            shard.for_each_image(|id, hash, data| {
+                let home = shard_of(id, manifest.shards);
+                if home != file.shard {
+                    problems.push(format!("{name}: row {id} belongs on shard {home}"));
+                }
+                match data {
+                    Some(data) if blake3::hash(data).to_hex().as_str() != hash => problems
+                        .push(format!("{name}: row {id}: image bytes do not match their hash")),
+                    Some(_) => found.push(hash.to_string()),
+                    None if held.contains(hash) => {}
+                    None => problems.push(format!(
+                        "{name}: row {id}: image bytes are in no file of this or an earlier generation"
+                    )),
+                }
             })?;
             held.extend(found);
             shard.totals()
@@ -343,6 +378,42 @@ fn check_shard_files(
         }
     }
     totals
+}
+
+/// Checks that a file is named, and is, the shard its manifest entry says, of the table and with
+/// the columns the manifest says, and that it holds no protocol state.
+fn check_file_identity(
+    shard: &Shard,
+    manifest: &Manifest,
+    file: &ManifestFile,
+    problems: &mut Vec<String>,
+) -> Result<()> {
+    let name = &file.name;
+    if *name != file_name(file.shard, file.generation) {
+        problems.push(format!(
+            "{MANIFEST}: {name} is listed as shard {} generation {}",
+            file.shard, file.generation
+        ));
+    }
+    let identity = shard.identity(&manifest.user_columns())?;
+    if identity.table_id_hex() != manifest.table_id || identity.shard_index != file.shard {
+        problems.push(format!(
+            "{name}: is shard {} of table {}, not shard {} of {}",
+            identity.shard_index,
+            identity.table_id_hex(),
+            file.shard,
+            manifest.table_id
+        ));
+    }
+    if shard.user_columns()? != manifest.user_columns() {
+        problems.push(format!("{name}: its columns are not those of {MANIFEST}"));
+    }
+    if shard.protocol_state_rows()? != 0 {
+        problems.push(format!(
+            "{name}: holds protocol state (prepare records or before-states)"
+        ));
+    }
+    Ok(())
 }
 
 /// `imagestore_verify(dir)`: JSON `{"ok", "generation", "shards", "rows", "problems": [...]}`.
@@ -359,9 +430,4 @@ pub fn verify_report(dir: &Path) -> Result<String> {
         "problems": problems,
     })
     .to_string())
-}
-
-/// Paths of the files a manifest names.
-pub fn paths(dir: &Path, files: &[ManifestFile]) -> Vec<PathBuf> {
-    files.iter().map(|f| dir.join(&f.name)).collect()
 }

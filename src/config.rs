@@ -144,15 +144,53 @@ fn parse_user_column(arg: &str) -> Result<UserColumn> {
             "'{arg}' is neither an option (key=value) nor a column definition (name [TYPE])"
         )));
     }
-    if !matches!(
-        decl_type.as_str(),
-        "" | "TEXT" | "INTEGER" | "INT" | "REAL" | "BLOB" | "NUMERIC"
-    ) {
+    UserColumn::new(name, decl_type)
+}
+
+impl UserColumn {
+    /// A column of the user's own, if its name is an identifier and its type one the table
+    /// stores.
+    pub fn new(name: String, decl_type: String) -> Result<UserColumn> {
+        if !is_identifier(&name) {
+            return Err(bad(format!("column name '{name}' is not an identifier")));
+        }
+        if !matches!(
+            decl_type.as_str(),
+            "" | "TEXT" | "INTEGER" | "INT" | "REAL" | "BLOB" | "NUMERIC"
+        ) {
+            return Err(bad(format!(
+                "column {name}: type '{decl_type}' is not one of TEXT, INTEGER, REAL, BLOB, NUMERIC"
+            )));
+        }
+        Ok(UserColumn { name, decl_type })
+    }
+}
+
+/// Adds `column` to a table's user columns, refusing built-in and repeated names.
+fn add_user_column(columns: &mut Vec<UserColumn>, column: UserColumn) -> Result<()> {
+    if BUILTIN_COLUMNS.contains(&column.name.to_ascii_lowercase().as_str()) {
         return Err(bad(format!(
-            "column {name}: type '{decl_type}' is not one of TEXT, INTEGER, REAL, BLOB, NUMERIC"
+            "column {} is built in; choose another name",
+            column.name
         )));
     }
-    Ok(UserColumn { name, decl_type })
+    if columns
+        .iter()
+        .any(|c| c.name.eq_ignore_ascii_case(&column.name))
+    {
+        return Err(bad(format!("column {} is declared twice", column.name)));
+    }
+    columns.push(column);
+    Ok(())
+}
+
+/// Checks columns that come from elsewhere (a backup, a shard file) as a declaration would be.
+pub fn validated_user_columns(columns: Vec<UserColumn>) -> Result<Vec<UserColumn>> {
+    let mut valid = Vec::with_capacity(columns.len());
+    for column in columns {
+        add_user_column(&mut valid, UserColumn::new(column.name, column.decl_type)?)?;
+    }
+    Ok(valid)
 }
 
 /// Resolves a shard path given by the user against the database's folder.
@@ -182,21 +220,7 @@ impl TableConfig {
                 continue;
             }
             let Some((key, value)) = arg.split_once('=') else {
-                let column = parse_user_column(arg)?;
-                let lower = column.name.to_ascii_lowercase();
-                if BUILTIN_COLUMNS.contains(&lower.as_str()) {
-                    return Err(bad(format!(
-                        "column {} is built in; choose another name",
-                        column.name
-                    )));
-                }
-                if user_columns
-                    .iter()
-                    .any(|c| c.name.eq_ignore_ascii_case(&column.name))
-                {
-                    return Err(bad(format!("column {} is declared twice", column.name)));
-                }
-                user_columns.push(column);
+                add_user_column(&mut user_columns, parse_user_column(arg)?)?;
                 continue;
             };
             let key = key.trim().to_ascii_lowercase();
@@ -256,20 +280,23 @@ impl TableConfig {
         })
     }
 
-    /// Every file the table owns: each shard with its WAL and shared-memory files, the journal,
-    /// and the two lock files.
+    /// Every file the table owns: its shard files, the journal, and the two lock files.
     pub fn files(&self) -> Vec<PathBuf> {
         let mut files = vec![
             self.journal_path.clone(),
             self.lock_path.clone(),
             self.publish_lock_path.clone(),
         ];
-        for shard in &self.shard_paths {
-            for suffix in ["", "-wal", "-shm"] {
-                files.push(with_suffix(shard, suffix));
-            }
-        }
+        files.extend(self.shard_files());
         files
+    }
+
+    /// Each shard with its WAL and shared-memory files.
+    pub fn shard_files(&self) -> Vec<PathBuf> {
+        self.shard_paths
+            .iter()
+            .flat_map(|shard| ["", "-wal", "-shm"].map(|suffix| with_suffix(shard, suffix)))
+            .collect()
     }
 
     fn shard_paths(

@@ -32,6 +32,10 @@ pub enum Error {
     #[error("imagestore: row {row}: {reason}")]
     TooBig { row: String, reason: String },
 
+    /// An image a function was given is larger than it processes (SQLITE_TOOBIG).
+    #[error("imagestore: {0}")]
+    ImageTooBig(String),
+
     /// A write to a column the table computes itself (SQLITE_CONSTRAINT).
     #[error(
         "imagestore: column {0} is derived from data and cannot be written; write data instead"
@@ -110,7 +114,7 @@ impl Error {
         match self {
             Error::BadArgument(_) | Error::NotAnImage { .. } => ffi::SQLITE_ERROR,
             Error::WrongType(_) => ffi::SQLITE_MISMATCH,
-            Error::TooBig { .. } => ffi::SQLITE_TOOBIG,
+            Error::TooBig { .. } | Error::ImageTooBig(_) => ffi::SQLITE_TOOBIG,
             Error::DerivedColumn(_) | Error::DuplicateId { .. } => ffi::SQLITE_CONSTRAINT,
             Error::ShardMissing { .. } => ffi::SQLITE_CANTOPEN,
             Error::ShardForeign { .. } | Error::JournalCorrupt { .. } | Error::InDoubt(_) => {

@@ -23,6 +23,7 @@
 //!   manifest and verification. `restore`: a new table from a backup.
 //! - `derive`: whole-table processing.
 //! - `imagefn`: the per-image SQL functions.
+//! - `sqlfn`: registering SQL functions so that their errors keep their SQLite codes.
 //! - `config`: the table's arguments. `error`: errors and their SQLite codes.
 
 pub mod backup;
@@ -41,6 +42,7 @@ pub mod placement;
 pub mod probe;
 pub mod restore;
 pub mod shard;
+pub mod sqlfn;
 pub mod vtab;
 
 use rusqlite::Connection;
@@ -50,11 +52,16 @@ pub fn register(conn: &Connection) -> rusqlite::Result<()> {
     vtab::register(conn)?;
     maintenance::register(conn)?;
     imagefn::register(conn)?;
-    conn.create_scalar_function(
+    sqlfn::register(
+        conn,
         "imagestore_version",
         0,
-        rusqlite::functions::FunctionFlags::SQLITE_DETERMINISTIC,
-        |_| Ok(env!("CARGO_PKG_VERSION")),
+        true,
+        Box::new(|_| {
+            Ok(rusqlite::types::Value::Text(
+                env!("CARGO_PKG_VERSION").into(),
+            ))
+        }),
     )
 }
 

@@ -13,7 +13,8 @@
 //! The table is named as `table` or `schema.table`. Both read one consistent snapshot of every
 //! shard, like a query on the table.
 
-use rusqlite::functions::{Context, FunctionFlags};
+use std::path::Path;
+
 use rusqlite::Connection;
 
 use rusqlite::types::Value;
@@ -21,8 +22,9 @@ use rusqlite::types::Value;
 use crate::config::module_arguments;
 use crate::coordinator::{resolve_in_doubt, Resolution};
 use crate::derive::Operation;
-use crate::error::{catch_panic, Error, Result};
+use crate::error::{Error, Result};
 use crate::placement::shard_of;
+use crate::sqlfn::{self, Body, Call};
 use crate::vtab::{open_shards, table_config, with_open_table, TableCore};
 
 /// Runs `body` on one consistent snapshot of every shard of the table.
@@ -124,71 +126,53 @@ fn transactions(core: &TableCore) -> Result<String> {
     })
 }
 
-/// Argument `index` of a function call as TEXT, or a type error saying `what`.
-fn text_arg(ctx: &Context<'_>, index: usize, what: &str) -> Result<String> {
-    ctx.get(index)
-        .map_err(|_| Error::WrongType(what.to_string()))
-}
-
 /// Runs `body` on the table named by the function's first argument, connecting it first if this
 /// connection has not used it yet.
 pub(crate) fn with_table_argument<T>(
-    ctx: &Context<'_>,
+    call: &Call<'_>,
     body: impl FnOnce(&TableCore) -> Result<T>,
 ) -> Result<T> {
-    let table = text_arg(ctx, 0, "give the table's name as TEXT")?;
-    // SAFETY: the handle of the connection running this function, used only during it.
-    let db = unsafe { ctx.get_connection() }.map_err(|e| Error::Internal(e.to_string()))?;
+    let table = call.text(0, "give the table's name as TEXT")?;
     // Preparing a statement on the table connects it if this connection has not yet.
     let quoted = table
         .split('.')
         .map(|p| format!("\"{}\"", p.replace('"', "\"\"")))
         .collect::<Vec<_>>()
         .join(".");
-    db.prepare(&format!("SELECT 1 FROM {quoted} LIMIT 0"))
+    call.connection()?
+        .prepare(&format!("SELECT 1 FROM {quoted} LIMIT 0"))
         .map_err(|e| Error::BadArgument(format!("{table}: {e}")))?;
-    // SAFETY: as above.
-    let handle = unsafe { db.handle() };
-    with_open_table(handle, &table, body)
-}
-
-fn table_function(
-    conn: &Connection,
-    name: &str,
-    run: fn(&TableCore) -> Result<String>,
-) -> rusqlite::Result<()> {
-    conn.create_scalar_function(
-        name,
-        1,
-        FunctionFlags::SQLITE_UTF8,
-        move |ctx: &Context<'_>| Ok(catch_panic(|| with_table_argument(ctx, run))?),
-    )
+    with_open_table(call.handle(), &table, body)
 }
 
 /// `imagestore_derive(table, column, operation, args...)`: see `derive`.
-fn derive(ctx: &Context<'_>) -> Result<String> {
-    if ctx.len() < 3 {
+fn derive(call: &Call<'_>) -> Result<String> {
+    if call.args.len() < 3 {
         return Err(Error::BadArgument(
             "imagestore_derive(table, column, operation, arguments...)".into(),
         ));
     }
-    let column = text_arg(ctx, 1, "give the column's name as TEXT")?;
-    let operation = text_arg(ctx, 2, "give the operation as TEXT")?;
-    let args = (3..ctx.len())
-        .map(|i| Value::try_from(ctx.get_raw(i)).map_err(|e| Error::WrongType(e.to_string())))
+    let column = call.text(1, "give the column's name as TEXT")?;
+    let operation = call.text(2, "give the operation as TEXT")?;
+    let args = call.args[3..]
+        .iter()
+        .map(|v| Value::try_from(*v).map_err(|e| Error::WrongType(e.to_string())))
         .collect::<Result<Vec<_>>>()?;
     let operation = Operation::parse(&operation, &args)?;
-    let summary = with_table_argument(ctx, |core| crate::derive::derive(core, &column, operation))?;
-    Ok(format!(
-        "{{\"rows\":{},\"threads\":{},\"seconds\":{:.3}}}",
-        summary.rows, summary.threads, summary.seconds
-    ))
+    let summary =
+        with_table_argument(call, |core| crate::derive::derive(core, &column, operation))?;
+    Ok(serde_json::json!({
+        "rows": summary.rows,
+        "threads": summary.threads,
+        "seconds": (summary.seconds * 1000.0).round() / 1000.0,
+    })
+    .to_string())
 }
 
 /// `imagestore_resolve(table, 'commit' | 'abort')`.
-fn resolve(ctx: &Context<'_>) -> Result<String> {
-    let table = text_arg(ctx, 0, "give the table's name as TEXT")?;
-    let decision = text_arg(ctx, 1, "give 'commit' or 'abort'")?;
+fn resolve(call: &Call<'_>) -> Result<String> {
+    let table = call.text(0, "give the table's name as TEXT")?;
+    let decision = call.text(1, "give 'commit' or 'abort'")?;
     let resolution = match decision.to_ascii_lowercase().as_str() {
         "commit" => Resolution::Commit,
         "abort" => Resolution::Abort,
@@ -199,8 +183,7 @@ fn resolve(ctx: &Context<'_>) -> Result<String> {
         }
     };
     let (schema, name) = table.split_once('.').unwrap_or(("main", table.as_str()));
-    // SAFETY: the handle of the connection running this function, used only during it.
-    let db = unsafe { ctx.get_connection() }.map_err(|e| Error::Internal(e.to_string()))?;
+    let db = call.connection()?;
     let quoted_schema = format!("\"{}\"", schema.replace('"', "\"\""));
     let sql: String = db
         .query_row(
@@ -213,38 +196,41 @@ fn resolve(ctx: &Context<'_>) -> Result<String> {
         .filter(|_| sql.to_ascii_lowercase().contains("using imagestore"))
         .ok_or_else(|| Error::BadArgument(format!("{table} is not an imagestore table")))?;
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    // SAFETY: as above.
-    let config = table_config(unsafe { db.handle() }, schema, name, &args)?;
+    let config = table_config(call.handle(), schema, name, &args)?;
     let (table_id, shards, _) = open_shards(&config, false)?;
     let resolved = resolve_in_doubt(&config, table_id, &shards, resolution)?;
-    Ok(format!(
-        "{{\"decision\":\"{}\",\"transactions\":{resolved:?}}}",
-        decision.to_ascii_lowercase()
-    ))
+    Ok(
+        serde_json::json!({"decision": decision.to_ascii_lowercase(), "transactions": resolved})
+            .to_string(),
+    )
 }
 
 /// Registers the operating functions.
 pub fn register(conn: &Connection) -> rusqlite::Result<()> {
-    table_function(conn, "imagestore_check", check)?;
-    table_function(conn, "imagestore_transactions", transactions)?;
-    conn.create_scalar_function("imagestore_resolve", 2, FunctionFlags::SQLITE_UTF8, |ctx| {
-        Ok(catch_panic(|| resolve(ctx))?)
-    })?;
-    conn.create_scalar_function("imagestore_derive", -1, FunctionFlags::SQLITE_UTF8, |ctx| {
-        Ok(catch_panic(|| derive(ctx))?)
-    })?;
-    conn.create_scalar_function("imagestore_backup", 2, FunctionFlags::SQLITE_UTF8, |ctx| {
-        Ok(catch_panic(|| {
-            let dest = text_arg(ctx, 1, "give the backup folder as TEXT")?;
-            with_table_argument(ctx, |core| {
-                crate::backup::backup(core, std::path::Path::new(&dest))
-            })
-        })?)
-    })?;
-    conn.create_scalar_function("imagestore_verify", 1, FunctionFlags::SQLITE_UTF8, |ctx| {
-        Ok(catch_panic(|| {
-            let dir = text_arg(ctx, 0, "give the backup folder as TEXT")?;
-            crate::backup_folder::verify_report(std::path::Path::new(&dir))
-        })?)
-    })
+    let on_table = |run: fn(&TableCore) -> Result<String>| -> Body {
+        Box::new(move |call: &Call<'_>| with_table_argument(call, run).map(Value::Text))
+    };
+    sqlfn::register(conn, "imagestore_check", 1, false, on_table(check))?;
+    sqlfn::register(
+        conn,
+        "imagestore_transactions",
+        1,
+        false,
+        on_table(transactions),
+    )?;
+    let resolve = |call: &Call<'_>| resolve(call).map(Value::Text);
+    sqlfn::register(conn, "imagestore_resolve", 2, false, Box::new(resolve))?;
+    let derive = |call: &Call<'_>| derive(call).map(Value::Text);
+    sqlfn::register(conn, "imagestore_derive", -1, false, Box::new(derive))?;
+    let backup = |call: &Call<'_>| {
+        let dest = call.text(1, "give the backup folder as TEXT")?;
+        with_table_argument(call, |core| crate::backup::backup(core, Path::new(&dest)))
+            .map(Value::Text)
+    };
+    sqlfn::register(conn, "imagestore_backup", 2, false, Box::new(backup))?;
+    let verify = |call: &Call<'_>| {
+        let dir = call.text(0, "give the backup folder as TEXT")?;
+        crate::backup_folder::verify_report(Path::new(&dir)).map(Value::Text)
+    };
+    sqlfn::register(conn, "imagestore_verify", 1, false, Box::new(verify))
 }

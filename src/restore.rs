@@ -11,15 +11,16 @@
 //! - Verified before visible: the whole backup is verified first (`backup_folder::verify`), and
 //!   every image is hashed again as it is copied; any problem refuses the restore.
 //! - All or nothing: rows are written into the new shards inside one transaction per shard,
-//!   committed only after every row is in, and synced; on any error the transactions are rolled
-//!   back and the table's new files are removed. The table enters the schema only when CREATE
-//!   returns, after all of this; a crash before then leaves no table (only files a later CREATE
-//!   refuses to reuse, naming them).
+//!   together with a mark (`restore_incomplete` in `imagestore_meta`), committed only after every
+//!   row is in, and synced; then each shard's mark is cleared. A shard that has the mark is
+//!   refused by every open, so a crash part-way leaves files no table will use (a CREATE naming
+//!   them says so). On an error the transactions are rolled back and the new shard files are
+//!   removed. The table enters the schema only when CREATE returns, after all of this.
 
 use std::path::Path;
 
 use crate::backup_folder::{self, Manifest};
-use crate::config::{TableConfig, UserColumn};
+use crate::config::{validated_user_columns, TableConfig};
 use crate::durable::sync_wals;
 use crate::error::{Error, Result};
 use crate::placement::shard_of;
@@ -41,33 +42,30 @@ pub fn adopt_columns(config: &mut TableConfig) -> Result<()> {
     let Some(dir) = &config.restore_from else {
         return Ok(());
     };
-    let source: Vec<UserColumn> = match Shard::open_read_only(&config.shard_paths[0], &[]) {
-        Ok(shard) => shard.user_columns()?,
+    let (source, from) = match Shard::open_read_only(&config.shard_paths[0], &[]) {
+        Ok(shard) => (shard.user_columns()?, "the table's shard files have"),
         Err(_) => match backup_folder::read_manifest(dir) {
-            Ok(manifest) => manifest.user_columns(),
+            Ok(manifest) => (manifest.user_columns(), "the backup has"),
             // Neither exists: opening the table or the restore reports what is missing.
             Err(_) => return Ok(()),
         },
     };
-    if config.user_columns.is_empty() {
-        config.user_columns = source;
-        return Ok(());
-    }
+    let source = validated_user_columns(source)?;
     let same = config.user_columns.len() == source.len()
         && config.user_columns.iter().zip(&source).all(|(a, b)| {
             a.name.eq_ignore_ascii_case(&b.name) && a.decl_type.eq_ignore_ascii_case(&b.decl_type)
         });
-    if !same {
+    if !config.user_columns.is_empty() && !same {
         let list: Vec<String> = source
             .iter()
             .map(|c| format!("{} {}", c.name, c.decl_type).trim().to_string())
             .collect();
         return Err(Error::BadArgument(format!(
-            "the backup in {} has the columns ({}); declare exactly these, or none",
-            dir.display(),
+            "restore_from: {from} the columns ({}); declare exactly these, or none",
             list.join(", ")
         )));
     }
+    config.user_columns = source;
     Ok(())
 }
 
@@ -93,6 +91,7 @@ pub fn restore(dir: &Path, config: &TableConfig, shards: &[Shard]) -> Result<()>
     }
     for shard in shards {
         shard.begin_write()?;
+        shard.mark_restoring(dir)?;
     }
     let copied = copy_rows(dir, &manifest, config, shards).and_then(|totals| {
         if totals == (manifest.rows, manifest.image_bytes) {
@@ -117,7 +116,12 @@ pub fn restore(dir: &Path, config: &TableConfig, shards: &[Shard]) -> Result<()>
         shard.commit()?;
     }
     let paths: Vec<&Path> = shards.iter().map(|s| s.path.as_path()).collect();
-    sync_wals(&paths)
+    sync_wals(&paths)?;
+    // Every shard holds all of its rows, durably: only now may any of them lose its mark.
+    for shard in shards {
+        shard.clear_restoring()?;
+    }
+    Ok(())
 }
 
 /// Copies every row of the backup into the shard the placement rule gives it; returns the rows

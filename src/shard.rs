@@ -35,6 +35,10 @@ pub const FORMAT_VERSION: i64 = 1;
 /// Images from this size up are written in place into a zeroblob (below it, binding is faster).
 const BLOB_IN_PLACE_BYTES_MIN: usize = 256 * 1024;
 
+/// The `imagestore_meta` key a restore sets on every shard, with its rows, and clears once
+/// every shard holds all of its rows (see `restore`): a shard that has it is refused.
+const RESTORE_MARK: &str = "restore_incomplete";
+
 /// Columns of `images` before the user's: id, name, format, width, height, bytes, hash, blob_id.
 const BUILTIN_STORED_COLUMNS: usize = 8;
 /// Where `hash` and `blob_id` are in a row of `SELECT * FROM images`.
@@ -305,6 +309,11 @@ impl Shard {
         if version != Some(Value::Integer(FORMAT_VERSION)) {
             return Err(foreign(&format!(
                 "has shard format {version:?}; this build reads format {FORMAT_VERSION}"
+            )));
+        }
+        if let Some(Value::Text(dir)) = get(RESTORE_MARK)? {
+            return Err(foreign(&format!(
+                "is part of a restore from {dir} that did not finish; delete the table's shard files and restore again"
             )));
         }
         let table_id = match get("table_id")? {
@@ -598,24 +607,48 @@ impl Shard {
 
     /// Inserts a row into a shard that is being restored: no before-state is kept, because the
     /// whole shard is discarded if the restore fails.
+    /// A second row with the same id is an error, not a replacement.
     pub fn insert_restored(&self, row: &NewRow, data: &[u8]) -> Result<()> {
         let blob_id = self.insert_blob(data)?;
-        self.write_row(row, blob_id)
+        self.write_row(row, blob_id, "INSERT")
+    }
+
+    /// Marks this shard as being restored from `dir`, in the open write transaction.
+    pub fn mark_restoring(&self, dir: &Path) -> Result<()> {
+        self.conn
+            .execute(
+                "INSERT INTO imagestore_meta(key, value) VALUES (?1, ?2)",
+                params![RESTORE_MARK, dir.to_string_lossy()],
+            )
+            .map(|_| ())
+            .map_err(self.err())
+    }
+
+    /// Clears the restore mark, in a transaction of its own, synced.
+    pub fn clear_restoring(&self) -> Result<()> {
+        self.in_own_transaction(|s| {
+            s.conn
+                .execute("DELETE FROM imagestore_meta WHERE key = ?1", [RESTORE_MARK])
+                .map(|_| ())
+                .map_err(s.err())
+        })?;
+        crate::durable::sync_wal(&self.path)
     }
 
     /// Inserts a row (the caller checked that its id is free) with a new blob.
     pub fn insert(&self, txid: u64, row: &NewRow, data: &[u8]) -> Result<()> {
         self.remember_before(txid, row.id)?;
         let blob_id = self.insert_blob(data)?;
-        self.write_row(row, blob_id)
+        self.write_row(row, blob_id, "INSERT OR REPLACE")
     }
 
-    fn write_row(&self, row: &NewRow, blob_id: i64) -> Result<()> {
+    /// Writes a row with `verb` (`INSERT`, or `INSERT OR REPLACE` for a row that may exist).
+    fn write_row(&self, row: &NewRow, blob_id: i64, verb: &str) -> Result<()> {
         let placeholders: Vec<String> = (1..=8 + self.user_column_count)
             .map(|i| format!("?{i}"))
             .collect();
         let sql = format!(
-            "INSERT OR REPLACE INTO images(id, {}) VALUES ({})",
+            "{verb} INTO images(id, {}) VALUES ({})",
             self.columns_sql,
             placeholders.join(", ")
         );
@@ -654,7 +687,7 @@ impl Shard {
             }
             None => current.blob_id,
         };
-        self.write_row(row, blob_id)
+        self.write_row(row, blob_id, "INSERT OR REPLACE")
     }
 
     pub fn delete(&self, txid: u64, current: &StoredRow) -> Result<()> {
@@ -819,34 +852,6 @@ impl Shard {
 
     // ---- backup -------------------------------------------------------------------------
 
-    /// Copies this shard, as the connection's open read transaction sees it, into a new file.
-    pub fn backup_to(&self, dest: &Path) -> Result<()> {
-        let mut out = Connection::open(dest).map_err(Error::shard(dest))?;
-        {
-            // One step of all pages (-1): the copy is of this connection's snapshot.
-            let backup = rusqlite::backup::Backup::new(&self.conn, &mut out).map_err(self.err())?;
-            match backup.step(-1).map_err(self.err())? {
-                rusqlite::backup::StepResult::Done => {}
-                other => {
-                    return Err(Error::Busy {
-                        what: format!("backup of {} ({other:?})", self.path.display()),
-                        timeout_ms: 0,
-                    })
-                }
-            }
-        }
-        // Decided transactions the snapshot caught before their finalize: finalize them in the
-        // copy, so that the backup holds no protocol state. (The reader checked they are decided.)
-        let copy = Shard::with_connection(dest, out, &[]);
-        for txid in copy.prepared_txids()? {
-            copy.finalize(txid)?;
-        }
-        copy.conn
-            .execute_batch("PRAGMA journal_mode=DELETE")
-            .map_err(copy.err())?;
-        Ok(())
-    }
-
     /// Copies this shard, as the connection's open read transaction sees it, into a new file
     /// `dest`, leaving out the bytes of images whose hash is in `held` (an earlier backup holds
     /// them). Rows, meta and schema are copied whole; protocol state is not. Returns how many
@@ -947,6 +952,17 @@ impl Shard {
                 "SELECT b.data FROM images i JOIN blobs b ON b.blob_id = i.blob_id WHERE i.hash = ?1 LIMIT 1",
             )
             .and_then(|mut s| s.query_row([hash], |r| r.get(0)).optional())
+            .map_err(self.err())
+    }
+
+    /// Rows of protocol state (prepare records and before-states): none in a backup's file.
+    pub fn protocol_state_rows(&self) -> Result<i64> {
+        self.conn
+            .query_row(
+                "SELECT (SELECT count(*) FROM imagestore_prepared) + (SELECT count(*) FROM imagestore_undo)",
+                [],
+                |r| r.get(0),
+            )
             .map_err(self.err())
     }
 

@@ -421,7 +421,7 @@ fn restore_new_table(
             drop(shards);
             // Best effort: a file left behind makes a later CREATE fail naming it, never
             // makes a table of half a restore.
-            let _ = remove_files(&config.files());
+            let _ = remove_files(&config.shard_files());
             Err(e)
         }
     }

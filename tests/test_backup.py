@@ -221,7 +221,8 @@ def test_a_killed_backup_or_restore_is_never_trusted(tmp_path):
     backup(con, "t", tmp_path / "timing")
     duration = time.perf_counter() - started
     rng = random.Random(11)
-    outcome = {"refused": 0, "accepted": 0, "old kept": 0, "new": 0, "no table": 0, "whole table": 0}
+    outcome = {"refused": 0, "accepted": 0, "old kept": 0, "new": 0, "no table": 0, "whole table": 0,
+               "leftovers refused": 0}
     # A first backup killed: a folder without a manifest, refused by verify and restore.
     for k in range(10):
         folder = tmp_path / f"kill{k}"
@@ -241,11 +242,15 @@ def test_a_killed_backup_or_restore_is_never_trusted(tmp_path):
     # An incremental backup killed: the folder stays the earlier, whole backup, or the new one.
     folder = tmp_path / "rolling"
     backup(con, "t", folder)
+    con.execute("INSERT INTO t(name, data) VALUES (?, ?)", ("inc", noise_png(99, side=400)))
+    inc_duration = time.perf_counter()
+    backup(con, "t", folder)
+    inc_duration = time.perf_counter() - inc_duration
     for k in range(8):
         con.execute("INSERT INTO t(name, data) VALUES (?, ?)", (f"inc{k}", noise_png(k, side=400)))
         (before,), = con.execute("SELECT count(*) FROM t")
         generation = verify(con, folder)["generation"]
-        run_and_kill(child(db, f"SELECT imagestore_backup('t', '{folder}')"), rng.uniform(0, 0.15))
+        run_and_kill(child(db, f"SELECT imagestore_backup('t', '{folder}')"), rng.uniform(0, inc_duration * 3))
         report = verify(con, folder)
         assert report["ok"], report
         assert report["generation"] in (generation, generation + 1)
@@ -266,6 +271,15 @@ def test_a_killed_backup_or_restore_is_never_trusted(tmp_path):
             outcome["whole table"] += 1
         else:
             outcome["no table"] += 1
+            # Files a killed restore left are never taken for a table with part of the rows:
+            # refused while marked, or whole, or never written to.
+            try:
+                check.execute(f"CREATE VIRTUAL TABLE rk{k} USING imagestore(shards=3, album TEXT)")
+            except apsw.Error as e:
+                assert "did not finish" in str(e) or "exist" in str(e), e
+                outcome["leftovers refused"] += 1
+            else:
+                assert check.execute(f"SELECT count(*) FROM rk{k}").fetchone()[0] in (0, expected)
         check.close()
     print(f"\nkills during backup and restore: {outcome}")
     assert outcome["refused"] > 0 and outcome["no table"] > 0
@@ -289,7 +303,9 @@ def test_damage_is_named_and_refused(tmp_path):
     (row_id, image), = con.execute("SELECT id, data FROM t WHERE name = '0-retina.jpg'")
     (shard,), = con.execute("SELECT shard FROM t WHERE id = ?", (row_id,))
     shard_file = source / f"shard{shard}.g1.db"
-    blob_at = shard_file.read_bytes().find(image[5000:5064]) + 10
+    blob_at = shard_file.read_bytes().find(image[5000:5064])
+    assert blob_at > 0
+    blob_at += 10
 
     def refused(folder, *expected):
         report = verify(con, folder)
@@ -317,6 +333,16 @@ def test_damage_is_named_and_refused(tmp_path):
         verify(con, source)
     with pytest.raises(apsw.Error, match="manifest.json is damaged"):
         restore(con, "r", source, 2)
+    # A column type that is not a type: refused before any of it reaches SQL.
+    hostile = json.loads(text)
+    hostile["columns"][0]["type"] = "TEXT); DROP TABLE t; --"
+    manifest.write_text(json.dumps(hostile))
+    with pytest.raises(apsw.Error, match="columns no table has"):
+        restore(con, "r", source, 2)
+    assert con.execute("SELECT count(*) FROM t").fetchone()[0] == 31
+    hostile["columns"][0]["type"] = "INTEGER"  # a valid type, but not the files' own
+    manifest.write_text(json.dumps(hostile))
+    refused(source, "its columns are not those of manifest.json")
     manifest.write_text(text)
     (source / "shard2.g1.db").unlink()
     refused(source, "shard2.g1.db: missing")
@@ -339,6 +365,23 @@ def test_destinations_that_are_not_this_tables_backup_are_refused(tmp_path):
     (tmp_path / "a-file").write_bytes(b"x")
     with pytest.raises(apsw.Error):
         backup(con, "t", tmp_path / "a-file")
+    # A backup whose manifest was lost is not a leftover: refused, and its files kept.
+    backup(con, "t", tmp_path / "lost")
+    (tmp_path / "lost" / "manifest.json").unlink()
+    kept = sorted(p.name for p in (tmp_path / "lost").iterdir())
+    with pytest.raises(apsw.Error, match="was manifest.json removed"):
+        backup(con, "t", tmp_path / "lost")
+    assert sorted(p.name for p in (tmp_path / "lost").iterdir()) == kept
+
+
+def test_a_backup_inside_a_write_transaction_is_refused(tmp_path):
+    con = make_corpus_table(tmp_path / "w.db", rounds=1)
+    con.execute("BEGIN")
+    con.execute("INSERT INTO t(name, data) VALUES ('pending', ?)", (TINY,))
+    with pytest.raises(apsw.Error, match="outside BEGIN"):
+        backup(con, "t", tmp_path / "bk")
+    con.execute("ROLLBACK")
+    assert backup(con, "t", tmp_path / "bk")["rows"] == 31
 
 
 FULL_DISK_CHILD = """

@@ -130,8 +130,15 @@ def test_non_image_and_bomb_are_errors(cur, function, bad):
     assert function in message
     if bad == "bomb":
         assert "100000x100000" in message and "exceeds the limit" in message
+        assert err.value.result == apsw.SQLITE_TOOBIG  # the code a caller can act on
     else:
         assert "not an image" in message
+        assert err.value.result == apsw.SQLITE_ERROR
+
+
+def test_wrong_argument_types_answer_sqlite_mismatch(cur):
+    with pytest.raises(apsw.MismatchError, match="max_side"):
+        one(cur, "SELECT image_thumbnail(?, 'big')", raw("phantom.png"))
 
 
 def test_wrong_argument_types_and_values_are_named(cur):

@@ -61,7 +61,7 @@ pub fn check_pixels(width: u32, height: u32) -> Result<()> {
         )));
     }
     if u64::from(width) * u64::from(height) > PIXELS_MAX {
-        return Err(Error::BadArgument(format!(
+        return Err(Error::ImageTooBig(format!(
             "image of {width}x{height} pixels exceeds the limit of {PIXELS_MAX} pixels \
              (a decompression bomb, or an image too large to process)"
         )));
@@ -85,7 +85,7 @@ fn reader(data: &[u8]) -> Result<(ImageReader<Cursor<&[u8]>>, ImageFormat)> {
 
 fn damaged(format: ImageFormat) -> impl Fn(image::ImageError) -> Error {
     move |e| match e {
-        image::ImageError::Limits(e) => Error::BadArgument(format!(
+        image::ImageError::Limits(e) => Error::ImageTooBig(format!(
             "{} image needs more memory than the limit of {DECODE_BYTES_MAX} bytes: {e}",
             crate::probe::format_name(format)
         )),
@@ -103,7 +103,7 @@ fn open_decoder(data: &[u8]) -> Result<(impl ImageDecoder + use<'_>, ImageFormat
     let (width, height) = decoder.dimensions();
     check_pixels(width, height)?;
     if decoder.total_bytes() > DECODE_BYTES_MAX {
-        return Err(Error::BadArgument(format!(
+        return Err(Error::ImageTooBig(format!(
             "{width}x{height} {:?} image needs {} bytes, over the limit of {DECODE_BYTES_MAX}",
             decoder.color_type(),
             decoder.total_bytes()

@@ -31,11 +31,11 @@ pub mod segment;
 pub mod transform;
 
 use image::DynamicImage;
-use rusqlite::functions::{Context, FunctionFlags};
 use rusqlite::types::{Value, ValueRef};
 use rusqlite::Connection;
 
-use crate::error::{catch_panic, type_name, Error, Result};
+use crate::error::{type_name, Error, Result};
+use crate::sqlfn::Call;
 use decode::Decoded;
 use encode::OutputFormat;
 use transform::Filter;
@@ -104,7 +104,7 @@ pub fn regions_json(data: &[u8], level: Option<u8>) -> Result<String> {
 
 /// The arguments of one call, read with the function's name at hand for error messages.
 struct Args<'a> {
-    ctx: &'a Context<'a>,
+    values: &'a [ValueRef<'a>],
 }
 
 impl<'a> Args<'a> {
@@ -112,24 +112,24 @@ impl<'a> Args<'a> {
         Error::WrongType(format!(
             "argument {} ({name}) must be {want}, not {}",
             index + 1,
-            type_name(self.ctx.get_raw(index))
+            type_name(self.values[index])
         ))
     }
 
     fn has(&self, index: usize) -> bool {
-        index < self.ctx.len()
+        index < self.values.len()
     }
 
     /// The image BLOB. NULLs never get here (the wrapper answers NULL first).
     fn data(&self, index: usize) -> Result<&'a [u8]> {
-        match self.ctx.get_raw(index) {
+        match self.values[index] {
             ValueRef::Blob(b) => Ok(b),
             _ => Err(self.wrong(index, "data", "a BLOB holding an image")),
         }
     }
 
     fn int(&self, index: usize, name: &str) -> Result<i64> {
-        match self.ctx.get_raw(index) {
+        match self.values[index] {
             ValueRef::Integer(i) => Ok(i),
             ValueRef::Real(r) if r.fract() == 0.0 && r.abs() < 9.0e15 => Ok(r as i64),
             _ => Err(self.wrong(index, name, "an integer")),
@@ -153,7 +153,7 @@ impl<'a> Args<'a> {
     }
 
     fn real(&self, index: usize, name: &str) -> Result<f64> {
-        match self.ctx.get_raw(index) {
+        match self.values[index] {
             ValueRef::Integer(i) => Ok(i as f64),
             ValueRef::Real(r) => Ok(r),
             _ => Err(self.wrong(index, name, "a number")),
@@ -161,7 +161,7 @@ impl<'a> Args<'a> {
     }
 
     fn text(&self, index: usize, name: &str) -> Result<&'a str> {
-        match self.ctx.get_raw(index) {
+        match self.values[index] {
             ValueRef::Text(t) => {
                 std::str::from_utf8(t).map_err(|_| self.wrong(index, name, "UTF-8 text"))
             }
@@ -348,21 +348,22 @@ fn named(function: &str, error: Error) -> Error {
         Error::BadArgument(m) => Error::BadArgument(format!("{function}: {m}")),
         Error::WrongType(m) => Error::WrongType(format!("{function}: {m}")),
         Error::Internal(m) => Error::Internal(format!("{function}: {m}")),
+        Error::ImageTooBig(m) => Error::ImageTooBig(format!("{function}: {m}")),
         other => other,
     }
 }
 
 /// Registers every image function on `conn`.
 pub fn register(conn: &Connection) -> rusqlite::Result<()> {
-    let flags = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC;
     for &(name, arities, body) in FUNCTIONS {
         for &arity in arities {
-            conn.create_scalar_function(name, arity, flags, move |ctx| {
-                if (0..ctx.len()).any(|i| matches!(ctx.get_raw(i), ValueRef::Null)) {
+            let call_body = move |call: &Call<'_>| {
+                if call.args.iter().any(|v| matches!(v, ValueRef::Null)) {
                     return Ok(Value::Null);
                 }
-                catch_panic(|| body(&Args { ctx })).map_err(|e| named(name, e).into())
-            })?;
+                body(&Args { values: &call.args }).map_err(|e| named(name, e))
+            };
+            crate::sqlfn::register(conn, name, arity, true, Box::new(call_body))?;
         }
     }
     Ok(())
