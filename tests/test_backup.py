@@ -12,6 +12,7 @@ Oracles: the backup's files read with plain apsw (no extension), and the source 
 """
 import io
 import json
+import os
 import random
 import resource
 import signal
@@ -24,7 +25,7 @@ import apsw
 import pytest
 from PIL import Image
 
-from harness import CORPUS, connect, corpus_bytes, shard_paths
+from harness import CORPUS, REPO_ROOT, connect, corpus_bytes, shard_paths
 
 HERE = Path(__file__).resolve().parent
 TINY = corpus_bytes("no_time_for_that_tiny.gif")
@@ -432,3 +433,30 @@ def test_a_full_disk_leaves_nothing_trusted_behind(tmp_path):
     assert not table_exists(con, "r")
     assert not any(p.exists() for p in shard_paths(db, "r", 2))
     print(f"\nfull disk: {result}")
+
+
+def test_a_decided_transaction_not_yet_finalized_is_backed_up_whole(tmp_path):
+    """A writer killed between its COMMIT decision and its finalize leaves prepare records and
+    before-states on the shards; a reader that is already open sees the transaction as committed.
+    A backup taken then holds the transaction's rows, and none of that protocol state."""
+    fault_lib = Path(os.environ.get("IMAGESTORE_FAULT_LIB", REPO_ROOT / "target" / "fault" / "release" / "libimagestore.so"))
+    db = tmp_path / "f.db"
+    con = make_counters(db)
+    assert con.execute("SELECT count(*) FROM t").fetchone()[0] == 4  # open: no recovery later
+    code = (f"from harness import connect; con = connect({str(db)!r}); con.execute('BEGIN'); "
+            f"con.execute('UPDATE t SET n = 1'); "
+            f"con.execute(\"INSERT INTO t(id, name, data, n) VALUES (100, 'added', x'{TINY.hex()}', 1)\"); "
+            f"con.execute('COMMIT')")
+    env = dict(os.environ, IMAGESTORE_LIB=str(fault_lib), IMAGESTORE_FAULT="shard_finalize:1:abort")
+    out = subprocess.run([sys.executable, "-c", code], cwd=HERE, env=env, capture_output=True, text=True, timeout=60)
+    assert "fault injected at shard_finalize" in out.stderr, out.stderr[-2000:]
+    prepared = sum(apsw.Connection(str(p), flags=apsw.SQLITE_OPEN_READONLY)
+                   .execute("SELECT count(*) FROM imagestore_prepared").fetchone()[0]
+                   for p in shard_paths(db, "t", 4))
+    assert prepared == 4  # the state this test is about
+    backup(con, "t", tmp_path / "bk")
+    assert verify(con, tmp_path / "bk")["ok"]  # includes: no protocol state in any file
+    counters, added = backup_counters(tmp_path / "bk")
+    assert (set(counters.values()), added) == ({1}, 1)
+    restore(con, "r", tmp_path / "bk", 2)
+    assert con.execute("SELECT sum(n), count(*) FROM r").fetchone() == (5, 5)
