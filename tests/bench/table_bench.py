@@ -7,6 +7,8 @@
   point    SELECT data ... WHERE id = ? for 1000 random ids, against the plain table
   memory   peak resident memory of the import process (each import runs in its own process)
 
+Imports alternate between the two sides, 3 runs each after a sync; the median runs are compared.
+
 Both sides use synchronous=FULL in WAL mode. Usage:
   python3 tests/bench/table_bench.py [--total-mb 1024] [--rows 20000] [--csv out.csv]
 Prints a table of ratios (imagestore / plain). Not part of the test run; it writes
@@ -28,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 LIB = os.environ.get("IMAGESTORE_LIB", str(ROOT / "target" / "release" / "libimagestore.so"))
 CORPUS = ROOT.parent / "shared" / "corpus"
 TXN_BYTES = 200 << 20
+IMPORT_RUNS = 3
 
 
 def corpus():
@@ -112,11 +115,18 @@ def main():
     results = []
     base = os.environ.get("IMAGESTORE_BENCH_DIR", str(ROOT / "target"))
     with tempfile.TemporaryDirectory(dir=base) as d:
-        imports = {}
-        for kind in ("plain", "imagestore"):
-            out = subprocess.run([sys.executable, __file__, "--child", f"{d}/import-{kind}.db", kind,
-                                  str(args.total_mb << 20)], capture_output=True, text=True, check=True)
-            imports[kind] = json.loads(out.stdout)
+        # Imports alternate, IMPORT_RUNS of each, each after a sync and into fresh files, so that
+        # neither side inherits the other's write-back; the median run of each is compared.
+        runs = {"plain": [], "imagestore": []}
+        for k in range(IMPORT_RUNS):
+            for kind in ("plain", "imagestore"):
+                for f in Path(d).glob("import-*"):
+                    f.unlink()
+                os.sync()
+                out = subprocess.run([sys.executable, __file__, "--child", f"{d}/import-{kind}.db", kind,
+                                      str(args.total_mb << 20)], capture_output=True, text=True, check=True)
+                runs[kind].append(json.loads(out.stdout))
+        imports = {k: sorted(v, key=lambda r: r["seconds"])[len(v) // 2] for k, v in runs.items()}
         mbps = {k: v["bytes"] / v["seconds"] / 1e6 for k, v in imports.items()}
         results.append(("import MB/s", mbps["imagestore"], mbps["plain"], mbps["imagestore"] / mbps["plain"]))
         results.append(("import peak RSS MB", imports["imagestore"]["peak_kb"] / 1024,
