@@ -78,10 +78,54 @@ pub unsafe extern "C" fn sqlite3_imagestore_init(
 ) -> std::ffi::c_int {
     // SAFETY: the arguments come from SQLite's loader unchanged.
     unsafe {
+        if let Some(refused) = refuse_old_sqlite(pz_err_msg, p_api) {
+            return refused;
+        }
         // Loaded permanently: the sync threads of `durable` must never outlive the code.
         Connection::extension_init2(db, pz_err_msg, p_api, |conn| {
             register(&conn)?;
             Ok(true)
         })
     }
+}
+
+/// Refuses, with a message, an SQLite older than the API this build calls. rusqlite checks the
+/// version too, but then builds its message with a function the old API table lacks, and the
+/// panic that follows aborts the host: so the check is made here first, with only the two
+/// functions every API table has (`libversion_number` and `malloc`).
+///
+/// # Safety
+/// `p_api` is null or SQLite's API table; `pz_err_msg` is null or where SQLite takes a message.
+#[cfg(feature = "loadable_extension")]
+unsafe fn refuse_old_sqlite(
+    pz_err_msg: *mut *mut std::ffi::c_char,
+    p_api: *mut rusqlite::ffi::sqlite3_api_routines,
+) -> Option<std::ffi::c_int> {
+    use rusqlite::ffi;
+    // SAFETY: as the caller guarantees; both fields are at the start of every version's table.
+    let api = unsafe { p_api.as_ref() }?;
+    // SAFETY: a function of the host's SQLite, taking no argument.
+    let version = api.libversion_number.map_or(0, |f| unsafe { f() });
+    if version >= ffi::SQLITE_VERSION_NUMBER {
+        return None;
+    }
+    let dotted = |v: i32| format!("{}.{}.{}", v / 1_000_000, v / 1000 % 1000, v % 1000);
+    let message = format!(
+        "imagestore needs SQLite {} or newer; this program uses SQLite {}",
+        dotted(ffi::SQLITE_VERSION_NUMBER),
+        dotted(version)
+    );
+    if let (false, Some(malloc)) = (pz_err_msg.is_null(), api.malloc) {
+        // SAFETY: SQLite frees the message with sqlite3_free, so it is allocated with the host's
+        // sqlite3_malloc; it is written within its length plus the terminating NUL.
+        unsafe {
+            let buffer = malloc(message.len() as std::ffi::c_int + 1).cast::<u8>();
+            if !buffer.is_null() {
+                std::ptr::copy_nonoverlapping(message.as_ptr(), buffer, message.len());
+                *buffer.add(message.len()) = 0;
+                *pz_err_msg = buffer.cast();
+            }
+        }
+    }
+    Some(ffi::SQLITE_ERROR)
 }

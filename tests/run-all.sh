@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Builds the extension (and its fault-injection twin for the fault matrix), runs the Rust tests,
-# then the Python harness (pytest last, so its closing "N passed" line ends the output).
+# Builds the extension (and its fault-injection twin for the fault matrix, and a loader linked
+# with an SQLite too old for it), runs the Rust tests, then the Python harness (pytest last, so
+# its closing "N passed" line ends the output).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release
 cargo build --release --features fault-injection --target-dir target/fault
+cargo build --release --manifest-path tests/old-sqlite/Cargo.toml --target-dir target/old-sqlite
 cargo test --no-default-features --features bundled
 python3 -m pytest -q tests
