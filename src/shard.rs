@@ -39,6 +39,9 @@ const BLOB_IN_PLACE_BYTES_MIN: usize = 256 * 1024;
 /// every shard holds all of its rows (see `restore`): a shard that has it is refused.
 const RESTORE_MARK: &str = "restore_incomplete";
 
+/// A backup copy syncs its file after about this many bytes of images (see `copy_rows_to`).
+const BACKUP_SYNC_BYTES: u64 = 16 << 20;
+
 /// Columns of `images` before the user's: id, name, format, width, height, bytes, hash, blob_id.
 const BUILTIN_STORED_COLUMNS: usize = 8;
 /// Where `hash` and `blob_id` are in a row of `SELECT * FROM images`.
@@ -870,7 +873,7 @@ impl Shard {
             out.execute_batch(sql).map_err(dest_err())?;
         }
         self.copy_table(&out, dest, "imagestore_meta", |_| Ok(()))?;
-        let (mut images, mut bytes) = (0, 0);
+        let (mut images, mut bytes, mut unsynced) = (0, 0, 0);
         let mut copy_blob = out
             .prepare("INSERT OR IGNORE INTO blobs(blob_id, data) VALUES (?1, ?2)")
             .map_err(dest_err())?;
@@ -890,6 +893,13 @@ impl Shard {
                     .map_err(dest_err())?;
                 images += 1;
                 bytes += data.len() as u64;
+                unsynced += data.len() as u64;
+                // Written back as it goes, so that the copy never piles up enough dirty pages
+                // to stall a writer's commit sync behind them.
+                if unsynced >= BACKUP_SYNC_BYTES {
+                    crate::durable::sync_file(dest)?;
+                    unsynced = 0;
+                }
             }
             Ok(())
         })?;
