@@ -30,7 +30,7 @@ use crate::backup_folder::{
     file_digest, file_name, prepare_destination, write_manifest, Destination, Manifest,
     ManifestColumn, ManifestFile, FORMAT, FORMAT_VERSION, IN_PROGRESS,
 };
-use crate::durable::{remove_files, sync_dir, sync_file};
+use crate::durable::{remove_files, sync_dir, sync_file, with_sqlite_files};
 use crate::error::{Error, Result};
 use crate::maintenance::on_snapshot;
 use crate::shard::Shard;
@@ -96,6 +96,7 @@ pub fn backup(core: &TableCore, dest: &Path) -> Result<String> {
         }
     };
     let bytes_written = files.iter().map(|f| f.bytes).sum();
+    let earlier_files = earlier.map(|m| m.files).unwrap_or_default();
     let manifest = Manifest {
         format: FORMAT.into(),
         version: FORMAT_VERSION,
@@ -106,10 +107,7 @@ pub fn backup(core: &TableCore, dest: &Path) -> Result<String> {
             .config
             .user_columns
             .iter()
-            .map(|c| ManifestColumn {
-                name: c.name.clone(),
-                decl_type: c.decl_type.clone(),
-            })
+            .map(ManifestColumn::from)
             .collect(),
         generation,
         rows: copied.rows,
@@ -118,12 +116,7 @@ pub fn backup(core: &TableCore, dest: &Path) -> Result<String> {
         taken_unix_ms: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64),
-        files: earlier
-            .map(|m| m.files)
-            .unwrap_or_default()
-            .into_iter()
-            .chain(files)
-            .collect(),
+        files: earlier_files.into_iter().chain(files).collect(),
     };
     if let Err(e) = write_manifest(dest, &manifest) {
         discard(dest, &new_files);
@@ -152,17 +145,11 @@ pub fn backup(core: &TableCore, dest: &Path) -> Result<String> {
 /// manifest names the files, so nothing trusts them even if they stay, and while the mark stays
 /// with them the next backup into the folder removes them.
 fn discard(dest: &Path, new_files: &[PathBuf]) {
-    let with_sqlite_files: Vec<PathBuf> = new_files
+    let files: Vec<PathBuf> = new_files
         .iter()
-        .flat_map(|f| {
-            ["", "-journal", "-wal", "-shm"].map(|suffix| {
-                let mut name = f.as_os_str().to_owned();
-                name.push(suffix);
-                PathBuf::from(name)
-            })
-        })
+        .flat_map(|f| with_sqlite_files(f))
         .collect();
-    if remove_files(&with_sqlite_files).is_ok() {
+    if remove_files(&files).is_ok() {
         let _ = remove_files(&[dest.join(IN_PROGRESS)]);
     }
 }

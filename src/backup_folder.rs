@@ -80,6 +80,15 @@ pub struct ManifestFile {
     pub blake3: String,
 }
 
+impl From<&UserColumn> for ManifestColumn {
+    fn from(column: &UserColumn) -> Self {
+        ManifestColumn {
+            name: column.name.clone(),
+            decl_type: column.decl_type.clone(),
+        }
+    }
+}
+
 impl Manifest {
     pub fn user_columns(&self) -> Vec<UserColumn> {
         self.columns
@@ -172,13 +181,7 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest> {
     // Columns go into SQL when a table is restored: they must be what a declaration allows.
     let columns = validated_user_columns(manifest.user_columns())
         .map_err(|e| untrusted(dir, format!("{MANIFEST} lists columns no table has: {e}")))?;
-    manifest.columns = columns
-        .into_iter()
-        .map(|c| ManifestColumn {
-            name: c.name,
-            decl_type: c.decl_type,
-        })
-        .collect();
+    manifest.columns = columns.iter().map(ManifestColumn::from).collect();
     Ok(manifest)
 }
 

@@ -291,11 +291,11 @@ impl TableConfig {
         files
     }
 
-    /// Each shard with its WAL and shared-memory files.
+    /// Each shard with the files SQLite keeps beside it.
     pub fn shard_files(&self) -> Vec<PathBuf> {
         self.shard_paths
             .iter()
-            .flat_map(|shard| ["", "-wal", "-shm"].map(|suffix| with_suffix(shard, suffix)))
+            .flat_map(|shard| crate::durable::with_sqlite_files(shard))
             .collect()
     }
 
@@ -373,7 +373,8 @@ impl TableConfig {
     }
 }
 
-fn with_suffix(base: &Path, suffix: &str) -> PathBuf {
+/// `base` with `suffix` appended to its file name (`a.db` + `-wal` = `a.db-wal`).
+pub fn with_suffix(base: &Path, suffix: &str) -> PathBuf {
     let mut name = base.as_os_str().to_owned();
     name.push(suffix);
     PathBuf::from(name)

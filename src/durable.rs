@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex, OnceLock};
 
+use crate::config::with_suffix;
 use crate::error::{Error, Result};
 
 /// Threads that sync files; more shards than this are synced in several rounds.
@@ -23,9 +24,7 @@ type Job = Box<dyn FnOnce() + Send>;
 
 /// The WAL file of a shard database.
 pub fn wal_path(db: &Path) -> PathBuf {
-    let mut name = db.as_os_str().to_owned();
-    name.push("-wal");
-    PathBuf::from(name)
+    with_suffix(db, "-wal")
 }
 
 /// fsyncs the WAL of the shard database at `db`. A WAL file this process has not synced before
@@ -132,6 +131,11 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(Error::file_io(dir))
+}
+
+/// A database file and the files SQLite keeps beside it (rollback journal, WAL, shared memory).
+pub fn with_sqlite_files(db: &Path) -> [PathBuf; 4] {
+    ["", "-journal", "-wal", "-shm"].map(|suffix| with_suffix(db, suffix))
 }
 
 /// Removes files; one that is already gone is not an error.
