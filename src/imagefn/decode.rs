@@ -5,9 +5,10 @@
 //! `image::Limits` capped at [`DECODE_BYTES_MAX`]. The EXIF orientation is read from the header
 //! and applied, so every function sees the image as a viewer shows it.
 //!
-//! JPEG has a cheaper path for callers that want a smaller image anyway ([`decode_at_least`]):
-//! `jpeg-decoder` scales in the inverse DCT (1/2, 1/4 or 1/8), as Pillow's draft mode and libvips'
-//! shrink-on-load do.
+//! JPEG and WebP have cheaper paths for callers that want a smaller image anyway
+//! ([`decode_at_least`]): `jpeg-decoder` scales in the inverse DCT (1/2, 1/4 or 1/8), as Pillow's
+//! draft mode and libvips' shrink-on-load do, and libwebp shrinks a WebP while decoding it, as
+//! libvips does.
 
 use std::io::Cursor;
 
@@ -150,12 +151,14 @@ pub fn swaps_axes(orientation: Orientation) -> bool {
 }
 
 /// Decodes an image for a caller that will shrink it to fit `want_width x want_height` (as
-/// displayed): a JPEG is decoded at the smallest DCT scale that still covers the request; any
-/// other image, or a JPEG that `jpeg-decoder` cannot scale (CMYK, 16-bit, or one it refuses),
-/// in full.
+/// displayed): a JPEG is decoded at the smallest DCT scale that still covers the request, a
+/// still WebP shrunk by libwebp while decoding (by the largest whole factor that still covers
+/// the request); any other image, or one the scaled decoders cannot handle (a CMYK or 16-bit
+/// JPEG, an animated WebP, or data they refuse), in full, so a damaged file gets the full
+/// decoder's error.
 pub fn decode_at_least(data: &[u8], want_width: u32, want_height: u32) -> Result<Decoded> {
     let (reader, format) = reader(data)?;
-    if format != ImageFormat::Jpeg {
+    if format != ImageFormat::Jpeg && format != ImageFormat::WebP {
         return decode(data);
     }
     let mut decoder = reader.into_decoder().map_err(damaged(format))?;
@@ -167,7 +170,12 @@ pub fn decode_at_least(data: &[u8], want_width: u32, want_height: u32) -> Result
     } else {
         (want_width, want_height)
     };
-    match decode_jpeg_scaled(data, want_width, want_height) {
+    let scaled = if format == ImageFormat::Jpeg {
+        decode_jpeg_scaled(data, want_width, want_height)
+    } else {
+        decode_webp_scaled(data, want_width, want_height)
+    };
+    match scaled {
         Some(mut image) => {
             image.apply_orientation(orientation);
             Ok(Decoded { image, format })
@@ -193,6 +201,70 @@ fn decode_jpeg_scaled(data: &[u8], want_width: u32, want_height: u32) -> Option<
             image::RgbImage::from_raw(width, height, pixels).map(DynamicImage::ImageRgb8)
         }
         _ => None,
+    }
+}
+
+/// A still WebP decoded by libwebp shrunk by the largest whole factor (at least 2) that still
+/// covers the request: libwebp averages the source pixels of each output pixel while decoding
+/// (as Pillow's `reduce` does before its final resampling, and libvips' shrink-on-load), so the
+/// full-size image is never built. `None` where that cannot help: a factor below 2, an animated
+/// or otherwise unsupported file, or any decoding error.
+fn decode_webp_scaled(data: &[u8], want_width: u32, want_height: u32) -> Option<DynamicImage> {
+    use libwebp_sys::{VP8StatusCode, WEBP_CSP_MODE};
+    use std::ffi::c_int;
+
+    let mut config = libwebp_sys::WebPDecoderConfig::new().ok()?;
+    // SAFETY: `data` is a live slice and libwebp reads at most `data.len()` bytes of it;
+    // `config.input` is a valid, exclusively borrowed struct libwebp only writes.
+    let status =
+        unsafe { libwebp_sys::WebPGetFeatures(data.as_ptr(), data.len(), &mut config.input) };
+    if status != VP8StatusCode::VP8_STATUS_OK || config.input.has_animation != 0 {
+        return None;
+    }
+    let width = u32::try_from(config.input.width).ok()?;
+    let height = u32::try_from(config.input.height).ok()?;
+    check_pixels(width, height).ok()?;
+    let shrink = (width / want_width.max(1)).min(height / want_height.max(1));
+    if shrink < 2 {
+        return None;
+    }
+    let (out_width, out_height) = (width.div_ceil(shrink), height.div_ceil(shrink));
+    let alpha = config.input.has_alpha != 0;
+    let channels: u32 = if alpha { 4 } else { 3 };
+    let stride = out_width.checked_mul(channels)?;
+    let mut pixels = vec![0u8; usize::try_from(u64::from(stride) * u64::from(out_height)).ok()?];
+
+    config.options.use_scaling = 1;
+    config.options.scaled_width = c_int::try_from(out_width).ok()?;
+    config.options.scaled_height = c_int::try_from(out_height).ok()?;
+    config.options.use_threads = 1;
+    config.output.colorspace = if alpha {
+        WEBP_CSP_MODE::MODE_RGBA
+    } else {
+        WEBP_CSP_MODE::MODE_RGB
+    };
+    config.output.is_external_memory = 1;
+    config.output.u.RGBA = libwebp_sys::WebPRGBABuffer {
+        rgba: pixels.as_mut_ptr(),
+        stride: c_int::try_from(stride).ok()?,
+        size: pixels.len(),
+    };
+    // SAFETY: `data` is a live slice libwebp reads at most `data.len()` bytes of. The output is
+    // external memory: `pixels`, alive and not otherwise touched until this call returns, whose
+    // pointer, stride and size (`stride * out_height` bytes) are those given; libwebp checks that
+    // the scaled image fits them before writing, and writes nowhere else.
+    let status = unsafe { libwebp_sys::WebPDecode(data.as_ptr(), data.len(), &mut config) };
+    // SAFETY: `config.output` was initialized by `WebPDecoderConfig::new` and only set up as
+    // external memory since; freeing releases whatever libwebp allocated itself (nothing for
+    // external memory) and never touches `pixels`.
+    unsafe { libwebp_sys::WebPFreeDecBuffer(&mut config.output) };
+    if status != VP8StatusCode::VP8_STATUS_OK {
+        return None;
+    }
+    if alpha {
+        image::RgbaImage::from_raw(out_width, out_height, pixels).map(DynamicImage::ImageRgba8)
+    } else {
+        image::RgbImage::from_raw(out_width, out_height, pixels).map(DynamicImage::ImageRgb8)
     }
 }
 
