@@ -133,10 +133,16 @@ pub fn header(data: &[u8]) -> Result<Header> {
 
 /// Decodes every pixel (the first frame of an animation) and applies the EXIF orientation.
 pub fn decode(data: &[u8]) -> Result<Decoded> {
-    let (decoder, format, orientation) = open_decoder(data)?;
-    let mut image = DynamicImage::from_decoder(decoder).map_err(damaged(format))?;
+    let (mut image, format, orientation) = decode_stored(data)?;
     image.apply_orientation(orientation);
     Ok(Decoded { image, format })
+}
+
+/// Decodes every pixel as stored, returning the EXIF orientation unapplied.
+fn decode_stored(data: &[u8]) -> Result<(DynamicImage, ImageFormat, Orientation)> {
+    let (decoder, format, orientation) = open_decoder(data)?;
+    let image = DynamicImage::from_decoder(decoder).map_err(damaged(format))?;
+    Ok((image, format, orientation))
 }
 
 /// Whether `orientation` swaps width and height.
@@ -150,58 +156,103 @@ pub fn swaps_axes(orientation: Orientation) -> bool {
     )
 }
 
+/// An image decoded for a caller that shrinks it ([`decode_reduced`]): the pixels as stored, with
+/// the EXIF orientation still to apply (to the small result: cheaper, and the same pixels).
+pub struct Reduced {
+    pub image: DynamicImage,
+    pub format: ImageFormat,
+    pub orientation: Orientation,
+    /// Width and height of the whole source image in `image`'s pixels. A JPEG decoded at scale
+    /// 1/n covers `width / n` pixels and its last column and row overhang the image (a 1411-pixel
+    /// side gives 706 pixels for 705.5), so resampling must read exactly this extent, as Pillow's
+    /// `thumbnail` does with the box `draft` returns; otherwise the image's own size.
+    pub extent: (f64, f64),
+}
+
 /// Decodes an image for a caller that will shrink it to fit `want_width x want_height` (as
 /// displayed): a JPEG is decoded at the smallest DCT scale that still covers the request, a
 /// still WebP shrunk by libwebp while decoding (by the largest whole factor that still covers
 /// the request); any other image, or one the scaled decoders cannot handle (a CMYK or 16-bit
 /// JPEG, an animated WebP, or data they refuse), in full, so a damaged file gets the full
 /// decoder's error.
-pub fn decode_at_least(data: &[u8], want_width: u32, want_height: u32) -> Result<Decoded> {
+pub fn decode_reduced(data: &[u8], want_width: u32, want_height: u32) -> Result<Reduced> {
     let (reader, format) = reader(data)?;
-    if format != ImageFormat::Jpeg && format != ImageFormat::WebP {
-        return decode(data);
-    }
-    let mut decoder = reader.into_decoder().map_err(damaged(format))?;
-    let (width, height) = decoder.dimensions();
-    check_pixels(width, height)?;
-    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
-    let (want_width, want_height) = if swaps_axes(orientation) {
-        (want_height, want_width)
-    } else {
-        (want_width, want_height)
-    };
-    let scaled = if format == ImageFormat::Jpeg {
-        decode_jpeg_scaled(data, want_width, want_height)
-    } else {
-        decode_webp_scaled(data, want_width, want_height)
-    };
-    match scaled {
-        Some(mut image) => {
-            image.apply_orientation(orientation);
-            Ok(Decoded { image, format })
+    let mut scaled = None;
+    if format == ImageFormat::Jpeg || format == ImageFormat::WebP {
+        let mut decoder = reader.into_decoder().map_err(damaged(format))?;
+        let (width, height) = decoder.dimensions();
+        check_pixels(width, height)?;
+        let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+        let (want_width, want_height) = if swaps_axes(orientation) {
+            (want_height, want_width)
+        } else {
+            (want_width, want_height)
+        };
+        scaled = if format == ImageFormat::Jpeg {
+            decode_jpeg_scaled(data, (width, height), (want_width, want_height))
+        } else {
+            // libwebp maps the whole image onto the output pixels.
+            decode_webp_scaled(data, want_width, want_height).map(|image| {
+                let extent = (f64::from(image.width()), f64::from(image.height()));
+                (image, extent)
+            })
         }
-        None => decode(data),
+        .map(|(image, extent)| Reduced {
+            image,
+            format,
+            orientation,
+            extent,
+        });
+    }
+    match scaled {
+        Some(reduced) => Ok(reduced),
+        None => {
+            let (image, format, orientation) = decode_stored(data)?;
+            Ok(Reduced {
+                extent: (f64::from(image.width()), f64::from(image.height())),
+                image,
+                format,
+                orientation,
+            })
+        }
     }
 }
 
-/// `jpeg-decoder` at the smallest scale covering the request; `None` where it cannot help.
-fn decode_jpeg_scaled(data: &[u8], want_width: u32, want_height: u32) -> Option<DynamicImage> {
+/// `jpeg-decoder` at the smallest scale covering the request, with the source's extent in the
+/// decoded pixels; `None` where it cannot help.
+fn decode_jpeg_scaled(
+    data: &[u8],
+    (width, height): (u32, u32),
+    (want_width, want_height): (u32, u32),
+) -> Option<(DynamicImage, (f64, f64))> {
     let clamp = |n: u32| u16::try_from(n.max(1)).unwrap_or(u16::MAX);
     let mut decoder = jpeg_decoder::Decoder::new(Cursor::new(data));
     decoder.set_max_decoding_buffer_size(usize::try_from(DECODE_BYTES_MAX).ok()?);
-    let (width, height) = decoder.scale(clamp(want_width), clamp(want_height)).ok()?;
+    let (out_width, out_height) = decoder.scale(clamp(want_width), clamp(want_height)).ok()?;
     let pixels = decoder.decode().ok()?;
     let info = decoder.info()?;
-    let (width, height) = (u32::from(width), u32::from(height));
-    match info.pixel_format {
+    let (out_width, out_height) = (u32::from(out_width), u32::from(out_height));
+    // The scale is k/8 (k = 1, 2, 4 or 8) and each side ceil(side * k / 8) pixels.
+    let extent = [1u32, 2, 4, 8]
+        .into_iter()
+        .find(|&k| {
+            let side = |n: u32| (u64::from(n) * u64::from(k)).div_ceil(8);
+            side(width) == u64::from(out_width) && side(height) == u64::from(out_height)
+        })
+        .map_or((f64::from(out_width), f64::from(out_height)), |k| {
+            let scale = f64::from(k) / 8.0;
+            (f64::from(width) * scale, f64::from(height) * scale)
+        });
+    let image = match info.pixel_format {
         jpeg_decoder::PixelFormat::L8 => {
-            image::GrayImage::from_raw(width, height, pixels).map(DynamicImage::ImageLuma8)
+            image::GrayImage::from_raw(out_width, out_height, pixels).map(DynamicImage::ImageLuma8)
         }
         jpeg_decoder::PixelFormat::RGB24 => {
-            image::RgbImage::from_raw(width, height, pixels).map(DynamicImage::ImageRgb8)
+            image::RgbImage::from_raw(out_width, out_height, pixels).map(DynamicImage::ImageRgb8)
         }
         _ => None,
-    }
+    }?;
+    Some((image, extent))
 }
 
 /// A still WebP decoded by libwebp shrunk by the largest whole factor (at least 2) that still
@@ -336,12 +387,14 @@ mod tests {
     #[test]
     fn scaled_jpeg_decode_covers_the_request() {
         let mut data = Vec::new();
-        image::RgbImage::from_fn(800, 600, |x, y| image::Rgb([x as u8, y as u8, 7]))
+        image::RgbImage::from_fn(801, 601, |x, y| image::Rgb([x as u8, y as u8, 7]))
             .write_to(&mut Cursor::new(&mut data), ImageFormat::Jpeg)
             .expect("encode");
-        let decoded = decode_at_least(&data, 200, 150).expect("decode");
-        assert_eq!((decoded.image.width(), decoded.image.height()), (200, 150));
-        let decoded = decode_at_least(&data, 300, 225).expect("decode");
-        assert_eq!((decoded.image.width(), decoded.image.height()), (400, 300));
+        let reduced = decode_reduced(&data, 200, 150).expect("decode");
+        assert_eq!((reduced.image.width(), reduced.image.height()), (201, 151));
+        assert_eq!(reduced.extent, (200.25, 150.25));
+        let reduced = decode_reduced(&data, 300, 225).expect("decode");
+        assert_eq!((reduced.image.width(), reduced.image.height()), (401, 301));
+        assert_eq!(reduced.extent, (400.5, 300.5));
     }
 }
