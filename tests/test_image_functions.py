@@ -206,6 +206,50 @@ def test_thumbnail_applies_exif_orientation_and_keeps_the_format(cur):
     assert value >= PSNR_MIN_DB, f"{value:.1f} dB"
 
 
+def webp_bytes(im, **options):
+    buf = io.BytesIO()
+    im.save(buf, "WEBP", **options)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("kind", ["lossy-alpha", "lossless-alpha", "lossless"])
+def test_thumbnail_of_a_webp_decoded_shrunk_matches_pillow(cur, kind):
+    """libwebp's shrink-while-decoding path (a WebP at least twice the thumbnail): alpha kept,
+    lossless and lossy, within PSNR of Pillow's full decode + LANCZOS."""
+    im = pil(raw("horse.png") if "alpha" in kind else raw("chelsea.png")).resize((1200, 984))
+    data = webp_bytes(im, lossless=kind.startswith("lossless"), quality=90)
+    expected = pil(data)
+    expected.thumbnail((256, 256), Image.LANCZOS)
+    mode = work_mode(expected)
+    got = pil(call(cur, "image_thumbnail", data, 256, "png"))
+    assert got.size == expected.size == (256, 210)
+    assert work_mode(got) == mode
+    value = psnr(as_array(call(cur, "image_thumbnail", data, 256, "png"), mode),
+                 np.asarray(expected.convert(mode)))
+    assert value >= PSNR_MIN_DB, f"{kind}: {value:.1f} dB"
+
+
+def test_thumbnail_of_a_webp_applies_exif_orientation(cur):
+    im = pil(raw("chelsea.png")).resize((1200, 800))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 clockwise to display
+    data = webp_bytes(im, quality=90, exif=exif.tobytes())
+    expected = ImageOps.exif_transpose(pil(data))
+    expected.thumbnail((256, 256), Image.LANCZOS)
+    got = call(cur, "image_thumbnail", data, 256, "png")
+    assert pil(got).size == expected.size == (171, 256)
+    value = psnr(as_array(got, "RGB"), np.asarray(expected.convert("RGB")))
+    assert value >= PSNR_MIN_DB, f"{value:.1f} dB"
+
+
+@pytest.mark.parametrize("name", ["wood-d.webp", "symbolic-l.webp"])
+def test_thumbnail_of_a_truncated_large_webp_is_a_clear_error(cur, name):
+    data = raw(name)
+    for damaged in (data[: len(data) // 2], data[:200]):
+        with pytest.raises(apsw.Error, match="image_thumbnail.*not an image"):
+            call(cur, "image_thumbnail", damaged, 256)
+
+
 FILTERS = {"lanczos": Image.LANCZOS, "bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR,
            "hamming": Image.HAMMING, "box": Image.BOX}
 

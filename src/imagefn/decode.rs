@@ -5,9 +5,10 @@
 //! `image::Limits` capped at [`DECODE_BYTES_MAX`]. The EXIF orientation is read from the header
 //! and applied, so every function sees the image as a viewer shows it.
 //!
-//! JPEG has a cheaper path for callers that want a smaller image anyway ([`decode_at_least`]):
-//! `jpeg-decoder` scales in the inverse DCT (1/2, 1/4 or 1/8), as Pillow's draft mode and libvips'
-//! shrink-on-load do.
+//! JPEG and WebP have cheaper paths for callers that want a smaller image anyway
+//! ([`decode_at_least`]): `jpeg-decoder` scales in the inverse DCT (1/2, 1/4 or 1/8), as Pillow's
+//! draft mode and libvips' shrink-on-load do, and libwebp shrinks a WebP while decoding it, as
+//! libvips does.
 
 use std::io::Cursor;
 
@@ -132,10 +133,16 @@ pub fn header(data: &[u8]) -> Result<Header> {
 
 /// Decodes every pixel (the first frame of an animation) and applies the EXIF orientation.
 pub fn decode(data: &[u8]) -> Result<Decoded> {
-    let (decoder, format, orientation) = open_decoder(data)?;
-    let mut image = DynamicImage::from_decoder(decoder).map_err(damaged(format))?;
+    let (mut image, format, orientation) = decode_stored(data)?;
     image.apply_orientation(orientation);
     Ok(Decoded { image, format })
+}
+
+/// Decodes every pixel as stored, returning the EXIF orientation unapplied.
+fn decode_stored(data: &[u8]) -> Result<(DynamicImage, ImageFormat, Orientation)> {
+    let (decoder, format, orientation) = open_decoder(data)?;
+    let image = DynamicImage::from_decoder(decoder).map_err(damaged(format))?;
+    Ok((image, format, orientation))
 }
 
 /// Whether `orientation` swaps width and height.
@@ -149,50 +156,166 @@ pub fn swaps_axes(orientation: Orientation) -> bool {
     )
 }
 
+/// An image decoded for a caller that shrinks it ([`decode_reduced`]): the pixels as stored, with
+/// the EXIF orientation still to apply (to the small result: cheaper, and the same pixels).
+pub struct Reduced {
+    pub image: DynamicImage,
+    pub format: ImageFormat,
+    pub orientation: Orientation,
+    /// Width and height of the whole source image in `image`'s pixels. A JPEG decoded at scale
+    /// 1/n covers `width / n` pixels and its last column and row overhang the image (a 1411-pixel
+    /// side gives 706 pixels for 705.5), so resampling must read exactly this extent, as Pillow's
+    /// `thumbnail` does with the box `draft` returns; otherwise the image's own size.
+    pub extent: (f64, f64),
+}
+
 /// Decodes an image for a caller that will shrink it to fit `want_width x want_height` (as
-/// displayed): a JPEG is decoded at the smallest DCT scale that still covers the request; any
-/// other image, or a JPEG that `jpeg-decoder` cannot scale (CMYK, 16-bit, or one it refuses),
-/// in full.
-pub fn decode_at_least(data: &[u8], want_width: u32, want_height: u32) -> Result<Decoded> {
+/// displayed): a JPEG is decoded at the smallest DCT scale that still covers the request, a
+/// still WebP shrunk by libwebp while decoding (by the largest whole factor that still covers
+/// the request); any other image, or one the scaled decoders cannot handle (a CMYK or 16-bit
+/// JPEG, an animated WebP, or data they refuse), in full, so a damaged file gets the full
+/// decoder's error.
+pub fn decode_reduced(data: &[u8], want_width: u32, want_height: u32) -> Result<Reduced> {
     let (reader, format) = reader(data)?;
-    if format != ImageFormat::Jpeg {
-        return decode(data);
-    }
-    let mut decoder = reader.into_decoder().map_err(damaged(format))?;
-    let (width, height) = decoder.dimensions();
-    check_pixels(width, height)?;
-    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
-    let (want_width, want_height) = if swaps_axes(orientation) {
-        (want_height, want_width)
-    } else {
-        (want_width, want_height)
-    };
-    match decode_jpeg_scaled(data, want_width, want_height) {
-        Some(mut image) => {
-            image.apply_orientation(orientation);
-            Ok(Decoded { image, format })
+    let mut scaled = None;
+    if format == ImageFormat::Jpeg || format == ImageFormat::WebP {
+        let mut decoder = reader.into_decoder().map_err(damaged(format))?;
+        let (width, height) = decoder.dimensions();
+        check_pixels(width, height)?;
+        let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+        let (want_width, want_height) = if swaps_axes(orientation) {
+            (want_height, want_width)
+        } else {
+            (want_width, want_height)
+        };
+        scaled = if format == ImageFormat::Jpeg {
+            decode_jpeg_scaled(data, (width, height), (want_width, want_height))
+        } else {
+            // libwebp maps the whole image onto the output pixels.
+            decode_webp_scaled(data, want_width, want_height).map(|image| {
+                let extent = (f64::from(image.width()), f64::from(image.height()));
+                (image, extent)
+            })
         }
-        None => decode(data),
+        .map(|(image, extent)| Reduced {
+            image,
+            format,
+            orientation,
+            extent,
+        });
+    }
+    match scaled {
+        Some(reduced) => Ok(reduced),
+        None => {
+            let (image, format, orientation) = decode_stored(data)?;
+            Ok(Reduced {
+                extent: (f64::from(image.width()), f64::from(image.height())),
+                image,
+                format,
+                orientation,
+            })
+        }
     }
 }
 
-/// `jpeg-decoder` at the smallest scale covering the request; `None` where it cannot help.
-fn decode_jpeg_scaled(data: &[u8], want_width: u32, want_height: u32) -> Option<DynamicImage> {
+/// `jpeg-decoder` at the smallest scale covering the request, with the source's extent in the
+/// decoded pixels; `None` where it cannot help.
+fn decode_jpeg_scaled(
+    data: &[u8],
+    (width, height): (u32, u32),
+    (want_width, want_height): (u32, u32),
+) -> Option<(DynamicImage, (f64, f64))> {
     let clamp = |n: u32| u16::try_from(n.max(1)).unwrap_or(u16::MAX);
     let mut decoder = jpeg_decoder::Decoder::new(Cursor::new(data));
     decoder.set_max_decoding_buffer_size(usize::try_from(DECODE_BYTES_MAX).ok()?);
-    let (width, height) = decoder.scale(clamp(want_width), clamp(want_height)).ok()?;
+    let (out_width, out_height) = decoder.scale(clamp(want_width), clamp(want_height)).ok()?;
     let pixels = decoder.decode().ok()?;
     let info = decoder.info()?;
-    let (width, height) = (u32::from(width), u32::from(height));
-    match info.pixel_format {
+    let (out_width, out_height) = (u32::from(out_width), u32::from(out_height));
+    // The scale is k/8 (k = 1, 2, 4 or 8) and each side ceil(side * k / 8) pixels.
+    let extent = [1u32, 2, 4, 8]
+        .into_iter()
+        .find(|&k| {
+            let side = |n: u32| (u64::from(n) * u64::from(k)).div_ceil(8);
+            side(width) == u64::from(out_width) && side(height) == u64::from(out_height)
+        })
+        .map_or((f64::from(out_width), f64::from(out_height)), |k| {
+            let scale = f64::from(k) / 8.0;
+            (f64::from(width) * scale, f64::from(height) * scale)
+        });
+    let image = match info.pixel_format {
         jpeg_decoder::PixelFormat::L8 => {
-            image::GrayImage::from_raw(width, height, pixels).map(DynamicImage::ImageLuma8)
+            image::GrayImage::from_raw(out_width, out_height, pixels).map(DynamicImage::ImageLuma8)
         }
         jpeg_decoder::PixelFormat::RGB24 => {
-            image::RgbImage::from_raw(width, height, pixels).map(DynamicImage::ImageRgb8)
+            image::RgbImage::from_raw(out_width, out_height, pixels).map(DynamicImage::ImageRgb8)
         }
         _ => None,
+    }?;
+    Some((image, extent))
+}
+
+/// A still WebP decoded by libwebp shrunk by the largest whole factor (at least 2) that still
+/// covers the request: libwebp averages the source pixels of each output pixel while decoding
+/// (as Pillow's `reduce` does before its final resampling, and libvips' shrink-on-load), so the
+/// full-size image is never built. `None` where that cannot help: a factor below 2, an animated
+/// or otherwise unsupported file, or any decoding error.
+fn decode_webp_scaled(data: &[u8], want_width: u32, want_height: u32) -> Option<DynamicImage> {
+    use libwebp_sys::{VP8StatusCode, WEBP_CSP_MODE};
+    use std::ffi::c_int;
+
+    let mut config = libwebp_sys::WebPDecoderConfig::new().ok()?;
+    // SAFETY: `data` is a live slice and libwebp reads at most `data.len()` bytes of it;
+    // `config.input` is a valid, exclusively borrowed struct libwebp only writes.
+    let status =
+        unsafe { libwebp_sys::WebPGetFeatures(data.as_ptr(), data.len(), &mut config.input) };
+    if status != VP8StatusCode::VP8_STATUS_OK || config.input.has_animation != 0 {
+        return None;
+    }
+    let width = u32::try_from(config.input.width).ok()?;
+    let height = u32::try_from(config.input.height).ok()?;
+    check_pixels(width, height).ok()?;
+    let shrink = (width / want_width.max(1)).min(height / want_height.max(1));
+    if shrink < 2 {
+        return None;
+    }
+    let (out_width, out_height) = (width.div_ceil(shrink), height.div_ceil(shrink));
+    let alpha = config.input.has_alpha != 0;
+    let channels: u32 = if alpha { 4 } else { 3 };
+    let stride = out_width.checked_mul(channels)?;
+    let mut pixels = vec![0u8; usize::try_from(u64::from(stride) * u64::from(out_height)).ok()?];
+
+    config.options.use_scaling = 1;
+    config.options.scaled_width = c_int::try_from(out_width).ok()?;
+    config.options.scaled_height = c_int::try_from(out_height).ok()?;
+    config.options.use_threads = 1;
+    config.output.colorspace = if alpha {
+        WEBP_CSP_MODE::MODE_RGBA
+    } else {
+        WEBP_CSP_MODE::MODE_RGB
+    };
+    config.output.is_external_memory = 1;
+    config.output.u.RGBA = libwebp_sys::WebPRGBABuffer {
+        rgba: pixels.as_mut_ptr(),
+        stride: c_int::try_from(stride).ok()?,
+        size: pixels.len(),
+    };
+    // SAFETY: `data` is a live slice libwebp reads at most `data.len()` bytes of. The output is
+    // external memory: `pixels`, alive and not otherwise touched until this call returns, whose
+    // pointer, stride and size (`stride * out_height` bytes) are those given; libwebp checks that
+    // the scaled image fits them before writing, and writes nowhere else.
+    let status = unsafe { libwebp_sys::WebPDecode(data.as_ptr(), data.len(), &mut config) };
+    // SAFETY: `config.output` was initialized by `WebPDecoderConfig::new` and only set up as
+    // external memory since; freeing releases whatever libwebp allocated itself (nothing for
+    // external memory) and never touches `pixels`.
+    unsafe { libwebp_sys::WebPFreeDecBuffer(&mut config.output) };
+    if status != VP8StatusCode::VP8_STATUS_OK {
+        return None;
+    }
+    if alpha {
+        image::RgbaImage::from_raw(out_width, out_height, pixels).map(DynamicImage::ImageRgba8)
+    } else {
+        image::RgbImage::from_raw(out_width, out_height, pixels).map(DynamicImage::ImageRgb8)
     }
 }
 
@@ -264,12 +387,14 @@ mod tests {
     #[test]
     fn scaled_jpeg_decode_covers_the_request() {
         let mut data = Vec::new();
-        image::RgbImage::from_fn(800, 600, |x, y| image::Rgb([x as u8, y as u8, 7]))
+        image::RgbImage::from_fn(801, 601, |x, y| image::Rgb([x as u8, y as u8, 7]))
             .write_to(&mut Cursor::new(&mut data), ImageFormat::Jpeg)
             .expect("encode");
-        let decoded = decode_at_least(&data, 200, 150).expect("decode");
-        assert_eq!((decoded.image.width(), decoded.image.height()), (200, 150));
-        let decoded = decode_at_least(&data, 300, 225).expect("decode");
-        assert_eq!((decoded.image.width(), decoded.image.height()), (400, 300));
+        let reduced = decode_reduced(&data, 200, 150).expect("decode");
+        assert_eq!((reduced.image.width(), reduced.image.height()), (201, 151));
+        assert_eq!(reduced.extent, (200.25, 150.25));
+        let reduced = decode_reduced(&data, 300, 225).expect("decode");
+        assert_eq!((reduced.image.width(), reduced.image.height()), (401, 301));
+        assert_eq!(reduced.extent, (400.5, 300.5));
     }
 }

@@ -8,7 +8,7 @@
 use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
 use image::{DynamicImage, GrayAlphaImage, GrayImage};
 
-use super::decode::{check_pixels, decode_at_least, Decoded};
+use super::decode::{check_pixels, decode_reduced, swaps_axes, Decoded, Reduced};
 use crate::error::{Error, Result};
 
 /// A resampling filter, named as in Pillow.
@@ -66,12 +66,30 @@ pub fn resize(
     height: u32,
     filter: Filter,
 ) -> Result<DynamicImage> {
+    let whole = (f64::from(image.width()), f64::from(image.height()));
+    resize_extent(image, whole, width, height, filter)
+}
+
+/// Resamples the `extent` (width, height) at the top left of `image` to exactly
+/// `width x height`: the whole image, or for a JPEG decoded at a reduced scale, the part that
+/// is the source (see [`Reduced::extent`]).
+fn resize_extent(
+    image: &DynamicImage,
+    extent: (f64, f64),
+    width: u32,
+    height: u32,
+    filter: Filter,
+) -> Result<DynamicImage> {
     check_pixels(width, height)?;
-    if (width, height) == (image.width(), image.height()) {
+    let whole = (f64::from(image.width()), f64::from(image.height()));
+    if (width, height) == (image.width(), image.height()) && extent == whole {
         return Ok(image.clone());
     }
     let mut out = DynamicImage::new(width, height, image.color());
-    let options = ResizeOptions::new().resize_alg(filter.algorithm());
+    let mut options = ResizeOptions::new().resize_alg(filter.algorithm());
+    if extent != whole {
+        options = options.crop(0.0, 0.0, extent.0, extent.1);
+    }
     Resizer::new()
         .resize(image, &mut out, &options)
         .map_err(|e| Error::Internal(format!("resize to {width}x{height}: {e}")))?;
@@ -108,25 +126,44 @@ pub fn thumbnail_size(width: u32, height: u32, max_side: u32) -> (u32, u32) {
     }
 }
 
-/// Fits the image in a `max_side` square (no enlargement), oriented for display. JPEGs are
-/// decoded at the smallest DCT scale at least twice the target, then resampled with Lanczos3.
+/// Fits the image in a `max_side` square (no enlargement), oriented for display. JPEGs and WebPs
+/// are decoded reduced to at least twice the target ([`decode_reduced`], as Pillow's
+/// `reducing_gap=2`), then resampled with Lanczos3 in the stored orientation, which is applied
+/// to the small result.
 pub fn thumbnail(data: &[u8], max_side: u32) -> Result<Decoded> {
     if max_side == 0 {
         return Err(Error::BadArgument("max_side must be at least 1".into()));
     }
     let header = super::decode::header(data)?;
-    let (width, height) = if super::decode::swaps_axes(header.orientation) {
+    let (width, height) = if swaps_axes(header.orientation) {
         (header.height, header.width)
     } else {
         (header.width, header.height)
     };
     let (target_width, target_height) = thumbnail_size(width, height, max_side);
-    let Decoded { image, format } = decode_at_least(
+    let Reduced {
+        image,
+        format,
+        orientation,
+        extent,
+    } = decode_reduced(
         data,
         target_width.saturating_mul(2),
         target_height.saturating_mul(2),
     )?;
-    let image = resize(&image, target_width, target_height, Filter::Lanczos3)?;
+    let (stored_width, stored_height) = if swaps_axes(orientation) {
+        (target_height, target_width)
+    } else {
+        (target_width, target_height)
+    };
+    let mut image = resize_extent(
+        &image,
+        extent,
+        stored_width,
+        stored_height,
+        Filter::Lanczos3,
+    )?;
+    image.apply_orientation(orientation);
     Ok(Decoded { image, format })
 }
 
