@@ -127,9 +127,10 @@ pub fn thumbnail_size(width: u32, height: u32, max_side: u32) -> (u32, u32) {
 }
 
 /// Fits the image in a `max_side` square (no enlargement), oriented for display. JPEGs and WebPs
-/// are decoded reduced to at least twice the target ([`decode_reduced`], as Pillow's
-/// `reducing_gap=2`), then resampled with Lanczos3 in the stored orientation, which is applied
-/// to the small result.
+/// are decoded reduced as far as still covers the target ([`decode_reduced`]: libvips'
+/// shrink-on-load rule; Pillow stops at twice the target, `reducing_gap=2`, which costs a
+/// JPEG about a third more time for a few dB of agreement with its own output), then resampled
+/// with Lanczos3 in the stored orientation, which is applied to the small result.
 pub fn thumbnail(data: &[u8], max_side: u32) -> Result<Decoded> {
     if max_side == 0 {
         return Err(Error::BadArgument("max_side must be at least 1".into()));
@@ -146,11 +147,7 @@ pub fn thumbnail(data: &[u8], max_side: u32) -> Result<Decoded> {
         format,
         orientation,
         extent,
-    } = decode_reduced(
-        data,
-        target_width.saturating_mul(2),
-        target_height.saturating_mul(2),
-    )?;
+    } = decode_reduced(data, target_width, target_height)?;
     let (stored_width, stored_height) = if swaps_axes(orientation) {
         (target_height, target_width)
     } else {
