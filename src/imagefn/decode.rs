@@ -6,7 +6,7 @@
 //! and applied, so every function sees the image as a viewer shows it.
 //!
 //! JPEG and WebP have cheaper paths for callers that want a smaller image anyway
-//! ([`decode_at_least`]): `jpeg-decoder` scales in the inverse DCT (1/2, 1/4 or 1/8), as Pillow's
+//! ([`decode_reduced`]): `jpeg-decoder` scales in the inverse DCT (1/2, 1/4 or 1/8), as Pillow's
 //! draft mode and libvips' shrink-on-load do, and libwebp shrinks a WebP while decoding it, as
 //! libvips does.
 
