@@ -36,7 +36,7 @@ SELECT count(*) AS during_transaction FROM photos;
 ROLLBACK;
 SELECT count(*) AS after_rollback FROM photos;
 
-.print '== A failed statement changes nothing: one bad row refuses the whole INSERT'
+.print '== A failed statement changes nothing: one bad row refuses the whole INSERT (the error is expected)'
 INSERT INTO photos(name, data) VALUES ('ok.png', (SELECT data FROM photos WHERE id = 1)), ('notes.txt', CAST('not an image' AS BLOB));
 SELECT count(*) AS after_refused_insert FROM photos;
 
