@@ -133,6 +133,11 @@ fn is_backup_file_name(name: &str) -> bool {
 
 /// Size and BLAKE3 (hex) of a file, read in blocks.
 pub fn file_digest(path: &Path) -> Result<(u64, String)> {
+    if !fs::metadata(path).map_err(Error::file_io(path))?.is_file() {
+        return Err(Error::file_io(path)(std::io::Error::other(
+            "not a regular file",
+        )));
+    }
     let mut hasher = blake3::Hasher::new();
     let file = File::open(path).map_err(Error::file_io(path))?;
     hasher.update_reader(file).map_err(Error::file_io(path))?;
@@ -253,7 +258,9 @@ pub fn prepare_destination(dir: &Path, table_id: &str, shards: usize) -> Result<
     let interrupted = earlier.is_some() || names.iter().any(|n| n == IN_PROGRESS);
     let mut leftovers = Vec::new();
     for name in &names {
-        if name == MANIFEST || listed.contains(name.as_str()) {
+        // The in-progress mark stays until the backup that finds it succeeds: were it removed
+        // with the other leftovers, a second interruption would leave them unrecognised.
+        if name == MANIFEST || name == IN_PROGRESS || listed.contains(name.as_str()) {
             continue;
         }
         if !is_backup_file_name(name) {
@@ -309,6 +316,10 @@ pub fn verify(dir: &Path) -> Result<(Manifest, Vec<String>)> {
             }
             Ok(_) => {}
         }
+    }
+    if problems.iter().any(|p| p.starts_with(MANIFEST)) {
+        // A manifest naming files outside the folder, or repeating them, is not followed.
+        return Ok((manifest, problems));
     }
     let (mut rows, mut image_bytes) = (0, 0);
     for shard in 0..manifest.shards {

@@ -6,7 +6,7 @@
 //! either return an I/O error (`mode` = `error`) or kill the process on the spot (`abort`).
 //!
 //! Steps: `shard_prepare`, `journal_append`, `journal_sync`, `shard_finalize`, `journal_reset`,
-//! `recovery_shard`.
+//! `recovery_shard`, `derive_row`, `backup_shard`, `restore_commit`.
 
 use crate::error::Result;
 

@@ -56,7 +56,7 @@ pub fn register(conn: &Connection) -> rusqlite::Result<()> {
         conn,
         "imagestore_version",
         0,
-        true,
+        sqlfn::Kind::Pure,
         Box::new(|_| {
             Ok(rusqlite::types::Value::Text(
                 env!("CARGO_PKG_VERSION").into(),
@@ -83,16 +83,20 @@ pub unsafe extern "C" fn sqlite3_imagestore_init(
         }
         // Loaded permanently: the sync threads of `durable` must never outlive the code.
         Connection::extension_init2(db, pz_err_msg, p_api, |conn| {
-            register(&conn)?;
+            // A host built without a feature the registration needs makes rusqlite panic.
+            error::catch_panic(|| {
+                register(&conn).map_err(|e| error::Error::Internal(e.to_string()))
+            })?;
             Ok(true)
         })
     }
 }
 
 /// Refuses, with a message, an SQLite older than the API this build calls. rusqlite checks the
-/// version too, but then builds its message with a function the old API table lacks, and the
-/// panic that follows aborts the host: so the check is made here first, with only the two
-/// functions every API table has (`libversion_number` and `malloc`).
+/// version too, but its error path then calls `sqlite3_malloc64` through a slot it has not yet
+/// filled, and the panic that follows aborts the host: so the check is made here first, with only
+/// two functions that every API table has, read field by field (an older table is shorter than
+/// the struct this build knows).
 ///
 /// # Safety
 /// `p_api` is null or SQLite's API table; `pz_err_msg` is null or where SQLite takes a message.
@@ -102,10 +106,19 @@ unsafe fn refuse_old_sqlite(
     p_api: *mut rusqlite::ffi::sqlite3_api_routines,
 ) -> Option<std::ffi::c_int> {
     use rusqlite::ffi;
-    // SAFETY: as the caller guarantees; both fields are at the start of every version's table.
-    let api = unsafe { p_api.as_ref() }?;
+    if p_api.is_null() {
+        return None;
+    }
+    // SAFETY: `p_api` is SQLite's API table; both fields are near the start of every version's
+    // table and are read alone, without making a reference to the whole (possibly shorter) table.
+    let (libversion_number, malloc) = unsafe {
+        (
+            std::ptr::addr_of!((*p_api).libversion_number).read(),
+            std::ptr::addr_of!((*p_api).malloc).read(),
+        )
+    };
     // SAFETY: a function of the host's SQLite, taking no argument.
-    let version = api.libversion_number.map_or(0, |f| unsafe { f() });
+    let version = libversion_number.map_or(0, |f| unsafe { f() });
     if version >= ffi::SQLITE_VERSION_NUMBER {
         return None;
     }
@@ -115,7 +128,7 @@ unsafe fn refuse_old_sqlite(
         dotted(ffi::SQLITE_VERSION_NUMBER),
         dotted(version)
     );
-    if let (false, Some(malloc)) = (pz_err_msg.is_null(), api.malloc) {
+    if let (false, Some(malloc)) = (pz_err_msg.is_null(), malloc) {
         // SAFETY: SQLite frees the message with sqlite3_free, so it is allocated with the host's
         // sqlite3_malloc; it is written within its length plus the terminating NUL.
         unsafe {

@@ -24,7 +24,7 @@ use crate::coordinator::{resolve_in_doubt, Resolution};
 use crate::derive::Operation;
 use crate::error::{Error, Result};
 use crate::placement::shard_of;
-use crate::sqlfn::{self, Body, Call};
+use crate::sqlfn::{self, Body, Call, Kind};
 use crate::vtab::{open_shards, table_config, with_open_table, TableCore};
 
 /// Runs `body` on one consistent snapshot of every shard of the table.
@@ -210,27 +210,64 @@ pub fn register(conn: &Connection) -> rusqlite::Result<()> {
     let on_table = |run: fn(&TableCore) -> Result<String>| -> Body {
         Box::new(move |call: &Call<'_>| with_table_argument(call, run).map(Value::Text))
     };
-    sqlfn::register(conn, "imagestore_check", 1, false, on_table(check))?;
+    sqlfn::register(
+        conn,
+        "imagestore_check",
+        1,
+        Kind::Operating,
+        on_table(check),
+    )?;
     sqlfn::register(
         conn,
         "imagestore_transactions",
         1,
-        false,
+        Kind::Operating,
         on_table(transactions),
     )?;
-    let resolve = |call: &Call<'_>| resolve(call).map(Value::Text);
-    sqlfn::register(conn, "imagestore_resolve", 2, false, Box::new(resolve))?;
-    let derive = |call: &Call<'_>| derive(call).map(Value::Text);
-    sqlfn::register(conn, "imagestore_derive", -1, false, Box::new(derive))?;
+    let resolve = |call: &Call<'_>| {
+        call.outside_transaction("imagestore_resolve")?;
+        resolve(call).map(Value::Text)
+    };
+    sqlfn::register(
+        conn,
+        "imagestore_resolve",
+        2,
+        Kind::Operating,
+        Box::new(resolve),
+    )?;
+    let derive = |call: &Call<'_>| {
+        call.outside_transaction("imagestore_derive")?;
+        derive(call).map(Value::Text)
+    };
+    sqlfn::register(
+        conn,
+        "imagestore_derive",
+        -1,
+        Kind::Operating,
+        Box::new(derive),
+    )?;
     let backup = |call: &Call<'_>| {
+        call.outside_transaction("imagestore_backup")?;
         let dest = call.text(1, "give the backup folder as TEXT")?;
         with_table_argument(call, |core| crate::backup::backup(core, Path::new(&dest)))
             .map(Value::Text)
     };
-    sqlfn::register(conn, "imagestore_backup", 2, false, Box::new(backup))?;
+    sqlfn::register(
+        conn,
+        "imagestore_backup",
+        2,
+        Kind::Operating,
+        Box::new(backup),
+    )?;
     let verify = |call: &Call<'_>| {
         let dir = call.text(0, "give the backup folder as TEXT")?;
         crate::backup_folder::verify_report(Path::new(&dir)).map(Value::Text)
     };
-    sqlfn::register(conn, "imagestore_verify", 1, false, Box::new(verify))
+    sqlfn::register(
+        conn,
+        "imagestore_verify",
+        1,
+        Kind::Operating,
+        Box::new(verify),
+    )
 }

@@ -10,9 +10,10 @@
 //! Invariants:
 //! - Verified before visible: the whole backup is verified first (`backup_folder::verify`), and
 //!   every image is hashed again as it is copied; any problem refuses the restore.
-//! - All or nothing: rows are written into the new shards inside one transaction per shard,
-//!   together with a mark (`restore_incomplete` in `imagestore_meta`), committed only after every
-//!   row is in, and synced; then each shard's mark is cleared. A shard that has the mark is
+//! - All or nothing: the backup is verified before any file is made; each new shard is created
+//!   with a mark (`restore_incomplete` in `imagestore_meta`); rows are written inside one
+//!   transaction per shard, committed only after every row is in, and synced; then each shard's
+//!   mark is cleared. A shard that has the mark is
 //!   refused by every open, so a crash part-way leaves files no table will use (a CREATE naming
 //!   them says so). On an error the transactions are rolled back and the new shard files are
 //!   removed. The table enters the schema only when CREATE returns, after all of this.
@@ -69,9 +70,9 @@ pub fn adopt_columns(config: &mut TableConfig) -> Result<()> {
     Ok(())
 }
 
-/// Fills the new, empty `shards` of the table from the backup in `dir`, all or nothing. On an
-/// error the shards are left rolled back; the caller removes their files.
-pub fn restore(dir: &Path, config: &TableConfig, shards: &[Shard]) -> Result<()> {
+/// The manifest of the backup in `dir`, once the whole backup is verified and its columns are
+/// the table's; an error otherwise.
+pub fn trusted_manifest(dir: &Path, config: &TableConfig) -> Result<Manifest> {
     let (manifest, problems) = backup_folder::verify(dir)?;
     if !problems.is_empty() {
         return Err(untrusted(
@@ -89,11 +90,21 @@ pub fn restore(dir: &Path, config: &TableConfig, shards: &[Shard]) -> Result<()>
             dir.display()
         )));
     }
+    Ok(manifest)
+}
+
+/// Fills the new, empty, marked `shards` of the table from the verified backup in `dir`, all or
+/// nothing. On an error the shards are left rolled back; the caller removes their files.
+pub fn restore(
+    dir: &Path,
+    manifest: &Manifest,
+    config: &TableConfig,
+    shards: &[Shard],
+) -> Result<()> {
     for shard in shards {
         shard.begin_write()?;
-        shard.mark_restoring(dir)?;
     }
-    let copied = copy_rows(dir, &manifest, config, shards).and_then(|totals| {
+    let copied = copy_rows(dir, manifest, config, shards).and_then(|totals| {
         if totals == (manifest.rows, manifest.image_bytes) {
             Ok(())
         } else {
@@ -113,6 +124,7 @@ pub fn restore(dir: &Path, config: &TableConfig, shards: &[Shard]) -> Result<()>
         return Err(e);
     }
     for shard in shards {
+        crate::fault::check("restore_commit")?;
         shard.commit()?;
     }
     let paths: Vec<&Path> = shards.iter().map(|s| s.path.as_path()).collect();
@@ -165,10 +177,15 @@ fn copy_rows(
                         format!("row {}: its image bytes are in no file", row.id),
                     )
                 })?;
-                if blake3::hash(&data).to_hex().as_str() != row.hash {
+                if blake3::hash(&data).to_hex().as_str() != row.hash
+                    || usize::try_from(row.bytes).ok() != Some(data.len())
+                {
                     return Err(untrusted(
                         dir,
-                        format!("row {}: image bytes do not match their hash", row.id),
+                        format!(
+                            "row {}: image bytes do not match their hash or size",
+                            row.id
+                        ),
                     ));
                 }
                 shards[shard_of(row.id, shards.len())]

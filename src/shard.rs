@@ -247,7 +247,13 @@ impl Shard {
     }
 
     /// Writes the schema and identity of a new shard, durably.
-    pub fn initialize(&self, identity: &ShardIdentity, user_columns: &[UserColumn]) -> Result<()> {
+    /// A shard made for a restore (`restoring_from`) carries the restore mark from the start.
+    pub fn initialize(
+        &self,
+        identity: &ShardIdentity,
+        user_columns: &[UserColumn],
+        restoring_from: Option<&Path>,
+    ) -> Result<()> {
         let user_defs: String = user_columns
             .iter()
             .map(|c| format!(", {} {}", quote_ident(&c.name), c.decl_type))
@@ -270,13 +276,24 @@ impl Shard {
                  existed INTEGER NOT NULL, name, format, width, height, bytes, hash, blob_id{user_undo},
                  PRIMARY KEY(txid, id)) WITHOUT ROWID;
              INSERT INTO imagestore_meta VALUES ('format_version', {FORMAT_VERSION}),
-                 ('table_id', '{}'), ('shard_index', {}), ('shard_count', {}), ('last_txid', 0);
-             COMMIT;",
+                 ('table_id', '{}'), ('shard_index', {}), ('shard_count', {}), ('last_txid', 0);",
             hex(&identity.table_id),
             identity.shard_index,
             identity.shard_count,
         );
-        self.conn.execute_batch(&sql).map_err(self.err())?;
+        let written = self
+            .conn
+            .execute_batch(&sql)
+            .map_err(self.err())
+            .and_then(|()| match restoring_from {
+                Some(dir) => self.mark_restoring(dir),
+                None => Ok(()),
+            })
+            .and_then(|()| self.commit());
+        if written.is_err() {
+            let _ = self.rollback();
+        }
+        written?;
         crate::durable::sync_wal(&self.path)
     }
 
@@ -617,7 +634,7 @@ impl Shard {
     }
 
     /// Marks this shard as being restored from `dir`, in the open write transaction.
-    pub fn mark_restoring(&self, dir: &Path) -> Result<()> {
+    fn mark_restoring(&self, dir: &Path) -> Result<()> {
         self.conn
             .execute(
                 "INSERT INTO imagestore_meta(key, value) VALUES (?1, ?2)",
@@ -860,6 +877,9 @@ impl Shard {
     /// them). Rows, meta and schema are copied whole; protocol state is not. Returns how many
     /// images' bytes were copied, and their size.
     pub fn copy_rows_to(&self, dest: &Path, held: &HashSet<String>) -> Result<(u64, u64)> {
+        // Synced through this descriptor, kept open until the connection has closed: closing
+        // another descriptor of the file would drop SQLite's POSIX locks on it.
+        let file = std::fs::File::create(dest).map_err(Error::file_io(dest))?;
         let out = Connection::open(dest).map_err(Error::shard(dest))?;
         let dest_err = || Error::shard(dest);
         // The file is not part of any backup until a manifest names it, after it is synced: a
@@ -897,7 +917,7 @@ impl Shard {
                 // Written back as it goes, so that the copy never piles up enough dirty pages
                 // to stall a writer's commit sync behind them.
                 if unsynced >= BACKUP_SYNC_BYTES {
-                    crate::durable::sync_file(dest)?;
+                    file.sync_data().map_err(Error::file_io(dest))?;
                     unsynced = 0;
                 }
             }

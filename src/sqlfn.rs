@@ -45,26 +45,55 @@ impl Call<'_> {
     pub fn handle(&self) -> *mut ffi::sqlite3 {
         self.db
     }
+
+    /// Refuses a call made inside an open transaction, for a function that commits on its own
+    /// or copies only what is committed (`what` names it in the message).
+    pub fn outside_transaction(&self, what: &str) -> Result<()> {
+        if in_transaction(self.db) {
+            return Err(Error::BadArgument(format!(
+                "{what} commits on its own and sees only what is committed: run it outside BEGIN ... COMMIT"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Whether connection `db` has a transaction open.
+fn in_transaction(db: *mut ffi::sqlite3) -> bool {
+    // SAFETY: `db` is the live connection running the current call.
+    unsafe { ffi::sqlite3_get_autocommit(db) == 0 }
 }
 
 /// What a function does with a call.
 pub type Body = Box<dyn Fn(&Call<'_>) -> Result<Value> + Send + 'static>;
+
+/// What kind of function is registered, for SQLite's flags.
+#[derive(Clone, Copy)]
+pub enum Kind {
+    /// Depends on its arguments only and touches nothing: deterministic, and innocuous (usable
+    /// in indexes, generated columns, views and triggers even with `trusted_schema=OFF`).
+    Pure,
+    /// Reads or writes files or tables: callable from top-level SQL only, never from a view or
+    /// trigger that a database file could bring along.
+    Operating,
+}
 
 /// Registers scalar function `name` taking `arity` arguments (-1: any number).
 pub fn register(
     conn: &Connection,
     name: &str,
     arity: c_int,
-    deterministic: bool,
+    kind: Kind,
     body: Body,
 ) -> rusqlite::Result<()> {
     let c_name = CString::new(name).map_err(|_| {
         rusqlite::Error::InvalidFunctionParameterType(0, rusqlite::types::Type::Text)
     })?;
-    let mut flags = ffi::SQLITE_UTF8;
-    if deterministic {
-        flags |= ffi::SQLITE_DETERMINISTIC;
-    }
+    let flags = ffi::SQLITE_UTF8
+        | match kind {
+            Kind::Pure => ffi::SQLITE_DETERMINISTIC | ffi::SQLITE_INNOCUOUS,
+            Kind::Operating => ffi::SQLITE_DIRECTONLY,
+        };
     let user_data = Box::into_raw(Box::new(body));
     // SAFETY: the handle is a live connection; `user_data` is a leaked Box<Body> that SQLite
     // owns from here on and hands back to `drop_body` exactly once (also when registering fails,
@@ -107,8 +136,13 @@ unsafe extern "C" fn call(
     let (body, args, db) = unsafe {
         let body = &*ffi::sqlite3_user_data(ctx).cast::<Body>();
         let count = usize::try_from(argc).unwrap_or(0);
-        let args: Vec<ValueRef<'_>> = (0..count).map(|i| value_ref(*argv.add(i))).collect();
+        let args: Option<Vec<ValueRef<'_>>> = (0..count).map(|i| value_ref(*argv.add(i))).collect();
         (body, args, ffi::sqlite3_context_db_handle(ctx))
+    };
+    let Some(args) = args else {
+        // SAFETY: `ctx` is this call's context.
+        unsafe { ffi::sqlite3_result_error_nomem(ctx) };
+        return;
     };
     let outcome = catch_panic(|| body(&Call { args, db }));
     // SAFETY: `ctx` is this call's context; results are copied (SQLITE_TRANSIENT).
@@ -120,42 +154,44 @@ unsafe extern "C" fn call(
     }
 }
 
-/// A borrowed view of an argument.
+/// A borrowed view of an argument; `None` when SQLite ran out of memory making its text or
+/// blob (a null pointer for a non-empty value).
 ///
 /// # Safety
 /// `value` is a valid argument of the running call; the view must not outlive the call.
-unsafe fn value_ref<'a>(value: *mut ffi::sqlite3_value) -> ValueRef<'a> {
+unsafe fn value_ref<'a>(value: *mut ffi::sqlite3_value) -> Option<ValueRef<'a>> {
     // SAFETY: as the caller guarantees. The text or blob pointer is taken before its length,
     // as SQLite requires, and is valid for that many bytes until the call returns.
     unsafe {
-        match ffi::sqlite3_value_type(value) {
+        Some(match ffi::sqlite3_value_type(value) {
             ffi::SQLITE_INTEGER => ValueRef::Integer(ffi::sqlite3_value_int64(value)),
             ffi::SQLITE_FLOAT => ValueRef::Real(ffi::sqlite3_value_double(value)),
             ffi::SQLITE_TEXT => {
                 let text = ffi::sqlite3_value_text(value);
                 let len = usize::try_from(ffi::sqlite3_value_bytes(value)).unwrap_or(0);
-                ValueRef::Text(bytes(text, len))
+                ValueRef::Text(bytes(text, len)?)
             }
             ffi::SQLITE_BLOB => {
                 let blob = ffi::sqlite3_value_blob(value).cast::<u8>();
                 let len = usize::try_from(ffi::sqlite3_value_bytes(value)).unwrap_or(0);
-                ValueRef::Blob(bytes(blob, len))
+                ValueRef::Blob(bytes(blob, len)?)
             }
             _ => ValueRef::Null,
-        }
+        })
     }
 }
 
-/// `len` bytes at `ptr`, or none for a null pointer (an empty value).
+/// `len` bytes at `ptr`: none for a null pointer and no bytes; `None` for a null pointer and
+/// some (SQLite could not allocate them).
 ///
 /// # Safety
 /// A non-null `ptr` is valid for reads of `len` bytes for `'a`.
-unsafe fn bytes<'a>(ptr: *const u8, len: usize) -> &'a [u8] {
-    if ptr.is_null() {
-        &[]
-    } else {
+unsafe fn bytes<'a>(ptr: *const u8, len: usize) -> Option<&'a [u8]> {
+    match (ptr.is_null(), len) {
+        (true, 0) => Some(&[]),
+        (true, _) => None,
         // SAFETY: as the caller guarantees.
-        unsafe { std::slice::from_raw_parts(ptr, len) }
+        (false, _) => Some(unsafe { std::slice::from_raw_parts(ptr, len) }),
     }
 }
 
@@ -194,7 +230,50 @@ unsafe fn set_error(ctx: *mut ffi::sqlite3_context, error: &Error) {
     let message = CString::new(error.to_string().replace('\0', " ")).unwrap_or_default();
     // SAFETY: as the caller guarantees; SQLite copies the message.
     unsafe {
+        let in_transaction = in_transaction(ffi::sqlite3_context_db_handle(ctx));
         ffi::sqlite3_result_error(ctx, message.as_ptr(), -1);
-        ffi::sqlite3_result_error_code(ctx, error.sqlite_code());
+        ffi::sqlite3_result_error_code(ctx, reported_code(error.sqlite_code(), in_transaction));
+    }
+}
+
+/// The code a function reports for an error with `code`. SQLite takes an I/O, disk-full,
+/// out-of-memory or interrupt code from a statement for its own failure and rolls back the
+/// caller's open transaction, and a plain SQLITE_CORRUPT for damage to the caller's database
+/// (refusing its writes until the transaction ends). A shard's or a backup's trouble is
+/// neither: inside a transaction those codes become SQLITE_ERROR (the message keeps the
+/// cause), and SQLITE_CORRUPT always becomes SQLITE_CORRUPT_VTAB.
+fn reported_code(code: c_int, in_transaction: bool) -> c_int {
+    let host_failure = matches!(
+        code & 0xff,
+        ffi::SQLITE_IOERR | ffi::SQLITE_FULL | ffi::SQLITE_NOMEM | ffi::SQLITE_INTERRUPT
+    );
+    match code {
+        ffi::SQLITE_CORRUPT => ffi::SQLITE_CORRUPT_VTAB,
+        _ if host_failure && in_transaction => ffi::SQLITE_ERROR,
+        _ => code,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_that_would_fail_the_callers_transaction_are_not_reported_inside_one() {
+        assert_eq!(reported_code(ffi::SQLITE_FULL, false), ffi::SQLITE_FULL);
+        assert_eq!(reported_code(ffi::SQLITE_FULL, true), ffi::SQLITE_ERROR);
+        assert_eq!(
+            reported_code(ffi::SQLITE_IOERR_WRITE, true),
+            ffi::SQLITE_ERROR
+        );
+        assert_eq!(
+            reported_code(ffi::SQLITE_CORRUPT, false),
+            ffi::SQLITE_CORRUPT_VTAB
+        );
+        assert_eq!(reported_code(ffi::SQLITE_TOOBIG, true), ffi::SQLITE_TOOBIG);
+        assert_eq!(
+            reported_code(ffi::SQLITE_CORRUPT_VTAB, true),
+            ffi::SQLITE_CORRUPT_VTAB
+        );
     }
 }

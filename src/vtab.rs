@@ -204,6 +204,7 @@ pub(crate) fn open_shards(
                     shard_count: count,
                 },
                 cols,
+                config.restore_from.as_deref(),
             )?;
             shards.push(shard);
         }
@@ -262,9 +263,14 @@ impl ImageTable {
         // SAFETY: SQLite passes a valid connection handle to xCreate/xConnect.
         let handle = unsafe { db.handle() };
         let config = table_config(handle, schema, table_name, &options)?;
+        // A restore checks its backup before it creates any file.
+        let backup = match (create, &config.restore_from) {
+            (true, Some(dir)) => Some((dir, crate::restore::trusted_manifest(dir, &config)?)),
+            _ => None,
+        };
         let (table_id, mut shards, created) = open_shards(&config, create)?;
-        if let (true, Some(dir)) = (create, &config.restore_from) {
-            shards = restore_new_table(dir, &config, shards, created)?;
+        if let Some((dir, manifest)) = backup {
+            shards = restore_new_table(dir, &manifest, &config, shards, created)?;
         }
         let coordinator = Coordinator::open(&config, table_id, &mut shards, created)?;
         let declaration = config.declaration();
@@ -404,18 +410,18 @@ pub(crate) fn table_config(
 /// removes the table's files again (see `restore`).
 fn restore_new_table(
     dir: &Path,
+    manifest: &crate::backup_folder::Manifest,
     config: &TableConfig,
     shards: Vec<Shard>,
     created: bool,
 ) -> Result<Vec<Shard>> {
     if !created {
         return Err(Error::BadArgument(format!(
-            "restore_from fills a new table, but its shard files already exist ({}); choose new ones \
-             (files left by an interrupted restore are safe to delete)",
+            "restore_from fills a new table, but its shard files belong to an existing table ({}); choose new shard files",
             config.shard_paths[0].display()
         )));
     }
-    match crate::restore::restore(dir, config, &shards) {
+    match crate::restore::restore(dir, manifest, config, &shards) {
         Ok(()) => Ok(shards),
         Err(e) => {
             drop(shards);

@@ -35,7 +35,7 @@ use rusqlite::types::{Value, ValueRef};
 use rusqlite::Connection;
 
 use crate::error::{type_name, Error, Result};
-use crate::sqlfn::Call;
+use crate::sqlfn::{Call, Kind};
 use decode::Decoded;
 use encode::OutputFormat;
 use transform::Filter;
@@ -363,7 +363,7 @@ pub fn register(conn: &Connection) -> rusqlite::Result<()> {
                 }
                 body(&Args { values: &call.args }).map_err(|e| named(name, e))
             };
-            crate::sqlfn::register(conn, name, arity, true, Box::new(call_body))?;
+            crate::sqlfn::register(conn, name, arity, Kind::Pure, Box::new(call_body))?;
         }
     }
     Ok(())
