@@ -13,6 +13,7 @@
 //! The table is named as `table` or `schema.table`. Both read one consistent snapshot of every
 //! shard, like a query on the table.
 
+use std::ffi::c_int;
 use std::path::Path;
 
 use rusqlite::Connection;
@@ -24,7 +25,7 @@ use crate::coordinator::{resolve_in_doubt, Resolution};
 use crate::derive::Operation;
 use crate::error::{Error, Result};
 use crate::placement::shard_of;
-use crate::sqlfn::{self, Body, Call, Kind};
+use crate::sqlfn::{self, Call, Kind};
 use crate::vtab::{open_shards, table_config, with_open_table, TableCore};
 
 /// Runs `body` on one consistent snapshot of every shard of the table.
@@ -205,69 +206,46 @@ fn resolve(call: &Call<'_>) -> Result<String> {
     )
 }
 
+/// `imagestore_backup(table, folder)`: see `backup`.
+fn backup(call: &Call<'_>) -> Result<String> {
+    let dest = call.text(1, "give the backup folder as TEXT")?;
+    with_table_argument(call, |core| crate::backup::backup(core, Path::new(&dest)))
+}
+
+/// `imagestore_verify(folder)`: see `backup_folder`.
+fn verify(call: &Call<'_>) -> Result<String> {
+    let dir = call.text(0, "give the backup folder as TEXT")?;
+    crate::backup_folder::verify_report(Path::new(&dir))
+}
+
+/// A function's body: its JSON result.
+type Run = fn(&Call<'_>) -> Result<String>;
+
+/// Every operating function: name, argument count (-1: any), whether it refuses to run inside
+/// an open transaction (it commits on its own, or must see only what is committed), body.
+const FUNCTIONS: &[(&str, c_int, bool, Run)] = &[
+    ("imagestore_check", 1, false, |call| {
+        with_table_argument(call, check)
+    }),
+    ("imagestore_transactions", 1, false, |call| {
+        with_table_argument(call, transactions)
+    }),
+    ("imagestore_resolve", 2, true, resolve),
+    ("imagestore_derive", -1, true, derive),
+    ("imagestore_backup", 2, true, backup),
+    ("imagestore_verify", 1, false, verify),
+];
+
 /// Registers the operating functions.
 pub fn register(conn: &Connection) -> rusqlite::Result<()> {
-    let on_table = |run: fn(&TableCore) -> Result<String>| -> Body {
-        Box::new(move |call: &Call<'_>| with_table_argument(call, run).map(Value::Text))
-    };
-    sqlfn::register(
-        conn,
-        "imagestore_check",
-        1,
-        Kind::Operating,
-        on_table(check),
-    )?;
-    sqlfn::register(
-        conn,
-        "imagestore_transactions",
-        1,
-        Kind::Operating,
-        on_table(transactions),
-    )?;
-    let resolve = |call: &Call<'_>| {
-        call.outside_transaction("imagestore_resolve")?;
-        resolve(call).map(Value::Text)
-    };
-    sqlfn::register(
-        conn,
-        "imagestore_resolve",
-        2,
-        Kind::Operating,
-        Box::new(resolve),
-    )?;
-    let derive = |call: &Call<'_>| {
-        call.outside_transaction("imagestore_derive")?;
-        derive(call).map(Value::Text)
-    };
-    sqlfn::register(
-        conn,
-        "imagestore_derive",
-        -1,
-        Kind::Operating,
-        Box::new(derive),
-    )?;
-    let backup = |call: &Call<'_>| {
-        call.outside_transaction("imagestore_backup")?;
-        let dest = call.text(1, "give the backup folder as TEXT")?;
-        with_table_argument(call, |core| crate::backup::backup(core, Path::new(&dest)))
-            .map(Value::Text)
-    };
-    sqlfn::register(
-        conn,
-        "imagestore_backup",
-        2,
-        Kind::Operating,
-        Box::new(backup),
-    )?;
-    let verify = |call: &Call<'_>| {
-        let dir = call.text(0, "give the backup folder as TEXT")?;
-        crate::backup_folder::verify_report(Path::new(&dir)).map(Value::Text)
-    };
-    sqlfn::register(
-        conn,
-        "imagestore_verify",
-        1,
-        Kind::Operating,
-        Box::new(verify),
-    )
+    for &(name, arity, outside_transaction, run) in FUNCTIONS {
+        let body = move |call: &Call<'_>| {
+            if outside_transaction {
+                call.outside_transaction(name)?;
+            }
+            run(call).map(Value::Text)
+        };
+        sqlfn::register(conn, name, arity, Kind::Operating, Box::new(body))?;
+    }
+    Ok(())
 }
