@@ -83,7 +83,7 @@ pub fn backup(core: &TableCore, dest: &Path) -> Result<String> {
     let new_files: Vec<PathBuf> = (0..shard_count)
         .map(|shard| dest.join(file_name(shard, generation)))
         .collect();
-    let written = write_generation(core, dest, earlier.as_ref(), &new_files);
+    let written = write_generation(core, dest, earlier.as_ref(), generation, &new_files);
     let (copied, writers_held_ms, files) = match written {
         Ok(written) => written,
         Err(e) => {
@@ -165,6 +165,7 @@ fn write_generation(
     core: &TableCore,
     dest: &Path,
     earlier: Option<&Manifest>,
+    generation: u32,
     new_files: &[PathBuf],
 ) -> Result<(Copied, f64, Vec<ManifestFile>)> {
     // The images each shard's earlier files hold, read before the snapshot opens.
@@ -180,7 +181,6 @@ fn write_generation(
         writers_held_ms = snapshot_started.elapsed().as_secs_f64() * 1000.0;
         copy_shards(core, new_files, &held)
     })?;
-    let generation = earlier.map_or(1, |m| m.generation + 1);
     // Each file is synced and hashed on a thread of its own: the files are independent, and
     // the disk and the cores are better used together.
     let entries = std::thread::scope(|scope| {

@@ -169,6 +169,11 @@ pub fn derive(core: &TableCore, column: &str, operation: Operation) -> Result<Su
         let mut rows = 0;
         let mut batch: Vec<Job> = Vec::new();
         let mut bytes = 0;
+        let mut flush = |batch: &mut Vec<Job>| -> Result<usize> {
+            let done = process(&mut coordinator, &shards, target, operation, batch, threads)?;
+            batch.clear();
+            Ok(done)
+        };
         for (index, shard) in shards.iter().enumerate() {
             for id in shard.ids()? {
                 let Some(row) = shard.get(id)? else { continue };
@@ -176,27 +181,12 @@ pub fn derive(core: &TableCore, column: &str, operation: Operation) -> Result<Su
                 bytes += data.len();
                 batch.push((index, id, data));
                 if bytes >= BATCH_BYTES_MAX {
-                    rows += process(
-                        &mut coordinator,
-                        &shards,
-                        target,
-                        operation,
-                        &batch,
-                        threads,
-                    )?;
-                    batch.clear();
+                    rows += flush(&mut batch)?;
                     bytes = 0;
                 }
             }
         }
-        rows += process(
-            &mut coordinator,
-            &shards,
-            target,
-            operation,
-            &batch,
-            threads,
-        )?;
+        rows += flush(&mut batch)?;
         Ok(rows)
     })()
     .and_then(|rows| coordinator.sync(&mut shards).map(|()| rows));
