@@ -88,14 +88,12 @@ pub fn probe(data: &[u8], max_pixels: u64, verify: Verify) -> Result<ImageInfo, 
             max_pixels,
         });
     }
-    let structure = match (verify, format) {
-        (Verify::Header, _) => Ok(()),
-        (Verify::Structure, ImageFormat::Png) => check_png(data),
-        (Verify::Structure, ImageFormat::Jpeg) => check_jpeg(data),
-        (Verify::Structure, ImageFormat::Gif) => check_gif(data),
-        (Verify::Structure, ImageFormat::WebP) => check_riff(data),
-        (Verify::Structure, ImageFormat::Bmp) => check_bmp(data),
-        _ => decode(data, max_pixels),
+    let structure = match verify {
+        Verify::Header => Ok(()),
+        Verify::Structure => {
+            check_structure(data, format).unwrap_or_else(|| decode(data, max_pixels))
+        }
+        Verify::Decode => decode(data, max_pixels),
     };
     structure.map_err(|reason| {
         ProbeError::NotAnImage(format!("damaged {}: {reason}", format_name(format)))
@@ -106,6 +104,19 @@ pub fn probe(data: &[u8], max_pixels: u64, verify: Verify) -> Result<ImageInfo, 
         height,
         hash: blake3::hash(data).to_hex().to_string(),
     })
+}
+
+/// The container check of `verify=structure` for the formats that have one; `None` for the
+/// others, which only a full decode checks.
+pub fn check_structure(data: &[u8], format: ImageFormat) -> Option<Result<(), String>> {
+    match format {
+        ImageFormat::Png => Some(check_png(data)),
+        ImageFormat::Jpeg => Some(check_jpeg(data)),
+        ImageFormat::Gif => Some(check_gif(data)),
+        ImageFormat::WebP => Some(check_riff(data)),
+        ImageFormat::Bmp => Some(check_bmp(data)),
+        _ => None,
+    }
 }
 
 /// Walks the PNG chunks through IEND, checking each CRC.

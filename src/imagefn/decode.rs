@@ -1,6 +1,8 @@
 //! Bounded decoding: every image the functions read goes through here.
 //!
-//! The header is read first and an image over [`PIXELS_MAX`] is refused before any pixel is
+//! A file whose container shows damage (a truncated JPEG, GIF, WebP or BMP; a PNG chunk that
+//! fails its CRC) is refused before decoding, with the table's own check (`probe`). The header
+//! is read first and an image over [`PIXELS_MAX`] is refused before any pixel is
 //! decoded (a decompression bomb announces its size in its header); the decoder then runs under
 //! `image::Limits` capped at [`DECODE_BYTES_MAX`]. The EXIF orientation is read from the header
 //! and applied, so every function sees the image as a viewer shows it.
@@ -80,6 +82,14 @@ fn reader(data: &[u8]) -> Result<(ImageReader<Cursor<&[u8]>>, ImageFormat)> {
     let format = reader
         .format()
         .ok_or_else(|| not_an_image("unrecognized image format"))?;
+    // Decoders fill in what a truncated file lacks; such a file is refused here, as the table
+    // refuses to store it.
+    if let Some(Err(reason)) = crate::probe::check_structure(data, format) {
+        return Err(not_an_image(format!(
+            "damaged {}: {reason}",
+            crate::probe::format_name(format)
+        )));
+    }
     reader.limits(limits());
     Ok((reader, format))
 }
