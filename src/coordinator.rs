@@ -33,8 +33,9 @@
 //! 3. *One-phase path*: if one shard was written, it drops its before-states and commits: one
 //!    SQLite commit is atomic by itself. Its sync is the commit point.
 //! 4. *Prepare* (n > 1 shards): take the publish lock exclusively; each written shard adds a
-//!    prepare record and commits, then their WAL files are fsynced in parallel (`durable`), so
-//!    the prepare costs about one sync however many shards it touches. A shard that fails votes no; then
+//!    prepare record and commits, and its WAL fsync starts on a pool thread while the next shard
+//!    prepares (`durable`); all are waited for. So the prepare costs about one sync however many
+//!    shards it touches. A shard that fails votes no; then
 //!    every prepared shard is undone from its before-states and the statement fails. All votes
 //!    must be yes: a majority would commit on some shards what another shard refused (say a
 //!    constraint failure), so the transaction would be neither whole nor absent.
@@ -532,22 +533,24 @@ impl Coordinator {
             .publish_lock
             .exclusive("publish lock", self.busy_timeout_ms)?;
         // Phase 1: every written shard votes.
+        // Each prepared shard's WAL sync starts at once and runs while the next shard prepares.
         let mut prepared = Vec::new();
+        let mut syncs = crate::durable::WalSyncs::new();
         let mut refusal = None;
         for &i in written {
-            if refusal.is_some() {
-                break;
-            }
             match shards[i].prepare(txid, &participants) {
-                Ok(()) => prepared.push(i),
-                Err(e) => refusal = Some(e),
+                Ok(()) => {
+                    prepared.push(i);
+                    syncs.start(&shards[i].path);
+                }
+                Err(e) => {
+                    refusal = Some(e);
+                    break;
+                }
             }
         }
-        if refusal.is_none() {
-            let paths: Vec<&std::path::Path> =
-                prepared.iter().map(|&i| shards[i].path.as_path()).collect();
-            refusal = crate::durable::sync_wals(&paths).err();
-        }
+        let synced = syncs.finish();
+        let refusal = refusal.or(synced.err());
         if let Some(no) = refusal {
             self.abort_everywhere(shards, txid, &prepared);
             return Err(no);

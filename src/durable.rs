@@ -4,7 +4,9 @@
 //! sync them. Where the protocol needs a commit durable (a prepare, a one-phase commit, before the
 //! journal is trimmed), the coordinator fsyncs the shards' WAL files itself, in parallel on a small
 //! pool of threads kept for the life of the process, so that a commit touching n shards waits for
-//! about one sync, not n in a row. The threads touch no SQLite object, only files.
+//! about one sync, not n in a row; a commit starts each shard's sync as soon as that shard is
+//! prepared, so the syncs also overlap the preparing of the next shards. The threads touch no
+//! SQLite object, only files.
 //!
 //! An fsync of any descriptor of a file flushes all of that file's data, so opening the `-wal` by
 //! path is enough. Closing that descriptor is safe: SQLite holds no POSIX lock on a `-wal` file.
@@ -90,11 +92,46 @@ pub fn sync_wals(dbs: &[&Path]) -> Result<()> {
     let Some((first, rest)) = dbs.split_first() else {
         return Ok(());
     };
-    let (done, results) = channel();
-    let mut queued = 0;
+    let mut syncs = WalSyncs::new();
     for db in rest {
+        syncs.start(db);
+    }
+    let here = sync_wal(first);
+    syncs.finish().and(here)
+}
+
+/// WAL syncs that run on the pool while the caller goes on (a commit prepares its next shard
+/// while the previous one's WAL is being synced); [`finish`](Self::finish) waits for them all.
+pub struct WalSyncs {
+    done: Sender<Result<()>>,
+    results: Receiver<Result<()>>,
+    queued: usize,
+    /// The outcome of syncs that had to run on the caller's thread.
+    inline: Result<()>,
+}
+
+impl Default for WalSyncs {
+    fn default() -> WalSyncs {
+        WalSyncs::new()
+    }
+}
+
+impl WalSyncs {
+    pub fn new() -> WalSyncs {
+        let (done, results) = channel();
+        WalSyncs {
+            done,
+            results,
+            queued: 0,
+            inline: Ok(()),
+        }
+    }
+
+    /// Starts syncing the WAL of the shard database at `db` (on the caller's thread when no
+    /// pool thread can take it).
+    pub fn start(&mut self, db: &Path) {
         let owned = db.to_path_buf();
-        let done = done.clone();
+        let done = self.done.clone();
         let job: Job = Box::new(move || {
             let _ = done.send(sync_wal(&owned));
         });
@@ -103,18 +140,26 @@ pub fn sync_wals(dbs: &[&Path]) -> Result<()> {
             .and_then(|p| p.lock().map_err(|_| ()))
             .and_then(|p| p.send(job).map_err(|_| ()));
         match sent {
-            Ok(()) => queued += 1,
-            Err(()) => sync_wal(db)?,
+            Ok(()) => self.queued += 1,
+            Err(()) => {
+                let result = sync_wal(db);
+                self.inline = std::mem::replace(&mut self.inline, Ok(())).and(result);
+            }
         }
     }
-    let mut outcome = sync_wal(first);
-    for _ in 0..queued {
-        let result = results
-            .recv()
-            .unwrap_or_else(|_| Err(Error::Internal("a sync thread died".into())));
-        outcome = outcome.and(result);
+
+    /// Waits for every sync started; the first error, if any.
+    pub fn finish(self) -> Result<()> {
+        let mut outcome = self.inline;
+        for _ in 0..self.queued {
+            let result = self
+                .results
+                .recv()
+                .unwrap_or_else(|_| Err(Error::Internal("a sync thread died".into())));
+            outcome = outcome.and(result);
+        }
+        outcome
     }
-    outcome
 }
 
 // ---- plain files (backups, a table's own files) -------------------------------------------
