@@ -823,7 +823,7 @@ impl Shard {
     }
 
     fn in_own_transaction(&self, body: impl FnOnce(&Shard) -> Result<()>) -> Result<()> {
-        self.begin_write()?;
+        self.execute("BEGIN IMMEDIATE")?;
         match body(self) {
             Ok(()) => self.commit(),
             Err(e) => {

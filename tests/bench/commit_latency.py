@@ -1,15 +1,22 @@
 """Commit latency of imagestore against plain SQLite, measured in one run on one machine.
 
-Each transaction inserts 4 small images (4.4 KB GIF from the corpus), one per shard where the
-table has 4 shards. Baselines, all with synchronous=FULL:
-  - plain WAL: one WAL-mode file (not sharded);
-  - attached WAL: 4 WAL-mode files attached to one connection (not atomic across files);
-  - super-journal: 4 rollback-journal (DELETE) files attached (SQLite's own atomic multi-file commit).
-imagestore is run with 1, 2, 4 and 8 shards, each transaction writing one row per shard.
+Each transaction inserts small images (4.4 KB GIF from the corpus). Two workloads, each at 1, 2,
+4 and 8 shards (files):
+  - "4 images": 4 images a transaction, one per shard as far as the shards go (1 shard: all 4 in
+    it; 8 shards: 4 of them written);
+  - "1 per shard": one image on every shard, so the work grows with the shard count.
+Baselines, each with the same rows in the same number of files, synchronous=FULL:
+  - attached WAL: WAL-mode files attached to one connection (not atomic across files);
+  - super-journal: rollback-journal (DELETE) files attached (SQLite's own atomic multi-file
+    commit; with one file, a plain rollback-journal commit).
+("4 images" at 1 shard against attached WAL is the cheapest durable commit SQLite has: one
+WAL-mode file.)
 
-Usage: python3 tests/bench/commit_latency.py [transactions]   (prints a table; ratios are
-imagestore / baseline). Not part of the test run.
+Usage: python3 tests/bench/commit_latency.py [--transactions 300] [--csv out.csv]
+Prints medians in ms and ratios imagestore / baseline. Not part of the test run.
 """
+import argparse
+import csv
 import os
 import statistics
 import sys
@@ -24,16 +31,9 @@ from harness import shard_of  # noqa: E402  (the placement rule, kept in one pla
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LIB = os.environ.get("IMAGESTORE_LIB", os.path.join(ROOT, "target", "release", "libimagestore.so"))
 IMAGE = open(os.path.join(ROOT, "..", "shared", "corpus", "images", "no_time_for_that_tiny.gif"), "rb").read()
-
-
-def ids_one_per_shard(shards, count):
-    """`count` groups of ids, each group holding one id on every shard."""
-    pools = {s: [] for s in range(shards)}
-    i = 1
-    while min(len(p) for p in pools.values()) < count:
-        pools[shard_of(i, shards)].append(i)
-        i += 1
-    return [[pools[s][k] for s in range(shards)] for k in range(count)]
+SHARD_COUNTS = (1, 2, 4, 8)
+WORKLOADS = {"4 images": lambda shards: [k % shards for k in range(4)],
+             "1 per shard": lambda shards: list(range(shards))}
 
 
 def sql(con, text, bindings=()):
@@ -51,40 +51,39 @@ def timed(run, transactions):
     return statistics.median(times) * 1000
 
 
-def plain_wal(folder, n):
-    con = apsw.Connection(os.path.join(folder, "plain.db"))
-    sql(con, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; CREATE TABLE t(id INTEGER PRIMARY KEY, data BLOB)")
+def ids_on_shards(targets, shards, transactions):
+    """For each transaction, one fresh id on each shard of `targets` (in that order)."""
+    pools = {s: [] for s in range(shards)}
+    i = 1
+    while min(len(p) for p in pools.values()) < transactions * len(targets):
+        pools[shard_of(i, shards)].append(i)
+        i += 1
+    taken = {s: iter(p) for s, p in pools.items()}
+    return [[next(taken[s]) for s in targets] for _ in range(transactions)]
 
-    def run(k):
-        with con:
-            for j in range(4):
-                con.execute("INSERT INTO t VALUES (?, ?)", (k * 4 + j, IMAGE))
 
-    return timed(run, n)
-
-
-def attached(folder, n, mode):
+def attached(folder, n, mode, targets, files):
     con = apsw.Connection(os.path.join(folder, f"main-{mode}.db"))
     sql(con, f"PRAGMA journal_mode={mode}; PRAGMA synchronous=FULL")
-    for s in range(4):
+    for s in range(files):
         con.execute(f"ATTACH '{os.path.join(folder, f'{mode}{s}.db')}' AS s{s}")
         sql(con, f"PRAGMA s{s}.journal_mode={mode}; PRAGMA s{s}.synchronous=FULL")
         con.execute(f"CREATE TABLE s{s}.t(id INTEGER PRIMARY KEY, data BLOB)")
 
     def run(k):
         with con:
-            for s in range(4):
-                con.execute(f"INSERT INTO s{s}.t VALUES (?, ?)", (k, IMAGE))
+            for j, s in enumerate(targets):
+                con.execute(f"INSERT INTO s{s}.t VALUES (?, ?)", (k * len(targets) + j, IMAGE))
 
     return timed(run, n)
 
 
-def imagestore(folder, n, shards):
-    con = apsw.Connection(os.path.join(folder, f"img{shards}.db"))
+def imagestore(folder, n, targets, shards):
+    con = apsw.Connection(os.path.join(folder, "imagestore.db"))
     con.enable_load_extension(True)
     con.load_extension(LIB)
     con.execute(f"CREATE VIRTUAL TABLE t USING imagestore(shards={shards})")
-    groups = ids_one_per_shard(shards, n)
+    groups = ids_on_shards(targets, shards, n)
 
     def run(k):
         with con:
@@ -95,23 +94,35 @@ def imagestore(folder, n, shards):
 
 
 def main():
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 300
-    with tempfile.TemporaryDirectory(dir=os.environ.get("IMAGESTORE_BENCH_DIR", ROOT + "/target")) as folder:
-        wal1 = plain_wal(folder, n)
-        wal4 = attached(folder, n, "WAL")
-        sj4 = attached(folder, n, "DELETE")
-        ours = {s: imagestore(folder, n, s) for s in (1, 2, 4, 8)}
-    print(f"commit latency, median of {n} transactions of 4 inserts (ms)")
-    print(f"  plain SQLite, 1 WAL file                 {wal1:7.3f}")
-    print(f"  plain SQLite, 4 attached WAL (not atomic) {wal4:7.3f}")
-    print(f"  plain SQLite, 4 attached super-journal   {sj4:7.3f}")
-    for s, ms in ours.items():
-        print(f"  imagestore, {s} shard(s), 1 row per shard  {ms:7.3f}")
-    print("ratios (imagestore 4 shards / baseline)")
-    print(f"  / 1 WAL file         {ours[4] / wal1:5.2f}")
-    print(f"  / 4 attached WAL     {ours[4] / wal4:5.2f}")
-    print(f"  / super-journal      {ours[4] / sj4:5.2f}")
-    print(f"  8 shards / 1 shard   {ours[8] / ours[1]:5.2f}")
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--transactions", type=int, default=300)
+    parser.add_argument("--csv")
+    args = parser.parse_args()
+    n = args.transactions
+    rows = []
+    for workload, targets_of in WORKLOADS.items():
+        for shards in SHARD_COUNTS:
+            with tempfile.TemporaryDirectory(dir=os.environ.get("IMAGESTORE_BENCH_DIR", ROOT + "/target")) as folder:
+                targets = targets_of(shards)
+                ours = imagestore(folder, n, targets, shards)
+                wal = attached(folder, n, "WAL", targets, shards)
+                journal = attached(folder, n, "DELETE", targets, shards)
+                rows.append((workload, shards, len(targets), ours, wal, journal))
+    print(f"commit latency, median of {n} transactions, ms (synchronous=FULL baselines)")
+    header = ("workload", "shards", "images", "imagestore", "attached WAL", "super-journal",
+              "/ WAL", "/ super-journal", "/ 1 shard")
+    print("{:12} {:>6} {:>6} {:>10} {:>12} {:>13} {:>6} {:>15} {:>9}".format(*header))
+    table = []
+    for workload, shards, images, ours, wal, journal in rows:
+        one_shard = next(r[3] for r in rows if r[0] == workload and r[1] == 1)
+        line = (workload, shards, images, ours, wal, journal, ours / wal, ours / journal, ours / one_shard)
+        table.append(line)
+        print("{:12} {:6d} {:6d} {:10.3f} {:12.3f} {:13.3f} {:6.2f} {:15.2f} {:9.2f}".format(*line))
+    if args.csv:
+        with open(args.csv, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(header)
+            w.writerows(table)
 
 
 if __name__ == "__main__":
