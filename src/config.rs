@@ -37,6 +37,10 @@ pub const BUILTIN_COLUMNS: [&str; 9] = [
     "id", "name", "data", "format", "width", "height", "bytes", "hash", "shard",
 ];
 
+/// Built-in columns an `index(...)` may name besides the user's own (`id` is the key already;
+/// `data` is the image; `shard` is not stored).
+const INDEXABLE_BUILTIN_COLUMNS: [&str; 6] = ["name", "format", "width", "height", "bytes", "hash"];
+
 /// A column of the user's own.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserColumn {
@@ -63,6 +67,8 @@ pub struct TableConfig {
     pub user_columns: Vec<UserColumn>,
     /// The backup folder a new table is restored from (`restore_from=`).
     pub restore_from: Option<PathBuf>,
+    /// Indexes declared with `index(col, ...)`, each kept on every shard: its columns' names.
+    pub indexes: Vec<Vec<String>>,
 }
 
 /// Where the database that holds the table lives: its file, or `None` for :memory: and temp.
@@ -141,7 +147,7 @@ fn parse_user_column(arg: &str) -> Result<UserColumn> {
     let decl_type = words.collect::<Vec<_>>().join(" ").to_ascii_uppercase();
     if !is_identifier(&name) {
         return Err(bad(format!(
-            "'{arg}' is neither an option (key=value) nor a column definition (name [TYPE])"
+            "'{arg}' is neither an option (key=value), a column definition (name [TYPE]) nor an index (index(column, ...))"
         )));
     }
     UserColumn::new(name, decl_type)
@@ -167,6 +173,71 @@ impl UserColumn {
 }
 
 /// Adds `column` to a table's user columns, refusing built-in and repeated names.
+/// The column list of an `index(col, ...)` argument, or `None` if `arg` is not one.
+fn index_argument(arg: &str) -> Option<Vec<String>> {
+    let open = arg.find('(')?;
+    if !arg[..open].trim().eq_ignore_ascii_case("index") || !arg.ends_with(')') {
+        return None;
+    }
+    Some(
+        arg[open + 1..arg.len() - 1]
+            .split(',')
+            .map(dequote)
+            .collect(),
+    )
+}
+
+/// Resolves the columns of each declared index to the names they were declared with, and refuses
+/// an unknown or repeated column, an empty list, and an index given twice.
+fn resolve_indexes(
+    declared: Vec<Vec<String>>,
+    user_columns: &[UserColumn],
+) -> Result<Vec<Vec<String>>> {
+    let known = INDEXABLE_BUILTIN_COLUMNS
+        .iter()
+        .map(|c| c.to_string())
+        .chain(user_columns.iter().map(|c| c.name.clone()));
+    let known: Vec<String> = known.collect();
+    let mut indexes: Vec<Vec<String>> = Vec::new();
+    for columns in declared {
+        let mut resolved: Vec<String> = Vec::new();
+        for column in &columns {
+            let name = known
+                .iter()
+                .find(|k| k.eq_ignore_ascii_case(column))
+                .ok_or_else(|| {
+                    bad(format!(
+                        "index({}): '{column}' is not a column an index can hold \
+                         (name, format, width, height, bytes, hash, or a declared column)",
+                        columns.join(", ")
+                    ))
+                })?;
+            if resolved.contains(name) {
+                return Err(bad(format!(
+                    "index({}): {name} is listed twice",
+                    columns.join(", ")
+                )));
+            }
+            resolved.push(name.clone());
+        }
+        if indexes.contains(&resolved) {
+            return Err(bad(format!(
+                "index({}) is declared twice",
+                resolved.join(", ")
+            )));
+        }
+        indexes.push(resolved);
+    }
+    Ok(indexes)
+}
+
+/// The name of the shard index on `columns`: the same for the same columns, in every shard.
+pub fn index_name(columns: &[String]) -> String {
+    let key = columns.join("\0").to_ascii_lowercase();
+    let hash = blake3::hash(key.as_bytes()).to_hex();
+    format!("images_by_{}", &hash[..16])
+}
+
 fn add_user_column(columns: &mut Vec<UserColumn>, column: UserColumn) -> Result<()> {
     if BUILTIN_COLUMNS.contains(&column.name.to_ascii_lowercase().as_str()) {
         return Err(bad(format!(
@@ -213,10 +284,15 @@ impl TableConfig {
         let mut verify = Verify::Structure;
         let mut restore_from = None;
         let mut user_columns: Vec<UserColumn> = Vec::new();
+        let mut indexes = Vec::new();
         let mut seen_keys = HashSet::new();
         for raw in args {
             let arg = raw.trim();
             if arg.is_empty() {
+                continue;
+            }
+            if let Some(columns) = index_argument(arg) {
+                indexes.push(columns);
                 continue;
             }
             let Some((key, value)) = arg.split_once('=') else {
@@ -246,6 +322,7 @@ impl TableConfig {
                 }
             }
         }
+        let indexes = resolve_indexes(indexes, &user_columns)?;
         let shards = shards.ok_or_else(|| {
             bad("the shards option is required: shards=N or shards='a.db,b.db,...'")
         })?;
@@ -277,6 +354,7 @@ impl TableConfig {
             journal_limit_bytes: journal_limit_bytes.unwrap_or(JOURNAL_LIMIT_BYTES_DEFAULT),
             user_columns,
             restore_from: restore_from.map(|dir| resolve(&dir, &base_dir)),
+            indexes,
         })
     }
 
@@ -465,6 +543,48 @@ mod tests {
         ] {
             let err = parse(args).expect_err(needle).to_string();
             assert!(err.contains(needle), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn indexes_resolve_to_declared_names() {
+        let c = parse(&[
+            "shards=2",
+            "index( Z, \"x\" )",
+            "z INTEGER",
+            "X INTEGER",
+            "INDEX(width)",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.indexes,
+            vec![
+                vec!["z".to_string(), "X".to_string()],
+                vec!["width".to_string()]
+            ]
+        );
+        assert_eq!(
+            index_name(&c.indexes[0]),
+            index_name(&["Z".into(), "x".into()])
+        );
+        assert_ne!(
+            index_name(&c.indexes[0]),
+            index_name(&["x".into(), "z".into()])
+        );
+        for (args, needle) in [
+            (&["shards=2", "index(data)"][..], "'data' is not a column"),
+            (&["shards=2", "index(id)"][..], "'id' is not a column"),
+            (
+                &["shards=2", "a INT", "index(a, A)"][..],
+                "a is listed twice",
+            ),
+            (
+                &["shards=2", "a INT", "index(a)", "index(A)"][..],
+                "declared twice",
+            ),
+        ] {
+            let message = parse(args).unwrap_err().to_string();
+            assert!(message.contains(needle), "{args:?}: {message}");
         }
     }
 

@@ -100,8 +100,8 @@ pub struct ScanFilter {
     pub id_min: Option<i64>,
     /// Largest id, inclusive.
     pub id_max: Option<i64>,
-    pub hash_eq: Option<String>,
-    pub name_eq: Option<Value>,
+    /// `column = value` conditions: the column as the shard's SQL names it, and the value.
+    pub equal: Vec<(String, Value)>,
     pub descending: bool,
 }
 
@@ -129,7 +129,7 @@ pub struct Shard {
     user_column_count: usize,
 }
 
-fn quote_ident(name: &str) -> String {
+pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
@@ -304,6 +304,22 @@ impl Shard {
         }
         written?;
         crate::durable::sync_wal(&self.path)
+    }
+
+    /// Creates the declared indexes this shard lacks (`index(...)` arguments); one it has
+    /// costs nothing.
+    pub fn ensure_indexes(&self, indexes: &[Vec<String>]) -> Result<()> {
+        for columns in indexes {
+            let list: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
+            self.conn
+                .execute_batch(&format!(
+                    "CREATE INDEX IF NOT EXISTS {} ON images({})",
+                    quote_ident(&crate::config::index_name(columns)),
+                    list.join(", ")
+                ))
+                .map_err(self.err())?;
+        }
+        Ok(())
     }
 
     /// Reads this shard's identity, and checks that its columns are the table's.
@@ -539,11 +555,8 @@ impl Shard {
         if let Some(max) = filter.id_max {
             add("id <=", Value::Integer(max));
         }
-        if let Some(hash) = &filter.hash_eq {
-            add("hash =", Value::Text(hash.clone()));
-        }
-        if let Some(name) = &filter.name_eq {
-            add("name =", name.clone());
+        for (column, value) in &filter.equal {
+            add(&format!("{column} ="), value.clone());
         }
         if let Some(after) = after {
             add(

@@ -33,7 +33,7 @@ use crate::error::{catch_panic, type_name, Error, Result};
 use crate::journal::TableId;
 use crate::placement::shard_of;
 use crate::probe::{probe, ProbeError};
-use crate::shard::{NewRow, ScanFilter, Shard, ShardIdentity, StoredRow};
+use crate::shard::{quote_ident, NewRow, ScanFilter, Shard, ShardIdentity, StoredRow};
 
 // Column numbers, as declared by `TableConfig::declaration`.
 const COL_ID: c_int = 0;
@@ -62,8 +62,6 @@ const PLAN_ID_LOWER: c_int = 2;
 const PLAN_ID_LOWER_EXCLUSIVE: c_int = 4;
 const PLAN_ID_UPPER: c_int = 8;
 const PLAN_ID_UPPER_EXCLUSIVE: c_int = 16;
-const PLAN_HASH_EQ: c_int = 32;
-const PLAN_NAME_EQ: c_int = 64;
 const PLAN_DESCENDING: c_int = 128;
 
 /// Rows a cursor fetches from a shard at first; doubled on every refill up to the maximum, so
@@ -206,6 +204,7 @@ pub(crate) fn open_shards(
                 cols,
                 config.restore_from.as_deref(),
             )?;
+            shard.ensure_indexes(&config.indexes)?;
             shards.push(shard);
         }
         return Ok((table_id, shards, true));
@@ -242,6 +241,7 @@ pub(crate) fn open_shards(
                 ),
             });
         }
+        shard.ensure_indexes(&config.indexes)?;
         shards.push(shard);
     }
     let table_id = table_id.ok_or_else(|| Error::Internal("a table without shards".into()))?;
@@ -500,7 +500,7 @@ unsafe impl<'vtab> VTab<'vtab> for ImageTable {
 
     fn best_index(&self, info: &mut IndexInfo) -> rusqlite::Result<()> {
         Ok(catch_panic(|| {
-            plan(info, self.shard_count());
+            plan(info, &self.core.config);
             Ok(())
         })?)
     }
@@ -698,42 +698,85 @@ impl TransactionVTab<'_> for ImageTable {
     }
 }
 
-/// Chooses the plan for xBestIndex.
-fn plan(info: &mut IndexInfo, shard_count: usize) {
+/// The column of the shard's `images` table that table column `column` is, as SQL names it,
+/// for the columns an equality can be pushed down on: every stored one but the key (planned
+/// apart) and the image.
+fn shard_column(config: &TableConfig, column: c_int) -> Option<String> {
+    match column {
+        COL_NAME | COL_FORMAT | COL_WIDTH | COL_HEIGHT | COL_BYTES | COL_HASH => {
+            Some(crate::config::BUILTIN_COLUMNS[column as usize].to_string())
+        }
+        _ => {
+            let user = usize::try_from(column - COL_USER_FIRST).ok()?;
+            Some(quote_ident(&config.user_columns.get(user)?.name))
+        }
+    }
+}
+
+/// The table column numbered as xBestIndex numbers them, by name.
+fn column_number(config: &TableConfig, name: &str) -> Option<c_int> {
+    let builtin = crate::config::BUILTIN_COLUMNS
+        .iter()
+        .position(|c| *c == name);
+    let user = || {
+        let at = config.user_columns.iter().position(|c| c.name == name)?;
+        Some(COL_USER_FIRST + c_int::try_from(at).ok()?)
+    };
+    builtin
+        .and_then(|at| c_int::try_from(at).ok())
+        .or_else(user)
+}
+
+/// Every index each shard keeps besides its key, as table column numbers.
+fn shard_indexes(config: &TableConfig) -> Vec<Vec<c_int>> {
+    let declared = config.indexes.iter().map(|columns| {
+        columns
+            .iter()
+            .filter_map(|name| column_number(config, name))
+            .collect()
+    });
+    [vec![COL_HASH], vec![COL_NAME]]
+        .into_iter()
+        .chain(declared)
+        .collect()
+}
+
+/// Chooses the plan for xBestIndex. Constraints on `id` are planned in `idx_num`'s bits; the
+/// columns of pushed-down equalities are listed in `idx_str` ("3,9"), their values following
+/// the id's in xFilter's arguments. No constraint is omitted: SQLite checks every row again.
+fn plan(info: &mut IndexInfo, config: &TableConfig) {
     let mut id_eq = None;
     let mut lower = None;
     let mut upper = None;
-    let mut hash_eq = None;
-    let mut name_eq = None;
+    let mut equal: Vec<(usize, c_int)> = Vec::new();
     for (i, c) in info.constraints().enumerate() {
         if !c.is_usable() {
             continue;
         }
         let on_id = c.column() == COL_ID || c.column() == COL_ROWID;
-        let slot = match (c.operator(), on_id, c.column()) {
-            (IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_EQ, true, _) => &mut id_eq,
+        let slot = match (c.operator(), on_id) {
+            (IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_EQ, true) => &mut id_eq,
             (
                 IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_GT
                 | IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_GE,
                 true,
-                _,
             ) => &mut lower,
             (
                 IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_LT
                 | IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_LE,
                 true,
-                _,
             ) => &mut upper,
-            // A text comparison under another collation (NOCASE, ...) is not the shard's `=`.
-            (IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_EQ, false, COL_HASH | COL_NAME)
-                if info
+            (IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_EQ, false) => {
+                // A text comparison under another collation (NOCASE, ...) is not the shard's `=`.
+                let binary = info
                     .collation(i)
-                    .map_or(true, |c| !c.eq_ignore_ascii_case("BINARY")) =>
-            {
-                continue
+                    .is_ok_and(|c| c.eq_ignore_ascii_case("BINARY"));
+                let first = !equal.iter().any(|(_, column)| *column == c.column());
+                if binary && first && shard_column(config, c.column()).is_some() {
+                    equal.push((i, c.column()));
+                }
+                continue;
             }
-            (IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_EQ, false, COL_HASH) => &mut hash_eq,
-            (IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_EQ, false, COL_NAME) => &mut name_eq,
             _ => continue,
         };
         if slot.is_none() {
@@ -762,26 +805,32 @@ fn plan(info: &mut IndexInfo, shard_count: usize) {
         }
         _ => PLAN_ID_UPPER,
     };
-    let (has_eq, has_lower, has_upper, has_hash, has_name) = (
-        id_eq.is_some(),
-        lower.is_some(),
-        upper.is_some(),
-        hash_eq.is_some(),
-        name_eq.is_some(),
-    );
+    let (has_eq, has_lower, has_upper) = (id_eq.is_some(), lower.is_some(), upper.is_some());
     use_constraint(info, id_eq, PLAN_ID_EQ);
     use_constraint(info, lower, lower_bits);
     use_constraint(info, upper, upper_bits);
-    use_constraint(info, hash_eq, PLAN_HASH_EQ);
-    use_constraint(info, name_eq, PLAN_NAME_EQ);
+    let pushed: Vec<c_int> = equal.iter().map(|(_, column)| *column).collect();
+    for (i, _) in &equal {
+        argv += 1;
+        info.constraint_usage(*i).set_argv_index(argv);
+    }
+    if !pushed.is_empty() {
+        let list: Vec<String> = pushed.iter().map(c_int::to_string).collect();
+        info.set_idx_str(&list.join(","));
+    }
+    // An index whose first column is pushed lets each shard search; if all its columns are,
+    // few rows match.
+    let searched = shard_indexes(config)
+        .iter()
+        .filter(|columns| columns.first().is_some_and(|c| pushed.contains(c)))
+        .map(|columns| columns.iter().all(|c| pushed.contains(c)))
+        .max();
 
-    let shards = shard_count as f64;
+    let shards = config.shard_paths.len() as f64;
     let (cost, rows) = if has_eq {
         (1.0, 1.0)
-    } else if has_hash {
-        (2.0 * shards, 1.0)
-    } else if has_name {
-        (2.0 * shards, 2.0)
+    } else if let Some(whole) = searched {
+        (2.0 * shards, if whole { 1.0 } else { 10.0 })
     } else if has_lower && has_upper {
         (
             shards + TABLE_ROWS_ESTIMATE / 100.0,
@@ -791,6 +840,12 @@ fn plan(info: &mut IndexInfo, shard_count: usize) {
         (
             shards + TABLE_ROWS_ESTIMATE / 4.0,
             TABLE_ROWS_ESTIMATE / 4.0,
+        )
+    } else if !pushed.is_empty() {
+        // Every row is read, but inside the shards; only matches come back.
+        (
+            shards + TABLE_ROWS_ESTIMATE / 2.0,
+            TABLE_ROWS_ESTIMATE / 10.0,
         )
     } else {
         (shards + TABLE_ROWS_ESTIMATE, TABLE_ROWS_ESTIMATE)
@@ -812,9 +867,14 @@ fn plan(info: &mut IndexInfo, shard_count: usize) {
     info.set_estimated_rows(rows as i64);
 }
 
-/// Reads a filter's bounds from xFilter's arguments. A value that is not a number leaves its
-/// bound out (SQLite re-checks every constraint); `None` if no row can match.
-fn scan_filter(idx_num: c_int, args: &Filters<'_>) -> Option<ScanFilter> {
+/// Reads a filter from the plan and xFilter's arguments. A bound on `id` that is not a number
+/// is left out (SQLite re-checks every constraint); `None` if no row can match.
+fn scan_filter(
+    config: &TableConfig,
+    idx_num: c_int,
+    idx_str: Option<&str>,
+    args: &Filters<'_>,
+) -> Option<ScanFilter> {
     let mut filter = ScanFilter {
         descending: idx_num & PLAN_DESCENDING != 0,
         ..ScanFilter::default()
@@ -865,16 +925,18 @@ fn scan_filter(idx_num: c_int, args: &Filters<'_>) -> Option<ScanFilter> {
             });
         }
     }
-    if idx_num & PLAN_HASH_EQ != 0 {
-        match arg() {
-            Value::Text(h) => filter.hash_eq = Some(h),
-            _ => return None,
+    let pushed = idx_str
+        .unwrap_or_default()
+        .split(',')
+        .filter(|c| !c.is_empty());
+    for column in pushed {
+        let value = arg();
+        if value == Value::Null {
+            return None; // `= NULL` is never true
         }
-    }
-    if idx_num & PLAN_NAME_EQ != 0 {
-        match arg() {
-            Value::Null => return None,
-            v => filter.name_eq = Some(v),
+        let shard_column = column.parse().ok().and_then(|c| shard_column(config, c));
+        if let Some(shard_column) = shard_column {
+            filter.equal.push((shard_column, value));
         }
     }
     Some(filter)
@@ -962,7 +1024,7 @@ unsafe impl VTabCursor for ImageCursor {
     fn filter(
         &mut self,
         idx_num: c_int,
-        _idx_str: Option<&str>,
+        idx_str: Option<&str>,
         args: &Filters<'_>,
     ) -> rusqlite::Result<()> {
         Ok(catch_panic(|| {
@@ -972,7 +1034,7 @@ unsafe impl VTabCursor for ImageCursor {
                 .begin_read(&mut self.core.shards.borrow_mut())?;
             self.lanes.clear();
             self.current = None;
-            let Some(filter) = scan_filter(idx_num, args) else {
+            let Some(filter) = scan_filter(&self.core.config, idx_num, idx_str, args) else {
                 return Ok(());
             };
             let shard_count = self.core.config.shard_paths.len();

@@ -41,6 +41,9 @@ ERRORS = {
     "existing_path": r"exist|director|not a (database|file)",
     "shadow_column": r"\bwidth\b",
     "bad_column_type": r"potato|type",
+    "bad_index_column": r"index\(.*'?(nope|data)'? is not a column an index can hold",
+    "index_twice": r"listed twice|declared twice",
+    "index_empty": r"index\(\): '' is not a column",
 }
 
 

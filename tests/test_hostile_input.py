@@ -239,6 +239,11 @@ BAD_ARGS = [
     ("path-not-sqlite", "shards='new2.db,junk.db'", "existing_path"),
     ("builtin-column", "shards=2, width INTEGER", "shadow_column"),
     ("bad-column-type", "shards=2, colour POTATO", "bad_column_type"),
+    ("index-unknown-column", "shards=2, z INTEGER, index(z, nope)", "bad_index_column"),
+    ("index-on-data", "shards=2, index(data)", "bad_index_column"),
+    ("index-column-twice", "shards=2, z INTEGER, index(z, Z)", "index_twice"),
+    ("index-twice", "shards=2, z INTEGER, index(z), index(\"z\")", "index_twice"),
+    ("index-empty", "shards=2, index()", "index_empty"),
 ]
 JUNK = b"plain text, not SQLite\n" * 100
 

@@ -1,12 +1,16 @@
 """Constraint and ORDER BY push-down of the imagestore virtual table (apsw).
 
 Oracle for plans: SQLite's EXPLAIN QUERY PLAN detail `SCAN t VIRTUAL TABLE
-INDEX <n>:<idxstr>` -- index 0 is the full scan, anything else means xBestIndex
-used the constraint; `USE TEMP B-TREE FOR ORDER BY` means the order was not
-consumed. Oracle for results: the same query computed in Python over the rows
-that were inserted.
+INDEX <n>:<idxstr>` -- index 0 with an empty idxstr is the full scan; a number
+other than 0 means xBestIndex used a constraint on id, an idxstr lists the columns
+of the equalities pushed down to the shards; `USE TEMP B-TREE FOR ORDER BY` means
+the order was not consumed. For declared indexes, SQLite's own plan of the same
+lookup on a shard file. Oracle for results: the same query computed in Python over
+the rows that were inserted.
 """
 import re
+
+import apsw
 
 import pytest
 
@@ -20,7 +24,8 @@ IDS = list(range(1, 31)) + [-(2 ** 62), -7, 0, 1000, 2 ** 40]
 
 def row_for(rowid):
     file = FILES[rowid % len(FILES)]
-    return {"id": rowid, "name": f"n{rowid % 6}", "file": file, "hash": HASH[file]}
+    return {"id": rowid, "name": f"n{rowid % 6}", "file": file, "hash": HASH[file],
+            "z": rowid % 3, "x": rowid % 5, "album": f"a{rowid % 4}"}
 
 
 ROWS = [row_for(i) for i in IDS]
@@ -29,11 +34,12 @@ ROWS = [row_for(i) for i in IDS]
 @pytest.fixture(scope="module")
 def con(tmp_path_factory):
     c = connect(tmp_path_factory.mktemp("plan") / "test.db")
-    c.execute("CREATE VIRTUAL TABLE t USING imagestore(shards=4)")
+    c.execute("CREATE VIRTUAL TABLE t USING imagestore(shards=4, z INTEGER, x INTEGER, "
+              "album TEXT, index(z, x))")
     c.execute("BEGIN")
     for r in ROWS:
-        c.execute("INSERT INTO t(id, name, data) VALUES (?, ?, ?)",
-                  (r["id"], r["name"], corpus_bytes(r["file"])))
+        c.execute("INSERT INTO t(id, name, data, z, x, album) VALUES (?, ?, ?, ?, ?, ?)",
+                  (r["id"], r["name"], corpus_bytes(r["file"]), r["z"], r["x"], r["album"]))
     c.execute("COMMIT")
     yield c
     c.close()
@@ -43,12 +49,16 @@ def plan(con, sql, params=()):
     return [r[3] for r in con.execute("EXPLAIN QUERY PLAN " + sql, params)]
 
 
-def vtab_index(details):
-    """The idxNum SQLite chose for t, from the plan's detail lines."""
-    found = [re.search(r"SCAN t VIRTUAL TABLE INDEX (-?\d+):", d) for d in details]
-    found = [int(m.group(1)) for m in found if m]
+def vtab_plan(details):
+    """The idxNum and idxStr SQLite chose for t, from the plan's detail lines."""
+    found = [re.search(r"SCAN t VIRTUAL TABLE INDEX (-?\d+):(\S*)", d) for d in details]
+    found = [(int(m.group(1)), m.group(2)) for m in found if m]
     assert len(found) == 1, f"no single virtual-table scan in plan: {details}"
     return found[0]
+
+
+def pushed_down(details):
+    return vtab_plan(details) != (0, "")
 
 
 def temp_btree(details):
@@ -69,6 +79,15 @@ PUSHED = {
     "hash =": ("SELECT id FROM t WHERE hash = ?", (HASH["phantom.png"],),
                lambda r: r["hash"] == HASH["phantom.png"]),
     "name =": ("SELECT id FROM t WHERE name = ?", ("n3",), lambda r: r["name"] == "n3"),
+    "indexed z = and x =": ("SELECT id FROM t WHERE z = ? AND x = ?", (1, 2),
+                            lambda r: r["z"] == 1 and r["x"] == 2),
+    "indexed z = alone": ("SELECT id FROM t WHERE z = ?", (2,), lambda r: r["z"] == 2),
+    "z IN": ("SELECT id FROM t WHERE z IN (0, 2) AND x = 1", (),
+             lambda r: r["z"] in (0, 2) and r["x"] == 1),
+    "z = text": ("SELECT id FROM t WHERE z = '1'", (), lambda r: r["z"] == 1),
+    "album = (no index)": ("SELECT id FROM t WHERE album = ?", ("a3",), lambda r: r["album"] == "a3"),
+    "format =": ("SELECT id FROM t WHERE format = 'webp'", (), lambda r: r["file"].endswith(".webp")),
+    "width = and id >": ("SELECT id FROM t WHERE width = 7 AND id > 0", (), lambda r: False),
 }
 
 
@@ -76,14 +95,14 @@ PUSHED = {
 def test_constraint_pushed_down(con, case):
     sql, params, pred = PUSHED[case]
     details = plan(con, sql, params)
-    assert vtab_index(details) != 0, f"{case}: full scan, constraint not used: {details}"
+    assert pushed_down(details), f"{case}: full scan, constraint not used: {details}"
     got = sorted(r[0] for r in con.execute(sql, params))
     assert got == sorted(r["id"] for r in ROWS if pred(r))
 
 
 def test_full_scan_is_index_0(con):
     details = plan(con, "SELECT id, name FROM t")
-    assert vtab_index(details) == 0, details
+    assert not pushed_down(details), details
     assert sorted(r[0] for r in con.execute("SELECT id FROM t")) == sorted(IDS)
 
 
@@ -99,7 +118,7 @@ def test_order_by_id_with_range(con):
     sql = "SELECT id FROM t WHERE id BETWEEN 5 AND 1000 ORDER BY id"
     details = plan(con, sql)
     assert not temp_btree(details), details
-    assert vtab_index(details) != 0, details
+    assert pushed_down(details), details
     assert [r[0] for r in con.execute(sql)] == sorted(i for i in IDS if 5 <= i <= 1000)
 
 
@@ -131,3 +150,43 @@ def test_pushed_down_results_carry_all_columns(con):
 ])
 def test_ordered_results(con, sql, want):
     assert [r[0] for r in con.execute(sql)] == want
+
+
+@pytest.mark.parametrize("sql, params, pred", [
+    ("SELECT id FROM t WHERE album = ? COLLATE NOCASE", ("A1",), lambda r: r["album"] == "a1"),
+    ("SELECT id FROM t WHERE z = NULL", (), lambda r: False),
+    ("SELECT id FROM t WHERE z = ? AND x = ?", (1.0, "2"), lambda r: r["z"] == 1 and r["x"] == 2),
+])
+def test_pushed_or_not_the_rows_are_sqlites(con, sql, params, pred):
+    """A comparison under another collation is not pushed down (the shard's `=` is BINARY);
+    `= NULL` matches nothing; values of other types compare as SQLite compares them: the same
+    rows as the query on a plain SQLite table with the same columns."""
+    if "NOCASE" in sql:
+        album = 9 + 2  # the columns: 9 built in (id ... shard), then z, x, album
+        assert str(album) not in vtab_plan(plan(con, sql, params))[1].split(",")
+        assert vtab_plan(plan(con, "SELECT id FROM t WHERE album = 'a1'"))[1] == str(album)
+    plain = apsw.Connection(":memory:")
+    plain.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, name TEXT, z INTEGER, x INTEGER, album TEXT)")
+    for r in ROWS:
+        plain.execute("INSERT INTO t VALUES (?, ?, ?, ?, ?)", (r["id"], r["name"], r["z"], r["x"], r["album"]))
+    got = sorted(r[0] for r in con.execute(sql, params))
+    assert got == sorted(r[0] for r in plain.execute(sql, params))
+    assert got == sorted(r["id"] for r in ROWS if pred(r))
+
+
+def test_declared_index_is_in_every_shard_and_sqlite_uses_it(con, tmp_path):
+    """Each shard keeps the index(z, x) the table declares; SQLite's own plan of the lookup on
+    a shard file, opened apart, searches it."""
+    shards = [r[0] for r in con.execute("SELECT file FROM pragma_database_list WHERE name = 'main'")]
+    base = shards[0][: -len(".db")]
+    for i in range(4):
+        shard = apsw.Connection(f"{base}.t.shard{i}.db", flags=apsw.SQLITE_OPEN_READONLY)
+        columns = {tuple(r[2] for r in shard.execute(f"PRAGMA index_info('{name}')"))
+                   for (name,) in shard.execute(
+                       "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'images'")}
+        assert ("z", "x") in columns, columns
+        details = [r[3] for r in shard.execute(
+            "EXPLAIN QUERY PLAN SELECT id FROM images WHERE z = 1 AND x = 2 ORDER BY id")]
+        assert any("USING INDEX images_by_" in d or "USING COVERING INDEX images_by_" in d
+                   for d in details), details
+        shard.close()
