@@ -53,6 +53,14 @@ ATTACH 'demo.photos.shard0.db' AS shard0;
 SELECT count(*) AS rows_in_shard0 FROM shard0.images;
 DETACH shard0;
 
+.print '== Map tiles: with index(z, x, y), a lookup by tile searches each shard instead of scanning'
+CREATE VIRTUAL TABLE tiles USING imagestore(shards=8, z INTEGER, x INTEGER, y INTEGER, index(z, x, y));
+INSERT INTO tiles(data, z, x, y)
+  WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 255)
+  SELECT (SELECT data FROM photos WHERE name = 'no_time_for_that_tiny.gif'), 12, i % 16, i / 16 FROM n;
+SELECT id, z, x, y, format, width, height FROM tiles WHERE z = 12 AND x = 3 AND y = 7;
+EXPLAIN QUERY PLAN SELECT data FROM tiles WHERE z = 12 AND x = 3 AND y = 7;
+
 .print '== Image functions on any blob'
 SELECT name, image_info(data) AS info FROM photos WHERE name IN ('rocket.jpg', 'multipage.tif');
 SELECT name, image_otsu(data) AS otsu_level, json_extract(image_regions(data), '$.count') AS regions FROM photos WHERE name = 'coins.png';
