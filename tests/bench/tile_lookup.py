@@ -6,7 +6,9 @@ Tiles: the corpus's smallest image (4.4 KB GIF), at z = 14 on a square grid. Tab
     on (zoom_level, tile_column, tile_row), one WAL-mode file;
   - imagestore, 8 shards, `z, x, y` columns with `index(z, x, y)`;
   - imagestore, 8 shards, the same columns without an index (the equality is still pushed down to
-    the shards, which then scan).
+    the shards, which then scan);
+  - imagestore, 8 shards, the tile's key as its id (`id = (z << 40) | (x << 20) | y`): a lookup by id
+    reads one shard.
 Each looks up the same random tiles; the times are medians over rounds, in microseconds a lookup.
 
 Usage: python3 tests/bench/tile_lookup.py [--tiles 40000] [--lookups 2000] [--csv out.csv]
@@ -43,15 +45,22 @@ def plain(folder, cells):
     return con, "SELECT tile_data FROM tiles WHERE zoom_level = ? AND tile_column = ? AND tile_row = ?"
 
 
-def imagestore(folder, cells, indexed):
-    con = apsw.Connection(os.path.join(folder, f"imagestore-{indexed}.db"))
+def imagestore(folder, cells, layout):
+    con = apsw.Connection(os.path.join(folder, f"imagestore-{layout}.db"))
     con.enable_load_extension(True)
     con.load_extension(LIB)
-    index = ", index(z, x, y)" if indexed else ""
+    index = ", index(z, x, y)" if layout == "index" else ""
     con.execute(f"CREATE VIRTUAL TABLE tiles USING imagestore(shards=8, z INTEGER, x INTEGER, y INTEGER{index})")
     with con:
-        con.executemany("INSERT INTO tiles(data, z, x, y) VALUES (?, ?, ?, ?)", [(TILE, z, x, y) for z, x, y in cells])
+        con.executemany("INSERT INTO tiles(id, data, z, x, y) VALUES (?, ?, ?, ?, ?)",
+                        [(tile_id(z, x, y), TILE, z, x, y) for z, x, y in cells])
+    if layout == "key":
+        return con, "SELECT data FROM tiles WHERE id = (? << 40) | (? << 20) | ?"
     return con, "SELECT data FROM tiles WHERE z = ? AND x = ? AND y = ?"
+
+
+def tile_id(z, x, y):
+    return z << 40 | x << 20 | y
 
 
 def per_lookup_us(con, query, wanted, rounds=5):
@@ -75,10 +84,12 @@ def main():
     wanted = random.Random(7).sample(cells, args.lookups)
     with tempfile.TemporaryDirectory(dir=os.environ.get("IMAGESTORE_BENCH_DIR", ROOT + "/target")) as folder:
         base = per_lookup_us(*plain(folder, cells), wanted)
-        indexed = per_lookup_us(*imagestore(folder, cells, True), wanted)
+        indexed = per_lookup_us(*imagestore(folder, cells, "index"), wanted)
+        keyed = per_lookup_us(*imagestore(folder, cells, "key"), wanted)
         # Without an index every lookup scans every shard: a few lookups are enough.
-        scanned = per_lookup_us(*imagestore(folder, cells, False), wanted[:20], rounds=3)
+        scanned = per_lookup_us(*imagestore(folder, cells, "none"), wanted[:20], rounds=3)
     rows = [("imagestore, index(z, x, y)", indexed, base, indexed / base),
+            ("imagestore, id = (z << 40) | (x << 20) | y", keyed, base, keyed / base),
             ("imagestore, no index (pushed-down scan)", scanned, base, scanned / base)]
     print(f"tile lookup by (z, x, y), {len(cells)} tiles, median us a lookup")
     print(f"{'table':42} {'imagestore':>11} {'MBTiles':>9} {'ratio':>7}")
