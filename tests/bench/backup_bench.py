@@ -14,7 +14,6 @@ Not part of the test run. Writes about 4 x TOTAL_MB under IMAGESTORE_BENCH_DIR (
 The page cache is warm for every method alike (the table was just written).
 """
 import argparse
-import csv
 import json
 import os
 import shutil
@@ -25,6 +24,8 @@ import tempfile
 import time
 import zlib
 from pathlib import Path
+
+from report import report  # tests/bench/report.py
 
 ROOT = Path(__file__).resolve().parents[2]
 LIB = os.environ.get("IMAGESTORE_LIB", str(ROOT / "target" / "release" / "libimagestore.so"))
@@ -176,18 +177,11 @@ def run(work, args):
         ("writer's longest commit during a backup, ms", busy_worst, "during cp + fsync", copy_worst),
     ]
     print(f"table: {mb:.0f} MB in 4 shards ({k * len(images)} rows); +1% = {j} new images, {added / 1e6:.1f} MB")
-    print(f"{'measure':46} {'imagestore':>12} {'baseline':28} {'ratio':>7}")
-    for what, ours, baseline, theirs in rows:
-        print(f"{what:46} {ours:12.2f} {baseline:18} {theirs:9.2f} {ours / theirs:7.3f}")
+    report("backup and restore against copying the files", ("measure", "imagestore", "baseline", "baseline value", "ratio"),
+           [(what, ours, baseline, theirs, ours / theirs) for what, ours, baseline, theirs in rows], args.csv)
     print(f"incremental: copied {inc['images_copied']} images, {inc['image_bytes_copied'] / 1e6:.1f} MB, "
           f"in {t_inc:.2f} s (full: {t_full:.2f} s); online backup took {t_online:.2f} s, writers held "
           f"{online['writers_held_ms']:.3f} ms at its start, writer commits {busy_n:.0f} during vs {quiet_n:.0f} in 2 s quiet")
-    if args.csv:
-        with open(args.csv, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["measure", "imagestore", "baseline", "baseline_value", "ratio"])
-            for what, ours, baseline, theirs in rows:
-                w.writerow([what, f"{ours:.4f}", baseline, f"{theirs:.4f}", f"{ours / theirs:.4f}"])
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ Usage: python3 tests/bench/commit_latency.py [--transactions 300] [--csv out.csv
 Prints medians in ms and ratios imagestore / baseline. Not part of the test run.
 """
 import argparse
-import csv
 import os
 import statistics
 import sys
@@ -27,6 +26,7 @@ import apsw
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from harness import shard_of  # noqa: E402  (the placement rule, kept in one place)
+from report import report  # noqa: E402  (tests/bench/report.py)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LIB = os.environ.get("IMAGESTORE_LIB", os.path.join(ROOT, "target", "release", "libimagestore.so"))
@@ -108,22 +108,13 @@ def main():
                 wal = attached(folder, n, "WAL", targets, shards)
                 journal = attached(folder, n, "DELETE", targets, shards)
                 rows.append((workload, shards, len(targets), ours, wal, journal))
-    print(f"commit latency, median of {n} transactions, ms (synchronous=FULL baselines)")
-    header = ("workload", "shards", "images", "imagestore", "attached WAL", "super-journal",
-              "/ WAL", "/ super-journal", "/ 1 shard")
-    print("{:12} {:>6} {:>6} {:>10} {:>12} {:>13} {:>6} {:>15} {:>9}".format(*header))
     table = []
     for workload, shards, images, ours, wal, journal in rows:
         one_shard = next(r[3] for r in rows if r[0] == workload and r[1] == 1)
-        line = (workload, shards, images, ours, wal, journal, ours / wal, ours / journal, ours / one_shard)
-        table.append(line)
-        print("{:12} {:6d} {:6d} {:10.3f} {:12.3f} {:13.3f} {:6.2f} {:15.2f} {:9.2f}".format(*line))
-    if args.csv:
-        with open(args.csv, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(header)
-            w.writerows(table)
-
+        table.append((workload, shards, images, ours, wal, journal, ours / wal, ours / journal, ours / one_shard))
+    report(f"commit latency, median of {n} transactions, ms (synchronous=FULL baselines)",
+           ("workload", "shards", "images", "imagestore", "attached WAL", "super-journal",
+            "/ WAL", "/ super-journal", "/ 1 shard"), table, args.csv)
 
 if __name__ == "__main__":
     main()

@@ -15,7 +15,6 @@ Prints a table of ratios (imagestore / plain). Not part of the test run; it writ
 2 x TOTAL_MB + 2 x ROWS x (mean corpus image size) bytes under IMAGESTORE_BENCH_DIR (default target/).
 """
 import argparse
-import csv
 import json
 import os
 import random
@@ -25,6 +24,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from report import report  # tests/bench/report.py
 
 ROOT = Path(__file__).resolve().parents[2]
 LIB = os.environ.get("IMAGESTORE_LIB", str(ROOT / "target" / "release" / "libimagestore.so"))
@@ -152,15 +153,7 @@ def main():
                  for k, c in tables.items()}
         results.append(("point read of data, us", point["imagestore"] * 1e6, point["plain"] * 1e6,
                         point["imagestore"] / point["plain"]))
-    print(f"{'measure':32} {'imagestore':>12} {'plain':>12} {'ratio':>7}")
-    for name, ours, plain, ratio in results:
-        print(f"{name:32} {ours:12.2f} {plain:12.2f} {ratio:7.2f}")
-    if args.csv:
-        with open(args.csv, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["measure", "imagestore", "plain", "ratio"])
-            w.writerows(results)
-
+    report("imagestore against plain SQLite", ("measure", "imagestore", "plain", "ratio"), results, args.csv)
 
 if __name__ == "__main__":
     main()

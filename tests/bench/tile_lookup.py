@@ -15,7 +15,6 @@ Usage: python3 tests/bench/tile_lookup.py [--tiles 40000] [--lookups 2000] [--cs
 Not part of the test run.
 """
 import argparse
-import csv
 import os
 import random
 import statistics
@@ -23,6 +22,8 @@ import tempfile
 import time
 
 import apsw
+
+from report import report  # tests/bench/report.py
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LIB = os.environ.get("IMAGESTORE_LIB", os.path.join(ROOT, "target", "release", "libimagestore.so"))
@@ -91,16 +92,8 @@ def main():
     rows = [("imagestore, index(z, x, y)", indexed, base, indexed / base),
             ("imagestore, id = (z << 40) | (x << 20) | y", keyed, base, keyed / base),
             ("imagestore, no index (pushed-down scan)", scanned, base, scanned / base)]
-    print(f"tile lookup by (z, x, y), {len(cells)} tiles, median us a lookup")
-    print(f"{'table':42} {'imagestore':>11} {'MBTiles':>9} {'ratio':>7}")
-    for name, ours, theirs, ratio in rows:
-        print(f"{name:42} {ours:11.1f} {theirs:9.1f} {ratio:7.2f}")
-    if args.csv:
-        with open(args.csv, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["table", "imagestore_us", "mbtiles_us", "ratio"])
-            w.writerows(rows)
-
+    report(f"tile lookup by (z, x, y), {len(cells)} tiles, median us a lookup",
+           ("table", "imagestore us", "MBTiles us", "ratio"), rows, args.csv)
 
 if __name__ == "__main__":
     main()
