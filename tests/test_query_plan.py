@@ -147,6 +147,10 @@ def test_pushed_down_results_carry_all_columns(con):
     ("SELECT id FROM t WHERE name = 'n2' ORDER BY id", sorted(r["id"] for r in ROWS if r["name"] == "n2")),
     ("SELECT id FROM t WHERE id > 3 AND id <= 9 ORDER BY id DESC", [9, 8, 7, 6, 5, 4]),
     ("SELECT id FROM t WHERE id = 4 OR id = 1000 ORDER BY id", [4, 1000]),
+    ("SELECT id FROM t WHERE album = 'a1' ORDER BY id DESC LIMIT 3",
+     sorted((r["id"] for r in ROWS if r["album"] == "a1"), reverse=True)[:3]),
+    ("SELECT id FROM t WHERE z = 2 AND x = 0 AND id > 0 ORDER BY id",
+     sorted(r["id"] for r in ROWS if r["z"] == 2 and r["x"] == 0 and r["id"] > 0)),
 ])
 def test_ordered_results(con, sql, want):
     assert [r[0] for r in con.execute(sql)] == want
