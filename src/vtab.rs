@@ -78,21 +78,6 @@ pub struct TableCore {
     pub(crate) shards: RefCell<Vec<Shard>>,
     pub(crate) coordinator: RefCell<Coordinator>,
     pub(crate) open_cursors: Cell<usize>,
-    /// This connection's CREATE made the table's files, and its transaction has not ended yet.
-    created_uncommitted: Cell<bool>,
-    /// That transaction was rolled back: the files go when the table is disconnected.
-    discard_files: Cell<bool>,
-}
-
-impl Drop for TableCore {
-    /// A CREATE that was rolled back leaves no files behind. Files the CREATE found (a table
-    /// reopened over its existing shards) are never removed here.
-    fn drop(&mut self) {
-        if self.discard_files.get() {
-            self.shards.borrow_mut().clear(); // closes the shard connections first
-            let _ = remove_files(&self.config.files());
-        }
-    }
 }
 
 impl TableCore {
@@ -294,8 +279,6 @@ impl ImageTable {
             shards: RefCell::new(shards),
             coordinator: RefCell::new(coordinator),
             open_cursors: Cell::new(0),
-            created_uncommitted: Cell::new(created),
-            discard_files: Cell::new(false),
         };
         let core = Rc::new(core);
         open_tables().push(OpenTable {
@@ -679,17 +662,8 @@ impl UpdateVTab<'_> for ImageTable {
     }
 }
 
-impl ImageTable {
-    /// The transaction that created the table has ended in a commit (SQLite calls xBegin, xSync
-    /// and xCommit only on a table whose creation stands).
-    fn creation_stands(&self) {
-        self.core.created_uncommitted.set(false);
-    }
-}
-
 impl TransactionVTab<'_> for ImageTable {
     fn begin(&mut self) -> rusqlite::Result<()> {
-        self.creation_stands();
         Ok(catch_panic(|| {
             self.core
                 .coordinator
@@ -699,7 +673,6 @@ impl TransactionVTab<'_> for ImageTable {
     }
 
     fn sync(&mut self) -> rusqlite::Result<()> {
-        self.creation_stands();
         Ok(catch_panic(|| {
             self.core
                 .coordinator
@@ -709,7 +682,6 @@ impl TransactionVTab<'_> for ImageTable {
     }
 
     fn commit(&mut self) -> rusqlite::Result<()> {
-        self.creation_stands();
         Ok(catch_panic(|| {
             let mut coordinator = self.core.coordinator.borrow_mut();
             coordinator.commit(&mut self.core.shards.borrow_mut());
@@ -718,9 +690,6 @@ impl TransactionVTab<'_> for ImageTable {
     }
 
     fn rollback(&mut self) -> rusqlite::Result<()> {
-        if self.core.created_uncommitted.get() {
-            self.core.discard_files.set(true);
-        }
         Ok(catch_panic(|| {
             let mut coordinator = self.core.coordinator.borrow_mut();
             coordinator.rollback(&mut self.core.shards.borrow_mut());

@@ -262,46 +262,6 @@ def test_bad_table_arguments(table, tmp_path, args, pattern):
     assert con.execute("SELECT count(*) FROM sqlite_master WHERE name = 'b'").fetchone() == (0,)
 
 
-def test_rolled_back_create_leaves_no_files(tmp_path):
-    """A CREATE rolled back with its transaction removes the files it made (when SQLite
-    disconnects the table), so the same name can be created again, with another shard count;
-    a rollback after a committed CREATE, or of a CREATE over existing shards, removes nothing."""
-    db = tmp_path / "test.db"
-
-    def files_of_b():  # the table's own files (SQLite's -wal and -shm come and go)
-        return {f for f in files_under(tmp_path) if f.startswith("test.b.") and not f.endswith(("-wal", "-shm"))}
-
-    con = connect(db)
-    con.execute("BEGIN")
-    con.execute("CREATE VIRTUAL TABLE b USING imagestore(shards=2)")
-    con.execute("INSERT INTO b(id, name, data) VALUES (1, 'x', ?)", (corpus_bytes("phantom.png"),))
-    assert len(files_of_b()) == 5  # 2 shards, the journal, 2 lock files
-    con.execute("ROLLBACK")
-    # SQLite disconnects the table once no statement uses it: apsw's statement cache keeps the
-    # INSERT until the connection closes.
-    con.close()
-    assert files_of_b() == set()
-    con = connect(db)
-    con.execute("CREATE VIRTUAL TABLE b USING imagestore(shards=3)")
-    con.execute("INSERT INTO b(id, name, data) VALUES (1, 'x', ?)", (corpus_bytes("phantom.png"),))
-    con.execute("BEGIN")
-    con.execute("INSERT INTO b(id, name, data) VALUES (2, 'y', ?)", (corpus_bytes("phantom.png"),))
-    con.execute("ROLLBACK")
-    kept = files_of_b()
-    assert len(kept) == 6
-    # The same shard files adopted by a second table whose CREATE is rolled back: all kept.
-    paths = ",".join(str(p) for p in shard_paths(db, "b", 3))
-    con.execute("BEGIN")
-    con.execute(f"CREATE VIRTUAL TABLE c USING imagestore(shards='{paths}')")
-    assert con.execute("SELECT id FROM c").fetchall() == [(1,)]
-    con.execute("ROLLBACK")
-    con.close()
-    assert files_of_b() == kept
-    con = connect(db)
-    assert con.execute("SELECT id FROM b").fetchall() == [(1,)]
-    con.close()
-
-
 def test_quotes_and_spaces_in_shard_paths(tmp_path):
     db = tmp_path / "test.db"
     (tmp_path / "my shards").mkdir()
