@@ -150,10 +150,18 @@ impl WalSyncs {
 
     /// Waits for every sync started; the first error, if any.
     pub fn finish(self) -> Result<()> {
-        let mut outcome = self.inline;
-        for _ in 0..self.queued {
-            let result = self
-                .results
+        let WalSyncs {
+            done,
+            results,
+            queued,
+            inline,
+        } = self;
+        // A job that dies without answering drops its sender; with ours gone too, the wait below
+        // ends with an error instead of blocking for ever.
+        drop(done);
+        let mut outcome = inline;
+        for _ in 0..queued {
+            let result = results
                 .recv()
                 .unwrap_or_else(|_| Err(Error::Internal("a sync thread died".into())));
             outcome = outcome.and(result);

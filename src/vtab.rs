@@ -713,6 +713,50 @@ fn shard_column(config: &TableConfig, column: c_int) -> Option<String> {
     }
 }
 
+/// How SQLite converts the values compared with a column: its declared type's affinity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Affinity {
+    Numeric,
+    Text,
+    /// BLOB or no declared type: no conversion of its own.
+    Blob,
+}
+
+fn column_affinity(config: &TableConfig, column: c_int) -> Affinity {
+    match column {
+        COL_WIDTH | COL_HEIGHT | COL_BYTES => Affinity::Numeric,
+        COL_NAME | COL_FORMAT | COL_HASH => Affinity::Text,
+        _ => {
+            let user = usize::try_from(column - COL_USER_FIRST).ok();
+            match user.and_then(|u| config.user_columns.get(u)) {
+                Some(c)
+                    if matches!(c.decl_type.as_str(), "INTEGER" | "INT" | "REAL" | "NUMERIC") =>
+                {
+                    Affinity::Numeric
+                }
+                Some(c) if c.decl_type == "TEXT" => Affinity::Text,
+                _ => Affinity::Blob,
+            }
+        }
+    }
+}
+
+/// Whether `column = ?` with `value` bound selects in the shard exactly the rows the query's
+/// `column = <expression>` selects. The bound value has no affinity, while the expression may
+/// have any (a column of another table, a CAST): compared with a TEXT or untyped column, an
+/// expression of numeric affinity makes SQLite convert the column's numeric-looking values to
+/// numbers, and one of TEXT affinity makes it convert numbers to text. So a number, or a text
+/// that looks like one, is pushed down only to a column of numeric affinity; otherwise SQLite's
+/// own check of every row decides.
+fn same_rows_in_shard(affinity: Affinity, value: &Value) -> bool {
+    match value {
+        _ if affinity == Affinity::Numeric => true,
+        Value::Blob(_) => true,
+        Value::Text(text) => text.trim().parse::<f64>().is_err(),
+        Value::Null | Value::Integer(_) | Value::Real(_) => false,
+    }
+}
+
 /// The table column numbered as xBestIndex numbers them, by name.
 fn column_number(config: &TableConfig, name: &str) -> Option<c_int> {
     let builtin = crate::config::BUILTIN_COLUMNS
@@ -934,8 +978,13 @@ fn scan_filter(
         if value == Value::Null {
             return None; // `= NULL` is never true
         }
-        let shard_column = column.parse().ok().and_then(|c| shard_column(config, c));
-        if let Some(shard_column) = shard_column {
+        let Ok(column) = column.parse() else {
+            continue;
+        };
+        if !same_rows_in_shard(column_affinity(config, column), &value) {
+            continue;
+        }
+        if let Some(shard_column) = shard_column(config, column) {
             filter.equal.push((shard_column, value));
         }
     }

@@ -25,7 +25,8 @@ IDS = list(range(1, 31)) + [-(2 ** 62), -7, 0, 1000, 2 ** 40]
 def row_for(rowid):
     file = FILES[rowid % len(FILES)]
     return {"id": rowid, "name": f"n{rowid % 6}", "file": file, "hash": HASH[file],
-            "z": rowid % 3, "x": rowid % 5, "album": f"a{rowid % 4}"}
+            "z": rowid % 3, "x": rowid % 5, "album": f"a{rowid % 4}",
+            "code": f"{rowid % 8:03d}", "tag": rowid % 8 if rowid % 2 else str(rowid % 8)}
 
 
 ROWS = [row_for(i) for i in IDS]
@@ -35,11 +36,11 @@ ROWS = [row_for(i) for i in IDS]
 def con(tmp_path_factory):
     c = connect(tmp_path_factory.mktemp("plan") / "test.db")
     c.execute("CREATE VIRTUAL TABLE t USING imagestore(shards=4, z INTEGER, x INTEGER, "
-              "album TEXT, index(z, x))")
+              "album TEXT, code TEXT, tag, index(z, x), index(code))")
     c.execute("BEGIN")
     for r in ROWS:
-        c.execute("INSERT INTO t(id, name, data, z, x, album) VALUES (?, ?, ?, ?, ?, ?)",
-                  (r["id"], r["name"], corpus_bytes(r["file"]), r["z"], r["x"], r["album"]))
+        c.execute("INSERT INTO t(id, name, data, z, x, album, code, tag) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                  (r["id"], r["name"], corpus_bytes(r["file"]), r["z"], r["x"], r["album"], r["code"], r["tag"]))
     c.execute("COMMIT")
     yield c
     c.close()
@@ -160,6 +161,14 @@ def test_ordered_results(con, sql, want):
     ("SELECT id FROM t WHERE album = ? COLLATE NOCASE", ("A1",), lambda r: r["album"] == "a1"),
     ("SELECT id FROM t WHERE z = NULL", (), lambda r: False),
     ("SELECT id FROM t WHERE z = ? AND x = ?", (1.0, "2"), lambda r: r["z"] == 1 and r["x"] == 2),
+    # A TEXT column against an expression of numeric affinity: SQLite compares '007' as 7.
+    ("SELECT id FROM t WHERE code = CAST(? AS INTEGER)", ("7",), lambda r: r["code"] == "007"),
+    ("SELECT id FROM t WHERE code = ?", ("007",), lambda r: r["code"] == "007"),
+    ("SELECT id FROM t WHERE code = ?", (7,), lambda r: False),
+    # An untyped column: no conversion against TEXT affinity, numeric against numeric affinity.
+    ("SELECT id FROM t WHERE tag = CAST(? AS TEXT)", (3,), lambda r: r["tag"] == "3"),
+    ("SELECT id FROM t WHERE tag = ?", (3,), lambda r: r["tag"] == 3),
+    ("SELECT id FROM t WHERE tag = CAST(? AS INTEGER)", ("4",), lambda r: str(r["tag"]) == "4"),
 ])
 def test_pushed_or_not_the_rows_are_sqlites(con, sql, params, pred):
     """A comparison under another collation is not pushed down (the shard's `=` is BINARY);
@@ -170,9 +179,10 @@ def test_pushed_or_not_the_rows_are_sqlites(con, sql, params, pred):
         assert str(album) not in vtab_plan(plan(con, sql, params))[1].split(",")
         assert vtab_plan(plan(con, "SELECT id FROM t WHERE album = 'a1'"))[1] == str(album)
     plain = apsw.Connection(":memory:")
-    plain.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, name TEXT, z INTEGER, x INTEGER, album TEXT)")
+    plain.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, name TEXT, z INTEGER, x INTEGER, album TEXT, code TEXT, tag)")
     for r in ROWS:
-        plain.execute("INSERT INTO t VALUES (?, ?, ?, ?, ?)", (r["id"], r["name"], r["z"], r["x"], r["album"]))
+        plain.execute("INSERT INTO t VALUES (?, ?, ?, ?, ?, ?, ?)",
+                      (r["id"], r["name"], r["z"], r["x"], r["album"], r["code"], r["tag"]))
     got = sorted(r[0] for r in con.execute(sql, params))
     assert got == sorted(r[0] for r in plain.execute(sql, params))
     assert got == sorted(r["id"] for r in ROWS if pred(r))
