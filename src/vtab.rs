@@ -706,11 +706,14 @@ fn shard_column(config: &TableConfig, column: c_int) -> Option<String> {
         COL_NAME | COL_FORMAT | COL_WIDTH | COL_HEIGHT | COL_BYTES | COL_HASH => {
             Some(crate::config::BUILTIN_COLUMNS[column as usize].to_string())
         }
-        _ => {
-            let user = usize::try_from(column - COL_USER_FIRST).ok()?;
-            Some(quote_ident(&config.user_columns.get(user)?.name))
-        }
+        _ => Some(quote_ident(&user_column(config, column)?.name)),
     }
+}
+
+/// The user's column that table column `column` is, if it is one.
+fn user_column(config: &TableConfig, column: c_int) -> Option<&crate::config::UserColumn> {
+    let user = usize::try_from(column - COL_USER_FIRST).ok()?;
+    config.user_columns.get(user)
 }
 
 /// How SQLite converts the values compared with a column: its declared type's affinity.
@@ -726,18 +729,13 @@ fn column_affinity(config: &TableConfig, column: c_int) -> Affinity {
     match column {
         COL_WIDTH | COL_HEIGHT | COL_BYTES => Affinity::Numeric,
         COL_NAME | COL_FORMAT | COL_HASH => Affinity::Text,
-        _ => {
-            let user = usize::try_from(column - COL_USER_FIRST).ok();
-            match user.and_then(|u| config.user_columns.get(u)) {
-                Some(c)
-                    if matches!(c.decl_type.as_str(), "INTEGER" | "INT" | "REAL" | "NUMERIC") =>
-                {
-                    Affinity::Numeric
-                }
-                Some(c) if c.decl_type == "TEXT" => Affinity::Text,
-                _ => Affinity::Blob,
+        _ => match user_column(config, column) {
+            Some(c) if matches!(c.decl_type.as_str(), "INTEGER" | "INT" | "REAL" | "NUMERIC") => {
+                Affinity::Numeric
             }
-        }
+            Some(c) if c.decl_type == "TEXT" => Affinity::Text,
+            _ => Affinity::Blob,
+        },
     }
 }
 
