@@ -9,6 +9,9 @@
 //! verify=LEVEL             -- header, structure or decode: how far data is checked before it
 //!                             is stored (see `probe`). Default structure.
 //! journal_limit=BYTES      -- the journal is emptied when it grows past this. Default 1048576.
+//! logged_commit_max=BYTES  -- a commit over several shards whose new images come to at most
+//!                             this is written whole into the journal: one sync instead of one
+//!                             per shard (see `coordinator`). Default 262144; 0 turns it off.
 //! restore_from='DIR'       -- CREATE fills the new table from the backup in DIR (see `restore`);
 //!                             its columns are the backup's unless declared (then they must match)
 //! <name> [TYPE]            -- a column of the user's own (TYPE: TEXT, INTEGER, REAL, BLOB,
@@ -31,6 +34,10 @@ pub const SHARD_COUNT_MAX: usize = 256;
 pub const BUSY_TIMEOUT_MS_DEFAULT: u64 = 5000;
 pub const MAX_PIXELS_DEFAULT: u64 = 16384 * 16384;
 pub const JOURNAL_LIMIT_BYTES_DEFAULT: u64 = 1 << 20;
+pub const LOGGED_COMMIT_MAX_BYTES_DEFAULT: u64 = 256 << 10;
+/// The largest `logged_commit_max`: a journal record's length is a u32, and a larger logged
+/// commit would gain nothing over preparing (its time is in writing the images twice).
+pub const LOGGED_COMMIT_MAX_BYTES_LIMIT: u64 = 64 << 20;
 
 /// Columns every table has, in declaration order; user columns follow.
 pub const BUILTIN_COLUMNS: [&str; 9] = [
@@ -64,6 +71,10 @@ pub struct TableConfig {
     pub max_pixels: u64,
     pub verify: Verify,
     pub journal_limit_bytes: u64,
+    /// A transaction over several shards whose new images come to at most this many bytes is
+    /// committed by logging its changes in the journal (one sync) rather than by preparing
+    /// every shard (a sync each); 0 always prepares.
+    pub logged_commit_max_bytes: u64,
     pub user_columns: Vec<UserColumn>,
     /// The backup folder a new table is restored from (`restore_from=`).
     pub restore_from: Option<PathBuf>,
@@ -281,6 +292,7 @@ impl TableConfig {
         let mut busy_timeout_ms = None;
         let mut max_pixels = None;
         let mut journal_limit_bytes = None;
+        let mut logged_commit_max_bytes = None;
         let mut verify = Verify::Structure;
         let mut restore_from = None;
         let mut user_columns: Vec<UserColumn> = Vec::new();
@@ -314,10 +326,14 @@ impl TableConfig {
                     })?
                 }
                 "journal_limit" => journal_limit_bytes = Some(parse_number(&key, value, 4096, u64::MAX)?),
+                "logged_commit_max" => {
+                    logged_commit_max_bytes =
+                        Some(parse_number(&key, value, 0, LOGGED_COMMIT_MAX_BYTES_LIMIT)?)
+                }
                 "restore_from" => restore_from = Some(dequote(value)),
                 _ => {
                     return Err(bad(format!(
-                        "unknown option '{key}'; the options are shards, busy_timeout, max_pixels, verify, journal_limit, restore_from"
+                        "unknown option '{key}'; the options are shards, busy_timeout, max_pixels, verify, journal_limit, logged_commit_max, restore_from"
                     )))
                 }
             }
@@ -352,6 +368,8 @@ impl TableConfig {
             max_pixels: max_pixels.unwrap_or(MAX_PIXELS_DEFAULT),
             verify,
             journal_limit_bytes: journal_limit_bytes.unwrap_or(JOURNAL_LIMIT_BYTES_DEFAULT),
+            logged_commit_max_bytes: logged_commit_max_bytes
+                .unwrap_or(LOGGED_COMMIT_MAX_BYTES_DEFAULT),
             user_columns,
             restore_from: restore_from.map(|dir| resolve(&dir, &base_dir)),
             indexes,

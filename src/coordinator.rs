@@ -10,87 +10,117 @@
 //! # Pieces
 //! - Shards (`shard`): each records, inside the transaction itself, every touched row's state
 //!   before the transaction (its *before-state*), so a transaction committed in the shard's own
-//!   SQLite sense can still be undone. A *prepare record* marks such a transaction.
-//! - The journal (`journal`): checksummed COMMIT records, synced. Nothing else.
+//!   SQLite sense can still be undone. A *prepare record* marks such a transaction. Shards run
+//!   with `synchronous=NORMAL`: a WAL-mode file then keeps, after a power cut, a prefix of its
+//!   commits (never a torn one), and this module syncs WAL files itself where a step needs it.
+//! - The journal (`journal`): checksummed decision records, synced. A COMMIT record says the
+//!   shards it names hold the transaction prepared; a LOGGED record carries each shard's changes
+//!   itself (`redo`). Nothing else is ever written there.
 //! - Two locks (`locks`): the writer lock (one writer at a time, across processes) and the
-//!   publish lock (readers open snapshots only outside a commit's undecided window).
+//!   publish lock (readers open snapshots only outside a commit's undecided window). The publish
+//!   lock's file holds the *logged-commit mark*, set while a logged commit's shards commit.
 //!
 //! # States of a transaction
 //! ```text
-//! Idle -> Writing --sync: 1 shard--> (one-phase commit) ---------------------> Decided -> Idle
-//!            |     --sync: n shards-> Prepared (every shard) -> COMMIT synced -> Decided -> Idle
-//!            |                          \-> any shard says no -> Aborted ---------------> Idle
-//!            \--rollback--> Idle                                       (phase 2 = finalize)
+//! Idle -> Writing --sync: 1 shard--------> one-phase commit -----------------------> Decided -> Idle
+//!            |     --sync: n shards, small-> LOGGED synced -> every shard commits ---> Decided -> Idle
+//!            |     --sync: n shards-------> Prepared (every shard) -> COMMIT synced -> Decided -> Idle
+//!            |                                \-> any shard says no -> Aborted ---------------> Idle
+//!            \--rollback--> Idle                                      (phase 2 = finalize)
 //! ```
 //!
 //! # Commit steps (at SQLite's xSync; xCommit's result is ignored by SQLite, so the decision must
 //! be durable before xSync returns)
 //! 1. *Begin* (first write): take the writer lock; BEGIN IMMEDIATE on every shard; if any shard
-//!    holds a prepare record, a writer died mid-commit: roll back and run recovery first. The
-//!    transaction id is 1 + the largest `last_txid` of all shards.
+//!    holds a prepare record, or the logged-commit mark is set, a writer died mid-commit: roll
+//!    back and run recovery first. The transaction id is 1 + the largest `last_txid` of all
+//!    shards.
 //! 2. *Write*: each row change goes to its shard's open SQLite transaction, after its
 //!    before-state is recorded. The connection reads its own writes through the same shards.
 //! 3. *One-phase path*: if one shard was written, it drops its before-states and commits: one
 //!    SQLite commit is atomic by itself. Its sync is the commit point.
-//! 4. *Prepare* (n > 1 shards): take the publish lock exclusively; each written shard adds a
-//!    prepare record and commits, and its WAL fsync starts on a pool thread while the next shard
-//!    prepares (`durable`); all are waited for. So the prepare costs about one sync however many
-//!    shards it touches. A shard that fails votes no; then
-//!    every prepared shard is undone from its before-states and the statement fails. All votes
-//!    must be yes: a majority would commit on some shards what another shard refused (say a
-//!    constraint failure), so the transaction would be neither whole nor absent.
-//! 5. *Decide*: append COMMIT(txid, shards) to the journal and fdatasync it. **That sync is the
+//!
+//!    With n > 1 shards written, take the publish lock exclusively. If the changes (rows as they
+//!    end, and the images they add) come to at most `logged_commit_max` bytes, the logged path
+//!    (4) commits them with one sync in all; a larger transaction is prepared (5 to 7), so that
+//!    its images are not written twice.
+//! 4. *Logged path*: read each written shard's changes from its still-open SQLite transaction.
+//!    Set the mark; append LOGGED(txid, shards, changes) to the journal and fdatasync it. **That
+//!    sync is the commit point.** (If the append or sync fails, the record is cut off as in 6 and
+//!    the shards roll back: nothing of it was committed anywhere.) Then each shard drops its
+//!    before-states and commits, not synced, and the mark is cleared. A shard whose commit
+//!    fails is rolled back and the mark stays: the next reader or writer runs recovery, which
+//!    replays it from the journal.
+//! 5. *Prepare*: each written shard adds a prepare record and commits, and its WAL fsync starts
+//!    on a pool thread while the next shard prepares (`durable`); all are waited for. So the
+//!    prepare costs about one sync however many shards it touches. A shard that fails votes no;
+//!    then every prepared shard is undone from its before-states and the statement fails. All
+//!    votes must be yes: a majority would commit on some shards what another shard refused (say
+//!    a constraint failure), so the transaction would be neither whole nor absent.
+//! 6. *Decide*: append COMMIT(txid, shards) to the journal and fdatasync it. **That sync is the
 //!    commit point.** If the append or sync fails, the record is cut off (and synced) before the
 //!    shards are undone, so a failed COMMIT leaves nothing; if even the cut fails, the table is
 //!    poisoned and recovery, reading the file, decides. Release the publish lock.
-//! 6. *Finalize* (phase 2, at xCommit): each shard drops its before-states and prepare record in a
+//! 7. *Finalize* (phase 2, at xCommit): each shard drops its before-states and prepare record in a
 //!    transaction of its own, not synced: until it is durable the journal keeps the decision, and
 //!    recovery finalizes again. Release the writer lock.
-//! 7. *Trim*: at a later begin, if the journal is larger than `journal_limit` and no shard holds a
-//!    prepare record, fsync every shard's WAL (making every finalize durable) and reset the
-//!    journal. Only then may a COMMIT record be forgotten: presumed abort would otherwise turn
-//!    an acknowledged commit into an abort.
+//! 8. *Trim*: at a later begin, if the journal is larger than `journal_limit` (or is version 1) and no shard holds a
+//!    prepare record, fsync every shard's WAL (making every finalize and every logged shard
+//!    commit durable) and reset the journal. Only then may a record be forgotten: presumed abort
+//!    would otherwise turn an acknowledged commit into an abort.
 //!
 //! # Crash walk-through (what recovery finds after a crash at each step)
-//! - Before 4 or during 2: shard transactions were never committed; SQLite rolls them back.
-//! - During 4: some shards hold a prepare record, the journal has no COMMIT: recovery aborts
+//! - Before 4 or 5, or during 2: shard transactions were never committed; SQLite rolls them back.
+//! - During 4, before the LOGGED sync: the record is absent or torn (checksum): abort. Nothing
+//!   was committed on a shard; the mark only makes the next reader run recovery.
+//! - During 4, after the sync: some shards committed, some not (or, after a power cut, lost
+//!   their unsynced commits): recovery replays the record's changes on each shard whose
+//!   `last_txid` is below the transaction's. Whole.
+//! - During 5: some shards hold a prepare record, the journal has no COMMIT: recovery aborts
 //!   (presumed abort) from the before-states. The COMMIT statement never returned.
-//! - During 5: a torn or unsynced record fails its checksum and is ignored: abort. A synced one
+//! - During 6: a torn or unsynced record fails its checksum and is ignored: abort. A synced one
 //!   commits. The caller may not have seen the answer; either outcome is whole.
-//! - During 6: prepare records remain with a COMMIT in the journal: recovery finalizes them.
-//! - During 7: the journal is replaced atomically (rename) only after the shards are synced.
+//! - During 7: prepare records remain with a COMMIT in the journal: recovery finalizes them.
+//! - During 8: the journal is replaced atomically (rename) only after the shards are synced.
 //!
 //! # Recovery (at open, and whenever a reader or writer finds a prepare record that no live
-//! writer owns): under the writer lock and the publish lock, for each prepare record on each
-//! shard, finalize it if the journal holds its COMMIT, else abort it. Each step is one SQLite
-//! transaction on one shard, so recovery interrupted at any point is simply run again.
-//! A journal that is missing while shards hold prepare records cannot decide them: the table
-//! refuses to open (in doubt) rather than guess.
+//! writer owns, or the mark set): under the writer lock and the publish lock,
+//! - replay every LOGGED record, in journal order, on each of its shards whose `last_txid` is
+//!   below it (a shard keeps a prefix of its commits, so `last_txid` says which it has);
+//! - for each prepare record on each shard, finalize it if the journal holds its COMMIT, else
+//!   abort it;
+//! - clear the mark.
+//!
+//! Each step is one SQLite transaction on one shard, so recovery interrupted at any point is
+//! simply run again. A journal that is missing while shards hold prepare records cannot decide
+//! them: the table refuses to open (in doubt) rather than guess.
 //!
 //! # Readers
-//! A reader takes the publish lock shared, opens a read transaction on every shard (pinning
-//! every snapshot), reads the prepare records they hold, and releases the lock. Writers hold the
-//! lock exclusively from step 4 to the end of step 5, so every snapshot of one query is taken
-//! before a transaction's first prepare or after its decision: no fractured reads, and no
-//! undecided data. A prepare record in a snapshot is either decided (COMMIT in the journal; its
-//! data is the committed data, finalize pending) or left by a dead writer: the reader then runs
-//! recovery and opens its snapshots again.
+//! A reader takes the publish lock shared, checks the mark, opens a read transaction on every
+//! shard (pinning every snapshot), reads the prepare records they hold, and releases the lock.
+//! Writers hold the lock exclusively from the choice in 3 to the end of 4 or 6, so every
+//! snapshot of one query is taken before a transaction's first shard commit or after all of
+//! them: no fractured reads, and no undecided data. A mark set, or a prepare record that is
+//! not decided (no COMMIT in the journal), was left by a dead writer: the reader then runs
+//! recovery and opens its snapshots again. A decided prepare record's data is committed data
+//! whose finalize is pending.
 //!
 //! # Transactions that also write ordinary tables
 //! SQLite calls xSync before it commits its own files. If its own commit then fails, SQLite calls
-//! xRollback, but the imagestore part has already committed (step 5) and stays committed. The
-//! imagestore part is atomic on its own; with the host's tables it is atomic unless the host's
-//! own commit fails after ours (an I/O error on the host file).
+//! xRollback, but the imagestore part has already committed (step 4 or 6) and stays committed.
+//! The imagestore part is atomic on its own; with the host's tables it is atomic unless the
+//! host's own commit fails after ours (an I/O error on the host file).
 //!
 //! # Transaction ids
-//! Every prepare and one-phase commit raises its shards' `last_txid` in the same SQLite
-//! transaction, and a new id is above every shard's `last_txid`, so ids never repeat: not after
-//! a crash, and not after the journal is reset.
+//! Every prepare, one-phase commit, logged shard commit and replay raises its shards'
+//! `last_txid` in the same SQLite transaction, and a new id is above every shard's `last_txid`,
+//! so ids never repeat: not after a crash, and not after the journal is reset.
 
 use crate::config::TableConfig;
 use crate::error::{Error, Result};
-use crate::journal::{Journal, TableId};
+use crate::journal::{Journal, Record, TableId};
 use crate::locks::{LockFile, LockGuard};
+use crate::redo::ShardChanges;
 use crate::shard::Shard;
 
 /// How often a reader or writer retries after running recovery itself.
@@ -108,6 +138,8 @@ struct WriteTxn {
     next_id: Option<i64>,
     /// Whether xSync decided this transaction (committed it).
     decided: bool,
+    /// Whether it was decided by preparing its shards, which xCommit then finalizes.
+    prepared: bool,
 }
 
 /// What this connection has open on the shards.
@@ -125,6 +157,7 @@ pub struct Coordinator {
     table_name: String,
     busy_timeout_ms: u64,
     journal_limit_bytes: u64,
+    logged_commit_max_bytes: u64,
     journal: Journal,
     writer_lock: LockFile,
     publish_lock: LockFile,
@@ -156,6 +189,15 @@ impl Coordinator {
                             config.table_name
                         )));
                     }
+                    let mark = publish_lock.mark()?;
+                    if mark != 0 {
+                        return Err(Error::InDoubt(format!(
+                            "the journal {} is missing while logged transaction {mark} may not be on every shard yet; \
+                             restore the journal, or accept the shards as they are: SELECT imagestore_resolve('{}', 'abort')",
+                            config.journal_path.display(),
+                            config.table_name
+                        )));
+                    }
                 }
                 Journal::create(&config.journal_path, table_id)?
             }
@@ -164,6 +206,7 @@ impl Coordinator {
             table_name: config.table_name.clone(),
             busy_timeout_ms: config.busy_timeout_ms,
             journal_limit_bytes: config.journal_limit_bytes,
+            logged_commit_max_bytes: config.logged_commit_max_bytes,
             journal,
             writer_lock,
             publish_lock,
@@ -187,18 +230,20 @@ impl Coordinator {
 
     // ---- recovery -----------------------------------------------------------------------
 
-    /// Finishes or undoes every prepared transaction. The caller holds the writer lock and has
-    /// no transaction open on the shards.
+    /// Replays every logged commit a shard lacks, finishes or undoes every prepared transaction,
+    /// and clears the mark. The caller holds the writer lock and has no transaction open on the
+    /// shards.
     fn recover(&mut self, shards: &mut [Shard]) -> Result<()> {
         let _publish = self
             .publish_lock
             .exclusive("publish lock", self.busy_timeout_ms)?;
-        if self.journal.refresh()? {
+        if self.journal.rescan()? {
             self.journal.cut_torn_tail()?;
         }
         // A record a dead writer wrote but never synced must be durable before anything acts on
         // it: finalizing from a record that a power cut then takes away would half-apply it.
         self.journal.sync()?;
+        self.replay_logged(shards)?;
         for shard in shards.iter() {
             for txid in shard.prepared_txids()? {
                 crate::fault::check("recovery_shard")?;
@@ -207,6 +252,47 @@ impl Coordinator {
                 } else {
                     shard.abort_prepared(txid)?;
                 }
+            }
+        }
+        self.publish_lock.set_mark(0)
+    }
+
+    /// Replays each LOGGED record on every shard it names whose `last_txid` is below it.
+    fn replay_logged(&self, shards: &[Shard]) -> Result<()> {
+        if self.journal.logged().is_empty() {
+            return Ok(());
+        }
+        let mut applied = shards
+            .iter()
+            .map(Shard::last_txid)
+            .collect::<Result<Vec<_>>>()?;
+        let lacks = |applied: &[u64], shard: u16, txid: u64| {
+            applied.get(shard as usize).is_none_or(|&t| t < txid)
+        };
+        for &at in self.journal.logged() {
+            let named = self.journal.committed_shards(at.txid).unwrap_or_default();
+            if !named.iter().any(|&s| lacks(&applied, s, at.txid)) {
+                continue;
+            }
+            let record = self.journal.read_logged(at)?;
+            for (&s, changes) in record.shards.iter().zip(record.changes.iter().flatten()) {
+                if !lacks(&applied, s, at.txid) {
+                    continue;
+                }
+                let shard = shards.get(s as usize).ok_or_else(|| {
+                    Error::InDoubt(format!(
+                        "table {}: the journal's transaction {} wrote shard {s}, which the table does not have",
+                        self.table_name, at.txid
+                    ))
+                })?;
+                let changes =
+                    ShardChanges::decode(changes).map_err(|detail| Error::JournalCorrupt {
+                        path: self.journal.path().to_path_buf(),
+                        detail: format!("transaction {}, shard {s}: {detail}", at.txid),
+                    })?;
+                crate::fault::check("recovery_replay")?;
+                shard.replay(at.txid, &changes)?;
+                applied[s as usize] = at.txid;
             }
         }
         Ok(())
@@ -238,12 +324,15 @@ impl Coordinator {
         )))
     }
 
-    /// Pins a snapshot on every shard; `false` (snapshots still open) if one holds an undecided
-    /// prepare record, which only a dead writer leaves behind.
+    /// Pins a snapshot on every shard; `false` (snapshots perhaps still open) if the mark is set
+    /// or a shard holds an undecided prepare record, which only a dead writer leaves behind.
     fn open_snapshots(&mut self, shards: &mut [Shard]) -> Result<bool> {
         let _publish = self
             .publish_lock
             .shared("publish lock", self.busy_timeout_ms)?;
+        if self.publish_lock.mark()? != 0 {
+            return Ok(false);
+        }
         let mut prepared = Vec::new();
         for shard in shards.iter() {
             match shard.begin_read() {
@@ -287,6 +376,10 @@ impl Coordinator {
             .writer_lock
             .exclusive("writer lock", self.busy_timeout_ms)?;
         for _ in 0..RECOVERY_ATTEMPTS_MAX {
+            if self.publish_lock.mark()? != 0 {
+                self.recover(shards)?;
+                continue;
+            }
             begin_all(shards)?;
             let mut last_txid = 0;
             let mut prepared = false;
@@ -310,7 +403,8 @@ impl Coordinator {
                 self.recover(shards)?;
                 continue;
             }
-            if self.journal.len_bytes() > self.journal_limit_bytes {
+            // A version 1 journal (from an older build) takes no LOGGED record: replace it.
+            if self.journal.len_bytes() > self.journal_limit_bytes || self.journal.is_version1() {
                 if let Err(e) = self.trim_journal(shards) {
                     end_all(shards);
                     return Err(e);
@@ -323,6 +417,7 @@ impl Coordinator {
                 savepoints: Vec::new(),
                 next_id: None,
                 decided: false,
+                prepared: false,
             });
             return Ok(());
         }
@@ -332,7 +427,7 @@ impl Coordinator {
         )))
     }
 
-    /// Step 7: every shard is synced, then the journal forgets its decisions. The caller holds
+    /// Step 8: every shard is synced, then the journal forgets its decisions. The caller holds
     /// the writer lock and has checked that no shard holds a prepare record.
     fn trim_journal(&mut self, shards: &[Shard]) -> Result<()> {
         crate::durable::sync_wals(&shards.iter().map(|s| s.path.as_path()).collect::<Vec<_>>())?;
@@ -455,7 +550,7 @@ impl Coordinator {
 
     // ---- writers: commit ----------------------------------------------------------------
 
-    /// Steps 3 to 5 (xSync): commits the transaction, or aborts it everywhere and fails.
+    /// Steps 3 to 6 (xSync): commits the transaction, or aborts it everywhere and fails.
     pub fn sync(&mut self, shards: &mut [Shard]) -> Result<()> {
         let (txid, dirty) = match &self.activity {
             Activity::Writing(txn) if txn.decided => return Ok(()), // xSync again after BUSY
@@ -480,15 +575,16 @@ impl Coordinator {
         let outcome =
             self.end_clean_shards(shards, &dirty)
                 .and_then(|()| match written.as_slice() {
-                    [] => Ok(()),
-                    [only] => self.commit_one_phase(&shards[*only], txid),
-                    _ => self.commit_two_phase(shards, txid, &written),
+                    [] => Ok(false),
+                    [only] => self.commit_one_phase(&shards[*only], txid).map(|()| false),
+                    _ => self.commit_several(shards, txid, &written),
                 });
         drop(publish);
         match outcome {
-            Ok(()) => {
+            Ok(prepared) => {
                 if let Activity::Writing(txn) = &mut self.activity {
                     txn.decided = true;
+                    txn.prepared = prepared;
                 }
                 Ok(())
             }
@@ -522,23 +618,116 @@ impl Coordinator {
         })
     }
 
+    /// A transaction over several shards (the caller holds the publish lock): logged if its
+    /// changes are small, else prepared. Returns whether it was prepared.
+    fn commit_several(
+        &mut self,
+        shards: &mut [Shard],
+        txid: u64,
+        written: &[usize],
+    ) -> Result<bool> {
+        match self.logged_changes(shards, txid, written) {
+            Ok(Some(changes)) => self
+                .commit_logged(shards, txid, written, changes)
+                .map(|()| false),
+            Ok(None) => self.commit_two_phase(shards, txid, written).map(|()| true),
+            Err(e) => {
+                self.abort_everywhere(shards, txid, &[]);
+                Err(e)
+            }
+        }
+    }
+
+    /// Each written shard's encoded changes, or `None` if together they come to more than
+    /// `logged_commit_max`.
+    fn logged_changes(
+        &self,
+        shards: &[Shard],
+        txid: u64,
+        written: &[usize],
+    ) -> Result<Option<Vec<Vec<u8>>>> {
+        let mut budget = self.logged_commit_max_bytes;
+        let mut all = Vec::with_capacity(written.len());
+        for &i in written {
+            let Some(changes) = shards[i].changes(txid, budget)? else {
+                return Ok(None);
+            };
+            let encoded = changes.encode();
+            match budget.checked_sub(encoded.len() as u64) {
+                Some(left) => budget = left,
+                None => return Ok(None),
+            }
+            all.push(encoded);
+        }
+        Ok(Some(all))
+    }
+
+    /// Step 4, the logged path: the LOGGED record's sync is the commit point; the shards then
+    /// commit without a sync each.
+    fn commit_logged(
+        &mut self,
+        shards: &mut [Shard],
+        txid: u64,
+        written: &[usize],
+        changes: Vec<Vec<u8>>,
+    ) -> Result<()> {
+        let record = Record {
+            txid,
+            shards: participants(written),
+            changes: Some(changes),
+        };
+        let decided = self
+            .publish_lock
+            .set_mark(txid)
+            .and_then(|()| self.decide(&record));
+        if let Err(e) = decided {
+            // Nothing is committed on a shard yet; if the decision is unknown (poisoned), the
+            // mark stays and recovery reads it from the journal.
+            self.abort_everywhere(shards, txid, &[]);
+            if !self.poisoned {
+                let _ = self.publish_lock.set_mark(0);
+            }
+            return Err(e);
+        }
+        let mut all_committed = true;
+        for &i in written {
+            if shards[i].commit_logged(txid).is_err() {
+                let _ = shards[i].rollback();
+                all_committed = false;
+            }
+        }
+        if all_committed {
+            // Should this fail, the mark costs the next reader a recovery with nothing to do.
+            let _ = self.publish_lock.set_mark(0);
+        }
+        Ok(())
+    }
+
+    /// Appends a decision to the journal and syncs it: the commit point of both paths over
+    /// several shards.
+    fn decide(&mut self, record: &Record) -> Result<()> {
+        self.journal.refresh()?;
+        self.journal.append(record).map_err(|(e, poisoned)| {
+            self.poisoned = poisoned;
+            e
+        })
+    }
+
+    /// Steps 5 and 6, the prepared path.
     fn commit_two_phase(
         &mut self,
         shards: &mut [Shard],
         txid: u64,
         written: &[usize],
     ) -> Result<()> {
-        let participants: Vec<u16> = written.iter().map(|&i| i as u16).collect();
-        let _publish = self
-            .publish_lock
-            .exclusive("publish lock", self.busy_timeout_ms)?;
+        let names = participants(written);
         // Phase 1: every written shard votes.
         // Each prepared shard's WAL sync starts at once and runs while the next shard prepares.
         let mut prepared = Vec::new();
         let mut syncs = crate::durable::WalSyncs::new();
         let mut refusal = None;
         for &i in written {
-            match shards[i].prepare(txid, &participants) {
+            match shards[i].prepare(txid, &names) {
                 Ok(()) => {
                     prepared.push(i);
                     syncs.start(&shards[i].path);
@@ -556,13 +745,10 @@ impl Coordinator {
             return Err(no);
         }
         // Decision: the journal's synced COMMIT record is the commit point.
-        let decided = self.journal.refresh().and_then(|_| {
-            self.journal
-                .append_commit(txid, &participants)
-                .map_err(|(e, poisoned)| {
-                    self.poisoned = poisoned;
-                    e
-                })
+        let decided = self.decide(&Record {
+            txid,
+            shards: names,
+            changes: None,
         });
         if let Err(e) = decided {
             if !self.poisoned {
@@ -589,7 +775,7 @@ impl Coordinator {
         }
     }
 
-    /// Step 6 (xCommit): finalizes a decided transaction and ends it. Errors are not reported
+    /// Step 7 (xCommit): finalizes a decided, prepared transaction and ends it. Errors are not reported
     /// (SQLite ignores them); a shard left unfinalized is finalized by recovery.
     pub fn commit(&mut self, shards: &mut [Shard]) {
         let Activity::Writing(txn) = std::mem::replace(&mut self.activity, Activity::Idle) else {
@@ -600,10 +786,9 @@ impl Coordinator {
             end_all(shards);
             return;
         }
-        let written: Vec<usize> = (0..shards.len()).filter(|&i| txn.dirty[i]).collect();
-        if written.len() > 1 {
-            for &i in &written {
-                let _ = shards[i].finalize(txn.txid);
+        if txn.prepared {
+            for (shard, _) in shards.iter().zip(&txn.dirty).filter(|(_, d)| **d) {
+                let _ = shard.finalize(txn.txid);
             }
         }
     }
@@ -677,9 +862,15 @@ pub fn resolve_in_doubt(
     }
     crate::durable::sync_wals(&shards.iter().map(|s| s.path.as_path()).collect::<Vec<_>>())?;
     Journal::create(&config.journal_path, table_id)?;
+    publish_lock.set_mark(0)?;
     resolved.sort_unstable();
     resolved.dedup();
     Ok(resolved)
+}
+
+/// The journal's names for the written shards.
+fn participants(written: &[usize]) -> Vec<u16> {
+    written.iter().map(|&i| i as u16).collect()
 }
 
 fn begin_all(shards: &[Shard]) -> Result<()> {

@@ -5,8 +5,9 @@
 //! `IMAGESTORE_FAULT=step:n:mode` makes the `n`th (1-based) occurrence of `step` in this process
 //! either return an I/O error (`mode` = `error`) or kill the process on the spot (`abort`).
 //!
-//! Steps: `shard_prepare`, `journal_append`, `journal_sync`, `shard_finalize`, `journal_reset`,
-//! `recovery_shard`, `derive_row`, `backup_shard`, `restore_commit`.
+//! Steps: `shard_prepare`, `journal_append`, `journal_sync`, `shard_commit_logged`,
+//! `shard_finalize`, `journal_reset`, `recovery_shard`, `recovery_replay`, `derive_row`,
+//! `backup_shard`, `restore_commit`.
 
 use crate::error::Result;
 

@@ -12,7 +12,8 @@
 //! Modules, from SQLite's side inward:
 //! - `vtab`: the virtual table (SQLite's callbacks; the only SQLite-facing code but this file).
 //! - `coordinator`: the commit protocol, described in full in its module comment.
-//! - `journal`: the coordinator's durable decision log.
+//! - `journal`: the coordinator's durable decision log. `redo`: a shard's changes, as a logged
+//!   commit's journal record carries them.
 //! - `locks`: the cross-process writer and publish locks.
 //! - `durable`: parallel fsync of shard WAL files, and plain-file sync and removal.
 //! - `shard`: one shard file: schema, rows, and the protocol's per-shard steps.
@@ -40,6 +41,7 @@ pub mod locks;
 pub mod maintenance;
 pub mod placement;
 pub mod probe;
+pub mod redo;
 pub mod restore;
 pub mod shard;
 pub mod sqlfn;

@@ -5,16 +5,24 @@
 //!   write transaction open on the table, from its first write until it commits or rolls back.
 //!   Writers are serialized by it, so shard locks are never contended between writers and no two
 //!   writers can wait for each other in opposite orders: there is one lock, taken first.
-//! - The **publish lock** (on `.imagestore-publish`): a writer holds it exclusively from the first
-//!   shard's prepare until its COMMIT decision is durable (or its abort is complete); a reader
-//!   holds it shared only while it opens its read snapshot on every shard. So a reader's
-//!   snapshots are all taken either before any shard of a transaction prepared or after its
-//!   decision: never in between.
+//! - The **publish lock** (on `.imagestore-publish`): a writer of several shards holds it
+//!   exclusively from before its first shard commit (a prepare, or a logged commit's) until its
+//!   decision is durable and, on the logged path, every shard has committed (or until its abort
+//!   is complete); a reader holds it shared only while it opens its read snapshot on every
+//!   shard. So a reader's snapshots are all taken either before any shard of a transaction
+//!   committed or after its decision: never in between.
+//! - The publish lock file also holds the **logged-commit mark**: a writer sets it (to the
+//!   transaction id) before a logged commit's journal record and clears it once every shard has
+//!   committed, all under the exclusive publish lock. So whoever holds the publish lock and finds
+//!   the mark set knows that a writer died, or a shard failed, in that window: recovery must
+//!   replay the journal first. The mark is written without a sync: only a live system needs it,
+//!   and after a power cut every open runs recovery anyway.
 //!
 //! `flock` locks belong to an open file description, so two connections in one process exclude
 //! each other just as two processes do, and the kernel drops a dead process's locks.
 
 use std::fs::{File, OpenOptions, TryLockError};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -71,6 +79,23 @@ impl LockFile {
         self.acquire(what, timeout_ms, File::try_lock_shared)
     }
 
+    /// The logged-commit mark: a transaction id, or 0 when none is set.
+    pub fn mark(&self) -> Result<u64> {
+        let mut bytes = [0u8; 8];
+        match self.file.read_exact_at(&mut bytes, 0) {
+            Ok(()) => Ok(u64::from_le_bytes(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(0),
+            Err(e) => Err(Error::journal_io(&self.path)(e)),
+        }
+    }
+
+    /// Sets the logged-commit mark (0 clears it). The caller holds the lock exclusively.
+    pub fn set_mark(&self, txid: u64) -> Result<()> {
+        self.file
+            .write_all_at(&txid.to_le_bytes(), 0)
+            .map_err(Error::journal_io(&self.path))
+    }
+
     fn acquire(
         &self,
         what: &str,
@@ -123,5 +148,20 @@ mod tests {
         let s2 = b.shared("publish lock", 0).unwrap();
         drop((s1, s2));
         assert!(b.exclusive("writer lock", 0).is_ok());
+    }
+
+    #[test]
+    fn the_mark_is_shared_through_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.publish");
+        let (a, b) = (
+            LockFile::open(&path).unwrap(),
+            LockFile::open(&path).unwrap(),
+        );
+        assert_eq!(b.mark().unwrap(), 0);
+        a.set_mark(41).unwrap();
+        assert_eq!(b.mark().unwrap(), 41);
+        a.set_mark(0).unwrap();
+        assert_eq!(b.mark().unwrap(), 0);
     }
 }

@@ -30,6 +30,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use crate::config::UserColumn;
 use crate::error::{Error, Result};
 use crate::journal::TableId;
+use crate::redo::ShardChanges;
 
 pub const FORMAT_VERSION: i64 = 1;
 
@@ -124,7 +125,9 @@ impl ShardIdentity {
 pub struct Shard {
     pub path: PathBuf,
     conn: Connection,
-    /// `name, format, ..., blob_id, "user columns"` in `images` order.
+    /// `name, format, ..., blob_id, "user columns"`: the columns of `images` after id, in order.
+    columns: Vec<String>,
+    /// The same, joined for SQL.
     columns_sql: String,
     user_column_count: usize,
 }
@@ -212,6 +215,7 @@ impl Shard {
             path: path.to_path_buf(),
             conn,
             columns_sql: columns.join(", "),
+            columns,
             user_column_count: user_columns.len(),
         }
     }
@@ -596,13 +600,22 @@ impl Shard {
         Ok(data)
     }
 
+    /// The columns of `images` after id, each qualified by `table`, joined for SQL.
+    fn columns_of(&self, table: &str) -> String {
+        self.columns
+            .iter()
+            .map(|c| format!("{table}.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// Records `id`'s state before transaction `txid` first touches it (no-op after the first).
     fn remember_before(&self, txid: u64, id: i64) -> Result<()> {
         let sql = format!(
             "INSERT OR IGNORE INTO imagestore_undo(txid, id, existed, {cols})
              SELECT ?1, ?2, i.id IS NOT NULL, {icols} FROM (SELECT 1) LEFT JOIN images i ON i.id = ?2",
             cols = self.columns_sql,
-            icols = self.columns_sql.split(", ").map(|c| format!("i.{c}")).collect::<Vec<_>>().join(", "),
+            icols = self.columns_of("i"),
         );
         self.conn
             .prepare_cached(&sql)
@@ -774,9 +787,141 @@ impl Shard {
     /// in one SQLite transaction, which is atomic by itself (the coordinator then syncs it).
     pub fn commit_one_phase(&self, txid: u64) -> Result<()> {
         crate::fault::check("shard_prepare")?;
+        self.commit_final(txid)
+    }
+
+    /// A logged commit's shard step, after its decision: finalize and commit, not synced (the
+    /// journal holds [`changes`](Self::changes) to replay if a power cut takes this commit away).
+    pub fn commit_logged(&self, txid: u64) -> Result<()> {
+        crate::fault::check("shard_commit_logged")?;
+        self.commit_final(txid)
+    }
+
+    fn commit_final(&self, txid: u64) -> Result<()> {
         self.forget_before_states(txid)?;
         self.set_last_txid(txid)?;
         self.commit()
+    }
+
+    /// What the open transaction `txid` changed, for a logged commit: `None` if the images it
+    /// added come to more than `blob_bytes_max` (then it is prepared instead).
+    pub fn changes(&self, txid: u64, blob_bytes_max: u64) -> Result<Option<ShardChanges>> {
+        // A blob is new if its row did not exist before or had another blob.
+        const NEW_BLOBS: &str = "FROM imagestore_undo u JOIN images i ON i.id = u.id
+             JOIN blobs b ON b.blob_id = i.blob_id
+             WHERE u.txid = ?1 AND (NOT u.existed OR i.blob_id IS NOT u.blob_id)";
+        let t = txid as i64;
+        let blob_bytes: i64 = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT coalesce(sum(length(b.data)), 0) {NEW_BLOBS}"
+            ))
+            .and_then(|mut s| s.query_row([t], |r| r.get(0)))
+            .map_err(self.err())?;
+        if blob_bytes as u64 > blob_bytes_max {
+            return Ok(None);
+        }
+        let blobs_added = self
+            .conn
+            .prepare_cached(&format!("SELECT b.blob_id, b.data {NEW_BLOBS}"))
+            .and_then(|mut s| {
+                s.query_map([t], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<rusqlite::Result<_>>()
+            })
+            .map_err(self.err())?;
+        let blobs_dropped = self
+            .conn
+            .prepare_cached(
+                "SELECT u.blob_id FROM imagestore_undo u LEFT JOIN images i ON i.id = u.id
+                 WHERE u.txid = ?1 AND u.existed AND i.blob_id IS NOT u.blob_id",
+            )
+            .and_then(|mut s| {
+                s.query_map([t], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()
+            })
+            .map_err(self.err())?;
+        let width = 1 + self.columns.len();
+        let rows = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT u.id, i.id IS NOT NULL, i.id, {}
+                 FROM imagestore_undo u LEFT JOIN images i ON i.id = u.id WHERE u.txid = ?1",
+                self.columns_of("i")
+            ))
+            .and_then(|mut s| {
+                s.query_map([t], |r| {
+                    let present: bool = r.get(1)?;
+                    let values = match present {
+                        true => Some(
+                            (2..2 + width)
+                                .map(|k| r.get(k))
+                                .collect::<rusqlite::Result<_>>()?,
+                        ),
+                        false => None,
+                    };
+                    Ok((r.get(0)?, values))
+                })?
+                .collect::<rusqlite::Result<_>>()
+            })
+            .map_err(self.err())?;
+        Ok(Some(ShardChanges {
+            rows,
+            blobs_added,
+            blobs_dropped,
+        }))
+    }
+
+    /// Recovery's redo of a logged commit on a shard that lost it (a power cut took its unsynced
+    /// commit): applies `changes` and raises `last_txid`, in one transaction, unless `last_txid`
+    /// shows the shard has it already.
+    pub fn replay(&self, txid: u64, changes: &ShardChanges) -> Result<()> {
+        let width = 1 + self.columns.len();
+        if let Some((id, _)) = changes
+            .rows
+            .iter()
+            .find(|(_, row)| row.as_ref().is_some_and(|v| v.len() != width))
+        {
+            return Err(Error::InDoubt(format!(
+                "shard {}: the journal's row {id} of transaction {txid} does not have the shard's {width} columns",
+                self.path.display()
+            )));
+        }
+        let insert_row = format!(
+            "INSERT INTO images(id, {}) VALUES ({})",
+            self.columns_sql,
+            vec!["?"; width].join(", ")
+        );
+        self.in_own_transaction(|s| {
+            if s.last_txid()? >= txid {
+                return Ok(());
+            }
+            let run = |sql: &str, values: &[&dyn rusqlite::ToSql]| {
+                s.conn
+                    .prepare_cached(sql)
+                    .and_then(|mut st| st.execute(values))
+                    .map(|_| ())
+                    .map_err(s.err())
+            };
+            for blob_id in &changes.blobs_dropped {
+                run("DELETE FROM blobs WHERE blob_id = ?1", &[blob_id])?;
+            }
+            for (blob_id, data) in &changes.blobs_added {
+                run(
+                    "INSERT INTO blobs(blob_id, data) VALUES (?1, ?2)",
+                    &[blob_id, data],
+                )?;
+            }
+            for (id, row) in &changes.rows {
+                run("DELETE FROM images WHERE id = ?1", &[id])?;
+                if let Some(values) = row {
+                    s.conn
+                        .prepare_cached(&insert_row)
+                        .and_then(|mut st| st.execute(rusqlite::params_from_iter(values)))
+                        .map_err(s.err())?;
+                }
+            }
+            s.set_last_txid(txid)
+        })
     }
 
     /// Deletes the before-states of `txid` and the blobs only they referenced.

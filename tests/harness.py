@@ -44,6 +44,7 @@ ERRORS = {
     "bad_index_column": r"index\(.*'?(nope|data)'? is not a column an index can hold",
     "index_twice": r"listed twice|declared twice",
     "index_empty": r"index\(\): '' is not a column",
+    "logged_commit_max": r"logged_commit_max=.*expected a whole number from 0 to 67108864",
 }
 
 

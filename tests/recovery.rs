@@ -11,7 +11,7 @@
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
-use imagestore::journal::Journal;
+use imagestore::journal::{Journal, Record};
 use imagestore::placement::shard_of;
 use imagestore::shard::{NewRow, Shard};
 use rusqlite::Connection;
@@ -32,11 +32,18 @@ struct Fixture {
 impl Fixture {
     /// A 2-shard table holding rows 1..=8, named "row<id>".
     fn new() -> Fixture {
+        Fixture::with_options("")
+    }
+
+    /// The same, with more table arguments.
+    fn with_options(options: &str) -> Fixture {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = dir.path().join("lib.db");
         let conn = open(&db);
-        conn.execute_batch("CREATE VIRTUAL TABLE t USING imagestore(shards=2)")
-            .expect("create");
+        conn.execute_batch(&format!(
+            "CREATE VIRTUAL TABLE t USING imagestore(shards=2{options})"
+        ))
+        .expect("create");
         for id in 1..=8 {
             conn.execute(
                 "INSERT INTO t(id, name, data) VALUES (?1, ?2, ?3)",
@@ -190,10 +197,19 @@ fn journal(f: &Fixture) -> Journal {
         .expect("journal exists")
 }
 
-/// Step 5 of the protocol for the transaction `prepare_both` prepared.
+/// The COMMIT decision for a transaction on shards 0 and 1.
+fn commit_record(txid: u64) -> Record {
+    Record {
+        txid,
+        shards: vec![0, 1],
+        changes: None,
+    }
+}
+
+/// Step 6 of the protocol for the transaction `prepare_both` prepared.
 fn decide_commit(f: &Fixture, txid: u64) {
     journal(f)
-        .append_commit(txid, &[0, 1])
+        .append(&commit_record(txid))
         .map_err(|e| e.0)
         .unwrap();
 }
@@ -248,7 +264,7 @@ fn a_torn_decision_record_aborts() {
     let f = Fixture::new();
     let shards = f.shards();
     let (txid, _) = prepare_both(&shards);
-    let record = imagestore::journal::encode_commit(txid, &[0, 1]);
+    let record = journal(&f).encode(&commit_record(txid));
     let mut file = std::fs::OpenOptions::new()
         .append(true)
         .open(f.journal_path())
@@ -286,7 +302,8 @@ fn a_missing_journal_with_prepared_shards_is_refused_not_guessed() {
 
 #[test]
 fn one_shard_voting_no_aborts_the_transaction_on_every_shard() {
-    let f = Fixture::new();
+    // Prepared, not logged: only the prepared path asks shards to vote.
+    let f = Fixture::with_options(", logged_commit_max=0");
     // Shard 1 refuses every prepare.
     Connection::open(f.shard_path(1))
         .unwrap()
@@ -376,4 +393,191 @@ fn resolve_refuses_while_the_journal_decides() {
         })
         .expect_err("the journal exists");
     assert!(err.to_string().contains("recovery"), "{err}");
+}
+
+// ---- the logged path ------------------------------------------------------------------------
+
+/// Rows as (id, name, hash), read through a fresh connection (which runs recovery).
+fn rows_with_hash(f: &Fixture) -> Vec<(i64, String, String)> {
+    let conn = open(&f.db);
+    let mut stmt = conn
+        .prepare("SELECT id, name, hash FROM t ORDER BY id")
+        .expect("prepare");
+    let rows = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .expect("query");
+    rows.collect::<rusqlite::Result<_>>().expect("rows")
+}
+
+/// A transaction over both shards small enough to be logged: on shard 0 a rename, on shard 1 a
+/// new image for one row, a deletion and an insertion (so it adds and drops blobs there).
+fn logged_transaction(f: &Fixture) {
+    let conn = open(&f.db);
+    let on_1: Vec<i64> = (1..=8).filter(|&id| shard_of(id, 2) == 1).collect();
+    conn.execute_batch("BEGIN").unwrap();
+    conn.execute(
+        "UPDATE t SET name = 'renamed' WHERE id = ?1",
+        [old_id_on(0)],
+    )
+    .unwrap();
+    conn.execute(
+        "UPDATE t SET data = ?2 WHERE id = ?1",
+        rusqlite::params![on_1[0], png(31)],
+    )
+    .unwrap();
+    conn.execute("DELETE FROM t WHERE id = ?1", [on_1[1]])
+        .unwrap();
+    conn.execute(
+        "INSERT INTO t(id, name, data) VALUES (?1, 'new', ?2)",
+        rusqlite::params![new_id_on(1), png(32)],
+    )
+    .unwrap();
+    conn.execute_batch("COMMIT").unwrap();
+}
+
+fn shard_files(f: &Fixture, i: usize) -> Vec<PathBuf> {
+    ["", "-wal", "-shm"]
+        .iter()
+        .map(|suffix| {
+            let mut name = f.shard_path(i).into_os_string();
+            name.push(suffix);
+            PathBuf::from(name)
+        })
+        .collect()
+}
+
+/// What a shard file holds, read directly (no recovery): (id, name) pairs.
+fn shard_rows(f: &Fixture, i: usize) -> Vec<(i64, String)> {
+    let conn = Connection::open(f.shard_path(i)).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT id, name FROM images ORDER BY id")
+        .unwrap();
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+    rows.collect::<rusqlite::Result<_>>().unwrap()
+}
+
+#[test]
+fn a_shard_that_lost_a_logged_commit_gets_it_back_from_the_journal() {
+    let f = Fixture::new();
+    let lost = tempfile::tempdir().unwrap();
+    // A power cut loses a logged commit's unsynced shard commit: played by putting back the
+    // shard's files as they were before it (no connection is open).
+    for (k, file) in shard_files(&f, 1).iter().enumerate() {
+        if file.exists() {
+            std::fs::copy(file, lost.path().join(k.to_string())).unwrap();
+        }
+    }
+    let before_on_1 = shard_rows(&f, 1);
+    let journal_before = journal(&f).len_bytes();
+    logged_transaction(&f);
+    let logged = journal(&f).len_bytes() - journal_before;
+    assert!(
+        logged > 1000,
+        "the images went into the journal ({logged} bytes)"
+    );
+    let committed = rows_with_hash(&f);
+    for (k, file) in shard_files(&f, 1).iter().enumerate() {
+        let _ = std::fs::remove_file(file);
+        let saved = lost.path().join(k.to_string());
+        if saved.exists() {
+            std::fs::copy(saved, file).unwrap();
+        }
+    }
+    assert_eq!(shard_rows(&f, 1), before_on_1, "the shard lost the commit");
+    assert_eq!(rows_with_hash(&f), committed);
+    assert_ne!(shard_rows(&f, 1), before_on_1);
+    f.assert_clean();
+    // Replay happens once: reopening again changes nothing.
+    assert_eq!(rows_with_hash(&f), committed);
+}
+
+#[test]
+fn a_shard_failing_after_a_logged_decision_is_replayed_before_anyone_reads() {
+    let f = Fixture::new();
+    let on_1 = old_id_on(1);
+    // Shard 1 fails its commit step (it raises last_txid there), and replay the same way.
+    let shard_1 = Connection::open(f.shard_path(1)).unwrap();
+    shard_1
+        .execute_batch(
+            "CREATE TRIGGER fail BEFORE UPDATE ON imagestore_meta BEGIN SELECT RAISE(ABORT, 'shard 1 fails'); END;",
+        )
+        .unwrap();
+    let conn = open(&f.db);
+    conn.execute_batch(&format!(
+        "BEGIN; UPDATE t SET name = 'changed' WHERE id IN ({}, {on_1}); COMMIT;",
+        old_id_on(0)
+    ))
+    .expect("the decision is made before the shards commit: COMMIT succeeds");
+    // Shard 0 has the change, shard 1 does not; no reader may see that.
+    let read = conn.query_row("SELECT count(*) FROM t WHERE name = 'changed'", [], |r| {
+        r.get::<_, i64>(0)
+    });
+    let message = read
+        .expect_err("replay fails while the trigger is there")
+        .to_string();
+    assert!(message.contains("shard 1 fails"), "{message}");
+    drop(conn);
+    shard_1.execute_batch("DROP TRIGGER fail").unwrap();
+    drop(shard_1);
+    let rows = f.rows();
+    assert!(rows.contains(&(old_id_on(0), "changed".into())));
+    assert!(rows.contains(&(on_1, "changed".into())));
+    f.assert_clean();
+}
+
+#[test]
+fn a_transaction_over_logged_commit_max_is_prepared_instead() {
+    let f = Fixture::with_options(", logged_commit_max=100");
+    let before = journal(&f).len_bytes();
+    logged_transaction(&f);
+    let grown = journal(&f).len_bytes() - before;
+    assert!(
+        grown < 100,
+        "a COMMIT record, not the images ({grown} bytes)"
+    );
+    let rows = f.rows();
+    assert!(rows.contains(&(new_id_on(1), "new".into())));
+    f.assert_clean();
+}
+
+#[test]
+fn a_lost_journal_with_a_logged_commit_under_way_is_refused_until_resolved() {
+    let f = Fixture::new();
+    // Shard 1 fails its commit after the decision: the mark stays set.
+    let shard_1 = Connection::open(f.shard_path(1)).unwrap();
+    shard_1
+        .execute_batch(
+            "CREATE TRIGGER fail BEFORE UPDATE ON imagestore_meta BEGIN SELECT RAISE(ABORT, 'no'); END;",
+        )
+        .unwrap();
+    let conn = open(&f.db);
+    conn.execute_batch(&format!(
+        "BEGIN; UPDATE t SET name = 'changed' WHERE id IN ({}, {}); COMMIT;",
+        old_id_on(0),
+        old_id_on(1)
+    ))
+    .unwrap();
+    drop(conn);
+    shard_1.execute_batch("DROP TRIGGER fail").unwrap();
+    std::fs::remove_file(f.journal_path()).unwrap();
+    let conn = Connection::open(&f.db).unwrap();
+    imagestore::register(&conn).unwrap();
+    let refused = conn
+        .query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0))
+        .expect_err("in doubt")
+        .to_string();
+    assert!(
+        refused.contains("missing") && refused.contains("logged"),
+        "{refused}"
+    );
+    conn.query_row("SELECT imagestore_resolve('t', 'abort')", [], |r| {
+        r.get::<_, String>(0)
+    })
+    .expect("resolve");
+    drop(conn);
+    // Accepted as the shards are: shard 0 has the change, shard 1 does not.
+    let rows = f.rows();
+    assert!(rows.contains(&(old_id_on(0), "changed".into())));
+    assert!(rows.contains(&(old_id_on(1), format!("row{}", old_id_on(1)))));
+    f.assert_clean();
 }

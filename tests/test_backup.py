@@ -42,9 +42,9 @@ def noise_png(seed, side=96):
     return out.getvalue()
 
 
-def make_counters(db):
+def make_counters(db, options=""):
     con = connect(db)
-    con.execute("CREATE VIRTUAL TABLE t USING imagestore(shards=4, n INTEGER, busy_timeout=30000)")
+    con.execute(f"CREATE VIRTUAL TABLE t USING imagestore(shards=4, n INTEGER, busy_timeout=30000{options})")
     for i in COUNTER_IDS:
         con.execute("INSERT INTO t(id, name, data, n) VALUES (?, 'counter', ?, 0)", (i, TINY))
     return con
@@ -107,6 +107,9 @@ def test_backups_during_concurrent_writes_are_consistent_cuts_and_restore(tmp_pa
     db = tmp_path / "b.db"
     con = make_counters(db)
     con.execute("UPDATE t SET n = n")  # connect
+    # Restores go into another database: creating a table in the one the writers keep writing
+    # would wait for SQLite's own lock on it, which two writers in a loop hold nearly always.
+    restored_db = connect(tmp_path / "restored.db")
     writers = [subprocess.Popen([sys.executable, str(HERE / "backup_writer.py"), str(db), "6"], cwd=HERE,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     time.sleep(0.5)
@@ -124,8 +127,8 @@ def test_backups_during_concurrent_writes_are_consistent_cuts_and_restore(tmp_pa
         assert added == counters[1]  # each transaction also inserted one row
         assert summary["rows"] == added + 4
         # The restore holds the same cut, placed for another shard count.
-        restore(con, f"r{k}", target, 3)
-        restored, restored_added = counters_of(con.execute(f"SELECT id, n FROM r{k}").fetchall())
+        restore(restored_db, f"r{k}", target, 3)
+        restored, restored_added = counters_of(restored_db.execute(f"SELECT id, n FROM r{k}").fetchall())
         assert (restored, restored_added) == (counters, added)
         checked.append((counters[1], summary["writers_held_ms"], summary["generation"]))
         time.sleep(0.4)
@@ -438,31 +441,55 @@ def test_a_full_disk_leaves_nothing_trusted_behind(tmp_path):
     print(f"\nfull disk: {result}")
 
 
-def test_a_decided_transaction_not_yet_finalized_is_backed_up_whole(tmp_path):
-    """A writer killed between its COMMIT decision and its finalize leaves prepare records and
-    before-states on the shards; a reader that is already open sees the transaction as committed.
-    A backup taken then holds the transaction's rows, and none of that protocol state."""
+def killed_writer(db, fault):
+    """Runs, in a process of the fault build, a transaction over all 4 shards that `fault` kills."""
     fault_lib = Path(os.environ.get("IMAGESTORE_FAULT_LIB", REPO_ROOT / "target" / "fault" / "release" / "libimagestore.so"))
-    db = tmp_path / "f.db"
-    con = make_counters(db)
-    assert con.execute("SELECT count(*) FROM t").fetchone()[0] == 4  # open: no recovery later
     code = (f"from harness import connect; con = connect({str(db)!r}); con.execute('BEGIN'); "
             f"con.execute('UPDATE t SET n = 1'); "
             f"con.execute(\"INSERT INTO t(id, name, data, n) VALUES (100, 'added', x'{TINY.hex()}', 1)\"); "
             f"con.execute('COMMIT')")
-    env = dict(os.environ, IMAGESTORE_LIB=str(fault_lib), IMAGESTORE_FAULT="shard_finalize:1:abort")
+    env = dict(os.environ, IMAGESTORE_LIB=str(fault_lib), IMAGESTORE_FAULT=fault)
     out = subprocess.run([sys.executable, "-c", code], cwd=HERE, env=env, capture_output=True, text=True, timeout=60)
-    assert "fault injected at shard_finalize" in out.stderr, out.stderr[-2000:]
-    prepared = sum(apsw.Connection(str(p), flags=apsw.SQLITE_OPEN_READONLY)
-                   .execute("SELECT count(*) FROM imagestore_prepared").fetchone()[0]
-                   for p in shard_paths(db, "t", 4))
-    assert prepared == 4  # the state this test is about
+    assert f"fault injected at {fault.split(':')[0]}" in out.stderr, out.stderr[-2000:]
+
+
+def assert_backed_up_whole(con, tmp_path):
     backup(con, "t", tmp_path / "bk")
     assert verify(con, tmp_path / "bk")["ok"]  # includes: no protocol state in any file
     counters, added = backup_counters(tmp_path / "bk")
     assert (set(counters.values()), added) == ({1}, 1)
     restore(con, "r", tmp_path / "bk", 2)
     assert con.execute("SELECT sum(n), count(*) FROM r").fetchone() == (5, 5)
+
+
+def test_a_decided_transaction_not_yet_finalized_is_backed_up_whole(tmp_path):
+    """A writer killed between its COMMIT decision and its finalize leaves prepare records and
+    before-states on the shards; a reader that is already open sees the transaction as committed.
+    A backup taken then holds the transaction's rows, and none of that protocol state."""
+    db = tmp_path / "f.db"
+    con = make_counters(db, ", logged_commit_max=0")
+    assert con.execute("SELECT count(*) FROM t").fetchone()[0] == 4  # open: no recovery later
+    killed_writer(db, "shard_finalize:1:abort")
+    prepared = sum(apsw.Connection(str(p), flags=apsw.SQLITE_OPEN_READONLY)
+                   .execute("SELECT count(*) FROM imagestore_prepared").fetchone()[0]
+                   for p in shard_paths(db, "t", 4))
+    assert prepared == 4  # the state this test is about
+    assert_backed_up_whole(con, tmp_path)
+
+
+def test_a_logged_transaction_its_shards_did_not_all_commit_is_backed_up_whole(tmp_path):
+    """A writer killed after its LOGGED decision, when one shard had committed and the others
+    not, leaves the transaction on one shard only; a reader that is already open finds the mark,
+    replays the journal, and a backup taken then holds the whole transaction."""
+    db = tmp_path / "f.db"
+    con = make_counters(db)
+    assert con.execute("SELECT count(*) FROM t").fetchone()[0] == 4  # open: no recovery later
+    killed_writer(db, "shard_commit_logged:2:abort")
+    on_disk = sum(apsw.Connection(str(p), flags=apsw.SQLITE_OPEN_READONLY)
+                  .execute("SELECT count(*) FROM images WHERE n = 1").fetchone()[0]
+                  for p in shard_paths(db, "t", 4))
+    assert 0 < on_disk < 5  # the state this test is about: some shards have it, not all
+    assert_backed_up_whole(con, tmp_path)
 
 
 def test_a_restore_killed_between_shard_commits_leaves_files_no_table_uses(tmp_path):

@@ -2,11 +2,14 @@
 
 The library built with the cargo feature `fault-injection` (target/fault/release) makes the nth
 occurrence of a named protocol step return an I/O error or abort the process
-(IMAGESTORE_FAULT=step:n:mode, see src/fault.rs). For every step x mode x shards touched
-(1, 2 and all 4) a writer process runs transactions until the fault strikes; then the table is
-reopened with the ordinary library (recovery runs) and checked against the writer's log:
-each transaction whole or absent, every COMMIT that returned present, every COMMIT that returned
-an error absent. Recovery's own step is faulted after a crash that leaves prepare records behind.
+(IMAGESTORE_FAULT=step:n:mode, see src/fault.rs). For both commit paths over several shards
+(prepared, and logged into the journal) and every step of each x mode x shards touched
+(1, 2 and all 4; 1 only on the prepared path, the one-phase commit being the same on both) a
+writer process runs transactions until the fault strikes; then the table is reopened with the
+ordinary library (recovery runs) and checked against the writer's log: each transaction whole or
+absent, every COMMIT that returned present, every COMMIT that returned an error absent.
+Recovery's own steps are faulted after crashes that leave prepare records, or logged commits
+that some shards lack, behind.
 """
 import os
 import subprocess
@@ -20,16 +23,23 @@ from harness import REPO_ROOT, connect, corpus_bytes, require_lib
 
 HERE = Path(__file__).resolve().parent
 FAULT_LIB = Path(os.environ.get("IMAGESTORE_FAULT_LIB", REPO_ROOT / "target" / "fault" / "release" / "libimagestore.so"))
-STEPS = ["shard_prepare", "journal_append", "journal_sync", "shard_finalize", "journal_reset"]
+# Each commit path: the table argument that selects it, and its steps.
+PATHS = {
+    "prepared": (", logged_commit_max=0",
+                 ["shard_prepare", "journal_append", "journal_sync", "shard_finalize", "journal_reset"]),
+    "logged": ("", ["journal_append", "journal_sync", "shard_commit_logged", "journal_reset"]),
+}
+CASES = [(path, step, touched) for path, (_, steps) in PATHS.items() for step in steps
+         for touched in ([1, 2, 4] if path == "prepared" else [2, 4])]
 MODES = ["error", "abort"]
 TXNS = 6
 RESET_TXNS = 160  # enough 2-shard commits to pass journal_limit=4096 and reset the journal
 totals = {"runs": 0, "fired": 0, "transactions": 0, "partial": 0, "lost": 0}
 
 
-def make_table(db, txns, touched):
+def make_table(db, txns, touched, path):
     con = connect(db)
-    con.execute("CREATE VIRTUAL TABLE t USING imagestore(shards=4, journal_limit=4096)")
+    con.execute(f"CREATE VIRTUAL TABLE t USING imagestore(shards=4, journal_limit=4096{PATHS[path][0]})")
     image = corpus_bytes("no_time_for_that_tiny.gif")
     con.execute("BEGIN")
     for i in baseline_ids(txns, touched):
@@ -70,8 +80,9 @@ def check(db, txns, touched, acked):
     for i in range(4):
         shard = connect(db.with_name(f"{db.stem}.t.shard{i}.db"), load=False)
         (prepared,), = shard.execute("SELECT count(*) FROM imagestore_prepared")
+        (before_states,), = shard.execute("SELECT count(*) FROM imagestore_undo")
         (orphans,), = shard.execute("SELECT count(*) FROM blobs WHERE blob_id NOT IN (SELECT blob_id FROM images)")
-        assert prepared == 0 and orphans == 0, (i, prepared, orphans)
+        assert (prepared, before_states, orphans) == (0, 0, 0), (i, prepared, before_states, orphans)
     return txns, partial, lost
 
 
@@ -96,13 +107,12 @@ def summary():
           f"partial {totals['partial']}, lost {totals['lost']}")
 
 
-@pytest.mark.parametrize("touched", [1, 2, 4])
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("step", STEPS)
-def test_fault_at_commit_step(tmp_path, step, mode, touched):
+@pytest.mark.parametrize("path,step,touched", CASES)
+def test_fault_at_commit_step(tmp_path, path, step, mode, touched):
     txns = RESET_TXNS if step == "journal_reset" else TXNS
     db, acked = tmp_path / "f.db", tmp_path / "acked"
-    make_table(db, txns, touched)
+    make_table(db, txns, touched, path)
     nth = 1 if step == "journal_reset" else 2
     result = run_writer(db, txns, touched, acked, f"{step}:{nth}:{mode}")
     fired = "fault injected at" in result.stderr
@@ -111,16 +121,25 @@ def test_fault_at_commit_step(tmp_path, step, mode, touched):
         assert fired, f"{step} never ran: {result.stderr[-2000:]}"
 
 
-@pytest.mark.parametrize("decided", [False, True])
+# A crash that leaves work for recovery, and recovery's step that then faults:
+# prepare records before the decision or after it (before finalize), or a logged commit that
+# only its first shard committed.
+RECOVERY_CASES = {
+    "prepared, undecided": ("prepared", "journal_append:2:abort", "recovery_shard"),
+    "prepared, decided": ("prepared", "shard_finalize:2:abort", "recovery_shard"),
+    "logged, partly committed": ("logged", "shard_commit_logged:2:abort", "recovery_replay"),
+}
+
+
+@pytest.mark.parametrize("case", RECOVERY_CASES)
 @pytest.mark.parametrize("mode", MODES)
-def test_fault_during_recovery(tmp_path, mode, decided):
+def test_fault_during_recovery(tmp_path, mode, case):
+    path, crash, step = RECOVERY_CASES[case]
     db, acked = tmp_path / "f.db", tmp_path / "acked"
-    make_table(db, TXNS, 4)
-    # A crash that leaves prepare records: before the decision, or after it (before finalize).
-    crash = "shard_finalize:2:abort" if decided else "journal_append:2:abort"
+    make_table(db, TXNS, 4, path)
     assert run_writer(db, TXNS, 4, acked, crash).returncode != 0
     # Recovery itself fails at its first shard, then again at its second.
     for nth in (1, 2):
-        opened = open_with_fault(db, f"recovery_shard:{nth}:{mode}")
-        assert "fault injected at recovery_shard" in opened.stderr, opened.stderr[-2000:]
+        opened = open_with_fault(db, f"{step}:{nth}:{mode}")
+        assert f"fault injected at {step}" in opened.stderr, opened.stderr[-2000:]
     record(check(db, TXNS, 4, acked), True)

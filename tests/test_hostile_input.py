@@ -244,6 +244,9 @@ BAD_ARGS = [
     ("index-column-twice", "shards=2, z INTEGER, index(z, Z)", "index_twice"),
     ("index-twice", "shards=2, z INTEGER, index(z), index(\"z\")", "index_twice"),
     ("index-empty", "shards=2, index()", "index_empty"),
+    ("logged-commit-max-negative", "shards=2, logged_commit_max=-1", "logged_commit_max"),
+    ("logged-commit-max-too-big", "shards=2, logged_commit_max=67108865", "logged_commit_max"),
+    ("logged-commit-max-text", "shards=2, logged_commit_max=lots", "logged_commit_max"),
 ]
 JUNK = b"plain text, not SQLite\n" * 100
 

@@ -1,0 +1,227 @@
+//! A shard's changes in one transaction, as a logged commit writes them into the journal and
+//! recovery replays them (see the coordinator's "logged commit").
+//!
+//! The changes are physical and complete for the rows they name: each touched row as it ended
+//! (or its absence), every blob the transaction added, with its id, and every blob it dropped.
+//! Replayed on the shard state the transaction started from, they give exactly the state it
+//! committed; the shard's `last_txid` tells whether that state is already there.
+//!
+//! ```text
+//! changes   = rows blobs_added blobs_dropped
+//! rows      = u32 count, then per row: i64 id, u8 present, if present: u16 n, n values
+//! blobs_added   = u32 count, then per blob: i64 blob_id, u32 length, bytes
+//! blobs_dropped = u32 count, then i64 blob_id each
+//! value     = u8 tag (0 NULL, 1 INTEGER i64, 2 REAL f64, 3 TEXT u32 length + UTF-8, 4 BLOB u32 length + bytes)
+//! ```
+//! All numbers little-endian. Decoding checks every length, so damaged bytes are an error,
+//! never a panic (the journal's checksum makes damage unlikely, not impossible to handle).
+
+use rusqlite::types::Value;
+
+/// What one transaction did to one shard.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ShardChanges {
+    /// Each touched row: its id, and its `images` columns after the transaction (in the shard's
+    /// column order, id first), or `None` if the transaction deleted it.
+    pub rows: Vec<(i64, Option<Vec<Value>>)>,
+    /// Blobs the transaction added: blob id and bytes.
+    pub blobs_added: Vec<(i64, Vec<u8>)>,
+    /// Blobs the transaction deleted.
+    pub blobs_dropped: Vec<i64>,
+}
+
+const TAG_NULL: u8 = 0;
+const TAG_INTEGER: u8 = 1;
+const TAG_REAL: u8 = 2;
+const TAG_TEXT: u8 = 3;
+const TAG_BLOB: u8 = 4;
+
+impl ShardChanges {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        put_count(&mut out, self.rows.len());
+        for (id, row) in &self.rows {
+            out.extend_from_slice(&id.to_le_bytes());
+            match row {
+                None => out.push(0),
+                Some(values) => {
+                    out.push(1);
+                    out.extend_from_slice(&(values.len() as u16).to_le_bytes());
+                    values.iter().for_each(|v| put_value(&mut out, v));
+                }
+            }
+        }
+        put_count(&mut out, self.blobs_added.len());
+        for (blob_id, data) in &self.blobs_added {
+            out.extend_from_slice(&blob_id.to_le_bytes());
+            put_bytes(&mut out, data);
+        }
+        put_count(&mut out, self.blobs_dropped.len());
+        for blob_id in &self.blobs_dropped {
+            out.extend_from_slice(&blob_id.to_le_bytes());
+        }
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<ShardChanges, String> {
+        let mut r = Reader { bytes, at: 0 };
+        let mut changes = ShardChanges::default();
+        for _ in 0..r.u32()? {
+            let id = r.i64()?;
+            let row = match r.u8()? {
+                0 => None,
+                1 => {
+                    let n = r.u16()?;
+                    Some((0..n).map(|_| r.value()).collect::<Result<_, _>>()?)
+                }
+                other => return Err(format!("row presence byte {other}")),
+            };
+            changes.rows.push((id, row));
+        }
+        for _ in 0..r.u32()? {
+            let blob_id = r.i64()?;
+            changes.blobs_added.push((blob_id, r.bytes()?.to_vec()));
+        }
+        for _ in 0..r.u32()? {
+            changes.blobs_dropped.push(r.i64()?);
+        }
+        if r.at != bytes.len() {
+            return Err(format!("{} bytes after the changes", bytes.len() - r.at));
+        }
+        Ok(changes)
+    }
+}
+
+fn put_count(out: &mut Vec<u8>, n: usize) {
+    out.extend_from_slice(&(n as u32).to_le_bytes());
+}
+
+fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    put_count(out, bytes.len());
+    out.extend_from_slice(bytes);
+}
+
+fn put_value(out: &mut Vec<u8>, value: &Value) {
+    match value {
+        Value::Null => out.push(TAG_NULL),
+        Value::Integer(i) => {
+            out.push(TAG_INTEGER);
+            out.extend_from_slice(&i.to_le_bytes());
+        }
+        Value::Real(f) => {
+            out.push(TAG_REAL);
+            out.extend_from_slice(&f.to_le_bytes());
+        }
+        Value::Text(s) => {
+            out.push(TAG_TEXT);
+            put_bytes(out, s.as_bytes());
+        }
+        Value::Blob(b) => {
+            out.push(TAG_BLOB);
+            put_bytes(out, b);
+        }
+    }
+}
+
+/// Reads the encoding front to back; every read checks that its bytes are there.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|&end| end <= self.bytes.len())
+            .ok_or_else(|| format!("changes cut short at byte {}", self.at))?;
+        let out = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(out)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], String> {
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.take(N)?);
+        Ok(out)
+    }
+
+    fn u8(&mut self) -> Result<u8, String> {
+        Ok(self.array::<1>()?[0])
+    }
+
+    fn u16(&mut self) -> Result<u16, String> {
+        self.array().map(u16::from_le_bytes)
+    }
+
+    fn u32(&mut self) -> Result<u32, String> {
+        self.array().map(u32::from_le_bytes)
+    }
+
+    fn i64(&mut self) -> Result<i64, String> {
+        self.array().map(i64::from_le_bytes)
+    }
+
+    fn bytes(&mut self) -> Result<&'a [u8], String> {
+        let n = self.u32()? as usize;
+        self.take(n)
+    }
+
+    fn value(&mut self) -> Result<Value, String> {
+        Ok(match self.u8()? {
+            TAG_NULL => Value::Null,
+            TAG_INTEGER => Value::Integer(self.i64()?),
+            TAG_REAL => Value::Real(f64::from_le_bytes(self.array()?)),
+            TAG_TEXT => Value::Text(
+                String::from_utf8(self.bytes()?.to_vec()).map_err(|e| format!("text: {e}"))?,
+            ),
+            TAG_BLOB => Value::Blob(self.bytes()?.to_vec()),
+            other => return Err(format!("value tag {other}")),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> ShardChanges {
+        ShardChanges {
+            rows: vec![
+                (
+                    7,
+                    Some(vec![
+                        Value::Integer(7),
+                        Value::Text("a.png".into()),
+                        Value::Real(-0.5),
+                        Value::Blob(vec![1, 2, 3]),
+                        Value::Null,
+                    ]),
+                ),
+                (-3, None),
+            ],
+            blobs_added: vec![(11, vec![9; 300])],
+            blobs_dropped: vec![4, 5],
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let changes = sample();
+        assert_eq!(ShardChanges::decode(&changes.encode()), Ok(changes));
+        let empty = ShardChanges::default();
+        assert_eq!(ShardChanges::decode(&empty.encode()), Ok(empty));
+    }
+
+    #[test]
+    fn every_truncation_and_extension_is_an_error() {
+        let bytes = sample().encode();
+        for cut in 0..bytes.len() {
+            assert!(ShardChanges::decode(&bytes[..cut]).is_err(), "cut {cut}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(ShardChanges::decode(&longer).is_err());
+    }
+}
