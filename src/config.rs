@@ -9,9 +9,10 @@
 //! verify=LEVEL             -- header, structure or decode: how far data is checked before it
 //!                             is stored (see `probe`). Default structure.
 //! journal_limit=BYTES      -- the journal is emptied when it grows past this. Default 1048576.
-//! logged_commit_max=BYTES  -- a commit over several shards whose new images come to at most
-//!                             this is written whole into the journal: one sync instead of one
-//!                             per shard (see `coordinator`). Default 262144; 0 turns it off.
+//! logged_commit_max=BYTES  -- a commit over several shards whose changes (rows and new images)
+//!                             come to at most this is written whole into the journal: one sync
+//!                             instead of one per shard (see `coordinator`). Default 262144; 0
+//!                             turns it off.
 //! restore_from='DIR'       -- CREATE fills the new table from the backup in DIR (see `restore`);
 //!                             its columns are the backup's unless declared (then they must match)
 //! <name> [TYPE]            -- a column of the user's own (TYPE: TEXT, INTEGER, REAL, BLOB,
@@ -71,7 +72,7 @@ pub struct TableConfig {
     pub max_pixels: u64,
     pub verify: Verify,
     pub journal_limit_bytes: u64,
-    /// A transaction over several shards whose new images come to at most this many bytes is
+    /// A transaction over several shards whose changes come to at most this many bytes is
     /// committed by logging its changes in the journal (one sync) rather than by preparing
     /// every shard (a sync each); 0 always prepares.
     pub logged_commit_max_bytes: u64,

@@ -72,7 +72,9 @@
 //! # Crash walk-through (what recovery finds after a crash at each step)
 //! - Before 4 or 5, or during 2: shard transactions were never committed; SQLite rolls them back.
 //! - During 4, before the LOGGED sync: the record is absent or torn (checksum): abort. Nothing
-//!   was committed on a shard; the mark only makes the next reader run recovery.
+//!   was committed on a shard; the mark only makes the next reader run recovery. A record
+//!   written whole but not yet synced is valid: recovery syncs it and replays it (a commit the
+//!   caller never saw acknowledged; whole either way).
 //! - During 4, after the sync: some shards committed, some not (or, after a power cut, lost
 //!   their unsynced commits): recovery replays the record's changes on each shard whose
 //!   `last_txid` is below the transaction's. Whole.
@@ -85,11 +87,18 @@
 //!
 //! # Recovery (at open, and whenever a reader or writer finds a prepare record that no live
 //! writer owns, or the mark set): under the writer lock and the publish lock,
-//! - replay every LOGGED record, in journal order, on each of its shards whose `last_txid` is
-//!   below it (a shard keeps a prefix of its commits, so `last_txid` says which it has);
 //! - for each prepare record on each shard, finalize it if the journal holds its COMMIT, else
 //!   abort it;
+//! - then replay every LOGGED record, in journal order, on each of its shards whose
+//!   `last_txid` is below it (a shard keeps a prefix of its commits, so `last_txid` says which
+//!   it has);
 //! - clear the mark.
+//!
+//! The order matters. A finalize or abort is not synced, and a logged commit does not sync its
+//! shards, so a power cut can take both from a shard, leaving the prepare record that came
+//! before them. Settling that record first gives back the state the logged commit started from
+//! (blob ids included); replaying first would write over it and then undo the replay. The other
+//! order cannot arise: a prepare syncs its shard, and with it every logged commit before it.
 //!
 //! Each step is one SQLite transaction on one shard, so recovery interrupted at any point is
 //! simply run again. A journal that is missing while shards hold prepare records cannot decide
@@ -230,7 +239,7 @@ impl Coordinator {
 
     // ---- recovery -----------------------------------------------------------------------
 
-    /// Replays every logged commit a shard lacks, finishes or undoes every prepared transaction,
+    /// Finishes or undoes every prepared transaction, replays every logged commit a shard lacks,
     /// and clears the mark. The caller holds the writer lock and has no transaction open on the
     /// shards.
     fn recover(&mut self, shards: &mut [Shard]) -> Result<()> {
@@ -243,7 +252,8 @@ impl Coordinator {
         // A record a dead writer wrote but never synced must be durable before anything acts on
         // it: finalizing from a record that a power cut then takes away would half-apply it.
         self.journal.sync()?;
-        self.replay_logged(shards)?;
+        // Prepared transactions first: on any one shard they are older than every logged commit
+        // it lacks (see "Recovery" above).
         for shard in shards.iter() {
             for txid in shard.prepared_txids()? {
                 crate::fault::check("recovery_shard")?;
@@ -254,6 +264,7 @@ impl Coordinator {
                 }
             }
         }
+        self.replay_logged(shards)?;
         self.publish_lock.set_mark(0)
     }
 

@@ -13,7 +13,8 @@
 //! 8..24  table id (16 bytes)            4       kind: 1 = COMMIT, 2 = LOGGED
 //! 24..56 record key (32 random bytes)   5..13   transaction id, u64 LE
 //! 56..64 checksum of bytes 0..56        13..15  number of shards, u16 LE
-//!                                       15..    the shards, u16 LE each
+//!                                       15..23  record checksum of bytes 0..15 (the head)
+//!                                       23..    the shards, u16 LE each
 //!                                       LOGGED only: per shard, u32 LE length + its changes
 //!                                       last 8  record checksum of the record's other bytes
 //! ```
@@ -29,14 +30,14 @@
 //! "valid record" inside itself, which would read as corruption or, worse, as a decision.
 //!
 //! Version 1 journals (magic `\x01`, a 32-byte header without a key, unkeyed record checksums,
-//! COMMIT records only) are read; the coordinator writes no LOGGED record into one and replaces
+//! no head checksum, COMMIT records only) are read; the coordinator writes no LOGGED record into one and replaces
 //! it with a version 2 journal at its next trim. Older builds refuse version 2 rather than
 //! misread it.
 //!
 //! Damage rules:
 //! - A record that is incomplete or fails its checksum, with no valid record after it, is a torn
 //!   tail: the write that made it never completed its sync, so it was never acknowledged. It is
-//!   ignored, and cut off (by recovery) before the next append.
+//!   ignored; the next append writes over it, and recovery cuts it off.
 //! - A damaged record followed by a valid one is not a torn write: the file is corrupt, and which
 //!   commits it held cannot be known. That is [`Error::JournalCorrupt`], for a person to resolve.
 //! - A damaged header, or another table's header, is [`Error::JournalCorrupt`] too.
@@ -58,7 +59,8 @@ const MAGIC_V1: &[u8; 8] = b"ISJRNL\0\x01";
 const HEADER_BYTES: usize = 64;
 const HEADER_BYTES_V1: usize = 32;
 const CHECKSUM_BYTES: usize = 8;
-const RECORD_FIXED_BYTES: usize = 4 + 1 + 8 + 2 + CHECKSUM_BYTES;
+/// A record's head: length, kind, transaction id, number of shards.
+const HEAD_BYTES: usize = 4 + 1 + 8 + 2;
 /// How much the file grows at a time (zeros written), so that appends change no file size.
 const PREALLOCATE_BYTES: u64 = 1 << 20;
 const KIND_COMMIT: u8 = 1;
@@ -159,12 +161,19 @@ fn read_header(file: &File, path: &Path) -> Result<(TableId, RecordKey, usize)> 
     Ok((table_id, key, len))
 }
 
-/// Encodes one record, checksummed with `key`.
+/// Where a record's shard list starts: after its head and, in version 2, the head's own keyed
+/// checksum, which lets a scan reject a forged head before hashing the length it claims.
+fn shards_start(key: &RecordKey) -> usize {
+    HEAD_BYTES + if key.is_some() { CHECKSUM_BYTES } else { 0 }
+}
+
+/// Encodes one record, checksummed with `key` (a version 1 record if `key` is `None`).
 pub fn encode_record(key: &RecordKey, record: &Record) -> Vec<u8> {
     let changes = record.changes.as_deref().unwrap_or_default();
-    let len = RECORD_FIXED_BYTES
+    let len = shards_start(key)
         + 2 * record.shards.len()
-        + changes.iter().map(|c| 4 + c.len()).sum::<usize>();
+        + changes.iter().map(|c| 4 + c.len()).sum::<usize>()
+        + CHECKSUM_BYTES;
     let mut out = Vec::with_capacity(len);
     out.extend_from_slice(&(len as u32).to_le_bytes());
     out.push(match record.changes {
@@ -173,6 +182,10 @@ pub fn encode_record(key: &RecordKey, record: &Record) -> Vec<u8> {
     });
     out.extend_from_slice(&record.txid.to_le_bytes());
     out.extend_from_slice(&(record.shards.len() as u16).to_le_bytes());
+    if key.is_some() {
+        let head_sum = checksum(key, &out);
+        out.extend_from_slice(&head_sum);
+    }
     for shard in &record.shards {
         out.extend_from_slice(&shard.to_le_bytes());
     }
@@ -186,36 +199,47 @@ pub fn encode_record(key: &RecordKey, record: &Record) -> Vec<u8> {
 }
 
 /// Decodes the record at the start of `bytes`: its length and contents, or `None` if the bytes
-/// there are not a whole, valid record.
+/// there are not a whole, valid record. The cheap checks come first: after a torn record, the
+/// damage scan calls this at every byte offset.
 pub fn decode_record(key: &RecordKey, bytes: &[u8]) -> Option<(usize, Record)> {
-    let len = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
-    if len < RECORD_FIXED_BYTES || bytes.len() < len {
+    let head = bytes.get(..HEAD_BYTES)?;
+    let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    let kind = head[4];
+    let count = u16::from_le_bytes([head[13], head[14]]) as usize;
+    let start = shards_start(key);
+    let shards_end = start + 2 * count;
+    if count > crate::config::SHARD_COUNT_MAX
+        || bytes.len() < len
+        || len < shards_end + CHECKSUM_BYTES
+    {
+        return None;
+    }
+    let fits_kind = match kind {
+        KIND_COMMIT => len == shards_end + CHECKSUM_BYTES,
+        KIND_LOGGED => key.is_some(),
+        _ => false,
+    };
+    if !fits_kind || (key.is_some() && checksum(key, head)[..] != bytes[HEAD_BYTES..start]) {
         return None;
     }
     let (body, sum) = bytes[..len].split_at(len - CHECKSUM_BYTES);
     if checksum(key, body) != sum {
         return None;
     }
-    let txid = u64::from_le_bytes(body[5..13].try_into().ok()?);
-    let count = u16::from_le_bytes(body[13..15].try_into().ok()?) as usize;
-    if count > crate::config::SHARD_COUNT_MAX {
-        return None;
-    }
-    let shards_end = 15 + 2 * count;
-    let shards = body
-        .get(15..shards_end)?
+    let mut txid = [0u8; 8];
+    txid.copy_from_slice(&head[5..13]);
+    let shards = body[start..shards_end]
         .chunks_exact(2)
         .map(|c| u16::from_le_bytes([c[0], c[1]]))
         .collect();
-    let changes = match body[4] {
-        KIND_COMMIT if body.len() == shards_end => None,
+    let changes = match kind {
         KIND_LOGGED => Some(split_changes(&body[shards_end..], count)?),
-        _ => return None,
+        _ => None,
     };
     Some((
         len,
         Record {
-            txid,
+            txid: u64::from_le_bytes(txid),
             shards,
             changes,
         },
@@ -376,7 +400,10 @@ impl Journal {
             }
             let bytes = self.read_bytes(self.end, record_len)?;
             match decode_record(&self.key, &bytes) {
-                Some((_, record)) => self.absorb(record, self.end, record_len),
+                Some((_, record)) => {
+                    self.absorb(record, self.end);
+                    self.end += record_len;
+                }
                 None => return self.rescan().map(|_| ()),
             }
         }
@@ -390,17 +417,23 @@ impl Journal {
         let Some(len) = self.current_len()? else {
             return Ok(false);
         };
-        let bytes = self.read_bytes(self.end, len - self.end)?;
-        let scan = scan_records(&self.key, &bytes).map_err(|offset| Error::JournalCorrupt {
-            path: self.path.clone(),
-            detail: format!(
-                "damaged bytes at byte {} are followed by a valid record; the decisions they held are unknown",
-                self.end + offset as u64
-            ),
-        })?;
+        // One read may catch a writer between two appends: the first record's bytes read before
+        // they were written, the second's after. Read again: the first append finished before the
+        // second began, so a second read sees it. Damage seen twice is damage.
+        let mut scan = scan_records(&self.key, &self.read_bytes(self.end, len - self.end)?);
+        if scan.is_err() {
+            scan = scan_records(&self.key, &self.read_bytes(self.end, len - self.end)?);
+        }
+        let scan = scan.map_err(|offset| Error::JournalCorrupt {
+                path: self.path.clone(),
+                detail: format!(
+                    "damaged bytes at byte {} are followed by a valid record; the decisions they held are unknown",
+                    self.end + offset as u64
+                ),
+            })?;
         let start = self.end;
         for (offset, record) in scan.records {
-            self.absorb(record, start + offset as u64, 0);
+            self.absorb(record, start + offset as u64);
         }
         self.end = start + scan.valid_bytes as u64;
         Ok(scan.torn_tail)
@@ -430,8 +463,8 @@ impl Journal {
         Ok(Some(len))
     }
 
-    /// Takes in a record read at `offset`, and moves the end past it by `len`.
-    fn absorb(&mut self, record: Record, offset: u64, len: u64) {
+    /// Takes in the decision of a record found at `offset`.
+    fn absorb(&mut self, record: Record, offset: u64) {
         if record.changes.is_some() {
             self.logged.push(LoggedAt {
                 txid: record.txid,
@@ -439,7 +472,6 @@ impl Journal {
             });
         }
         self.committed.insert(record.txid, record.shards);
-        self.end += len;
     }
 
     /// Cuts a torn tail off (with the preallocated space, which the next append grows again),
@@ -479,7 +511,7 @@ impl Journal {
     pub fn read_logged(&self, at: LoggedAt) -> Result<Record> {
         let head = self.read_bytes(at.offset, 4)?;
         let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as u64;
-        let bytes = self.read_bytes(at.offset, len)?;
+        let bytes = self.read_bytes(at.offset, len.min(self.end.saturating_sub(at.offset)))?;
         match decode_record(&self.key, &bytes) {
             Some((_, record)) if record.txid == at.txid && record.changes.is_some() => Ok(record),
             _ => Err(Error::JournalCorrupt {
@@ -516,7 +548,8 @@ impl Journal {
             .and_then(|()| self.file.sync_data().map_err(Error::journal_io(&self.path)));
         match written {
             Ok(()) => {
-                self.absorb(record.clone(), self.end, bytes.len() as u64);
+                self.absorb(record.clone(), self.end);
+                self.end += bytes.len() as u64;
                 Ok(())
             }
             Err(err) => {
@@ -739,7 +772,7 @@ mod tests {
     #[test]
     fn a_record_hidden_in_a_torn_logged_record_is_not_read() {
         // An image crafted to hold a record: whoever made it does not know the journal's key.
-        let forged = encode_record(&None, &commit(9, &[0, 1]));
+        let forged = encode_record(&Some([9; 32]), &commit(9, &[0, 1]));
         let mut victim = logged(2, &[0]);
         victim.changes = Some(vec![forged.clone()]);
         let victim = encode(&victim);

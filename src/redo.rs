@@ -18,12 +18,15 @@
 
 use rusqlite::types::Value;
 
+/// A touched row: its id, and its `images` columns after the transaction (in the shard's column
+/// order, id first), or `None` if the transaction deleted it.
+pub type ChangedRow = (i64, Option<Vec<Value>>);
+
 /// What one transaction did to one shard.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ShardChanges {
-    /// Each touched row: its id, and its `images` columns after the transaction (in the shard's
-    /// column order, id first), or `None` if the transaction deleted it.
-    pub rows: Vec<(i64, Option<Vec<Value>>)>,
+    /// Each touched row.
+    pub rows: Vec<ChangedRow>,
     /// Blobs the transaction added: blob id and bytes.
     pub blobs_added: Vec<(i64, Vec<u8>)>,
     /// Blobs the transaction deleted.
@@ -90,6 +93,20 @@ impl ShardChanges {
         }
         Ok(changes)
     }
+}
+
+/// The bytes one row takes in the encoding (`None`: a deleted row).
+pub fn row_bytes(row: Option<&[Value]>) -> usize {
+    let value_bytes = |v: &Value| match v {
+        Value::Null => 1,
+        Value::Integer(_) | Value::Real(_) => 9,
+        Value::Text(s) => 5 + s.len(),
+        Value::Blob(b) => 5 + b.len(),
+    };
+    8 + 1
+        + row.map_or(0, |values| {
+            2 + values.iter().map(value_bytes).sum::<usize>()
+        })
 }
 
 fn put_count(out: &mut Vec<u8>, n: usize) {
@@ -212,6 +229,21 @@ mod tests {
         assert_eq!(ShardChanges::decode(&changes.encode()), Ok(changes));
         let empty = ShardChanges::default();
         assert_eq!(ShardChanges::decode(&empty.encode()), Ok(empty));
+    }
+
+    #[test]
+    fn row_bytes_is_what_a_row_takes() {
+        let changes = ShardChanges {
+            blobs_added: vec![],
+            blobs_dropped: vec![],
+            ..sample()
+        };
+        let rows: usize = changes
+            .rows
+            .iter()
+            .map(|(_, r)| row_bytes(r.as_deref()))
+            .sum();
+        assert_eq!(changes.encode().len(), 3 * 4 + rows);
     }
 
     #[test]

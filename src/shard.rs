@@ -30,7 +30,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use crate::config::UserColumn;
 use crate::error::{Error, Result};
 use crate::journal::TableId;
-use crate::redo::ShardChanges;
+use crate::redo::{ChangedRow, ShardChanges};
 
 pub const FORMAT_VERSION: i64 = 1;
 
@@ -804,8 +804,8 @@ impl Shard {
     }
 
     /// What the open transaction `txid` changed, for a logged commit: `None` if the images it
-    /// added come to more than `blob_bytes_max` (then it is prepared instead).
-    pub fn changes(&self, txid: u64, blob_bytes_max: u64) -> Result<Option<ShardChanges>> {
+    /// added and its rows come to more than `bytes_max` (then it is prepared instead).
+    pub fn changes(&self, txid: u64, bytes_max: u64) -> Result<Option<ShardChanges>> {
         // A blob is new if its row did not exist before or had another blob.
         const NEW_BLOBS: &str = "FROM imagestore_undo u JOIN images i ON i.id = u.id
              JOIN blobs b ON b.blob_id = i.blob_id
@@ -818,9 +818,12 @@ impl Shard {
             ))
             .and_then(|mut s| s.query_row([t], |r| r.get(0)))
             .map_err(self.err())?;
-        if blob_bytes as u64 > blob_bytes_max {
+        if blob_bytes as u64 > bytes_max {
             return Ok(None);
         }
+        let Some(rows) = self.changed_rows(t, bytes_max - blob_bytes as u64)? else {
+            return Ok(None);
+        };
         let blobs_added = self
             .conn
             .prepare_cached(&format!("SELECT b.blob_id, b.data {NEW_BLOBS}"))
@@ -840,35 +843,46 @@ impl Shard {
                     .collect::<rusqlite::Result<_>>()
             })
             .map_err(self.err())?;
+        Ok(Some(ShardChanges {
+            rows,
+            blobs_added,
+            blobs_dropped,
+        }))
+    }
+
+    /// The rows transaction `t` touched, as they are now, or `None` once they come to more than
+    /// `bytes_max` (a large UPDATE stops here rather than read every row).
+    fn changed_rows(&self, t: i64, bytes_max: u64) -> Result<Option<Vec<ChangedRow>>> {
         let width = 1 + self.columns.len();
-        let rows = self
+        let mut stmt = self
             .conn
             .prepare_cached(&format!(
                 "SELECT u.id, i.id IS NOT NULL, i.id, {}
                  FROM imagestore_undo u LEFT JOIN images i ON i.id = u.id WHERE u.txid = ?1",
                 self.columns_of("i")
             ))
-            .and_then(|mut s| {
-                s.query_map([t], |r| {
-                    let present: bool = r.get(1)?;
-                    let values = match present {
-                        true => Some(
-                            (2..2 + width)
-                                .map(|k| r.get(k))
-                                .collect::<rusqlite::Result<_>>()?,
-                        ),
-                        false => None,
-                    };
-                    Ok((r.get(0)?, values))
-                })?
-                .collect::<rusqlite::Result<_>>()
-            })
             .map_err(self.err())?;
-        Ok(Some(ShardChanges {
-            rows,
-            blobs_added,
-            blobs_dropped,
-        }))
+        let mut cursor = stmt.query([t]).map_err(self.err())?;
+        let mut rows = Vec::new();
+        let mut bytes = 0u64;
+        while let Some(r) = cursor.next().map_err(self.err())? {
+            let present: bool = r.get(1).map_err(self.err())?;
+            let values: Option<Vec<Value>> = match present {
+                true => Some(
+                    (2..2 + width)
+                        .map(|k| r.get(k))
+                        .collect::<rusqlite::Result<_>>()
+                        .map_err(self.err())?,
+                ),
+                false => None,
+            };
+            bytes += crate::redo::row_bytes(values.as_deref()) as u64;
+            if bytes > bytes_max {
+                return Ok(None);
+            }
+            rows.push((r.get(0).map_err(self.err())?, values));
+        }
+        Ok(Some(rows))
     }
 
     /// Recovery's redo of a logged commit on a shard that lost it (a power cut took its unsynced

@@ -446,6 +446,27 @@ fn shard_files(f: &Fixture, i: usize) -> Vec<PathBuf> {
         .collect()
 }
 
+/// Copies shard `i`'s files (no connection may be open) into `dir`.
+fn save_shard(f: &Fixture, i: usize, dir: &Path) {
+    for (k, file) in shard_files(f, i).iter().enumerate() {
+        if file.exists() {
+            std::fs::copy(file, dir.join(format!("{i}.{k}"))).unwrap();
+        }
+    }
+}
+
+/// A power cut that loses what shard `i` did since [`save_shard`] (nothing of it was synced):
+/// its files as they were then.
+fn put_back_shard(f: &Fixture, i: usize, dir: &Path) {
+    for (k, file) in shard_files(f, i).iter().enumerate() {
+        let _ = std::fs::remove_file(file);
+        let saved = dir.join(format!("{i}.{k}"));
+        if saved.exists() {
+            std::fs::copy(saved, file).unwrap();
+        }
+    }
+}
+
 /// What a shard file holds, read directly (no recovery): (id, name) pairs.
 fn shard_rows(f: &Fixture, i: usize) -> Vec<(i64, String)> {
     let conn = Connection::open(f.shard_path(i)).unwrap();
@@ -459,14 +480,10 @@ fn shard_rows(f: &Fixture, i: usize) -> Vec<(i64, String)> {
 #[test]
 fn a_shard_that_lost_a_logged_commit_gets_it_back_from_the_journal() {
     let f = Fixture::new();
-    let lost = tempfile::tempdir().unwrap();
+    let saved = tempfile::tempdir().unwrap();
     // A power cut loses a logged commit's unsynced shard commit: played by putting back the
-    // shard's files as they were before it (no connection is open).
-    for (k, file) in shard_files(&f, 1).iter().enumerate() {
-        if file.exists() {
-            std::fs::copy(file, lost.path().join(k.to_string())).unwrap();
-        }
-    }
+    // shard's files as they were before it.
+    save_shard(&f, 1, saved.path());
     let before_on_1 = shard_rows(&f, 1);
     let journal_before = journal(&f).len_bytes();
     logged_transaction(&f);
@@ -476,13 +493,7 @@ fn a_shard_that_lost_a_logged_commit_gets_it_back_from_the_journal() {
         "the images went into the journal ({logged} bytes)"
     );
     let committed = rows_with_hash(&f);
-    for (k, file) in shard_files(&f, 1).iter().enumerate() {
-        let _ = std::fs::remove_file(file);
-        let saved = lost.path().join(k.to_string());
-        if saved.exists() {
-            std::fs::copy(saved, file).unwrap();
-        }
-    }
+    put_back_shard(&f, 1, saved.path());
     assert_eq!(shard_rows(&f, 1), before_on_1, "the shard lost the commit");
     assert_eq!(rows_with_hash(&f), committed);
     assert_ne!(shard_rows(&f, 1), before_on_1);
@@ -579,5 +590,33 @@ fn a_lost_journal_with_a_logged_commit_under_way_is_refused_until_resolved() {
     let rows = f.rows();
     assert!(rows.contains(&(old_id_on(0), "changed".into())));
     assert!(rows.contains(&(old_id_on(1), format!("row{}", old_id_on(1)))));
+    f.assert_clean();
+}
+
+#[test]
+fn a_power_cut_that_takes_an_abort_and_a_logged_commit_gets_both_back_in_order() {
+    let f = Fixture::new();
+    // A writer prepared both shards and died before its decision (prepares are synced).
+    let shards = f.shards();
+    prepare_both(&shards);
+    drop(shards);
+    let saved = tempfile::tempdir().unwrap();
+    for i in 0..2 {
+        save_shard(&f, i, saved.path());
+    }
+    // The next open aborts it (not synced); a logged commit then changes the same rows and adds
+    // images, whose blob ids are those the abort freed.
+    logged_transaction(&f);
+    let committed = rows_with_hash(&f);
+    // A power cut takes both the abort and the logged commit from both shards.
+    for i in 0..2 {
+        put_back_shard(&f, i, saved.path());
+    }
+    let prepared: i64 = Connection::open(f.shard_path(0))
+        .unwrap()
+        .query_row("SELECT count(*) FROM imagestore_prepared", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(prepared, 1, "back at the prepare point");
+    assert_eq!(rows_with_hash(&f), committed);
     f.assert_clean();
 }
