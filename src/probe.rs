@@ -6,8 +6,9 @@
 //! `verify=` level:
 //! - `header`: nothing more.
 //! - `structure` (default): a check of the container that costs about as much as hashing the
-//!   bytes: every PNG chunk present with a correct CRC through IEND; a JPEG ends with its EOI
-//!   marker; a GIF with its trailer; a WebP's RIFF size and a BMP's file size fit the bytes. It
+//!   bytes: every PNG chunk present with a correct CRC through IEND; a JPEG's markers and
+//!   segments, walked to its end-of-image marker (what follows it is allowed); a GIF ends with
+//!   its trailer; a WebP's RIFF size and a BMP's file size fit the bytes. It
 //!   finds truncation (the commonest damage) and, in PNG, any flipped bit. Other formats are
 //!   decoded in full, as for `decode`.
 //! - `decode`: every pixel is decoded, with allocations bounded by the pixel limit.
@@ -145,13 +146,61 @@ fn check_png(data: &[u8]) -> Result<(), String> {
     }
 }
 
-/// A JPEG ends with its EOI marker (some writers pad after it, so the tail is searched).
+/// Walks a JPEG's markers to its end-of-image marker: each segment's length must fit the bytes,
+/// and each scan's entropy-coded data must end at a marker. What follows the EOI is not looked
+/// at: cameras and phones append data there (a motion photo's video, a second picture).
 fn check_jpeg(data: &[u8]) -> Result<(), String> {
-    let tail = &data[data.len().saturating_sub(256)..];
-    if tail.windows(2).any(|w| w == [0xFF, 0xD9]) {
-        Ok(())
-    } else {
-        Err("truncated: no end-of-image marker".into())
+    const SOS: u8 = 0xDA;
+    const EOI: u8 = 0xD9;
+    let truncated = |what: &str| format!("truncated: ends {what}, before its end-of-image marker");
+    let mut at = 2; // after SOI, which the format guess has seen
+    loop {
+        // A marker: 0xFF (any number of them), then its code. Stray bytes before it are
+        // skipped, as decoders do.
+        let ff = at
+            + data
+                .get(at..)
+                .and_then(|rest| rest.iter().position(|&b| b == 0xFF))
+                .ok_or_else(|| truncated("between segments"))?;
+        let code_at = ff
+            + data[ff..]
+                .iter()
+                .position(|&b| b != 0xFF)
+                .ok_or_else(|| truncated("in a marker"))?;
+        let code = data[code_at];
+        at = code_at + 1;
+        match code {
+            EOI => return Ok(()),
+            0x01 | 0xD0..=0xD7 => continue, // markers without a segment
+            _ => {}
+        }
+        let len = data
+            .get(at..at + 2)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]) as usize)
+            .ok_or_else(|| truncated("in a segment header"))?;
+        if len < 2 || at + len > data.len() {
+            return Err(truncated(&format!(
+                "inside the segment of marker {code:#04X} at byte {ff}"
+            )));
+        }
+        at += len;
+        if code == SOS {
+            at = end_of_entropy_coded_data(data, at)
+                .ok_or_else(|| truncated("inside image data"))?;
+        }
+    }
+}
+
+/// Where the entropy-coded data starting at `from` ends: at the first 0xFF that begins a marker
+/// (not a stuffed 0xFF 0x00, not a restart marker). `None` if the bytes end first.
+fn end_of_entropy_coded_data(data: &[u8], from: usize) -> Option<usize> {
+    let mut at = from;
+    loop {
+        let ff = at + data.get(at..)?.iter().position(|&b| b == 0xFF)?;
+        match *data.get(ff + 1)? {
+            0x00 | 0xD0..=0xD7 => at = ff + 2,
+            _ => return Some(ff),
+        }
     }
 }
 
@@ -284,6 +333,42 @@ mod tests {
                 "bit {bit}"
             );
         }
+    }
+
+    fn jpeg_with_thumbnail_in_exif() -> Vec<u8> {
+        let encode = |side: u32| {
+            let mut out = Vec::new();
+            image::RgbImage::from_fn(side, side, |x, y| image::Rgb([x as u8, y as u8, 7]))
+                .write_to(&mut Cursor::new(&mut out), ImageFormat::Jpeg)
+                .expect("jpeg");
+            out
+        };
+        let (main, thumbnail) = (encode(64), encode(8));
+        // An APP1 segment holding a whole JPEG, EOI included, as EXIF thumbnails do.
+        let mut out = main[..2].to_vec();
+        out.extend_from_slice(&[0xFF, 0xE1]);
+        out.extend_from_slice(&((thumbnail.len() + 2) as u16).to_be_bytes());
+        out.extend_from_slice(&thumbnail);
+        out.extend_from_slice(&main[2..]);
+        out
+    }
+
+    #[test]
+    fn a_jpeg_is_walked_to_its_end_of_image_marker() {
+        let data = jpeg_with_thumbnail_in_exif();
+        assert!(probe(&data, 1 << 20, Verify::Decode).is_ok());
+        assert!(probe(&data, 1 << 20, Verify::Structure).is_ok());
+        // Every cut is found, although the thumbnail's own EOI comes early in the file.
+        for cut in 4..data.len() {
+            assert!(
+                probe(&data[..cut], 1 << 20, Verify::Structure).is_err(),
+                "cut at {cut}"
+            );
+        }
+        // Data after the EOI (a motion photo's video, a second picture) is the owner's business.
+        let mut trailer = data.clone();
+        trailer.extend_from_slice(&vec![0x5A; 100_000]);
+        assert!(probe(&trailer, 1 << 20, Verify::Structure).is_ok());
     }
 
     #[test]

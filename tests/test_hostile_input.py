@@ -15,6 +15,7 @@ notices this one, but JPEG and GIF streams still decode (to wrong pixels) and no
 decoder can tell: test_undetectable_damage_still_decodes pins that down so that the
 README's statement stays true.
 """
+import io
 import random
 import re
 import shutil
@@ -23,6 +24,7 @@ import zlib
 
 import apsw
 import pytest
+from PIL import Image
 
 from harness import CORPUS, connect, corpus_bytes, error_re, shard_paths
 
@@ -221,6 +223,19 @@ def test_insert_or_replace_duplicate_replaces(table):
     assert counts2 == counts, "row/blob counts per shard changed: old blob kept or row duplicated"
     assert blob_copies(db, corpus_bytes(BASE[1])) == 0, "old image's blob still in the shard"
     assert blob_copies(db, new) == 1
+
+
+def test_a_jpeg_with_data_after_its_end_is_stored_whole(table):
+    """Phones append a video (motion photos) or a second picture after a JPEG's end-of-image
+    marker; decoders stop at the marker, and the table stores the file as it is."""
+    con, db = table
+    data = corpus_bytes("rocket.jpg") + b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 400
+    con.execute("INSERT INTO t(id, name, data) VALUES (500, 'motion.jpg', ?)", (data,))
+    row = con.execute("SELECT format, width, height, bytes, data FROM t WHERE id = 500").fetchone()
+    expected = Image.open(io.BytesIO(data)).size
+    assert row == ("jpeg", *expected, len(data), data)
+    cut = data[: len(corpus_bytes("rocket.jpg")) - 100]  # the image itself cut short: refused
+    assert_refused(con, db, "INSERT INTO t(id, name, data) VALUES (501, 'cut.jpg', ?)", (cut,), "not_image")
 
 
 # ---------- 3. table arguments ----------

@@ -19,6 +19,7 @@ that they compare the operation, not two JPEG decoders (zune-jpeg and libjpeg di
 levels); the thumbnail is compared on the JPEG itself, scaled decode included.
 """
 import io
+import json
 import os
 import struct
 import zlib
@@ -168,6 +169,21 @@ def test_truncated_image_is_an_error_as_in_pillow(cur, function, fmt):
     assert call(cur, function, data, *CALLS[function]) is not None
 
 
+# What phones and cameras append after a JPEG's end-of-image marker: a motion photo's video.
+MOTION_PHOTO_TAIL = b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 400
+
+
+@pytest.mark.parametrize("name", ["hubble_deep_field.jpg", "retina.jpg", "rocket.jpg"])
+def test_a_jpeg_with_data_after_its_end_is_read_as_pillow_reads_it(cur, name):
+    data = raw(name) + MOTION_PHOTO_TAIL
+    expected = pil(data)
+    info = json.loads(one(cur, "SELECT image_info(?)", data))
+    assert (info["format"], info["width"], info["height"]) == ("jpeg", *expected.size)
+    thumbnail = pil(one(cur, "SELECT image_thumbnail(?, 64)", data))
+    assert max(thumbnail.size) == 64
+    assert one(cur, "SELECT image_otsu(?)", data) == one(cur, "SELECT image_otsu(?)", raw(name))
+
+
 def test_png_with_a_flipped_bit_is_an_error(cur):
     data = bytearray(raw("camera.png"))
     data[len(data) // 2] ^= 0x10
@@ -202,7 +218,6 @@ def test_wrong_argument_types_and_values_are_named(cur):
 # ---------- image_info ----------
 
 def test_info_matches_the_manifest(cur):
-    import json
     for row in manifest():
         info = json.loads(one(cur, "SELECT image_info(?)", raw(row["file"])))
         assert (info["format"], info["width"], info["height"], info["frames"]) == (
@@ -394,7 +409,6 @@ def test_otsu_threshold_and_regions_match_skimage(cur, name):
     assert abs(level - threshold_otsu(luma)) <= 1, (level, threshold_otsu(luma))
     mask = np.asarray(pil(call(cur, "image_threshold", data)).convert("L"))
     assert np.array_equal(mask, np.where(luma > level, 255, 0))
-    import json
     got = json.loads(one(cur, "SELECT image_regions(?)", data))
     labels = label(luma > level, connectivity=2)
     props = regionprops(labels)
