@@ -7,8 +7,8 @@
 //! - `header`: nothing more.
 //! - `structure` (default): a check of the container that costs about as much as hashing the
 //!   bytes: every PNG chunk present with a correct CRC through IEND; a JPEG's markers and
-//!   segments, walked to its end-of-image marker (what follows it is allowed); a GIF ends with
-//!   its trailer; a WebP's RIFF size and a BMP's file size fit the bytes. It
+//!   segments, walked to its end-of-image marker, and a GIF's blocks to its trailer (what follows
+//!   either is allowed); a WebP's RIFF size and a BMP's file size fit the bytes. It
 //!   finds truncation (the commonest damage) and, in PNG, any flipped bit. Other formats are
 //!   decoded in full, as for `decode`.
 //! - `decode`: every pixel is decoded, with allocations bounded by the pixel limit.
@@ -204,10 +204,58 @@ fn end_of_entropy_coded_data(data: &[u8], from: usize) -> Option<usize> {
     }
 }
 
+/// Walks a GIF's blocks to its trailer: the color tables its flags announce, every extension's
+/// and every image's data sub-blocks. What follows the trailer is not looked at.
 fn check_gif(data: &[u8]) -> Result<(), String> {
-    match data.last() {
-        Some(0x3B) => Ok(()),
-        _ => Err("truncated: no trailer byte".into()),
+    const EXTENSION: u8 = 0x21;
+    const IMAGE: u8 = 0x2C;
+    const TRAILER: u8 = 0x3B;
+    let truncated = |what: &str| format!("truncated: ends {what}, before its trailer");
+    // Header (6 bytes) and logical screen descriptor (7), then the global color table.
+    let flags = *data.get(10).ok_or_else(|| truncated("in its header"))?;
+    let mut at = 13 + color_table_bytes(flags);
+    loop {
+        let block = *data.get(at).ok_or_else(|| truncated("between blocks"))?;
+        at = match block {
+            TRAILER => return Ok(()),
+            EXTENSION => {
+                skip_sub_blocks(data, at + 2).ok_or_else(|| truncated("in an extension"))?
+            }
+            IMAGE => {
+                // Image descriptor (10 bytes), its color table, the LZW code size, the data.
+                let flags = *data
+                    .get(at + 9)
+                    .ok_or_else(|| truncated("in an image descriptor"))?;
+                let code_size_at = at + 10 + color_table_bytes(flags);
+                skip_sub_blocks(data, code_size_at + 1)
+                    .ok_or_else(|| truncated("inside image data"))?
+            }
+            other => {
+                return Err(format!(
+                    "block type {other:#04X} at byte {at} is not a GIF block"
+                ))
+            }
+        };
+    }
+}
+
+/// The bytes of the color table that GIF `flags` announce (none unless the top bit is set).
+fn color_table_bytes(flags: u8) -> usize {
+    match flags & 0x80 {
+        0 => 0,
+        _ => 3 << ((flags & 0x07) + 1),
+    }
+}
+
+/// Where the sub-blocks starting at `at` end (after their zero-length terminator); `None` if the
+/// bytes end first.
+fn skip_sub_blocks(data: &[u8], mut at: usize) -> Option<usize> {
+    loop {
+        let len = *data.get(at)? as usize;
+        at += 1 + len;
+        if len == 0 {
+            return Some(at);
+        }
     }
 }
 
@@ -369,6 +417,40 @@ mod tests {
         let mut trailer = data.clone();
         trailer.extend_from_slice(&vec![0x5A; 100_000]);
         assert!(probe(&trailer, 1 << 20, Verify::Structure).is_ok());
+    }
+
+    #[test]
+    fn a_gif_is_walked_to_its_trailer() {
+        let frame = |shade: u8| {
+            image::Frame::new(image::RgbaImage::from_pixel(
+                9,
+                7,
+                image::Rgba([shade, 0, 0, 255]),
+            ))
+        };
+        let mut data = Vec::new();
+        {
+            let mut encoder = image::codecs::gif::GifEncoder::new(&mut data);
+            encoder
+                .encode_frames([frame(10), frame(200), frame(90)])
+                .expect("gif");
+        }
+        assert!(probe(&data, 1 << 20, Verify::Decode).is_ok());
+        assert!(probe(&data, 1 << 20, Verify::Structure).is_ok());
+        for cut in 13..data.len() {
+            assert!(
+                probe(&data[..cut], 1 << 20, Verify::Structure).is_err(),
+                "cut at {cut}"
+            );
+        }
+        // A cut inside image data whose last byte happens to be 0x3B (the trailer's value) is
+        // still found.
+        let mut cut_at_3b = data[..data.len() - 3].to_vec();
+        cut_at_3b.push(0x3B);
+        assert!(probe(&cut_at_3b, 1 << 20, Verify::Structure).is_err());
+        let mut padded = data.clone();
+        padded.extend_from_slice(&[0; 512]);
+        assert!(probe(&padded, 1 << 20, Verify::Structure).is_ok());
     }
 
     #[test]
