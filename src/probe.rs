@@ -171,7 +171,8 @@ fn check_jpeg(data: &[u8]) -> Result<(), String> {
         at = code_at + 1;
         match code {
             EOI => return Ok(()),
-            0x01 | 0xD0..=0xD7 => continue, // markers without a segment
+            // Markers without a segment, and 0xFF 0x00, which decoders skip as junk.
+            0x00 | 0x01 | 0xD0..=0xD7 => continue,
             _ => {}
         }
         let len = data
@@ -192,13 +193,15 @@ fn check_jpeg(data: &[u8]) -> Result<(), String> {
 }
 
 /// Where the entropy-coded data starting at `from` ends: at the first 0xFF that begins a marker
-/// (not a stuffed 0xFF 0x00, not a restart marker). `None` if the bytes end first.
+/// (not a stuffed 0xFF 0x00, not a restart marker; fill bytes, more 0xFF, may come before the
+/// code). `None` if the bytes end first.
 fn end_of_entropy_coded_data(data: &[u8], from: usize) -> Option<usize> {
     let mut at = from;
     loop {
         let ff = at + data.get(at..)?.iter().position(|&b| b == 0xFF)?;
-        match *data.get(ff + 1)? {
-            0x00 | 0xD0..=0xD7 => at = ff + 2,
+        let code_at = ff + data[ff..].iter().position(|&b| b != 0xFF)?;
+        match data[code_at] {
+            0x00 | 0xD0..=0xD7 => at = code_at + 1,
             _ => return Some(ff),
         }
     }
@@ -417,6 +420,24 @@ mod tests {
         let mut trailer = data.clone();
         trailer.extend_from_slice(&vec![0x5A; 100_000]);
         assert!(probe(&trailer, 1 << 20, Verify::Structure).is_ok());
+    }
+
+    #[test]
+    fn jpeg_fill_bytes_and_junk_pass_as_decoders_let_them() {
+        const SOS_EMPTY: [u8; 4] = [0xFF, 0xDA, 0x00, 0x02];
+        let jpeg = |body: &[u8]| [&[0xFF, 0xD8][..], body, &[0xFF, 0xD9]].concat();
+        // Fill bytes before a stuffed 0xFF 0x00 and before a restart marker, in scan data.
+        let scan = [
+            &SOS_EMPTY[..],
+            &[0x12, 0xFF, 0xFF, 0x00, 0x34, 0xFF, 0xFF, 0xD0, 0x56],
+        ]
+        .concat();
+        assert_eq!(check_jpeg(&jpeg(&scan)), Ok(()));
+        // 0xFF 0x00 between segments, which libjpeg skips with a warning.
+        let junk = [&[0xFF, 0x00][..], &[0xFF, 0xFE, 0x00, 0x03, 0x41], &scan].concat();
+        assert_eq!(check_jpeg(&jpeg(&junk)), Ok(()));
+        // Still: the scan data must end at a marker.
+        assert!(check_jpeg(&[&[0xFF, 0xD8][..], &scan].concat()).is_err());
     }
 
     #[test]
