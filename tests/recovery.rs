@@ -502,23 +502,35 @@ fn a_shard_that_lost_a_logged_commit_gets_it_back_from_the_journal() {
     assert_eq!(rows_with_hash(&f), committed);
 }
 
-#[test]
-fn a_shard_failing_after_a_logged_decision_is_replayed_before_anyone_reads() {
-    let f = Fixture::new();
-    let on_1 = old_id_on(1);
-    // Shard 1 fails its commit step (it raises last_txid there), and replay the same way.
+/// Makes shard 1 fail the step that raises its `last_txid` (its commit on the logged path, and a
+/// replay) until the returned connection drops the trigger `fail`.
+fn fail_shard_1_commits(f: &Fixture) -> Connection {
     let shard_1 = Connection::open(f.shard_path(1)).unwrap();
     shard_1
         .execute_batch(
             "CREATE TRIGGER fail BEFORE UPDATE ON imagestore_meta BEGIN SELECT RAISE(ABORT, 'shard 1 fails'); END;",
         )
         .unwrap();
-    let conn = open(&f.db);
+    shard_1
+}
+
+/// A logged transaction renaming one row on each shard to 'changed'.
+fn rename_on_both_shards(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch(&format!(
-        "BEGIN; UPDATE t SET name = 'changed' WHERE id IN ({}, {on_1}); COMMIT;",
-        old_id_on(0)
+        "BEGIN; UPDATE t SET name = 'changed' WHERE id IN ({}, {}); COMMIT;",
+        old_id_on(0),
+        old_id_on(1)
     ))
-    .expect("the decision is made before the shards commit: COMMIT succeeds");
+}
+
+#[test]
+fn a_shard_failing_after_a_logged_decision_is_replayed_before_anyone_reads() {
+    let f = Fixture::new();
+    let on_1 = old_id_on(1);
+    let shard_1 = fail_shard_1_commits(&f);
+    let conn = open(&f.db);
+    rename_on_both_shards(&conn)
+        .expect("the decision is made before the shards commit: COMMIT succeeds");
     // Shard 0 has the change, shard 1 does not; no reader may see that.
     let read = conn.query_row("SELECT count(*) FROM t WHERE name = 'changed'", [], |r| {
         r.get::<_, i64>(0)
@@ -555,20 +567,8 @@ fn a_transaction_over_logged_commit_max_is_prepared_instead() {
 fn a_lost_journal_with_a_logged_commit_under_way_is_refused_until_resolved() {
     let f = Fixture::new();
     // Shard 1 fails its commit after the decision: the mark stays set.
-    let shard_1 = Connection::open(f.shard_path(1)).unwrap();
-    shard_1
-        .execute_batch(
-            "CREATE TRIGGER fail BEFORE UPDATE ON imagestore_meta BEGIN SELECT RAISE(ABORT, 'no'); END;",
-        )
-        .unwrap();
-    let conn = open(&f.db);
-    conn.execute_batch(&format!(
-        "BEGIN; UPDATE t SET name = 'changed' WHERE id IN ({}, {}); COMMIT;",
-        old_id_on(0),
-        old_id_on(1)
-    ))
-    .unwrap();
-    drop(conn);
+    let shard_1 = fail_shard_1_commits(&f);
+    rename_on_both_shards(&open(&f.db)).unwrap();
     shard_1.execute_batch("DROP TRIGGER fail").unwrap();
     std::fs::remove_file(f.journal_path()).unwrap();
     let conn = Connection::open(&f.db).unwrap();
