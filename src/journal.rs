@@ -390,8 +390,7 @@ impl Journal {
             if self.end + 4 > len {
                 return self.rescan().map(|_| ());
             }
-            let head = self.read_bytes(self.end, 4)?;
-            let record_len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as u64;
+            let record_len = self.record_len_at(self.end)?;
             if record_len == 0 {
                 return Ok(());
             }
@@ -437,6 +436,12 @@ impl Journal {
         }
         self.end = start + scan.valid_bytes as u64;
         Ok(scan.torn_tail)
+    }
+
+    /// The length the record at `offset` gives itself (its first 4 bytes).
+    fn record_len_at(&self, offset: u64) -> Result<u64> {
+        let head = self.read_bytes(offset, 4)?;
+        Ok(u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as u64)
     }
 
     fn read_bytes(&self, offset: u64, len: u64) -> Result<Vec<u8>> {
@@ -509,8 +514,7 @@ impl Journal {
 
     /// Reads a LOGGED record again, with its changes.
     pub fn read_logged(&self, at: LoggedAt) -> Result<Record> {
-        let head = self.read_bytes(at.offset, 4)?;
-        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as u64;
+        let len = self.record_len_at(at.offset)?;
         let bytes = self.read_bytes(at.offset, len.min(self.end.saturating_sub(at.offset)))?;
         match decode_record(&self.key, &bytes) {
             Some((_, record)) if record.txid == at.txid && record.changes.is_some() => Ok(record),

@@ -367,15 +367,20 @@ mod tests {
         );
     }
 
-    #[test]
-    fn structure_finds_every_truncation_and_png_bit_flip() {
-        let data = png(8, 8);
-        for cut in 33..data.len() {
+    /// `verify=structure` refuses `data` cut at every length from `from` on.
+    fn assert_every_cut_refused(data: &[u8], from: usize) {
+        for cut in from..data.len() {
             assert!(
                 probe(&data[..cut], 1 << 20, Verify::Structure).is_err(),
                 "cut at {cut}"
             );
         }
+    }
+
+    #[test]
+    fn structure_finds_every_truncation_and_png_bit_flip() {
+        let data = png(8, 8);
+        assert_every_cut_refused(&data, 33);
         for bit in (33 * 8)..(data.len() * 8) {
             let mut flipped = data.clone();
             flipped[bit / 8] ^= 1 << (bit % 8);
@@ -410,12 +415,7 @@ mod tests {
         assert!(probe(&data, 1 << 20, Verify::Decode).is_ok());
         assert!(probe(&data, 1 << 20, Verify::Structure).is_ok());
         // Every cut is found, although the thumbnail's own EOI comes early in the file.
-        for cut in 4..data.len() {
-            assert!(
-                probe(&data[..cut], 1 << 20, Verify::Structure).is_err(),
-                "cut at {cut}"
-            );
-        }
+        assert_every_cut_refused(&data, 4);
         // Data after the EOI (a motion photo's video, a second picture) is the owner's business.
         let mut trailer = data.clone();
         trailer.extend_from_slice(&vec![0x5A; 100_000]);
@@ -458,12 +458,7 @@ mod tests {
         }
         assert!(probe(&data, 1 << 20, Verify::Decode).is_ok());
         assert!(probe(&data, 1 << 20, Verify::Structure).is_ok());
-        for cut in 13..data.len() {
-            assert!(
-                probe(&data[..cut], 1 << 20, Verify::Structure).is_err(),
-                "cut at {cut}"
-            );
-        }
+        assert_every_cut_refused(&data, 13);
         // A cut inside image data whose last byte happens to be 0x3B (the trailer's value) is
         // still found.
         let mut cut_at_3b = data[..data.len() - 3].to_vec();
