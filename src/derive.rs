@@ -8,7 +8,7 @@
 //! SELECT imagestore_derive('photos', 'small', 'convert', 'jpeg', 80);
 //! ```
 //! Operations: `thumbnail, max_side [, format]` (as `image_thumbnail`), `convert, format
-//! [, quality]` (as `image_convert`), `phash` (as `image_phash`). The target is one of the table's
+//! [, quality]` (as `image_convert`), `phash [, method]` (as `image_phash`). The target is one of the table's
 //! own columns.
 //!
 //! How: the table's write transaction is opened (the writer lock excludes other writers, so the
@@ -23,7 +23,7 @@ use rusqlite::types::Value;
 use crate::coordinator::Coordinator;
 use crate::error::{Error, Result};
 use crate::imagefn::encode::{self, OutputFormat};
-use crate::imagefn::{decode, phash, thumbnail};
+use crate::imagefn::{decode, perceptual_hash, phash, thumbnail};
 use crate::shard::{NewRow, Shard};
 use crate::vtab::TableCore;
 
@@ -41,7 +41,7 @@ pub enum Operation {
         format: OutputFormat,
         quality: Option<u8>,
     },
-    Phash,
+    Phash(phash::Method),
 }
 
 impl Operation {
@@ -71,10 +71,14 @@ impl Operation {
                 let quality = integer(args.get(1))?.map(encode::quality).transpose()?;
                 Ok(Operation::Convert { format: OutputFormat::parse(&format)?, quality })
             }
-            ("phash", 0) => Ok(Operation::Phash),
+            ("phash", 0) => Ok(Operation::Phash(phash::Method::Projection)),
+            ("phash", 1) => {
+                let method = text(args.first())?.ok_or_else(|| Error::BadArgument("phash: give a method".into()))?;
+                Ok(Operation::Phash(phash::Method::parse(&method)?))
+            }
             (other, n) => Err(Error::BadArgument(format!(
                 "derive: '{other}' with {n} arguments is not an operation; use thumbnail, max_side [, format] | \
-                 convert, format [, quality] | phash"
+                 convert, format [, quality] | phash [, method]"
             ))),
         }
     }
@@ -89,7 +93,7 @@ impl Operation {
                 format,
                 quality,
             )?),
-            Operation::Phash => Value::Integer(phash::phash(&decode::decode(data)?.image)? as i64),
+            Operation::Phash(method) => Value::Integer(perceptual_hash(data, method)?),
         })
     }
 }

@@ -43,6 +43,10 @@ def test_derive_thumbnails_and_hashes_equal_the_per_image_functions(tmp_path):
     assert len(rows) == len(IMAGES)
     for name, same_thumb, same_hash, fmt in rows:
         assert (same_thumb, same_hash, fmt) == (1, 1, "webp"), name
+    con.execute("SELECT imagestore_derive('t', 'ph', 'phash', 'imagehash')").fetchall()
+    (differ,), = con.execute("SELECT count(*) FROM t WHERE ph IS NOT image_phash(data, 'imagehash')")
+    (moved,), = con.execute("SELECT count(*) FROM t WHERE ph != image_phash(data)")
+    assert (differ, moved) == (0, len(IMAGES))  # the two methods give different bits
     print(f"\nderive: {summary}")
 
 
@@ -72,6 +76,7 @@ def test_refuses_inside_a_transaction_and_unknown_targets(tmp_path):
         ("SELECT imagestore_derive('t', 'nope', 'phash')", "own columns"),
         ("SELECT imagestore_derive('t', 'thumb', 'sepia')", "not an operation"),
         ("SELECT imagestore_derive('t', 'thumb', 'thumbnail', 0)", "max_side"),
+        ("SELECT imagestore_derive('t', 'ph', 'phash', 'md5')", "'projection'"),
     ]:
         with pytest.raises(apsw.Error, match=needle):
             con.execute(sql).fetchall()

@@ -86,6 +86,11 @@ struct ImageInfo {
     exif_orientation: u8,
 }
 
+/// `image_phash`: the 64 bits as SQLite's signed INTEGER.
+pub fn perceptual_hash(data: &[u8], method: phash::Method) -> Result<i64> {
+    Ok(phash::phash(&decode::decode(data)?.image, method) as i64)
+}
+
 /// `image_regions` as JSON: the level used, the count, and each region's area and box.
 pub fn regions_json(data: &[u8], level: Option<u8>) -> Result<String> {
     let gray = transform::luma8(&decode::decode(data)?.image);
@@ -310,9 +315,12 @@ fn image_regions(a: &Args) -> Result<Value> {
 }
 
 fn image_phash(a: &Args) -> Result<Value> {
-    let image = decode::decode(a.data(0)?)?.image;
-    // The 64 bits as SQLite's signed INTEGER.
-    Ok(Value::Integer(phash::phash(&image)? as i64))
+    let method = if a.has(1) {
+        phash::Method::parse(a.text(1, "method")?)?
+    } else {
+        phash::Method::Projection
+    };
+    Ok(Value::Integer(perceptual_hash(a.data(0)?, method)?))
 }
 
 fn image_distance(a: &Args) -> Result<Value> {
@@ -338,7 +346,7 @@ const FUNCTIONS: &[(&str, &[i32], Body)] = &[
     ("image_threshold", &[1, 2], image_threshold),
     ("image_otsu", &[1], image_otsu),
     ("image_regions", &[1, 2], image_regions),
-    ("image_phash", &[1], image_phash),
+    ("image_phash", &[1, 2], image_phash),
     ("image_distance", &[2], image_distance),
 ];
 
