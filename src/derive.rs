@@ -13,16 +13,22 @@
 //!
 //! How: the table's write transaction is opened (the writer lock excludes other writers, so the
 //! images cannot change underneath); images are read a batch at a time, bounded in bytes, and
-//! processed on a thread per core (pure Rust: no SQLite object crosses a thread); each result is
-//! written to its row through the same path as an UPDATE of that column. Any failure (a damaged
-//! image, a full disk) rolls the whole derivation back. It commits on its own, so it refuses to
-//! run inside a transaction the connection has open.
+//! processed on the image threads, one per core (`imagefn::pool`; pure Rust: no SQLite object
+//! crosses a thread); each result is written to its row through the same path as an UPDATE of
+//! that column. Any failure (a damaged image, a full disk, a panic) rolls the whole derivation
+//! back. It commits on its own, so it refuses to run inside a transaction the connection has
+//! open.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use rayon::ThreadPool;
 use rusqlite::types::Value;
 
 use crate::coordinator::Coordinator;
 use crate::error::{Error, Result};
 use crate::imagefn::encode::{self, OutputFormat};
+use crate::imagefn::pool::image_pool;
 use crate::imagefn::{decode, perceptual_hash, phash, thumbnail};
 use crate::shard::{NewRow, Shard};
 use crate::vtab::TableCore;
@@ -101,42 +107,45 @@ impl Operation {
 /// An image to process: its shard, its id, its bytes.
 type Job = (usize, i64, Vec<u8>);
 
-/// Computes `operation` for every image on `threads` threads, each taking the next image as it
-/// finishes one, largest images first (so that one large image does not end the work alone).
-/// Results come in input order.
-fn compute(operation: Operation, images: &[Job], threads: usize) -> Result<Vec<Value>> {
+/// Computes `operation` for every image on the image threads (a worker per thread, at most one
+/// per image), each taking the next image as it finishes one, largest images first (so that one
+/// large image does not end the work alone). Results come in input order. A worker runs its
+/// images' decoding itself: jpeg-decoder's tasks stay on the worker's own thread.
+fn compute(operation: Operation, images: &[Job], pool: &ThreadPool) -> Result<Vec<Value>> {
     let mut order: Vec<usize> = (0..images.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(images[i].2.len()));
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let done = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..threads.clamp(1, images.len().max(1)))
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut out = Vec::new();
-                    loop {
-                        let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(&i) = order.get(k) else {
-                            return Ok(out);
-                        };
-                        let (_, id, data) = &images[i];
-                        crate::fault::check("derive_row")?;
-                        let value = operation
-                            .apply(data)
-                            .map_err(|e| Error::BadArgument(format!("row {id}: {e}")))?;
-                        out.push((i, value));
-                    }
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .map(|w| {
-                w.join()
-                    .map_err(|_| Error::Internal("a derive thread panicked".into()))?
-            })
-            .collect::<Result<Vec<Vec<(usize, Value)>>>>()
-    })?;
-    let mut results: Vec<(usize, Value)> = done.into_iter().flatten().collect();
+    let next = AtomicUsize::new(0);
+    let work = || {
+        let mut out = Vec::new();
+        loop {
+            let k = next.fetch_add(1, Ordering::Relaxed);
+            let Some(&i) = order.get(k) else {
+                return Ok(out);
+            };
+            let (_, id, data) = &images[i];
+            crate::fault::check("derive_row")?;
+            let value = operation
+                .apply(data)
+                .map_err(|e| Error::BadArgument(format!("row {id}: {e}")))?;
+            out.push((i, value));
+        }
+    };
+    let workers = pool.current_num_threads().clamp(1, images.len().max(1));
+    let mut done: Vec<Result<Vec<(usize, Value)>>> = Vec::new();
+    done.resize_with(workers, || Ok(Vec::new()));
+    pool.scope(|scope| {
+        for slot in done.iter_mut() {
+            scope.spawn(|_| {
+                // A panic must come back as an error: the caller rolls the transaction back.
+                *slot = catch_unwind(AssertUnwindSafe(work))
+                    .unwrap_or_else(|_| Err(Error::Internal("a derive worker panicked".into())));
+            });
+        }
+    });
+    let mut results: Vec<(usize, Value)> = Vec::new();
+    for worker in done {
+        results.extend(worker?);
+    }
     results.sort_by_key(|(i, _)| *i);
     Ok(results.into_iter().map(|(_, v)| v).collect())
 }
@@ -159,7 +168,7 @@ pub fn derive(core: &TableCore, column: &str, operation: Operation) -> Result<Su
         .ok_or_else(|| {
             Error::BadArgument(format!("{column} is not one of the table's own columns"))
         })?;
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let pool = image_pool()?;
     let mut coordinator = core.coordinator.borrow_mut();
     if coordinator.is_writing() {
         return Err(Error::BadArgument(
@@ -174,7 +183,7 @@ pub fn derive(core: &TableCore, column: &str, operation: Operation) -> Result<Su
         let mut batch: Vec<Job> = Vec::new();
         let mut bytes = 0;
         let mut flush = |batch: &mut Vec<Job>| -> Result<usize> {
-            let done = process(&mut coordinator, &shards, target, operation, batch, threads)?;
+            let done = process(&mut coordinator, &shards, target, operation, batch, &pool)?;
             batch.clear();
             Ok(done)
         };
@@ -199,7 +208,7 @@ pub fn derive(core: &TableCore, column: &str, operation: Operation) -> Result<Su
             coordinator.commit(&mut shards);
             Ok(Summary {
                 rows,
-                threads,
+                threads: pool.current_num_threads(),
                 seconds: started.elapsed().as_secs_f64(),
             })
         }
@@ -218,9 +227,9 @@ fn process(
     target: usize,
     operation: Operation,
     batch: &[Job],
-    threads: usize,
+    pool: &ThreadPool,
 ) -> Result<usize> {
-    let results = compute(operation, batch, threads)?;
+    let results = compute(operation, batch, pool)?;
     for ((index, id, _), value) in batch.iter().zip(results) {
         let shard = &shards[*index];
         let txid = coordinator.record_write(*index)?;

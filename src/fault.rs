@@ -3,7 +3,8 @@
 //! Built only with the cargo feature `fault-injection` (never in the shipped library, where
 //! [`check`] is an empty inline function). With it, the environment variable
 //! `IMAGESTORE_FAULT=step:n:mode` makes the `n`th (1-based) occurrence of `step` in this process
-//! either return an I/O error (`mode` = `error`) or kill the process on the spot (`abort`).
+//! either return an I/O error (`mode` = `error`), panic (`panic`), or kill the process on the
+//! spot (`abort`).
 //!
 //! Steps: `shard_prepare`, `journal_append`, `journal_sync`, `shard_commit_logged`,
 //! `shard_finalize`, `journal_reset`, `recovery_shard`, `recovery_replay`, `derive_row`,
@@ -47,8 +48,10 @@ pub fn check(step: &'static str) -> Result<()> {
     }
     // Tests read this line to know that the fault fired.
     eprintln!("imagestore: fault injected at {step} (occurrence {count}, {mode})");
-    if mode == "abort" {
-        std::process::abort();
+    match mode {
+        "abort" => std::process::abort(),
+        "panic" => panic!("injected panic at {step}"),
+        _ => {}
     }
     Err(crate::error::Error::JournalIo {
         path: std::path::PathBuf::from(format!("<injected fault at {step}>")),

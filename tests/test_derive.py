@@ -50,16 +50,25 @@ def test_derive_thumbnails_and_hashes_equal_the_per_image_functions(tmp_path):
     print(f"\nderive: {summary}")
 
 
-def test_a_failure_in_the_middle_leaves_nothing(tmp_path):
+@pytest.mark.parametrize("mode, message", [("error", "injected fault"), ("panic", "a derive worker panicked")])
+def test_a_failure_in_the_middle_leaves_nothing(tmp_path, mode, message):
+    """An I/O error or a panic in one worker, at the 20th image: the statement fails with its
+    message, the connection still reads the table (nothing written), and so do the shards."""
     if not FAULT_LIB.exists():
         pytest.fail(f"fault-injection build missing: {FAULT_LIB}")
     db = tmp_path / "d.db"
     make(db).close()
-    code = ("from harness import connect; "
-            f"list(connect({str(db)!r}).execute(\"SELECT imagestore_derive('t', 'thumb', 'thumbnail', 64)\"))")
-    env = dict(os.environ, IMAGESTORE_LIB=str(FAULT_LIB), IMAGESTORE_FAULT="derive_row:20:error")
+    code = ("import sys; from harness import connect; con = connect(%r)\n"
+            "try:\n"
+            "    list(con.execute(\"SELECT imagestore_derive('t', 'thumb', 'thumbnail', 64)\"))\n"
+            "except Exception as e:\n"
+            "    print(e, file=sys.stderr)\n"
+            "    print(list(con.execute('SELECT count(*), count(thumb) FROM t')))\n"
+            "    sys.exit(3)\n") % str(db)
+    env = dict(os.environ, IMAGESTORE_LIB=str(FAULT_LIB), IMAGESTORE_FAULT=f"derive_row:20:{mode}")
     result = subprocess.run([sys.executable, "-c", code], cwd=HERE, env=env, capture_output=True, text=True, timeout=120)
-    assert result.returncode != 0 and "injected fault" in result.stderr, result.stderr[-2000:]
+    assert result.returncode == 3 and message in result.stderr, result.stderr[-2000:]
+    assert result.stdout.strip() == f"[({len(IMAGES)}, 0)]"
     con = connect(db)
     (written,), = con.execute("SELECT count(*) FROM t WHERE thumb IS NOT NULL")
     assert written == 0

@@ -22,7 +22,9 @@ levels); the thumbnail is compared on the JPEG itself, scaled decode included.
 import io
 import json
 import os
+import signal
 import struct
+import time
 import zlib
 
 import numpy as np
@@ -242,6 +244,32 @@ def test_thumbnail_matches_pillow_within_psnr(cur, name):
         assert pil(got).size == expected.size, (name, side)
         value = psnr(as_array(got, mode), np.asarray(expected.convert(mode)))
         assert value >= PSNR_MIN_DB, f"{name} at {side}: {value:.1f} dB"
+
+
+def test_jpeg_thumbnails_work_in_a_forked_child(cur):
+    """A JPEG thumbnail in the parent starts the decoder's threads. A forked child (a
+    multiprocessing or DataLoader worker) has none of them: it must start its own, not wait on
+    the parent's forever."""
+    data = raw("retina.jpg")
+    expected = one(cur, "SELECT image_thumbnail(?, 256)", data)
+    pid = os.fork()
+    if pid == 0:
+        status = 2
+        try:
+            child = connect(":memory:").cursor()
+            status = 0 if one(child, "SELECT image_thumbnail(?, 256)", data) == expected else 1
+        finally:
+            os._exit(status)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    pytest.fail("the forked child's JPEG thumbnail did not finish in 60 s")
 
 
 def test_thumbnail_applies_exif_orientation_and_keeps_the_format(cur):

@@ -20,13 +20,15 @@
 //!
 //! Files: `decode` (bounded decode, orientation, frame count), `transform` (resize, thumbnail,
 //! crop, rotate, flip, grayscale), `encode`, `filters` (median, blur, equalize, adjust, sharpen),
-//! `segment` (Otsu, mask, regions), `phash`. This file is the SQLite glue, and the byte-level
-//! entry points other Rust code (whole-table processing) can call.
+//! `segment` (Otsu, mask, regions), `phash`, `pool` (the image threads). This file is the
+//! SQLite glue, and the byte-level entry points other Rust code (whole-table processing) can
+//! call.
 
 pub mod decode;
 pub mod encode;
 pub mod filters;
 pub mod phash;
+pub mod pool;
 pub mod segment;
 pub mod transform;
 
