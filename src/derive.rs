@@ -19,14 +19,13 @@
 //! back. It commits on its own, so it refuses to run inside a transaction the connection has
 //! open.
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rayon::ThreadPool;
 use rusqlite::types::Value;
 
 use crate::coordinator::Coordinator;
-use crate::error::{Error, Result};
+use crate::error::{catch_panic, Error, Result};
 use crate::imagefn::encode::{self, OutputFormat};
 use crate::imagefn::pool::image_pool;
 use crate::imagefn::{decode, perceptual_hash, phash, thumbnail};
@@ -56,7 +55,9 @@ impl Operation {
         let text = |v: Option<&Value>| match v {
             Some(Value::Text(t)) => Ok(Some(t.clone())),
             None | Some(Value::Null) => Ok(None),
-            Some(_) => Err(Error::WrongType(format!("{name}: a format is TEXT"))),
+            Some(_) => Err(Error::WrongType(format!(
+                "{name}: expected a TEXT argument"
+            ))),
         };
         let integer = |v: Option<&Value>| match v {
             Some(Value::Integer(i)) => Ok(Some(*i)),
@@ -109,8 +110,9 @@ type Job = (usize, i64, Vec<u8>);
 
 /// Computes `operation` for every image on the image threads (a worker per thread, at most one
 /// per image), each taking the next image as it finishes one, largest images first (so that one
-/// large image does not end the work alone). Results come in input order. A worker runs its
-/// images' decoding itself: jpeg-decoder's tasks stay on the worker's own thread.
+/// large image does not end the work alone). Results come in input order. A worker decodes on
+/// its own thread (rayon runs an `install` from one of the pool's threads in place), and offers
+/// its thread between images, so that other connections' decodes wait one image at most.
 fn compute(operation: Operation, images: &[Job], pool: &ThreadPool) -> Result<Vec<Value>> {
     let mut order: Vec<usize> = (0..images.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(images[i].2.len()));
@@ -128,6 +130,7 @@ fn compute(operation: Operation, images: &[Job], pool: &ThreadPool) -> Result<Ve
                 .apply(data)
                 .map_err(|e| Error::BadArgument(format!("row {id}: {e}")))?;
             out.push((i, value));
+            rayon::yield_now();
         }
     };
     let workers = pool.current_num_threads().clamp(1, images.len().max(1));
@@ -137,8 +140,12 @@ fn compute(operation: Operation, images: &[Job], pool: &ThreadPool) -> Result<Ve
         for slot in done.iter_mut() {
             scope.spawn(|_| {
                 // A panic must come back as an error: the caller rolls the transaction back.
-                *slot = catch_unwind(AssertUnwindSafe(work))
-                    .unwrap_or_else(|_| Err(Error::Internal("a derive worker panicked".into())));
+                *slot = catch_panic(work).map_err(|e| match e {
+                    Error::Internal(panic) => {
+                        Error::Internal(format!("a derive worker panicked: {panic}"))
+                    }
+                    other => other,
+                });
             });
         }
     });
@@ -178,7 +185,8 @@ pub fn derive(core: &TableCore, column: &str, operation: Operation) -> Result<Su
     let mut shards = core.shards.borrow_mut();
     coordinator.end_read(&mut shards);
     coordinator.begin_write(&mut shards)?;
-    let outcome = (|| {
+    // A panic anywhere in here is an error like any other: the transaction is rolled back.
+    let outcome = catch_panic(|| {
         let mut rows = 0;
         let mut batch: Vec<Job> = Vec::new();
         let mut bytes = 0;
@@ -200,9 +208,9 @@ pub fn derive(core: &TableCore, column: &str, operation: Operation) -> Result<Su
             }
         }
         rows += flush(&mut batch)?;
+        coordinator.sync(&mut shards)?;
         Ok(rows)
-    })()
-    .and_then(|rows| coordinator.sync(&mut shards).map(|()| rows));
+    });
     match outcome {
         Ok(rows) => {
             coordinator.commit(&mut shards);

@@ -50,10 +50,15 @@ def test_derive_thumbnails_and_hashes_equal_the_per_image_functions(tmp_path):
     print(f"\nderive: {summary}")
 
 
-@pytest.mark.parametrize("mode, message", [("error", "injected fault"), ("panic", "a derive worker panicked")])
-def test_a_failure_in_the_middle_leaves_nothing(tmp_path, mode, message):
-    """An I/O error or a panic in one worker, at the 20th image: the statement fails with its
-    message, the connection still reads the table (nothing written), and so do the shards."""
+@pytest.mark.parametrize("fault, message", [
+    ("derive_row:20:error", "injected fault"),
+    ("derive_row:20:panic", "a derive worker panicked: injected panic"),
+    ("journal_append:1:panic", "injected panic at journal_append"),
+])
+def test_a_failure_in_the_middle_leaves_nothing(tmp_path, fault, message):
+    """An I/O error or a panic in one worker at the 20th image, or a panic in the commit: the
+    statement fails with its message, the connection still reads the table (nothing written),
+    and so do the shards."""
     if not FAULT_LIB.exists():
         pytest.fail(f"fault-injection build missing: {FAULT_LIB}")
     db = tmp_path / "d.db"
@@ -65,7 +70,7 @@ def test_a_failure_in_the_middle_leaves_nothing(tmp_path, mode, message):
             "    print(e, file=sys.stderr)\n"
             "    print(list(con.execute('SELECT count(*), count(thumb) FROM t')))\n"
             "    sys.exit(3)\n") % str(db)
-    env = dict(os.environ, IMAGESTORE_LIB=str(FAULT_LIB), IMAGESTORE_FAULT=f"derive_row:20:{mode}")
+    env = dict(os.environ, IMAGESTORE_LIB=str(FAULT_LIB), IMAGESTORE_FAULT=fault)
     result = subprocess.run([sys.executable, "-c", code], cwd=HERE, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 3 and message in result.stderr, result.stderr[-2000:]
     assert result.stdout.strip() == f"[({len(IMAGES)}, 0)]"
@@ -110,3 +115,36 @@ def test_parallel_derivation_against_a_single_threaded_sql_loop(tmp_path):
           f"imagestore_derive {parallel:.2f} s on {os.cpu_count()} cores, ratio {parallel / single:.2f}")
     (written,), = con.execute("SELECT count(*) FROM t WHERE thumb IS NOT NULL")
     assert written == len(IMAGES)
+
+
+def test_other_connections_decode_while_a_derivation_runs(tmp_path):
+    """Derive workers offer their threads between images: a JPEG thumbnail on another connection
+    of the same process waits for about one image, not for the derivation's end. (Before they
+    did, it waited for a worker to finish its whole share: 0.8 of the derivation.)"""
+    import threading
+    import time
+    con = connect(tmp_path / "d.db")
+    con.execute("CREATE VIRTUAL TABLE t USING imagestore(shards=2, thumb BLOB)")
+    wood = (CORPUS / "images" / "wood-d.webp").read_bytes()
+    con.execute("BEGIN")
+    for i in range(24):  # 4096 x 4096 each: about 50 ms a thumbnail
+        con.execute("INSERT INTO t(name, data) VALUES (?, ?)", (f"w{i}", wood))
+    con.execute("COMMIT")
+    jpeg = (CORPUS / "images" / "retina.jpg").read_bytes()
+    other = connect(":memory:")
+    other.execute("SELECT image_thumbnail(?, 256)", (jpeg,)).fetchall()  # threads started
+    spans = {}
+
+    def derive():
+        started = time.perf_counter()
+        con.execute("SELECT imagestore_derive('t', 'thumb', 'thumbnail', 256)").fetchall()
+        spans["derive"] = time.perf_counter() - started
+
+    worker = threading.Thread(target=derive)
+    worker.start()
+    time.sleep(0.1)
+    started = time.perf_counter()
+    other.execute("SELECT image_thumbnail(?, 256)", (jpeg,)).fetchall()
+    spans["jpeg"] = time.perf_counter() - started
+    worker.join()
+    assert spans["derive"] > 0.4 and spans["jpeg"] < 0.25 * spans["derive"], spans

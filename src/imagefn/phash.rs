@@ -10,7 +10,7 @@
 //!    standard normal distribution ([`directions`]: SplitMix64 from seed [`DIRECTIONS_SEED`],
 //!    Box-Muller). This is SimHash: two vectors an angle `θ` apart differ in `64 θ / π` bits on
 //!    average, so the distance measures how far apart two shapes are, and a change of brightness
-//!    (DC) or contrast (a scale of `v`) changes nothing.
+//!    (DC) or contrast (a scale of `v`) changes nothing but rounding.
 //! 3. Flat pictures: a picture with no shape (`v` zero up to rounding) hashes to 0.
 //!
 //! Why not a bit per coefficient against the median, as the `imagehash` package does: there each
@@ -182,7 +182,7 @@ fn lanczos_taps(in_size: usize, out_size: usize) -> Vec<Taps<f64>> {
             let first = ((center - support + 0.5) as i64).max(0) as usize;
             let last = ((center + support + 0.5) as i64).clamp(0, in_size as i64) as usize;
             let raw: Vec<f64> = (first..last)
-                .map(|x| lanczos3((x as f64 - center + 0.5) / filter_scale))
+                .map(|x| lanczos3((x as f64 - center + 0.5) * (1.0 / filter_scale)))
                 .collect();
             let total: f64 = raw.iter().sum();
             let weights = raw
@@ -233,13 +233,8 @@ fn pillow_lanczos(gray: &GrayImage, out_width: usize, out_height: usize) -> Vec<
         clip8(sum)
     };
     let size = (gray.width() as usize, gray.height() as usize);
-    resize_separable(
-        gray.as_raw().clone(),
-        size,
-        (out_width, out_height),
-        taps,
-        weigh,
-    )
+    let out_size = (out_width, out_height);
+    resize_separable(gray.as_raw(), size, out_size, |v| v, taps, weigh)
 }
 
 /// Pillow's Lanczos resize of a mode "F" image (32-bit float samples, sums in double) made from
@@ -252,41 +247,53 @@ fn pillow_lanczos_float(gray: &GrayImage, out_width: usize, out_height: usize) -
             .sum();
         sum as f32
     };
-    let source = gray.as_raw().iter().map(|&v| f32::from(v)).collect();
     let size = (gray.width() as usize, gray.height() as usize);
-    let out = resize_separable(source, size, (out_width, out_height), lanczos_taps, weigh);
+    let out_size = (out_width, out_height);
+    let out = resize_separable(
+        gray.as_raw(),
+        size,
+        out_size,
+        f32::from,
+        lanczos_taps,
+        weigh,
+    );
     out.into_iter().map(f64::from).collect()
 }
 
-/// Pillow's separable resize of one channel, row-major: the horizontal pass first, each pass
-/// only when its side changes. `weigh` makes one output sample from its taps and the source.
+/// Pillow's separable resize of one 8-bit channel, row-major: the horizontal pass first, each
+/// pass only when its side changes. Source samples are converted by `sample` as they are read;
+/// `weigh` makes one output sample from its taps and the samples of the pass before.
 fn resize_separable<T: Copy + Default, W>(
-    source: Vec<T>,
+    source: &[u8],
     (width, height): (usize, usize),
     (out_width, out_height): (usize, usize),
+    sample: impl Fn(u8) -> T,
     taps: impl Fn(usize, usize) -> Vec<Taps<W>>,
     weigh: impl Fn(&Taps<W>, &dyn Fn(usize) -> T) -> T,
 ) -> Vec<T> {
-    let rows = if out_width != width {
+    let horizontal = (out_width != width).then(|| {
         let columns = taps(width, out_width);
         let mut rows = vec![T::default(); out_width * height];
         for y in 0..height {
             for (x, taps) in columns.iter().enumerate() {
-                rows[y * out_width + x] = weigh(taps, &|i| source[y * width + i]);
+                rows[y * out_width + x] = weigh(taps, &|i| sample(source[y * width + i]));
             }
         }
         rows
-    } else {
-        source
+    });
+    // Rows `out_width` samples wide: the horizontal pass's, or the source's when it had none.
+    let row_sample = |i: usize| match &horizontal {
+        Some(rows) => rows[i],
+        None => sample(source[i]),
     };
     if out_height == height {
-        return rows;
+        return (0..out_width * height).map(row_sample).collect();
     }
     let lines = taps(height, out_height);
     let mut out = vec![T::default(); out_width * out_height];
     for (y, taps) in lines.iter().enumerate() {
         for x in 0..out_width {
-            out[y * out_width + x] = weigh(taps, &|i| rows[i * out_width + x]);
+            out[y * out_width + x] = weigh(taps, &|i| row_sample(i * out_width + x));
         }
     }
     out

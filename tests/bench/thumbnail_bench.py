@@ -2,7 +2,7 @@
 
 For each corpus image of at least 1 megapixel (the JPEGs and WebPs up to 4096x4096), each library
 decodes, makes a thumbnail that fits 256x256, and encodes it in the input's format; best of
-REPEATS runs per image, summed. Also times imagestore_derive against a single-threaded UPDATE doing
+REPEATS runs per image, summed. Also times imagestore_derive against a row-at-a-time UPDATE doing
 the same work, over the whole corpus (256-px WebP thumbnails) and over the corpus JPEGs 20 times
 each (a photo library's shape: 256-px JPEG thumbnails).
 
@@ -77,7 +77,7 @@ def main():
 
 
 def whole_table(label, rows, fmt, repeats):
-    """imagestore_derive against the single-threaded UPDATE doing the same work."""
+    """imagestore_derive against the row-at-a-time UPDATE doing the same work."""
     with tempfile.TemporaryDirectory() as d:
         db = apsw.Connection(os.path.join(d, "b.db"))
         db.enable_load_extension(True)
@@ -89,7 +89,7 @@ def whole_table(label, rows, fmt, repeats):
         db.execute("COMMIT")
         single = best(lambda: db.execute(f"UPDATE t SET thumb = image_thumbnail(data, 256, {fmt})"), repeats)
         parallel = best(lambda: db.execute(f"SELECT imagestore_derive('t', 'thumb', 'thumbnail', 256, {fmt})").fetchall(), repeats)
-        print(f"whole table ({label}: {len(rows)} images, 256-px {fmt.strip(chr(39))}): single-threaded UPDATE "
+        print(f"whole table ({label}: {len(rows)} images, 256-px {fmt.strip(chr(39))}): row-at-a-time UPDATE "
               f"{single * 1000:.0f} ms, imagestore_derive {parallel * 1000:.0f} ms on {os.cpu_count()} cores, "
               f"ratio {parallel / single:.2f}")
 
