@@ -275,7 +275,7 @@ fn decode_jpeg_scaled(
 /// covers the request: libwebp averages the source pixels of each output pixel while decoding
 /// (as Pillow's `reduce` does before its final resampling, and libvips' shrink-on-load), so the
 /// full-size image is never built. `None` where that cannot help: a factor below 2, an animated
-/// or otherwise unsupported file, or any decoding error.
+/// or otherwise unsupported file, a lossy image with alpha, or any decoding error.
 fn decode_webp_scaled(data: &[u8], want_width: u32, want_height: u32) -> Option<DynamicImage> {
     use libwebp_sys::{VP8StatusCode, WEBP_CSP_MODE};
     use std::ffi::c_int;
@@ -286,6 +286,14 @@ fn decode_webp_scaled(data: &[u8], want_width: u32, want_height: u32) -> Option<
     let status =
         unsafe { libwebp_sys::WebPGetFeatures(data.as_ptr(), data.len(), &mut config.input) };
     if status != VP8StatusCode::VP8_STATUS_OK || config.input.has_animation != 0 {
+        return None;
+    }
+    // libwebp's scaler averages a lossy image's colours without weighting them by alpha, so the
+    // colour of transparent pixels bleeds into the visible ones at every edge (its lossless
+    // decoder premultiplies first). Such images take the full decode, whose resize weights by
+    // alpha as Pillow's does.
+    const LOSSLESS: c_int = 2;
+    if config.input.has_alpha != 0 && config.input.format != LOSSLESS {
         return None;
     }
     let width = u32::try_from(config.input.width).ok()?;
