@@ -4,7 +4,8 @@ For each corpus image of at least 1 megapixel (the JPEGs and WebPs up to 4096x40
 decodes, makes a thumbnail that fits 256x256, and encodes it in the input's format; best of
 REPEATS runs per image, summed. Also times imagestore_derive against a row-at-a-time UPDATE doing
 the same work, over the whole corpus (256-px WebP thumbnails) and over the corpus JPEGs 20 times
-each (a photo library's shape: 256-px JPEG thumbnails).
+each (a photo library's shape: 256-px JPEG thumbnails); and image_phash over the corpus against
+the imagehash package's phash.
 
 Usage: python3 tests/bench/thumbnail_bench.py [repeats]   (needs pillow, pyvips, pyvips-binary).
 Not part of the test run.
@@ -71,9 +72,23 @@ def main():
           f"imagestore / libvips {totals['imagestore'] / totals['libvips']:.2f}")
 
     corpus = [(p.name, p.read_bytes()) for p in sorted(CORPUS.iterdir())]
+    perceptual_hashes(con, corpus, repeats)
     jpegs = [(f"{i}-{name}", data) for i in range(20) for name, data in corpus if name.endswith(".jpg")]
     whole_table("corpus", corpus, "'webp'", repeats)
     whole_table("corpus JPEGs x 20", jpegs, "'jpeg'", repeats)
+
+
+def perceptual_hashes(con, corpus, repeats):
+    """image_phash over the whole corpus against the imagehash package's phash (Pillow decode)."""
+    try:
+        import imagehash
+    except ImportError:
+        return
+    ours = sum(best(lambda: con.execute("SELECT image_phash(?)", (data,)).fetchall(), repeats)
+               for _, data in corpus)
+    theirs = sum(best(lambda: imagehash.phash(Image.open(io.BytesIO(data))), repeats) for _, data in corpus)
+    print(f"phash ({len(corpus)} images): imagestore {ours * 1000:.0f} ms, imagehash {theirs * 1000:.0f} ms, "
+          f"ratio {ours / theirs:.2f}")
 
 
 def whole_table(label, rows, fmt, repeats):
