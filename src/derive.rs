@@ -8,8 +8,8 @@
 //! SELECT imagestore_derive('photos', 'small', 'convert', 'jpeg', 80);
 //! ```
 //! Operations: `thumbnail, max_side [, format]` (as `image_thumbnail`), `convert, format
-//! [, quality]` (as `image_convert`), `phash [, method]` (as `image_phash`). The target is one of the table's
-//! own columns.
+//! [, quality]` (as `image_convert`), `phash [, method]` (as `image_phash`). The target is one of
+//! the table's own columns.
 //!
 //! How: the table's write transaction is opened (the writer lock excludes other writers, so the
 //! images cannot change underneath); images are read a batch at a time, bounded in bytes, and
