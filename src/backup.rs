@@ -169,7 +169,7 @@ fn write_generation(
     new_files: &[PathBuf],
 ) -> Result<(Copied, f64, Vec<ManifestFile>)> {
     // The images each shard's earlier files hold, read before the snapshot opens.
-    let held: Vec<HashSet<String>> = match earlier {
+    let held: Vec<HashSet<blake3::Hash>> = match earlier {
         None => vec![HashSet::new(); new_files.len()],
         Some(manifest) => (0..new_files.len())
             .map(|shard| held_by_earlier_files(dest, manifest, shard))
@@ -219,7 +219,7 @@ fn held_by_earlier_files(
     dest: &Path,
     manifest: &Manifest,
     shard: usize,
-) -> Result<HashSet<String>> {
+) -> Result<HashSet<blake3::Hash>> {
     let mut held = HashSet::new();
     for file in manifest.files_of(shard) {
         let path = dest.join(&file.name);
@@ -244,7 +244,7 @@ fn held_by_earlier_files(
 fn copy_shards(
     core: &TableCore,
     new_files: &[PathBuf],
-    held: &[HashSet<String>],
+    held: &[HashSet<blake3::Hash>],
 ) -> Result<Copied> {
     let shards = core.shards.borrow();
     let mut copied = Copied::default();

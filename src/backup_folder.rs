@@ -33,7 +33,7 @@ use crate::config::{validated_user_columns, UserColumn, SHARD_COUNT_MAX};
 use crate::durable::remove_files;
 use crate::error::{Error, Result};
 use crate::placement::shard_of;
-use crate::shard::Shard;
+use crate::shard::{parse_hash, Shard};
 
 pub const MANIFEST: &str = "manifest.json";
 const MANIFEST_TMP: &str = "manifest.json.tmp";
@@ -357,7 +357,7 @@ fn check_shard_files(
     files: &[&ManifestFile],
     problems: &mut Vec<String>,
 ) -> (i64, i64) {
-    let mut held: HashSet<String> = HashSet::new();
+    let mut held: HashSet<blake3::Hash> = HashSet::new();
     let mut totals = (0, 0);
     for file in files {
         let name = &file.name;
@@ -373,11 +373,12 @@ fn check_shard_files(
                 if home != file.shard {
                     problems.push(format!("{name}: row {id} belongs on shard {home}"));
                 }
-                match data {
-                    Some(data) if blake3::hash(data).to_hex().as_str() != hash => problems
+                let stored = parse_hash(hash);
+                match data.map(blake3::hash) {
+                    Some(actual) if stored == Some(actual) => found.push(actual),
+                    Some(_) => problems
                         .push(format!("{name}: row {id}: image bytes do not match their hash")),
-                    Some(_) => found.push(hash.to_string()),
-                    None if held.contains(hash) => {}
+                    None if stored.is_some_and(|stored| held.contains(&stored)) => {}
                     None => problems.push(format!(
                         "{name}: row {id}: image bytes are in no file of this or an earlier generation"
                     )),

@@ -140,6 +140,11 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A stored image hash (BLAKE3, hex) as its 32 bytes; `None` if it is not one.
+pub fn parse_hash(hex: &str) -> Option<blake3::Hash> {
+    blake3::Hash::from_hex(hex).ok()
+}
+
 fn unhex(s: &str) -> Option<TableId> {
     if s.len() != 32 {
         return None;
@@ -1057,7 +1062,7 @@ impl Shard {
     /// `dest`, leaving out the bytes of images whose hash is in `held` (an earlier backup holds
     /// them). Rows, meta and schema are copied whole; protocol state is not. Returns how many
     /// images' bytes were copied, and their size.
-    pub fn copy_rows_to(&self, dest: &Path, held: &HashSet<String>) -> Result<(u64, u64)> {
+    pub fn copy_rows_to(&self, dest: &Path, held: &HashSet<blake3::Hash>) -> Result<(u64, u64)> {
         // Synced through this descriptor, kept open until the connection has closed: closing
         // another descriptor of the file would drop SQLite's POSIX locks on it.
         let file = std::fs::File::create(dest).map_err(Error::file_io(dest))?;
@@ -1087,7 +1092,7 @@ impl Shard {
                     detail: "holds a row without a hash or blob".into(),
                 });
             };
-            if !held.contains(hash) {
+            if !parse_hash(hash).is_some_and(|hash| held.contains(&hash)) {
                 let data = self.read_blob(*blob_id)?;
                 copy_blob
                     .execute(params![blob_id, data])
@@ -1140,11 +1145,22 @@ impl Shard {
         Ok(())
     }
 
-    /// Hashes of the images whose bytes this file holds.
-    pub fn held_hashes(&self) -> Result<HashSet<String>> {
-        let hashes: Vec<String> =
-            self.first_column("SELECT i.hash FROM images i JOIN blobs b ON b.blob_id = i.blob_id")?;
-        Ok(hashes.into_iter().collect())
+    /// Hashes of the images whose bytes this file holds, 32 bytes each (a stored hash that is
+    /// not BLAKE3 hex is left out: its image is copied again, never skipped).
+    pub fn held_hashes(&self) -> Result<HashSet<blake3::Hash>> {
+        let mut held = HashSet::new();
+        let mut stmt = self
+            .conn
+            .prepare("SELECT i.hash FROM images i JOIN blobs b ON b.blob_id = i.blob_id")
+            .map_err(self.err())?;
+        let mut rows = stmt.query([]).map_err(self.err())?;
+        while let Some(row) = rows.next().map_err(self.err())? {
+            let hex = row.get_ref(0).map_err(self.err())?;
+            if let Some(hash) = hex.as_str().ok().and_then(parse_hash) {
+                held.insert(hash);
+            }
+        }
+        Ok(held)
     }
 
     /// The bytes of a row's image if this file holds them (a backup file of a later
