@@ -528,11 +528,6 @@ impl Journal {
         }
     }
 
-    /// Whether the journal holds no record.
-    pub fn is_empty(&self) -> bool {
-        self.committed.is_empty() && self.logged.is_empty()
-    }
-
     /// Size of the valid journal in bytes.
     pub fn len_bytes(&self) -> u64 {
         self.end

@@ -1193,18 +1193,6 @@ impl Shard {
             .map_err(self.err())
     }
 
-    /// Whether this shard holds any row, image or protocol state.
-    pub fn holds_anything(&self) -> Result<bool> {
-        self.conn
-            .query_row(
-                "SELECT EXISTS (SELECT 1 FROM images) OR EXISTS (SELECT 1 FROM blobs) \
-                 OR EXISTS (SELECT 1 FROM imagestore_prepared) OR EXISTS (SELECT 1 FROM imagestore_undo)",
-                [],
-                |r| r.get(0),
-            )
-            .map_err(self.err())
-    }
-
     /// Rows, and bytes of images, in this shard (as the open transaction sees it).
     pub fn totals(&self) -> Result<(i64, i64)> {
         self.conn

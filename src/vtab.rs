@@ -177,46 +177,6 @@ fn new_table_id(config: &TableConfig) -> TableId {
     id
 }
 
-/// Removes the files of this table if they are what a rolled-back CREATE leaves (SQLite tells
-/// a virtual table nothing when its CREATE is rolled back): every existing shard file one of
-/// this table's, holding no row, no image and no protocol state, and a journal with no record.
-/// Returns whether it removed them, so that CREATE can start afresh with its new arguments.
-/// Anything else (a file that is not a shard, one holding data, a restore's) stays, and CREATE
-/// goes on to adopt it or to refuse, naming it. The writer lock is held throughout.
-fn remove_rolled_back_create(config: &TableConfig, existing: &[&Path]) -> Result<bool> {
-    let lock = crate::locks::LockFile::open(&config.lock_path)?;
-    let _writer = lock.exclusive("writer lock", config.busy_timeout_ms)?;
-    let mut table_id = None;
-    for path in existing {
-        let Ok(shard) = Shard::open_read_only(path, &[]) else {
-            return Ok(false);
-        };
-        let identity = shard
-            .user_columns()
-            .and_then(|columns| shard.identity(&columns));
-        let (Ok(identity), Ok(false)) = (identity, shard.holds_anything()) else {
-            return Ok(false);
-        };
-        if *table_id.get_or_insert(identity.table_id) != identity.table_id {
-            return Ok(false);
-        }
-    }
-    let Some(table_id) = table_id else {
-        return Ok(false);
-    };
-    let journal_is_empty =
-        match crate::journal::Journal::open_existing(&config.journal_path, table_id) {
-            Ok(None) => true,
-            Ok(Some(journal)) => journal.is_empty(),
-            Err(_) => false,
-        };
-    if !journal_is_empty {
-        return Ok(false);
-    }
-    remove_files(&config.files())?;
-    Ok(true)
-}
-
 /// Opens every shard of the table, creating them all if `create` and none exists yet.
 pub(crate) fn open_shards(
     config: &TableConfig,
@@ -248,9 +208,6 @@ pub(crate) fn open_shards(
             shards.push(shard);
         }
         return Ok((table_id, shards, true));
-    }
-    if create && remove_rolled_back_create(config, &existing)? {
-        return open_shards(config, create);
     }
     if create && existing.len() < config.shard_paths.len() {
         return Err(Error::BadArgument(format!(

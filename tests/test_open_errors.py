@@ -82,29 +82,3 @@ def test_memory_db_needs_shard_paths(tmp_path):
     assert con.execute("SELECT format, width, height FROM t2").fetchall() == [("jpeg", 640, 427)]
     assert all(p.exists() for p in paths)
     con.close()
-
-
-def test_a_rolled_back_create_leaves_nothing_a_new_create_trips_on(tmp_path):
-    """SQLite tells a virtual table nothing when its CREATE is rolled back, so the shard files
-    stay. The next CREATE of that name, with other arguments, removes them (they hold nothing)
-    and starts afresh. Files that hold data are never removed: that CREATE is refused, naming
-    them, and their bytes stay as they were."""
-    path = tmp_path / "c.db"
-    con = connect(path)
-    con.execute("BEGIN")
-    con.execute("CREATE VIRTUAL TABLE t USING imagestore(shards=2, album TEXT)")
-    con.execute("ROLLBACK")
-    assert all(p.exists() for p in shard_paths(path, "t", 2))
-    con.execute("CREATE VIRTUAL TABLE t USING imagestore(shards=3, rating INTEGER)")
-    con.execute("INSERT INTO t(name, data, rating) VALUES ('a', ?, 5)", (corpus_bytes("coins.png"),))
-    assert con.execute("SELECT count(*), sum(rating) FROM t").fetchall() == [(1, 5)]
-    assert all(p.exists() for p in shard_paths(path, "t", 3))
-    # The same table, forgotten by the host database: its files hold a row, so they stay.
-    con.execute("PRAGMA writable_schema = ON")
-    con.execute("DELETE FROM sqlite_schema WHERE name = 't'")
-    con.close()
-    before = [p.read_bytes() for p in shard_paths(path, "t", 3)]
-    con = connect(path)
-    with pytest.raises(apsw.Error, match=r"c\.t\.shard0\.db: holds columns"):
-        con.execute("CREATE VIRTUAL TABLE t USING imagestore(shards=3, album TEXT)")
-    assert [p.read_bytes() for p in shard_paths(path, "t", 3)] == before
