@@ -24,6 +24,7 @@
 //!   manifest and verification. `restore`: a new table from a backup.
 //! - `derive`: whole-table processing.
 //! - `imagefn`: the per-image SQL functions.
+//! - `table_name`: naming a table to the operating functions as SQL names it.
 //! - `sqlfn`: registering SQL functions so that their errors keep their SQLite codes.
 //! - `config`: the table's arguments. `error`: errors and their SQLite codes.
 
@@ -45,6 +46,7 @@ pub mod redo;
 pub mod restore;
 pub mod shard;
 pub mod sqlfn;
+pub mod table_name;
 pub mod vtab;
 
 use rusqlite::Connection;

@@ -10,7 +10,7 @@
 //! shards hold prepared transactions, and the table refuses to open. It reads the table's
 //! definition from the schema, opens the shards itself, applies the decision to every prepared
 //! transaction, and starts a new journal.
-//! The table is named as `table` or `schema.table`. Both read one consistent snapshot of every
+//! The table is named as SQL names it (`table`, `schema.table`, a quoted name; see `table_name`). Both read one consistent snapshot of every
 //! shard, like a query on the table.
 
 use std::ffi::c_int;
@@ -26,6 +26,7 @@ use crate::derive::Operation;
 use crate::error::{Error, Result};
 use crate::placement::shard_of;
 use crate::sqlfn::{self, Call, Kind};
+use crate::table_name::{self, quote, TableName};
 use crate::vtab::{open_shards, table_config, with_open_table, TableCore};
 
 /// Runs `body` on one consistent snapshot of every shard of the table.
@@ -127,23 +128,36 @@ fn transactions(core: &TableCore) -> Result<String> {
     })
 }
 
-/// Runs `body` on the table named by the function's first argument, connecting it first if this
-/// connection has not used it yet.
+/// Runs `body` on the table named by the function's first argument (see `table_name`),
+/// connecting it first if this connection has not used it yet.
 pub(crate) fn with_table_argument<T>(
     call: &Call<'_>,
     body: impl FnOnce(&TableCore) -> Result<T>,
 ) -> Result<T> {
-    let table = call.text(0, "give the table's name as TEXT")?;
+    let db = call.connection()?;
+    let table = imagestore_table(&db, &call.text(0, "give the table's name as TEXT")?)?;
     // Preparing a statement on the table connects it if this connection has not yet.
-    let quoted = table
-        .split('.')
-        .map(|p| format!("\"{}\"", p.replace('"', "\"\"")))
-        .collect::<Vec<_>>()
-        .join(".");
-    call.connection()?
-        .prepare(&format!("SELECT 1 FROM {quoted} LIMIT 0"))
-        .map_err(|e| Error::BadArgument(format!("{table}: {e}")))?;
-    with_open_table(call.handle(), &table, body)
+    db.prepare(&format!(
+        "SELECT 1 FROM {}.{} LIMIT 0",
+        quote(&table.schema),
+        quote(&table.table)
+    ))
+    .map_err(|e| Error::BadArgument(format!("{}.{}: {e}", table.schema, table.table)))?;
+    with_open_table(call.handle(), &table.schema, &table.table, body)
+}
+
+/// The imagestore table that `name` denotes, as SQL resolves it.
+fn imagestore_table(db: &Connection, name: &str) -> Result<TableName> {
+    let table = table_name::resolve(db, name)?;
+    let is_imagestore = module_arguments(&table.sql).is_some()
+        && table.sql.to_ascii_lowercase().contains("using imagestore");
+    if !is_imagestore {
+        return Err(Error::BadArgument(format!(
+            "{}.{} is not an imagestore table",
+            table.schema, table.table
+        )));
+    }
+    Ok(table)
 }
 
 /// `imagestore_derive(table, column, operation, args...)`: see `derive`.
@@ -183,21 +197,10 @@ fn resolve(call: &Call<'_>) -> Result<String> {
             )))
         }
     };
-    let (schema, name) = table.split_once('.').unwrap_or(("main", table.as_str()));
-    let db = call.connection()?;
-    let quoted_schema = format!("\"{}\"", schema.replace('"', "\"\""));
-    let sql: String = db
-        .query_row(
-            &format!("SELECT sql FROM {quoted_schema}.sqlite_schema WHERE type = 'table' AND name = ?1 COLLATE NOCASE"),
-            [name],
-            |r| r.get(0),
-        )
-        .map_err(|_| Error::BadArgument(format!("no table named {table}")))?;
-    let args = module_arguments(&sql)
-        .filter(|_| sql.to_ascii_lowercase().contains("using imagestore"))
-        .ok_or_else(|| Error::BadArgument(format!("{table} is not an imagestore table")))?;
+    let table = imagestore_table(&call.connection()?, &table)?;
+    let args = module_arguments(&table.sql).unwrap_or_default();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let config = table_config(call.handle(), schema, name, &args)?;
+    let config = table_config(call.handle(), &table.schema, &table.table, &args)?;
     let (table_id, shards, _) = open_shards(&config, false)?;
     let resolved = resolve_in_doubt(&config, table_id, &shards, resolution)?;
     Ok(

@@ -113,26 +113,26 @@ fn open_tables() -> std::sync::MutexGuard<'static, Vec<OpenTable>> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Runs `body` on the table called `name` (`table` or `schema.table`) open on connection `db`.
+/// Runs `body` on table `table` of database `schema` (as `table_name` resolves them), connected
+/// on connection `db`.
 pub fn with_open_table<T>(
     db: *mut ffi::sqlite3,
-    name: &str,
+    schema: &str,
+    table: &str,
     body: impl FnOnce(&TableCore) -> Result<T>,
 ) -> Result<T> {
-    let (schema, table) = match name.split_once('.') {
-        Some((schema, table)) => (Some(schema), table),
-        None => (None, name),
-    };
     let core = open_tables()
         .iter()
         .find(|t| {
             t.db == db as usize
                 && t.name.eq_ignore_ascii_case(table)
-                && schema.is_none_or(|s| t.schema.eq_ignore_ascii_case(s))
+                && t.schema.eq_ignore_ascii_case(schema)
         })
         .map(|t| t.core)
         .ok_or_else(|| {
-            Error::BadArgument(format!("no imagestore table named {name} in this database"))
+            Error::BadArgument(format!(
+                "no imagestore table named {schema}.{table} in this connection"
+            ))
         })?;
     // SAFETY: see `OpenTable`: we are inside a call on connection `db` and the table is connected.
     body(unsafe { &*core })
@@ -356,18 +356,26 @@ impl ImageTable {
         let index = shard_of(row.id, self.shard_count());
         let txid = self.write_shard(index)?;
         if self.get_row(row.id)?.is_some() {
-            // SAFETY: self.db is the connection that is running this xUpdate.
-            let mode = unsafe { ffi::sqlite3_vtab_on_conflict(self.db) };
-            if mode != ffi::SQLITE_REPLACE {
-                return Err(Error::DuplicateId {
-                    table: self.core.config.table_name.clone(),
-                    id: row.id,
-                });
+            if self.on_conflict() != ffi::SQLITE_REPLACE {
+                return Err(self.duplicate_id(row.id));
             }
             self.delete_row(row.id)?;
         }
         self.core.coordinator.borrow_mut().note_id(row.id);
         self.core.shards.borrow()[index].insert(txid, row, data)
+    }
+
+    /// The conflict clause of the statement running this xUpdate (`SQLITE_REPLACE`, ...).
+    fn on_conflict(&self) -> c_int {
+        // SAFETY: self.db is the connection that is running this xUpdate.
+        unsafe { ffi::sqlite3_vtab_on_conflict(self.db) }
+    }
+
+    fn duplicate_id(&self, id: i64) -> Error {
+        Error::DuplicateId {
+            table: self.core.config.table_name.clone(),
+            id,
+        }
     }
 
     fn delete_row(&self, id: i64) -> Result<()> {
@@ -649,13 +657,18 @@ impl UpdateVTab<'_> for ImageTable {
                 let txid = self.write_shard(index)?;
                 return self.core.shards.borrow()[index].update(txid, &current, &row, new_data);
             }
-            // A new id may live on another shard: move the row (its blob is copied).
+            // A new id may live on another shard: move the row (its blob is copied). A taken id
+            // is refused before anything is deleted: under OR IGNORE and OR FAIL SQLite keeps
+            // whatever this call changed before it failed.
+            if self.get_row(new_id)?.is_some() && self.on_conflict() != ffi::SQLITE_REPLACE {
+                return Err(self.duplicate_id(new_id));
+            }
             let data = match new_data {
                 Some(d) => d.to_vec(),
                 None => self.core.shards.borrow()[shard_of(old_id, self.shard_count())]
                     .read_blob(current.blob_id)?,
             };
-            // insert_row refuses an existing id, or replaces it under OR REPLACE.
+            // insert_row replaces the taken id under OR REPLACE.
             self.delete_row(old_id)?;
             self.insert_row(&row, &data)
         })?)
