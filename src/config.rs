@@ -354,6 +354,15 @@ impl TableConfig {
         };
         let (shard_paths, derived_paths) =
             Self::shard_paths(table_name, &shards, &host, &base_dir)?;
+        // Every path to a shard (a symbolic link, a linked folder) leads to the same coordinator
+        // files, which are named after shard 0's canonical path.
+        let shard_paths: Vec<PathBuf> = shard_paths.iter().map(|p| canonical(p)).collect();
+        if let Some(twice) = first_repeated(&shard_paths) {
+            return Err(bad(format!(
+                "shards: {} is listed twice (through a symbolic link); each shard needs its own file",
+                twice.display()
+            )));
+        }
         // The coordinator's files go with the shard set, not with the database or the table's
         // name: whoever opens these shards, from whichever database, shares one journal and one
         // pair of locks.
@@ -475,6 +484,26 @@ pub fn with_suffix(base: &Path, suffix: &str) -> PathBuf {
     let mut name = base.as_os_str().to_owned();
     name.push(suffix);
     PathBuf::from(name)
+}
+
+/// `path` with its folder's symbolic links, and its own, resolved; as given where the folder
+/// does not exist (the error naming it comes when the shard is opened).
+fn canonical(path: &Path) -> PathBuf {
+    if let Ok(resolved) = std::fs::canonicalize(path) {
+        return resolved;
+    }
+    match (path.parent(), path.file_name()) {
+        (Some(dir), Some(name)) => std::fs::canonicalize(dir)
+            .map(|dir| dir.join(name))
+            .unwrap_or_else(|_| path.to_path_buf()),
+        _ => path.to_path_buf(),
+    }
+}
+
+/// The first path that appears twice in `paths`.
+fn first_repeated(paths: &[PathBuf]) -> Option<&PathBuf> {
+    let mut seen = HashSet::new();
+    paths.iter().find(|p| !seen.insert(p.as_path()))
 }
 
 /// A path with `.` and `..` folded, so that duplicates are found without touching the disk.

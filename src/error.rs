@@ -50,6 +50,10 @@ pub enum Error {
     #[error("imagestore: shard file {path} is missing; restore it from a backup, or drop the table if its images are no longer wanted (it is never recreated empty)")]
     ShardMissing { path: PathBuf },
 
+    /// A shard file has several names (hard links), which SQLite cannot share (SQLITE_CANTOPEN).
+    #[error("imagestore: {path} has {names} names (hard links). SQLite keeps a shard's WAL file, and imagestore its journal and locks, beside the name it was opened by, so writers and readers using two names would miss each other's commits. Keep one name (find the others with: find / -samefile '{path}') and remove the rest")]
+    ShardHardLinked { path: PathBuf, names: u64 },
+
     /// A shard file exists but is not this table's shard (SQLITE_CORRUPT_VTAB).
     #[error("imagestore: {path}: {detail}")]
     ShardForeign { path: PathBuf, detail: String },
@@ -116,7 +120,7 @@ impl Error {
             Error::WrongType(_) => ffi::SQLITE_MISMATCH,
             Error::TooBig { .. } | Error::ImageTooBig(_) => ffi::SQLITE_TOOBIG,
             Error::DerivedColumn(_) | Error::DuplicateId { .. } => ffi::SQLITE_CONSTRAINT,
-            Error::ShardMissing { .. } => ffi::SQLITE_CANTOPEN,
+            Error::ShardMissing { .. } | Error::ShardHardLinked { .. } => ffi::SQLITE_CANTOPEN,
             Error::ShardForeign { .. } | Error::JournalCorrupt { .. } | Error::InDoubt(_) => {
                 ffi::SQLITE_CORRUPT_VTAB
             }

@@ -21,6 +21,7 @@
 //! This module knows SQL; the protocol (when to prepare, finalize or abort) is the coordinator's.
 
 use std::collections::HashSet;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use rusqlite::config::DbConfig;
@@ -176,6 +177,12 @@ impl Shard {
                 return Err(Error::ShardForeign {
                     path: path.to_path_buf(),
                     detail: "already exists; choose a new file for a new shard".into(),
+                })
+            }
+            (Ok(meta), false) if meta.nlink() > 1 => {
+                return Err(Error::ShardHardLinked {
+                    path: path.to_path_buf(),
+                    names: meta.nlink(),
                 })
             }
             (Err(_), false) => {
