@@ -464,29 +464,44 @@ impl Coordinator {
         Ok(txn.txid)
     }
 
-    /// An id for a row inserted without one: above every id of every shard.
+    /// An id for a row inserted without one, as SQLite assigns a rowid: one above the largest id
+    /// of every shard (this transaction's writes included), or 1 in an empty table.
     pub fn assign_id(&mut self, shards: &[Shard]) -> Result<i64> {
         let txn = self.write_txn()?;
         let next = match txn.next_id {
             Some(next) => next,
             None => {
-                let mut max = 0i64;
+                let mut max = None;
                 for shard in shards {
-                    max = max.max(shard.max_id()?.unwrap_or(0));
+                    max = max.max(shard.max_id()?);
                 }
-                max.checked_add(1)
-                    .ok_or_else(|| Error::BadArgument("no id left above the largest one".into()))?
+                match max {
+                    None => 1,
+                    Some(max) => max.checked_add(1).ok_or_else(|| {
+                        Error::BadArgument("no id left above the largest one".into())
+                    })?,
+                }
             }
         };
         txn.next_id = Some(next + 1);
         Ok(next)
     }
 
-    /// Tells the coordinator that a row with this id was written, so assigned ids stay above it.
-    pub fn note_id(&mut self, id: i64) {
+    /// Tells the coordinator that a row with this id was inserted, so assigned ids stay above it.
+    pub fn note_inserted_id(&mut self, id: i64) {
         if let Activity::Writing(txn) = &mut self.activity {
             if let Some(next) = txn.next_id {
                 txn.next_id = Some(next.max(id.saturating_add(1)));
+            }
+        }
+    }
+
+    /// Tells the coordinator that the row with this id was deleted: if it may have been the
+    /// largest, the next assigned id is looked up again (SQLite reuses a freed largest rowid).
+    pub fn note_deleted_id(&mut self, id: i64) {
+        if let Activity::Writing(txn) = &mut self.activity {
+            if txn.next_id.is_some_and(|next| id >= next.saturating_sub(1)) {
+                txn.next_id = None;
             }
         }
     }

@@ -42,7 +42,8 @@ pub enum Error {
     )]
     DerivedColumn(&'static str),
 
-    /// An id that another row already has (SQLITE_CONSTRAINT, which SQLite's OR IGNORE skips).
+    /// An id that another row already has (SQLITE_CONSTRAINT_PRIMARYKEY, as for an INTEGER
+    /// PRIMARY KEY; SQLite applies OR IGNORE, OR ABORT, OR FAIL and OR ROLLBACK to it).
     #[error("UNIQUE constraint failed: {table}.id (id {id} already exists)")]
     DuplicateId { table: String, id: i64 },
 
@@ -119,7 +120,8 @@ impl Error {
             Error::BadArgument(_) | Error::NotAnImage { .. } => ffi::SQLITE_ERROR,
             Error::WrongType(_) => ffi::SQLITE_MISMATCH,
             Error::TooBig { .. } | Error::ImageTooBig(_) => ffi::SQLITE_TOOBIG,
-            Error::DerivedColumn(_) | Error::DuplicateId { .. } => ffi::SQLITE_CONSTRAINT,
+            Error::DerivedColumn(_) => ffi::SQLITE_CONSTRAINT,
+            Error::DuplicateId { .. } => ffi::SQLITE_CONSTRAINT_PRIMARYKEY,
             Error::ShardMissing { .. } | Error::ShardHardLinked { .. } => ffi::SQLITE_CANTOPEN,
             Error::ShardForeign { .. } | Error::JournalCorrupt { .. } | Error::InDoubt(_) => {
                 ffi::SQLITE_CORRUPT_VTAB

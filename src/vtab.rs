@@ -361,7 +361,7 @@ impl ImageTable {
             }
             self.delete_row(row.id)?;
         }
-        self.core.coordinator.borrow_mut().note_id(row.id);
+        self.core.coordinator.borrow_mut().note_inserted_id(row.id);
         self.core.shards.borrow()[index].insert(txid, row, data)
     }
 
@@ -383,7 +383,11 @@ impl ImageTable {
         let txid = self.write_shard(index)?;
         let shards = self.core.shards.borrow();
         match shards[index].get(id)? {
-            Some(current) => shards[index].delete(txid, &current),
+            Some(current) => {
+                shards[index].delete(txid, &current)?;
+                self.core.coordinator.borrow_mut().note_deleted_id(id);
+                Ok(())
+            }
             None => Ok(()),
         }
     }
@@ -457,16 +461,29 @@ fn host_filename(db: *mut ffi::sqlite3, schema: &str) -> Option<String> {
     (!name.is_empty()).then_some(name)
 }
 
+/// An id as SQLite takes a value for an INTEGER PRIMARY KEY: an integer, or a real or text that
+/// is one exactly (`7.0`, `'7'`, `' 7 '`); anything else is a type mismatch.
 fn integer_id(value: ValueRef<'_>, what: &str) -> Result<Option<i64>> {
-    match value {
-        ValueRef::Null => Ok(None),
-        ValueRef::Integer(i) => Ok(Some(i)),
-        ValueRef::Real(r) if r.fract() == 0.0 && r.abs() < 9.0e18 => Ok(Some(r as i64)),
-        other => Err(Error::WrongType(format!(
+    let exact =
+        |r: f64| (r.is_finite() && r.fract() == 0.0 && r.abs() < 9.0e18).then_some(r as i64);
+    let id = match value {
+        ValueRef::Null => return Ok(None),
+        ValueRef::Integer(i) => Some(i),
+        ValueRef::Real(r) => exact(r),
+        ValueRef::Text(t) => std::str::from_utf8(t).ok().and_then(|t| {
+            let t = t.trim_ascii();
+            t.parse::<i64>()
+                .ok()
+                .or_else(|| t.parse::<f64>().ok().and_then(exact))
+        }),
+        ValueRef::Blob(_) => None,
+    };
+    id.map(Some).ok_or_else(|| {
+        Error::WrongType(format!(
             "{what} must be an integer, not {}",
-            type_name(other)
-        ))),
-    }
+            type_name(value)
+        ))
+    })
 }
 
 /// An owned copy of a value SQLite passed in.
