@@ -81,6 +81,8 @@ pub struct TableConfig {
     pub restore_from: Option<PathBuf>,
     /// Indexes declared with `index(col, ...)`, each kept on every shard: its columns' names.
     pub indexes: Vec<Vec<String>>,
+    /// This table as the owner of the shard files it creates.
+    pub owner: Owner,
 }
 
 /// Where the database that holds the table lives: its file, or `None` for :memory: and temp.
@@ -286,6 +288,33 @@ fn resolve(path: &str, base_dir: &Path) -> PathBuf {
     }
 }
 
+/// Who created a shard set (kept in every shard, see `shard::Lifecycle`): the host database's file name (without its folder, so that a
+/// folder moved whole keeps its owner; empty for `:memory:` and temp databases) and the table's
+/// name. Only the owner's DROP deletes the files; only the owner's CREATE removes leftovers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    pub database: String,
+    pub table: String,
+}
+
+impl Owner {
+    /// Whether `other` names the same owner (table names compare as SQL compares them).
+    pub fn is(&self, other: &Owner) -> bool {
+        !self.database.is_empty()
+            && self.database == other.database
+            && self.table.eq_ignore_ascii_case(&other.table)
+    }
+}
+
+impl std::fmt::Display for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.database.as_str() {
+            "" => write!(f, "table {} of a :memory: or temp database", self.table),
+            db => write!(f, "table {} of database {db}", self.table),
+        }
+    }
+}
+
 impl TableConfig {
     /// Parses the module arguments (after module, database and table names).
     pub fn parse(table_name: &str, args: &[&str], host: HostDatabase<'_>) -> Result<TableConfig> {
@@ -383,6 +412,14 @@ impl TableConfig {
             user_columns,
             restore_from: restore_from.map(|dir| resolve(&dir, &base_dir)),
             indexes,
+            owner: Owner {
+                database: host
+                    .file
+                    .and_then(Path::file_name)
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                table: table_name.to_string(),
+            },
         })
     }
 

@@ -11,6 +11,7 @@
 //!
 //! Modules, from SQLite's side inward:
 //! - `vtab`: the virtual table (SQLite's callbacks; the only SQLite-facing code but this file).
+//! - `after_commit`: work that waits for the host's commit (deleting a dropped table's files).
 //! - `coordinator`: the commit protocol, described in full in its module comment.
 //! - `journal`: the coordinator's durable decision log. `redo`: a shard's changes, as a logged
 //!   commit's journal record carries them.
@@ -28,6 +29,7 @@
 //! - `sqlfn`: registering SQL functions so that their errors keep their SQLite codes.
 //! - `config`: the table's arguments. `error`: errors and their SQLite codes.
 
+pub mod after_commit;
 pub mod backup;
 pub mod backup_folder;
 pub mod config;
@@ -54,6 +56,7 @@ use rusqlite::Connection;
 /// Registers everything the extension provides on one connection.
 pub fn register(conn: &Connection) -> rusqlite::Result<()> {
     vtab::register(conn)?;
+    after_commit::register(conn)?;
     maintenance::register(conn)?;
     imagefn::register(conn)?;
     sqlfn::register(

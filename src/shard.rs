@@ -1,7 +1,8 @@
 //! A shard: one ordinary SQLite file (WAL mode) holding a share of a table's rows.
 //!
 //! ```sql
-//! imagestore_meta(key PRIMARY KEY, value)   -- format_version, table_id, shard_index, shard_count, last_txid
+//! imagestore_meta(key PRIMARY KEY, value)   -- format_version, table_id, shard_index, shard_count, last_txid,
+//!                                               owner_database, owner_table, lifecycle (see `Owner`)
 //! images(id INTEGER PRIMARY KEY, name, format, width, height, bytes, hash, blob_id, <user columns>)
 //! blobs(blob_id INTEGER PRIMARY KEY, data)  -- image bytes, apart so metadata scans never read them
 //! imagestore_prepared(txid PRIMARY KEY, shards)      -- a transaction prepared here, not yet finalized
@@ -28,7 +29,7 @@ use rusqlite::config::DbConfig;
 use rusqlite::types::Value;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
-use crate::config::UserColumn;
+use crate::config::{Owner, UserColumn};
 use crate::error::{Error, Result};
 use crate::journal::TableId;
 use crate::redo::{ChangedRow, ShardChanges};
@@ -41,6 +42,34 @@ const BLOB_IN_PLACE_BYTES_MIN: usize = 256 * 1024;
 /// The `imagestore_meta` key a restore sets on every shard, with its rows, and clears once
 /// every shard holds all of its rows (see `restore`): a shard that has it is refused.
 const RESTORE_MARK: &str = "restore_incomplete";
+
+/// The `imagestore_meta` keys naming the database and table that created a shard set (its
+/// owner), and the key of its lifecycle mark (`creating` until the CREATE has committed,
+/// `dropping` from a DROP until its files are gone; absent while the table lives).
+const OWNER_DATABASE: &str = "owner_database";
+const OWNER_TABLE: &str = "owner_table";
+const LIFECYCLE: &str = "lifecycle";
+
+/// Where a shard set is in its life (see [`Owner`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifecycle {
+    /// Made by a CREATE that has not committed (or never did: then they are leftovers).
+    Creating,
+    /// In use by a table.
+    Live,
+    /// Its table's DROP ran; the files go once it has committed.
+    Dropping,
+}
+
+impl Lifecycle {
+    fn mark(self) -> Option<&'static str> {
+        match self {
+            Lifecycle::Creating => Some("creating"),
+            Lifecycle::Live => None,
+            Lifecycle::Dropping => Some("dropping"),
+        }
+    }
+}
 
 /// A backup copy syncs its file after about this many bytes of images (see `copy_rows_to`).
 const BACKUP_SYNC_BYTES: u64 = 16 << 20;
@@ -276,6 +305,7 @@ impl Shard {
     pub fn initialize(
         &self,
         identity: &ShardIdentity,
+        owner: &Owner,
         user_columns: &[UserColumn],
         restoring_from: Option<&Path>,
     ) -> Result<()> {
@@ -310,6 +340,8 @@ impl Shard {
             .conn
             .execute_batch(&sql)
             .map_err(self.err())
+            .and_then(|()| self.write_owner(owner))
+            .and_then(|()| self.write_lifecycle(Lifecycle::Creating))
             .and_then(|()| match restoring_from {
                 Some(dir) => self.mark_restoring(dir),
                 None => Ok(()),
@@ -320,6 +352,24 @@ impl Shard {
         }
         written?;
         crate::durable::sync_wal(&self.path)
+    }
+
+    /// Copies every committed page into the database file and empties the WAL, synced (a new
+    /// shard, before it is linked under its name: its file must hold it all).
+    pub fn checkpoint(&self) -> Result<()> {
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map_err(self.err())
+            .and_then(|busy| match busy {
+                0 => Ok(()),
+                _ => Err(Error::Internal(format!(
+                    "{}: a new shard's checkpoint could not finish",
+                    self.path.display()
+                ))),
+            })?;
+        crate::durable::sync_file(&self.path)
     }
 
     /// Creates the declared indexes this shard lacks (`index(...)` arguments); one it has
@@ -689,6 +739,68 @@ impl Shard {
             )
             .map(|_| ())
             .map_err(self.err())
+    }
+
+    fn write_owner(&self, owner: &Owner) -> Result<()> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO imagestore_meta(key, value) VALUES (?1, ?2), (?3, ?4)",
+                params![OWNER_DATABASE, owner.database, OWNER_TABLE, owner.table],
+            )
+            .map(|_| ())
+            .map_err(self.err())
+    }
+
+    /// Who created this shard set; `None` for a shard made before owners were recorded (0.2).
+    pub fn owner(&self) -> Result<Option<Owner>> {
+        let database = self.meta_text(OWNER_DATABASE)?;
+        let table = self.meta_text(OWNER_TABLE)?;
+        Ok(database
+            .zip(table)
+            .map(|(database, table)| Owner { database, table }))
+    }
+
+    fn meta_text(&self, key: &str) -> Result<Option<String>> {
+        self.conn
+            .query_row(
+                "SELECT value FROM imagestore_meta WHERE key = ?1",
+                [key],
+                |r| r.get::<_, Value>(0),
+            )
+            .optional()
+            .map(|v| match v {
+                Some(Value::Text(t)) => Some(t),
+                _ => None,
+            })
+            .map_err(self.err())
+    }
+
+    /// Where this shard set is in its life.
+    pub fn lifecycle(&self) -> Result<Lifecycle> {
+        Ok(match self.meta_text(LIFECYCLE)?.as_deref() {
+            Some("creating") => Lifecycle::Creating,
+            Some("dropping") => Lifecycle::Dropping,
+            _ => Lifecycle::Live,
+        })
+    }
+
+    fn write_lifecycle(&self, lifecycle: Lifecycle) -> Result<()> {
+        let written = match lifecycle.mark() {
+            Some(mark) => self.conn.execute(
+                "INSERT OR REPLACE INTO imagestore_meta(key, value) VALUES (?1, ?2)",
+                params![LIFECYCLE, mark],
+            ),
+            None => self
+                .conn
+                .execute("DELETE FROM imagestore_meta WHERE key = ?1", [LIFECYCLE]),
+        };
+        written.map(|_| ()).map_err(self.err())
+    }
+
+    /// Sets the lifecycle mark, in a transaction of its own, synced.
+    pub fn set_lifecycle(&self, lifecycle: Lifecycle) -> Result<()> {
+        self.in_own_transaction(|s| s.write_lifecycle(lifecycle))?;
+        crate::durable::sync_wal(&self.path)
     }
 
     /// Clears the restore mark, in a transaction of its own, synced.

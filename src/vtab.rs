@@ -15,7 +15,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::ffi::{c_char, c_int, CStr, CString};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use rusqlite::types::{Value, ValueRef};
@@ -26,14 +26,15 @@ use rusqlite::vtab::{
 };
 use rusqlite::{ffi, Connection};
 
-use crate::config::{HostDatabase, TableConfig};
+use crate::config::{HostDatabase, Owner, TableConfig};
 use crate::coordinator::Coordinator;
 use crate::durable::remove_files;
 use crate::error::{catch_panic, type_name, Error, Result};
 use crate::journal::TableId;
+use crate::locks::{LockFile, LockGuard};
 use crate::placement::shard_of;
 use crate::probe::{probe, ProbeError};
-use crate::shard::{quote_ident, NewRow, ScanFilter, Shard, ShardIdentity, StoredRow};
+use crate::shard::{quote_ident, Lifecycle, NewRow, ScanFilter, Shard, ShardIdentity, StoredRow};
 
 // Column numbers, as declared by `TableConfig::declaration`.
 const COL_ID: c_int = 0;
@@ -78,6 +79,9 @@ pub struct TableCore {
     pub(crate) shards: RefCell<Vec<Shard>>,
     pub(crate) coordinator: RefCell<Coordinator>,
     pub(crate) open_cursors: Cell<usize>,
+    /// While the CREATE that made this table's files has not committed: the writer lock, held
+    /// so that no other database takes the files for leftovers meanwhile.
+    creation: RefCell<Option<LockGuard>>,
 }
 
 impl TableCore {
@@ -177,7 +181,10 @@ fn new_table_id(config: &TableConfig) -> TableId {
     id
 }
 
-/// Opens every shard of the table, creating them all if `create` and none exists yet.
+/// Opens every shard of the table. A CREATE (`create`) makes new files, after removing what
+/// this table's own CREATE or DROP left unfinished; it takes existing files only when they are
+/// a live table's and the CREATE names them (`shards='a.db,...'`), to share them. Returns the
+/// table's identity, its shards, and whether they were made now.
 pub(crate) fn open_shards(
     config: &TableConfig,
     create: bool,
@@ -188,33 +195,88 @@ pub(crate) fn open_shards(
         .filter(|p| std::fs::symlink_metadata(p).is_ok())
         .map(|p| p.as_path())
         .collect();
-    let cols = &config.user_columns;
-    if create && existing.is_empty() {
-        let table_id = new_table_id(config);
-        let count = config.shard_paths.len();
-        let mut shards = Vec::with_capacity(count);
-        for (shard_index, path) in config.shard_paths.iter().enumerate() {
-            let shard = Shard::open(path, true, cols, config.busy_timeout_ms)?;
-            shard.initialize(
-                &ShardIdentity {
-                    table_id,
-                    shard_index,
-                    shard_count: count,
-                },
-                cols,
-                config.restore_from.as_deref(),
-            )?;
-            shard.ensure_indexes(&config.indexes)?;
-            shards.push(shard);
-        }
-        return Ok((table_id, shards, true));
+    if create && !existing.is_empty() && are_own_leftovers(config, &existing) {
+        let lock = LockFile::open(&config.lock_path)?;
+        let _writer = lock.exclusive("writer lock", config.busy_timeout_ms)?;
+        remove_files(&config.files())?;
+        return create_shards(config).map(|(id, shards)| (id, shards, true));
     }
-    if create && existing.len() < config.shard_paths.len() {
+    if create && existing.is_empty() {
+        return create_shards(config).map(|(id, shards)| (id, shards, true));
+    }
+    if create && (config.derived_paths || existing.len() < config.shard_paths.len()) {
         return Err(Error::BadArgument(format!(
-            "some shard files exist ({}) and others do not: a new table needs all new files, a reopened table all its old ones",
-            existing.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+            "shard files {} already exist{}. A new table never takes over files it did not make: drop the table they belong to, delete them, or name other files with shards='...'",
+            existing.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
+            owner_of(existing[0]).map_or(String::new(), |o| format!(" and belong to {o}"))
         )));
     }
+    let (table_id, shards) = open_existing_shards(config)?;
+    Ok((table_id, shards, false))
+}
+
+/// Makes every shard file of a new table; on an error, removes the files made so far. Each
+/// file is made whole under a staging name and only then linked under its own, so that a CREATE
+/// killed part-way leaves, under a shard's name, either nothing or a shard carrying this
+/// table's creating mark (which the next CREATE of the table removes).
+fn create_shards(config: &TableConfig) -> Result<(TableId, Vec<Shard>)> {
+    let table_id = new_table_id(config);
+    let count = config.shard_paths.len();
+    let mut shards = Vec::with_capacity(count);
+    for (shard_index, path) in config.shard_paths.iter().enumerate() {
+        let identity = ShardIdentity {
+            table_id,
+            shard_index,
+            shard_count: count,
+        };
+        match create_shard(config, path, &identity) {
+            Ok(shard) => shards.push(shard),
+            Err(e) => {
+                drop(shards);
+                let mine: Vec<PathBuf> = config.shard_paths[..=shard_index]
+                    .iter()
+                    .flat_map(|p| crate::durable::with_sqlite_files(p))
+                    .collect();
+                // Best effort: a file left behind carries this table's creating mark.
+                let _ = remove_files(&mine);
+                return Err(e);
+            }
+        }
+    }
+    Ok((table_id, shards))
+}
+
+/// Makes one shard file: written and synced under `<path>.creating`, then linked as `path`
+/// (never replacing a file there) and reopened.
+fn create_shard(config: &TableConfig, path: &Path, identity: &ShardIdentity) -> Result<Shard> {
+    let staging = crate::config::with_suffix(path, ".creating");
+    remove_files(&crate::durable::with_sqlite_files(&staging))?;
+    let shard = Shard::open(&staging, true, &config.user_columns, config.busy_timeout_ms)?;
+    let made = shard
+        .initialize(
+            identity,
+            &config.owner,
+            &config.user_columns,
+            config.restore_from.as_deref(),
+        )
+        .and_then(|()| shard.ensure_indexes(&config.indexes))
+        .and_then(|()| shard.checkpoint());
+    drop(shard);
+    let linked = made.and_then(|()| {
+        std::fs::hard_link(&staging, path).map_err(Error::file_io(path))?;
+        remove_files(&[staging.clone()])?;
+        crate::durable::sync_dir(path.parent().unwrap_or(Path::new(".")))
+    });
+    if let Err(e) = linked {
+        let _ = remove_files(&crate::durable::with_sqlite_files(&staging));
+        return Err(e);
+    }
+    Shard::open(path, false, &config.user_columns, config.busy_timeout_ms)
+}
+
+/// Opens the shard files of an existing table and checks that they are one table's, in order.
+fn open_existing_shards(config: &TableConfig) -> Result<(TableId, Vec<Shard>)> {
+    let cols = &config.user_columns;
     let mut shards = Vec::with_capacity(config.shard_paths.len());
     let mut table_id = None;
     for (index, path) in config.shard_paths.iter().enumerate() {
@@ -245,7 +307,65 @@ pub(crate) fn open_shards(
         shards.push(shard);
     }
     let table_id = table_id.ok_or_else(|| Error::Internal("a table without shards".into()))?;
-    Ok((table_id, shards, false))
+    Ok((table_id, shards))
+}
+
+/// Who created the shard file at `path`, if it can be read.
+fn owner_of(path: &Path) -> Option<Owner> {
+    Shard::open_read_only(path, &[]).ok()?.owner().ok()?
+}
+
+/// Whether every one of the `existing` shard files is verifiably left by this very table's
+/// CREATE or DROP that did not finish: a shard file of this table's owner that is marked
+/// creating or dropping. (This table's CREATE is running, so the owner's schema has no table of
+/// this name: nobody uses them.) Anything unreadable or someone else's is not.
+fn are_own_leftovers(config: &TableConfig, existing: &[&Path]) -> bool {
+    existing.iter().all(|path| {
+        let Ok(shard) = Shard::open_read_only(path, &[]) else {
+            return false;
+        };
+        matches!(shard.owner(), Ok(Some(owner)) if owner.is(&config.owner))
+            && matches!(
+                shard.lifecycle(),
+                Ok(Lifecycle::Creating | Lifecycle::Dropping)
+            )
+    })
+}
+
+/// On opening a table that SQLite's schema holds: a creating or dropping mark left by this
+/// table's own CREATE that committed (or DROP that did not) is cleared; another table's mark
+/// means its files are in its hands, and they are refused.
+fn settle_lifecycle(
+    config: &TableConfig,
+    shards: &[Shard],
+    coordinator: &Coordinator,
+) -> Result<()> {
+    let unsettled = |shards: &[Shard]| -> Result<bool> {
+        for shard in shards {
+            if shard.lifecycle()? != Lifecycle::Live {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    };
+    if !unsettled(shards)? {
+        return Ok(());
+    }
+    let owner = shards[0].owner()?;
+    if !owner.as_ref().is_some_and(|o| o.is(&config.owner)) {
+        return Err(Error::ShardForeign {
+            path: config.shard_paths[0].clone(),
+            detail: format!(
+                "is being created or dropped by {}, or was left by its CREATE or DROP that did not finish",
+                owner.map_or("another table".to_string(), |o| o.to_string())
+            ),
+        });
+    }
+    let _writer = coordinator.lock_writer()?;
+    for shard in shards {
+        shard.set_lifecycle(Lifecycle::Live)?;
+    }
+    Ok(())
 }
 
 impl ImageTable {
@@ -273,12 +393,19 @@ impl ImageTable {
             shards = restore_new_table(dir, &manifest, &config, shards, created)?;
         }
         let coordinator = Coordinator::open(&config, table_id, &mut shards, created)?;
+        let creation = if created {
+            Some(coordinator.lock_writer()?)
+        } else {
+            settle_lifecycle(&config, &shards, &coordinator)?;
+            None
+        };
         let declaration = config.declaration();
         let core = TableCore {
             config,
             shards: RefCell::new(shards),
             coordinator: RefCell::new(coordinator),
             open_cursors: Cell::new(0),
+            creation: RefCell::new(creation),
         };
         let core = Rc::new(core);
         open_tables().push(OpenTable {
@@ -553,7 +680,9 @@ impl CreateVTab<'_> for ImageTable {
         Ok(catch_panic(|| ImageTable::open(db, args, true))?)
     }
 
-    /// DROP TABLE: deletes the table's shard files, journal and lock files.
+    /// DROP TABLE: marks the table's files dropping, and deletes them (shard files, journal,
+    /// lock files) once the host has committed the DROP (see `after_commit`). Files this table
+    /// did not create stay: a database's schema can name any file.
     fn destroy(&self) -> rusqlite::Result<()> {
         Ok(catch_panic(|| {
             // SAFETY: self.db is the connection running this DROP TABLE.
@@ -563,10 +692,76 @@ impl CreateVTab<'_> for ImageTable {
                         .into(),
                 ));
             }
-            // No writer of this table, in any process, is mid-commit while its files go.
-            let _writer = self.core.coordinator.borrow().lock_writer()?;
-            remove_files(&self.core.config.files())
+            // No writer of this table, in any process, is mid-commit while its files go; the
+            // lock is held until the DROP has committed or rolled back.
+            let writer = self.core.coordinator.borrow().lock_writer()?;
+            if !self.owns_files()? {
+                return Ok(());
+            }
+            for shard in self.core.shards.borrow().iter() {
+                shard.set_lifecycle(Lifecycle::Dropping)?;
+            }
+            let files = self.core.config.files();
+            // SAFETY: self.db is the connection running this DROP; the Connection made from it
+            // is used within this call and dropped without closing it.
+            let host = unsafe { Connection::from_handle(self.db) }
+                .map_err(|e| Error::Internal(e.to_string()))?;
+            crate::after_commit::queue(
+                &host,
+                crate::after_commit::Action {
+                    on_commit: Box::new(move || {
+                        // Best effort: files left here carry the dropping mark, which the next
+                        // CREATE of this table recognises and removes.
+                        let _ = remove_files(&files);
+                        drop(writer);
+                    }),
+                    // The table is back in the schema; its next open clears the mark.
+                    on_rollback: Box::new(|| {}),
+                },
+            )
         })?)
+    }
+}
+
+impl ImageTable {
+    /// Whether this table created its shard files (every shard names it as owner), or, for
+    /// files made before owners were recorded, derived their names from its own.
+    fn owns_files(&self) -> Result<bool> {
+        let config = &self.core.config;
+        for shard in self.core.shards.borrow().iter() {
+            let owned = match shard.owner()? {
+                Some(owner) => owner.is(&config.owner),
+                None => config.derived_paths,
+            };
+            if !owned {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// The CREATE that made this table's files has committed: the files are the table's.
+    fn creation_committed(&self) {
+        if self.core.creation.borrow_mut().take().is_some() {
+            for shard in self.core.shards.borrow().iter() {
+                // Best effort: a mark left here is cleared by the table's next open.
+                let _ = shard.set_lifecycle(Lifecycle::Live);
+            }
+        }
+    }
+
+    /// The CREATE that made this table's files rolled back: close them and remove them, so that
+    /// nothing of it blocks a later CREATE. SQLite disconnects the table next.
+    fn creation_rolled_back(&self) {
+        let Some(writer) = self.core.creation.borrow_mut().take() else {
+            return;
+        };
+        // Closed first, so that no later close of these connections touches files of the
+        // same names made by a later CREATE.
+        drop(std::mem::take(&mut *self.core.shards.borrow_mut()));
+        // Best effort: files left here carry the creating mark (see `are_own_leftovers`).
+        let _ = remove_files(&self.core.config.files());
+        drop(writer);
     }
 }
 
@@ -715,6 +910,7 @@ impl TransactionVTab<'_> for ImageTable {
         Ok(catch_panic(|| {
             let mut coordinator = self.core.coordinator.borrow_mut();
             coordinator.commit(&mut self.core.shards.borrow_mut());
+            self.creation_committed();
             self.core.resume_open_cursors(&mut coordinator)
         })?)
     }
@@ -723,6 +919,7 @@ impl TransactionVTab<'_> for ImageTable {
         Ok(catch_panic(|| {
             let mut coordinator = self.core.coordinator.borrow_mut();
             coordinator.rollback(&mut self.core.shards.borrow_mut());
+            self.creation_rolled_back();
             self.core.resume_open_cursors(&mut coordinator)
         })?)
     }

@@ -1,0 +1,160 @@
+"""A table's files are made by its CREATE and deleted by its DROP, and by nothing else.
+
+- A new table never takes over another table's or another database's shard files (two databases
+  `photos.db` and `photos.sqlite` in one folder derive the same shard names).
+- A DROP deletes the files only once the host database has committed it (a DROP that fails
+  with SQLITE_BUSY leaves a working table), and only files the table made.
+- A CREATE that fails part-way, is rolled back, or is killed leaves nothing that blocks the
+  next CREATE of the table, and removes nothing it did not make.
+
+Oracles: the files on disk, the rows read back, and SQLite's own answer to the statements.
+"""
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import apsw
+import pytest
+
+from harness import connect, corpus_bytes, shard_paths
+
+HERE = Path(__file__).resolve().parent
+GIF = corpus_bytes("no_time_for_that_tiny.gif")
+
+
+def table_files(db, table, shards):
+    paths = shard_paths(db, table, shards)
+    side = [Path(f"{paths[0]}.imagestore-{kind}") for kind in ("journal", "lock", "publish")]
+    return [p for p in paths + side if p.exists()]
+
+
+def make(db, table="images", shards=2, rows=3):
+    con = connect(db)
+    con.execute(f"CREATE VIRTUAL TABLE {table} USING imagestore(shards={shards})")
+    for i in range(1, rows + 1):
+        con.execute(f"INSERT INTO {table}(id, name, data) VALUES (?, 'x', ?)", (i, GIF))
+    return con
+
+
+def test_a_second_database_with_the_same_stem_does_not_take_the_first_ones_files(tmp_path):
+    first = make(tmp_path / "photos.db")
+    second = connect(tmp_path / "photos.sqlite")
+    with pytest.raises(apsw.SQLError, match="already exist and belong to table images of database photos.db"):
+        second.execute("CREATE VIRTUAL TABLE images USING imagestore(shards=2)")
+    # Named with other files, the second table is its own.
+    second.execute(f"CREATE VIRTUAL TABLE images USING imagestore(shards='{tmp_path / 'p2.0.db'},{tmp_path / 'p2.1.db'}')")
+    second.execute("DROP TABLE images")
+    assert first.execute("SELECT count(*) FROM images").fetchone()[0] == 3
+    assert len(table_files(tmp_path / "photos.db", "images", 2)) == 5
+
+
+def test_a_drop_that_fails_busy_keeps_the_table_whole(tmp_path):
+    db = tmp_path / "busy.db"
+    con = make(db)
+    con.set_busy_timeout(50)
+    reader = apsw.Connection(str(db))
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM sqlite_master").fetchall()  # holds SHARED on the host
+    with pytest.raises(apsw.BusyError):
+        con.execute("DROP TABLE images")
+    assert len(table_files(db, "images", 2)) == 5
+    reader.execute("COMMIT")
+    assert con.execute("SELECT count(*) FROM images").fetchone()[0] == 3
+    con.execute("INSERT INTO images(id, name, data) VALUES (9, 'after', ?)", (GIF,))
+    con.execute("DROP TABLE images")
+    assert table_files(db, "images", 2) == []
+
+
+def test_a_drop_never_deletes_files_its_table_did_not_make(tmp_path):
+    owner = tmp_path / "owner.db"
+    make(owner, shards=2).close()
+    names = ",".join(str(p) for p in shard_paths(owner, "images", 2))
+    # Another database naming the same files shares the table; its DROP detaches, deletes nothing.
+    other = connect(tmp_path / "other.db")
+    other.execute(f"CREATE VIRTUAL TABLE t USING imagestore(shards='{names}')")
+    assert other.execute("SELECT count(*) FROM t").fetchone()[0] == 3
+    other.execute("DROP TABLE t")
+    assert len(table_files(owner, "images", 2)) == 5
+    con = connect(owner)
+    assert con.execute("SELECT count(*) FROM images").fetchone()[0] == 3
+    con.execute("DROP TABLE images")
+    assert table_files(owner, "images", 2) == []
+
+
+def test_a_create_that_fails_part_way_leaves_nothing(tmp_path):
+    con = connect(tmp_path / "c.db")
+    good, bad = tmp_path / "s0.db", tmp_path / "no-such-folder" / "s1.db"
+    with pytest.raises(apsw.Error):
+        con.execute(f"CREATE VIRTUAL TABLE t USING imagestore(shards='{good},{bad}')")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.db"]
+    con.execute(f"CREATE VIRTUAL TABLE t USING imagestore(shards='{good},{tmp_path / 's1.db'}')")
+    con.execute("INSERT INTO t(data) VALUES (?)", (GIF,))
+    assert con.execute("SELECT count(*) FROM t").fetchone()[0] == 1
+
+
+@pytest.mark.parametrize("how", ["rollback", "busy"])
+def test_a_create_rolled_back_removes_its_files(tmp_path, how):
+    db = tmp_path / "r.db"
+    con = connect(db)
+    if how == "rollback":
+        con.execute("BEGIN")
+        con.execute("CREATE VIRTUAL TABLE t USING imagestore(shards=3)")
+        con.execute("INSERT INTO t(data) VALUES (?)", (GIF,))
+        con.execute("ROLLBACK")
+    else:
+        con.set_busy_timeout(50)
+        reader = apsw.Connection(str(db))
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM sqlite_master").fetchall()
+        with pytest.raises(apsw.BusyError):
+            con.execute("CREATE VIRTUAL TABLE t USING imagestore(shards=3)")
+        reader.execute("COMMIT")
+    assert table_files(db, "t", 3) == []
+    con.execute("CREATE VIRTUAL TABLE t USING imagestore(shards=3)")
+    assert con.execute("SELECT count(*) FROM t").fetchone()[0] == 0
+
+
+def test_a_killed_create_never_blocks_the_next_one(tmp_path):
+    """A CREATE of 8 shards killed at random moments, again and again: afterwards either the
+    table exists (whole, empty), or a CREATE of it works; files of another table beside it
+    are never touched."""
+    db = tmp_path / "k.db"
+    keep = make(db, table="keep", shards=2)
+    rng = random.Random(int(os.environ.get("IMAGESTORE_SEED", "7")))
+    code = ("import time; from harness import connect; "
+            f"con = connect({str(db)!r}); print('start', flush=True); t = time.perf_counter(); "
+            "con.execute('CREATE VIRTUAL TABLE t USING imagestore(shards=8)'); "
+            "print(time.perf_counter() - t, flush=True)")
+
+    def started():
+        child = subprocess.Popen([sys.executable, "-c", code], cwd=HERE, stdout=subprocess.PIPE, text=True)
+        assert child.stdout.readline() == "start\n"
+        return child
+
+    child = started()
+    duration = float(child.stdout.readline())
+    child.wait()
+    keep.execute("DROP TABLE t")
+    outcomes = {"table": 0, "nothing left": 0, "leftovers removed": 0}
+    for _ in range(25):
+        child = started()
+        time.sleep(rng.uniform(0.0, duration * 1.2))
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        con = connect(db)
+        if con.execute("SELECT count(*) FROM sqlite_master WHERE name = 't'").fetchone()[0]:
+            outcomes["table"] += 1
+        else:
+            outcomes["leftovers removed" if table_files(db, "t", 8) else "nothing left"] += 1
+            con.execute("CREATE VIRTUAL TABLE t USING imagestore(shards=8)")
+        assert con.execute("SELECT count(*) FROM t").fetchone()[0] == 0
+        con.execute("DROP TABLE t")
+        assert table_files(db, "t", 8) == []
+        assert con.execute("SELECT count(*) FROM keep").fetchone()[0] == 3
+        con.close()
+    print(f"killed creates: {outcomes}")
+    assert outcomes["leftovers removed"] > 0
