@@ -264,7 +264,7 @@ fn create_shard(config: &TableConfig, path: &Path, identity: &ShardIdentity) -> 
     drop(shard);
     let linked = made.and_then(|()| {
         std::fs::hard_link(&staging, path).map_err(Error::file_io(path))?;
-        remove_files(&[staging.clone()])?;
+        remove_files(std::slice::from_ref(&staging))?;
         crate::durable::sync_dir(path.parent().unwrap_or(Path::new(".")))
     });
     if let Err(e) = linked {
