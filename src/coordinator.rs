@@ -22,35 +22,31 @@
 //!
 //! # States of a transaction
 //! ```text
-//! Idle -> Writing --sync: 1 shard--------> one-phase commit -----------------------> Decided -> Idle
-//!            |     --sync: n shards, small-> LOGGED synced -> every shard commits ---> Decided -> Idle
-//!            |     --sync: n shards-------> Prepared (every shard) -> COMMIT synced -> Decided -> Idle
-//!            |                                \-> any shard says no -> Aborted ---------------> Idle
-//!            \--rollback--> Idle                                      (phase 2 = finalize)
+//! Idle -> Writing --sync: small--> LOGGED synced --xCommit: every shard commits---------> Idle
+//!            |     --sync: large--> Prepared (every shard) -> COMMIT synced --xCommit: finalize-> Idle
+//!            |                        \-> any shard says no -> Aborted --------------------> Idle
+//!            |      (decided) --xRollback: SQLite's own commit failed--> ABORT synced, undo -> Idle
+//!            \--rollback--> Idle
 //! ```
 //!
 //! # Commit steps (at SQLite's xSync; xCommit's result is ignored by SQLite, so the decision must
-//! be durable before xSync returns)
+//! be durable before xSync returns; and SQLite commits its own files between xSync and xCommit,
+//! which can still fail, so a decision must be undoable until xCommit)
 //! 1. *Begin* (first write): take the writer lock; BEGIN IMMEDIATE on every shard; if any shard
 //!    holds a prepare record, or the logged-commit mark is set, a writer died mid-commit: roll
 //!    back and run recovery first. The transaction id is 1 + the largest `last_txid` of all
 //!    shards.
 //! 2. *Write*: each row change goes to its shard's open SQLite transaction, after its
 //!    before-state is recorded. The connection reads its own writes through the same shards.
-//! 3. *One-phase path*: if one shard was written, it drops its before-states and commits: one
-//!    SQLite commit is atomic by itself. Its sync is the commit point.
-//!
-//!    With n > 1 shards written, take the publish lock exclusively. If the changes (rows as they
-//!    end, and the images they add) come to at most `logged_commit_max` bytes, the logged path
-//!    (4) commits them with one sync in all; a larger transaction is prepared (5 to 7), so that
-//!    its images are not written twice.
+//! 3. *Choose* (xSync): take the publish lock exclusively. If the changes (rows as they end, and
+//!    the images they add) come to at most `logged_commit_max` bytes, the logged path (4)
+//!    decides them with one sync in all, however many shards they touch (one included); a
+//!    larger transaction is prepared (5, 6), so that its images are not written twice.
 //! 4. *Logged path*: read each written shard's changes from its still-open SQLite transaction.
 //!    Set the mark; append LOGGED(txid, shards, changes) to the journal and fdatasync it. **That
 //!    sync is the commit point.** (If the append or sync fails, the record is cut off as in 6 and
-//!    the shards roll back: nothing of it was committed anywhere.) Then each shard drops its
-//!    before-states and commits, not synced, and the mark is cleared. A shard whose commit
-//!    fails is rolled back and the mark stays: the next reader or writer runs recovery, which
-//!    replays it from the journal.
+//!    the shards roll back: nothing of it was committed anywhere.) The shards' SQLite
+//!    transactions stay open: they commit at xCommit (7).
 //! 5. *Prepare*: each written shard adds a prepare record and commits, and its WAL fsync starts
 //!    on a pool thread while the next shard prepares (`durable`); all are waited for. So the
 //!    prepare costs about one sync however many shards it touches. A shard that fails votes no;
@@ -61,10 +57,21 @@
 //!    commit point.** If the append or sync fails, the record is cut off (and synced) before the
 //!    shards are undone, so a failed COMMIT leaves nothing; if even the cut fails, the table is
 //!    poisoned and recovery, reading the file, decides. Release the publish lock.
-//! 7. *Finalize* (phase 2, at xCommit): each shard drops its before-states and prepare record in a
-//!    transaction of its own, not synced: until it is durable the journal keeps the decision, and
-//!    recovery finalizes again. Release the writer lock.
-//! 8. *Trim*: at a later begin, if the journal is larger than `journal_limit` (or is version 1) and no shard holds a
+//! 7. *Finish* (xCommit, after SQLite committed its own files): on the logged path, take the
+//!    publish lock again and commit every written shard, not synced, then clear the mark (a
+//!    shard whose commit fails is rolled back and the mark stays: the next reader or writer
+//!    runs recovery, which replays it from the journal); on the prepared path, each shard drops
+//!    its before-states and prepare record in a transaction of its own, not synced (until that
+//!    is durable the journal keeps the decision, and recovery finalizes again). Release the
+//!    writer lock.
+//! 8. *Take back* (xRollback after a decided xSync: SQLite's commit of its own files failed,
+//!    with SQLITE_BUSY on the host file or a commit hook's veto, and SQLite rolls back): append
+//!    ABORT(txid) and fdatasync it, so that the journal no longer decides the transaction; then,
+//!    under the publish lock, roll back the logged path's open shard transactions, or undo the
+//!    prepared shards from their before-states. So the host's tables and this table agree: the
+//!    transaction is in neither. (If the ABORT cannot be written, the decision stands, the
+//!    transaction is finished as in 7, and the table is poisoned.)
+//! 9. *Trim*: at a later begin, if the journal is larger than `journal_limit` (or is version 1) and no shard holds a
 //!    prepare record, fsync every shard's WAL (making every finalize and every logged shard
 //!    commit durable) and reset the journal. Only then may a record be forgotten: presumed abort
 //!    would otherwise turn an acknowledged commit into an abort.
@@ -82,8 +89,12 @@
 //!   (presumed abort) from the before-states. The COMMIT statement never returned.
 //! - During 6: a torn or unsynced record fails its checksum and is ignored: abort. A synced one
 //!   commits. The caller may not have seen the answer; either outcome is whole.
-//! - During 7: prepare records remain with a COMMIT in the journal: recovery finalizes them.
-//! - During 8: the journal is replaced atomically (rename) only after the shards are synced.
+//! - During 7: prepare records remain with a COMMIT in the journal: recovery finalizes them; or
+//!   a logged commit's shards have committed in part: the mark is set and recovery replays.
+//! - During 8, before the ABORT is durable: the decision stands and recovery commits (the caller
+//!   never heard an answer: whole either way). After it: recovery aborts what is prepared; a
+//!   logged commit was never on a shard.
+//! - During 9: the journal is replaced atomically (rename) only after the shards are synced.
 //!
 //! # Recovery (at open, and whenever a reader or writer finds a prepare record that no live
 //! writer owns, or the mark set): under the writer lock and the publish lock,
@@ -107,21 +118,27 @@
 //! # Readers
 //! A reader takes the publish lock shared, checks the mark, opens a read transaction on every
 //! shard (pinning every snapshot), reads the prepare records they hold, and releases the lock.
-//! Writers hold the lock exclusively from the choice in 3 to the end of 4 or 6, so every
-//! snapshot of one query is taken before a transaction's first shard commit or after all of
-//! them: no fractured reads, and no undecided data. A mark set, or a prepare record that is
-//! not decided (no COMMIT in the journal), was left by a dead writer: the reader then runs
-//! recovery and opens its snapshots again. A decided prepare record's data is committed data
-//! whose finalize is pending.
+//! Writers hold the lock exclusively from the choice in 3 to the end of 4 or 6, and again while
+//! 7 commits a logged transaction's shards or 8 undoes one: so every snapshot of one query is
+//! taken before a transaction's first shard commit or after all of them: no fractured reads,
+//! and no undecided data. A prepare record that is not decided (no COMMIT in the journal) was
+//! left by a dead writer: the reader runs recovery and opens its snapshots again. So does a
+//! mark set while no writer is alive (the writer lock is free), or one that some shard's
+//! `last_txid` has reached (a commit half applied). A mark set by a live writer whose logged
+//! commit is on no shard yet (between its xSync and its xCommit) is left alone: the snapshots
+//! are a consistent cut from before that transaction, and waiting could deadlock (that writer
+//! may be waiting for this reader's statement to end, to commit the host file). A decided
+//! prepare record's data is committed data whose finalize is pending.
 //!
 //! # Transactions that also write ordinary tables
-//! SQLite calls xSync before it commits its own files. If its own commit then fails, SQLite calls
-//! xRollback, but the imagestore part has already committed (step 4 or 6) and stays committed.
-//! The imagestore part is atomic on its own; with the host's tables it is atomic unless the
-//! host's own commit fails after ours (an I/O error on the host file).
+//! SQLite calls xSync before it commits its own files, and xRollback if that commit then fails:
+//! step 8 takes the decision back, so the host's tables and this table commit together or not
+//! at all when the host's commit fails (SQLITE_BUSY, a commit hook's veto). A crash between the
+//! decision (4 or 6) and SQLite's own commit still leaves this table's part committed and the
+//! host's not.
 //!
 //! # Transaction ids
-//! Every prepare, one-phase commit, logged shard commit and replay raises its shards'
+//! Every prepare, logged shard commit and replay raises its shards'
 //! `last_txid` in the same SQLite transaction, and a new id is above every shard's `last_txid`,
 //! so ids never repeat: not after a crash, and not after the journal is reset.
 
@@ -145,10 +162,20 @@ struct WriteTxn {
     savepoints: Vec<(i32, Vec<bool>)>,
     /// The next id to assign to a row inserted without one.
     next_id: Option<i64>,
-    /// Whether xSync decided this transaction (committed it).
-    decided: bool,
-    /// Whether it was decided by preparing its shards, which xCommit then finalizes.
-    prepared: bool,
+    /// How xSync decided this transaction, once it has: what xCommit then finishes, or
+    /// xRollback takes back.
+    decided: Option<Decided>,
+}
+
+/// How xSync decided a transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Decided {
+    /// It wrote no shard: nothing to commit.
+    Nothing,
+    /// A LOGGED record holds it; its shards' SQLite transactions are still open.
+    Logged,
+    /// Its shards hold it prepared; a COMMIT record decides it.
+    Prepared,
 }
 
 /// What this connection has open on the shards.
@@ -341,13 +368,21 @@ impl Coordinator {
         let _publish = self
             .publish_lock
             .shared("publish lock", self.busy_timeout_ms)?;
-        if self.publish_lock.mark()? != 0 {
-            return Ok(false);
-        }
+        let mark = self.publish_lock.mark()?;
         let mut prepared = Vec::new();
         for shard in shards.iter() {
             match shard.begin_read() {
                 Ok(txids) => prepared.extend(txids),
+                Err(e) => {
+                    end_all(shards);
+                    return Err(e);
+                }
+            }
+        }
+        if mark != 0 {
+            match self.pending_on_no_shard(shards, mark) {
+                Ok(true) => {}
+                Ok(false) => return Ok(false),
                 Err(e) => {
                     end_all(shards);
                     return Err(e);
@@ -364,6 +399,22 @@ impl Coordinator {
             return Err(e);
         }
         Ok(prepared.iter().all(|&txid| self.journal.is_committed(txid)))
+    }
+
+    /// Whether the logged commit `mark` names is a live writer's that waits for SQLite's own
+    /// commit (between its xSync and xCommit) and is on no shard yet: then the snapshots are a
+    /// consistent cut from before it, and waiting for it could deadlock (the writer may be
+    /// waiting for this reader's statement to end, to commit the host file).
+    fn pending_on_no_shard(&self, shards: &[Shard], mark: u64) -> Result<bool> {
+        if self.writer_lock.exclusive("writer lock", 0).is_ok() {
+            return Ok(false); // no live writer: recovery
+        }
+        for shard in shards {
+            if shard.last_txid()? >= mark {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Ends the snapshot opened by [`begin_read`](Self::begin_read).
@@ -427,8 +478,7 @@ impl Coordinator {
                 dirty: vec![false; shards.len()],
                 savepoints: Vec::new(),
                 next_id: None,
-                decided: false,
-                prepared: false,
+                decided: None,
             });
             return Ok(());
         }
@@ -438,7 +488,7 @@ impl Coordinator {
         )))
     }
 
-    /// Step 8: every shard is synced, then the journal forgets its decisions. The caller holds
+    /// Step 9: every shard is synced, then the journal forgets its decisions. The caller holds
     /// the writer lock and has checked that no shard holds a prepare record.
     fn trim_journal(&mut self, shards: &[Shard]) -> Result<()> {
         crate::durable::sync_wals(&shards.iter().map(|s| s.path.as_path()).collect::<Vec<_>>())?;
@@ -450,7 +500,7 @@ impl Coordinator {
 
     fn write_txn(&mut self) -> Result<&mut WriteTxn> {
         match &mut self.activity {
-            Activity::Writing(txn) if !txn.decided => Ok(txn),
+            Activity::Writing(txn) if txn.decided.is_none() => Ok(txn),
             _ => Err(Error::Internal(
                 "a write outside a write transaction".into(),
             )),
@@ -512,7 +562,7 @@ impl Coordinator {
     /// when SQLite keeps a busy COMMIT open, have nothing left to do).
     fn undecided_txn(&mut self) -> Option<&mut WriteTxn> {
         match &mut self.activity {
-            Activity::Writing(txn) if !txn.decided => Some(txn),
+            Activity::Writing(txn) if txn.decided.is_none() => Some(txn),
             _ => None,
         }
     }
@@ -576,10 +626,10 @@ impl Coordinator {
 
     // ---- writers: commit ----------------------------------------------------------------
 
-    /// Steps 3 to 6 (xSync): commits the transaction, or aborts it everywhere and fails.
+    /// Steps 3 to 6 (xSync): decides the transaction, or aborts it everywhere and fails.
     pub fn sync(&mut self, shards: &mut [Shard]) -> Result<()> {
         let (txid, dirty) = match &self.activity {
-            Activity::Writing(txn) if txn.decided => return Ok(()), // xSync again after BUSY
+            Activity::Writing(txn) if txn.decided.is_some() => return Ok(()), // again after BUSY
             Activity::Writing(txn) => (txn.txid, txn.dirty.clone()),
             Activity::Aborted => {
                 return Err(Error::Internal(
@@ -589,29 +639,23 @@ impl Coordinator {
             _ => return Ok(()),
         };
         let written: Vec<usize> = (0..shards.len()).filter(|&i| dirty[i]).collect();
+        if written.is_empty() {
+            end_all(shards);
+            self.set_decided(Decided::Nothing);
+            return Ok(());
+        }
         // Wait for readers before touching anything: if they keep the lock past the timeout,
         // the transaction stays open and SQLite reports SQLITE_BUSY; COMMIT may be retried.
-        let publish = match written.len() {
-            0 | 1 => None,
-            _ => Some(
-                self.publish_lock
-                    .exclusive("publish lock", self.busy_timeout_ms)?,
-            ),
-        };
-        let outcome =
-            self.end_clean_shards(shards, &dirty)
-                .and_then(|()| match written.as_slice() {
-                    [] => Ok(false),
-                    [only] => self.commit_one_phase(&shards[*only], txid).map(|()| false),
-                    _ => self.commit_several(shards, txid, &written),
-                });
+        let publish = self
+            .publish_lock
+            .exclusive("publish lock", self.busy_timeout_ms)?;
+        let outcome = self
+            .end_clean_shards(shards, &dirty)
+            .and_then(|()| self.decide_written(shards, txid, &written));
         drop(publish);
         match outcome {
-            Ok(prepared) => {
-                if let Activity::Writing(txn) = &mut self.activity {
-                    txn.decided = true;
-                    txn.prepared = prepared;
-                }
+            Ok(decided) => {
+                self.set_decided(decided);
                 Ok(())
             }
             Err(e) => {
@@ -622,6 +666,12 @@ impl Coordinator {
         }
     }
 
+    fn set_decided(&mut self, decided: Decided) {
+        if let Activity::Writing(txn) = &mut self.activity {
+            txn.decided = Some(decided);
+        }
+    }
+
     fn end_clean_shards(&self, shards: &[Shard], dirty: &[bool]) -> Result<()> {
         for (shard, _) in shards.iter().zip(dirty).filter(|(_, d)| !**d) {
             shard.rollback()?;
@@ -629,34 +679,21 @@ impl Coordinator {
         Ok(())
     }
 
-    fn commit_one_phase(&mut self, shard: &Shard, txid: u64) -> Result<()> {
-        shard.commit_one_phase(txid).inspect_err(|_| {
-            let _ = shard.rollback();
-        })?;
-        // Committed in SQLite's sense; if it cannot be made durable it cannot be undone either,
-        // and whether it survives a power cut is unknown.
-        crate::durable::sync_wal(&shard.path).map_err(|e| {
-            self.poisoned = true;
-            Error::Poisoned(format!(
-                "{} (the commit is visible but its sync failed: {e})",
-                self.table_name
-            ))
-        })
-    }
-
-    /// A transaction over several shards (the caller holds the publish lock): logged if its
-    /// changes are small, else prepared. Returns whether it was prepared.
-    fn commit_several(
+    /// Decides a transaction (the caller holds the publish lock): logged if its changes are
+    /// small, else prepared.
+    fn decide_written(
         &mut self,
         shards: &mut [Shard],
         txid: u64,
         written: &[usize],
-    ) -> Result<bool> {
+    ) -> Result<Decided> {
         match self.logged_changes(shards, txid, written) {
             Ok(Some(changes)) => self
-                .commit_logged(shards, txid, written, changes)
-                .map(|()| false),
-            Ok(None) => self.commit_two_phase(shards, txid, written).map(|()| true),
+                .decide_logged(shards, txid, written, changes)
+                .map(|()| Decided::Logged),
+            Ok(None) => self
+                .commit_two_phase(shards, txid, written)
+                .map(|()| Decided::Prepared),
             Err(e) => {
                 self.abort_everywhere(shards, txid, &[]);
                 Err(e)
@@ -688,37 +725,47 @@ impl Coordinator {
         Ok(Some(all))
     }
 
-    /// Step 4, the logged path: the LOGGED record's sync is the commit point; the shards then
-    /// commit without a sync each.
-    fn commit_logged(
+    /// Step 4, the logged path: the LOGGED record's sync is the commit point. The shards commit
+    /// at xCommit, once the host has committed too ([`finish_logged`](Self::finish_logged)).
+    fn decide_logged(
         &mut self,
         shards: &mut [Shard],
         txid: u64,
         written: &[usize],
         changes: Vec<Vec<u8>>,
     ) -> Result<()> {
-        let record = Record {
-            txid,
-            shards: participants(written),
-            changes: Some(changes),
-        };
+        let record = Record::commit(txid, participants(written), Some(changes));
         let decided = self
             .publish_lock
             .set_mark(txid)
             .and_then(|()| self.decide(&record));
         if let Err(e) = decided {
-            // Nothing is committed on a shard yet; if the decision is unknown (poisoned), the
-            // mark stays and recovery reads it from the journal.
+            // Nothing is committed on a shard; if the decision is unknown (poisoned), the mark
+            // stays and recovery reads it from the journal.
             self.abort_everywhere(shards, txid, &[]);
             if !self.poisoned {
                 let _ = self.publish_lock.set_mark(0);
             }
             return Err(e);
         }
+        Ok(())
+    }
+
+    /// Step 7 on the logged path: under the publish lock, every written shard commits, not
+    /// synced. A shard whose commit fails (or all, if the lock cannot be had) is rolled back and
+    /// the mark stays: the next reader or writer replays it from the journal.
+    fn finish_logged(&self, shards: &[Shard], txn: &WriteTxn) {
+        let Ok(_publish) = self
+            .publish_lock
+            .exclusive("publish lock", self.busy_timeout_ms)
+        else {
+            end_all(shards);
+            return;
+        };
         let mut all_committed = true;
-        for &i in written {
-            if shards[i].commit_logged(txid).is_err() {
-                let _ = shards[i].rollback();
+        for (shard, _) in shards.iter().zip(&txn.dirty).filter(|(_, d)| **d) {
+            if shard.commit_logged(txn.txid).is_err() {
+                let _ = shard.rollback();
                 all_committed = false;
             }
         }
@@ -726,7 +773,6 @@ impl Coordinator {
             // Should this fail, the mark costs the next reader a recovery with nothing to do.
             let _ = self.publish_lock.set_mark(0);
         }
-        Ok(())
     }
 
     /// Appends a decision to the journal and syncs it: the commit point of both paths over
@@ -771,11 +817,7 @@ impl Coordinator {
             return Err(no);
         }
         // Decision: the journal's synced COMMIT record is the commit point.
-        let decided = self.decide(&Record {
-            txid,
-            shards: names,
-            changes: None,
-        });
+        let decided = self.decide(&Record::commit(txid, names, None));
         if let Err(e) = decided {
             if !self.poisoned {
                 self.abort_everywhere(shards, txid, &prepared);
@@ -801,34 +843,77 @@ impl Coordinator {
         }
     }
 
-    /// Step 7 (xCommit): finalizes a decided, prepared transaction and ends it. Errors are not reported
-    /// (SQLite ignores them); a shard left unfinalized is finalized by recovery.
+    /// Step 7 (xCommit): the host has committed too; finishes the decided transaction (the
+    /// logged path's shard commits, or the prepared path's finalize) and ends it, releasing its
+    /// locks. Errors are not reported (SQLite ignores them): recovery finishes what is left.
     pub fn commit(&mut self, shards: &mut [Shard]) {
         let Activity::Writing(txn) = std::mem::replace(&mut self.activity, Activity::Idle) else {
             return;
         };
-        if !txn.decided {
+        match txn.decided {
             // xCommit without xSync happens only for transactions that wrote nothing.
-            end_all(shards);
-            return;
-        }
-        if txn.prepared {
-            for (shard, _) in shards.iter().zip(&txn.dirty).filter(|(_, d)| **d) {
-                let _ = shard.finalize(txn.txid);
+            None => end_all(shards),
+            Some(Decided::Nothing) => {}
+            Some(Decided::Logged) => self.finish_logged(shards, &txn),
+            Some(Decided::Prepared) => {
+                for (shard, _) in shards.iter().zip(&txn.dirty).filter(|(_, d)| **d) {
+                    let _ = shard.finalize(txn.txid);
+                }
             }
         }
     }
 
-    /// xRollback: abandons an undecided transaction. After a successful xSync the transaction
-    /// is committed and stays so; it is finalized as by [`commit`](Self::commit).
+    /// xRollback: abandons an undecided transaction. After xSync decided it, SQLite's own commit
+    /// failed (SQLITE_BUSY on the host file, a commit hook's veto): see
+    /// [`take_back`](Self::take_back).
     pub fn rollback(&mut self, shards: &mut [Shard]) {
-        match &self.activity {
-            Activity::Writing(txn) if txn.decided => self.commit(shards),
-            Activity::Writing(_) | Activity::Aborted => {
+        let decided = match &self.activity {
+            Activity::Writing(txn) => txn.decided,
+            Activity::Aborted => None,
+            Activity::Idle | Activity::Reading => return,
+        };
+        match decided {
+            Some(Decided::Logged | Decided::Prepared) => self.take_back(shards),
+            Some(Decided::Nothing) => self.activity = Activity::Idle,
+            None => {
                 end_all(shards);
                 self.activity = Activity::Idle;
             }
-            Activity::Idle | Activity::Reading => {}
+        }
+    }
+
+    /// Step 8: takes back the decision of the open transaction, whose host commit failed: a
+    /// synced ABORT record, then the shards undone, so that the host's tables and this table
+    /// agree. If even the ABORT cannot be written, the decision stands: the transaction is
+    /// finished as committed, and the table is poisoned (recovery runs at the next open).
+    fn take_back(&mut self, shards: &mut [Shard]) {
+        let Activity::Writing(txn) = std::mem::replace(&mut self.activity, Activity::Idle) else {
+            return;
+        };
+        if self.decide(&Record::abort(txn.txid)).is_err() {
+            self.poisoned = true;
+            self.activity = Activity::Writing(txn);
+            return self.commit(shards);
+        }
+        // No reader may see the undo half done; a shard left prepared is aborted by recovery.
+        let Ok(_publish) = self
+            .publish_lock
+            .exclusive("publish lock", self.busy_timeout_ms)
+        else {
+            end_all(shards);
+            self.poisoned = true;
+            return;
+        };
+        match txn.decided {
+            // The shards never committed it: rolling back their SQLite transactions undoes it.
+            Some(Decided::Logged) => {
+                end_all(shards);
+                let _ = self.publish_lock.set_mark(0);
+            }
+            _ => {
+                let written: Vec<usize> = (0..shards.len()).filter(|&i| txn.dirty[i]).collect();
+                self.abort_everywhere(shards, txn.txid, &written);
+            }
         }
     }
 

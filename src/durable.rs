@@ -1,7 +1,7 @@
 //! Making shard commits durable, several files at once.
 //!
 //! Shard connections run with `synchronous=NORMAL`: a commit writes its WAL frames but does not
-//! sync them. Where the protocol needs a commit durable (a prepare, a one-phase commit, before the
+//! sync them. Where the protocol needs a commit durable (a prepare, a new shard, before the
 //! journal is trimmed), the coordinator fsyncs the shards' WAL files itself, in parallel on a small
 //! pool of threads kept for the life of the process, so that a commit touching n shards waits for
 //! about one sync, not n in a row; a commit starts each shard's sync as soon as that shard is

@@ -7,10 +7,13 @@
 //! - LOGGED: the record itself carries each shard's changes (`redo`), which recovery replays on
 //!   a shard that lost them (a logged commit does not sync the shards).
 //!
+//! and an ABORT record takes one back: the host database's own commit failed after the decision
+//! (SQLITE_BUSY, a commit hook's veto), so the transaction is aborted after all.
+//!
 //! ```text
 //! header (64 bytes)                     record
 //! 0..8   magic  b"ISJRNL\0\x02"          0..4    length of the whole record, u32 LE
-//! 8..24  table id (16 bytes)            4       kind: 1 = COMMIT, 2 = LOGGED
+//! 8..24  table id (16 bytes)            4       kind: 1 = COMMIT, 2 = LOGGED, 3 = ABORT
 //! 24..56 record key (32 random bytes)   5..13   transaction id, u64 LE
 //! 56..64 checksum of bytes 0..56        13..15  number of shards, u16 LE
 //!                                       15..23  record checksum of bytes 0..15 (the head)
@@ -65,6 +68,7 @@ const HEAD_BYTES: usize = 4 + 1 + 8 + 2;
 const PREALLOCATE_BYTES: u64 = 1 << 20;
 const KIND_COMMIT: u8 = 1;
 const KIND_LOGGED: u8 = 2;
+const KIND_ABORT: u8 = 3;
 
 /// A table's unique identity, written into its journal and every shard.
 pub type TableId = [u8; 16];
@@ -81,6 +85,31 @@ pub struct Record {
     /// A LOGGED record's changes, one encoded `redo::ShardChanges` per shard in `shards` order;
     /// `None` for a COMMIT record.
     pub changes: Option<Vec<Vec<u8>>>,
+    /// An ABORT record (no shards, no changes): the decision recorded before it for `txid` was
+    /// taken back, because the host database's own commit failed after it (see `coordinator`).
+    pub abort: bool,
+}
+
+impl Record {
+    /// A COMMIT record (`changes` `None`) or a LOGGED one.
+    pub fn commit(txid: u64, shards: Vec<u16>, changes: Option<Vec<Vec<u8>>>) -> Record {
+        Record {
+            txid,
+            shards,
+            changes,
+            abort: false,
+        }
+    }
+
+    /// An ABORT record for `txid`.
+    pub fn abort(txid: u64) -> Record {
+        Record {
+            txid,
+            shards: Vec::new(),
+            changes: None,
+            abort: true,
+        }
+    }
 }
 
 /// Where a LOGGED record is in the file, so that recovery can read its changes when it needs them
@@ -176,9 +205,10 @@ pub fn encode_record(key: &RecordKey, record: &Record) -> Vec<u8> {
         + CHECKSUM_BYTES;
     let mut out = Vec::with_capacity(len);
     out.extend_from_slice(&(len as u32).to_le_bytes());
-    out.push(match record.changes {
-        None => KIND_COMMIT,
-        Some(_) => KIND_LOGGED,
+    out.push(match (record.abort, &record.changes) {
+        (true, _) => KIND_ABORT,
+        (false, None) => KIND_COMMIT,
+        (false, Some(_)) => KIND_LOGGED,
     });
     out.extend_from_slice(&record.txid.to_le_bytes());
     out.extend_from_slice(&(record.shards.len() as u16).to_le_bytes());
@@ -217,6 +247,7 @@ pub fn decode_record(key: &RecordKey, bytes: &[u8]) -> Option<(usize, Record)> {
     let fits_kind = match kind {
         KIND_COMMIT => len == shards_end + CHECKSUM_BYTES,
         KIND_LOGGED => key.is_some(),
+        KIND_ABORT => key.is_some() && count == 0 && len == shards_end + CHECKSUM_BYTES,
         _ => false,
     };
     if !fits_kind || (key.is_some() && checksum(key, head)[..] != bytes[HEAD_BYTES..start]) {
@@ -242,6 +273,7 @@ pub fn decode_record(key: &RecordKey, bytes: &[u8]) -> Option<(usize, Record)> {
             txid: u64::from_le_bytes(txid),
             shards,
             changes,
+            abort: kind == KIND_ABORT,
         },
     ))
 }
@@ -470,6 +502,11 @@ impl Journal {
 
     /// Takes in the decision of a record found at `offset`.
     fn absorb(&mut self, record: Record, offset: u64) {
+        if record.abort {
+            self.committed.remove(&record.txid);
+            self.logged.retain(|at| at.txid != record.txid);
+            return;
+        }
         if record.changes.is_some() {
             self.logged.push(LoggedAt {
                 txid: record.txid,
@@ -537,8 +574,8 @@ impl Journal {
     /// On failure the record is cut off again; `Err` with `poisoned` true if even that failed,
     /// so that the decision is unknown until recovery reads the file.
     pub fn append(&mut self, record: &Record) -> Result<(), (Error, bool)> {
-        if record.changes.is_some() && self.key.is_none() {
-            let refused = "a LOGGED record cannot go into a version 1 journal";
+        if (record.changes.is_some() || record.abort) && self.key.is_none() {
+            let refused = "a LOGGED or ABORT record cannot go into a version 1 journal";
             return Err((Error::Internal(refused.into()), false));
         }
         let bytes = self.encode(record);
@@ -622,11 +659,7 @@ mod tests {
     }
 
     fn commit(txid: u64, shards: &[u16]) -> Record {
-        Record {
-            txid,
-            shards: shards.to_vec(),
-            changes: None,
-        }
+        Record::commit(txid, shards.to_vec(), None)
     }
 
     fn logged(txid: u64, shards: &[u16]) -> Record {
@@ -634,15 +667,29 @@ mod tests {
             .iter()
             .map(|&s| vec![s as u8; 5 + s as usize])
             .collect();
-        Record {
-            txid,
-            shards: shards.to_vec(),
-            changes: Some(changes),
-        }
+        Record::commit(txid, shards.to_vec(), Some(changes))
     }
 
     fn txids(scan: &Scan) -> Vec<u64> {
         scan.records.iter().map(|(_, r)| r.txid).collect()
+    }
+
+    #[test]
+    fn an_abort_record_takes_back_an_earlier_decision() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j");
+        let mut journal = Journal::create(&path, TABLE).unwrap();
+        for record in [commit(5, &[0, 1]), logged(6, &[1, 2]), commit(7, &[0])] {
+            journal.append(&record).unwrap();
+        }
+        journal.append(&Record::abort(5)).unwrap();
+        journal.append(&Record::abort(6)).unwrap();
+        let encoded = encode(&Record::abort(5));
+        assert_eq!(decode_record(&KEY, &encoded).unwrap().1, Record::abort(5));
+        let reopened = Journal::open_existing(&path, TABLE).unwrap().unwrap();
+        assert!(!reopened.is_committed(5) && !reopened.is_committed(6));
+        assert!(reopened.is_committed(7));
+        assert!(reopened.logged().is_empty());
     }
 
     #[test]

@@ -907,13 +907,6 @@ impl Shard {
         self.commit()
     }
 
-    /// The one-phase path for a transaction that touched only this shard: finalize and commit
-    /// in one SQLite transaction, which is atomic by itself (the coordinator then syncs it).
-    pub fn commit_one_phase(&self, txid: u64) -> Result<()> {
-        crate::fault::check("shard_prepare")?;
-        self.commit_final(txid)
-    }
-
     /// A logged commit's shard step, after its decision: finalize and commit, not synced (the
     /// journal holds [`changes`](Self::changes) to replay if a power cut takes this commit away).
     pub fn commit_logged(&self, txid: u64) -> Result<()> {

@@ -199,11 +199,7 @@ fn journal(f: &Fixture) -> Journal {
 
 /// The COMMIT decision for a transaction on shards 0 and 1.
 fn commit_record(txid: u64) -> Record {
-    Record {
-        txid,
-        shards: vec![0, 1],
-        changes: None,
-    }
+    Record::commit(txid, vec![0, 1], None)
 }
 
 /// Step 6 of the protocol for the transaction `prepare_both` prepared.

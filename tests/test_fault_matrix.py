@@ -4,7 +4,7 @@ The library built with the cargo feature `fault-injection` (target/fault/release
 occurrence of a named protocol step return an I/O error or abort the process
 (IMAGESTORE_FAULT=step:n:mode, see src/fault.rs). For both commit paths over several shards
 (prepared, and logged into the journal) and every step of each x mode x shards touched
-(1, 2 and all 4; 1 only on the prepared path, the one-phase commit being the same on both) a
+(1, 2 and all 4: a transaction on one shard takes the same paths) a
 writer process runs transactions until the fault strikes; then the table is reopened with the
 ordinary library (recovery runs) and checked against the writer's log: each transaction whole or
 absent, every COMMIT that returned present, every COMMIT that returned an error absent.
@@ -30,7 +30,7 @@ PATHS = {
     "logged": ("", ["journal_append", "journal_sync", "shard_commit_logged", "journal_reset"]),
 }
 CASES = [(path, step, touched) for path, (_, steps) in PATHS.items() for step in steps
-         for touched in ([1, 2, 4] if path == "prepared" else [2, 4])]
+         for touched in (1, 2, 4)]
 MODES = ["error", "abort"]
 TXNS = 6
 RESET_TXNS = 160  # enough 2-shard commits to pass journal_limit=4096 and reset the journal
@@ -117,8 +117,7 @@ def test_fault_at_commit_step(tmp_path, path, step, mode, touched):
     result = run_writer(db, txns, touched, acked, f"{step}:{nth}:{mode}")
     fired = "fault injected at" in result.stderr
     record(check(db, txns, touched, acked), fired)
-    if touched > 1 or step == "shard_prepare":
-        assert fired, f"{step} never ran: {result.stderr[-2000:]}"
+    assert fired, f"{step} never ran: {result.stderr[-2000:]}"
 
 
 # A crash that leaves work for recovery, and recovery's step that then faults:

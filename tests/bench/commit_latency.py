@@ -12,9 +12,11 @@ Baselines, each with the same rows in the same number of files, synchronous=FULL
 ("4 images" at 1 shard against attached WAL is the cheapest durable commit SQLite has: one
 WAL-mode file.)
 
-Usage: python3 tests/bench/commit_latency.py [--transactions 300] [--csv out.csv]
+Usage: python3 tests/bench/commit_latency.py [--transactions 300] [--csv out.csv] [--against OLD.so]
 Prints medians in ms and ratios imagestore / baseline, and imagestore's mean and 99th percentile
-(the commits that also checkpoint a shard or trim the journal). Not part of the test run.
+(the commits that also checkpoint a shard or trim the journal). With --against, another build of
+the extension (say the last release's) runs the same transactions in the same run, and the
+table gives this build's median over that one's. Not part of the test run.
 """
 import argparse
 import os
@@ -82,10 +84,10 @@ def attached(folder, n, mode, targets, files):
     return timed(run, n)
 
 
-def imagestore(folder, n, targets, shards):
-    con = apsw.Connection(os.path.join(folder, "imagestore.db"))
+def imagestore(folder, n, targets, shards, lib=LIB):
+    con = apsw.Connection(os.path.join(folder, f"imagestore{abs(hash(lib))}.db"))
     con.enable_load_extension(True)
-    con.load_extension(LIB)
+    con.load_extension(lib)
     con.execute(f"CREATE VIRTUAL TABLE t USING imagestore(shards={shards})")
     groups = ids_on_shards(targets, shards, n)
 
@@ -101,6 +103,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--transactions", type=int, default=300)
     parser.add_argument("--csv")
+    parser.add_argument("--against", help="another build of libimagestore.so to compare with")
     args = parser.parse_args()
     n = args.transactions
     rows = []
@@ -108,18 +111,21 @@ def main():
         for shards in SHARD_COUNTS:
             with tempfile.TemporaryDirectory(dir=os.environ.get("IMAGESTORE_BENCH_DIR", ROOT + "/target")) as folder:
                 targets = targets_of(shards)
+                old = imagestore(folder, n, targets, shards, args.against)[0] if args.against else None
                 ours, ours_mean, ours_p99 = imagestore(folder, n, targets, shards)
                 wal = attached(folder, n, "WAL", targets, shards)[0]
                 journal = attached(folder, n, "DELETE", targets, shards)[0]
-                rows.append((workload, shards, len(targets), ours, wal, journal, ours_mean, ours_p99))
+                rows.append((workload, shards, len(targets), ours, wal, journal, ours_mean, ours_p99, old))
     table = []
-    for workload, shards, images, ours, wal, journal, ours_mean, ours_p99 in rows:
+    for workload, shards, images, ours, wal, journal, ours_mean, ours_p99, old in rows:
         one_shard = next(r[3] for r in rows if r[0] == workload and r[1] == 1)
-        table.append((workload, shards, images, ours, wal, journal, ours / wal, ours / journal, ours / one_shard,
-                      ours_mean, ours_p99))
+        row = (workload, shards, images, ours, wal, journal, ours / wal, ours / journal, ours / one_shard,
+               ours_mean, ours_p99)
+        table.append(row + ((old, ours / old) if old else ()))
+    columns = ("workload", "shards", "images", "imagestore", "attached WAL", "super-journal",
+               "/ WAL", "/ super-journal", "/ 1 shard", "imagestore mean", "imagestore p99")
     report(f"commit latency, median of {n} transactions, ms (synchronous=FULL baselines)",
-           ("workload", "shards", "images", "imagestore", "attached WAL", "super-journal",
-            "/ WAL", "/ super-journal", "/ 1 shard", "imagestore mean", "imagestore p99"), table, args.csv)
+           columns + (("other build", "/ other build") if args.against else ()), table, args.csv)
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,99 @@
+"""A transaction that writes this table (and perhaps ordinary tables) commits only if SQLite's own
+commit does: when the host's commit fails after imagestore's xSync decided (SQLITE_BUSY on the
+host file, a commit hook's veto), the decision is taken back and nothing of the transaction
+remains, in either table; a retried COMMIT commits both.
+
+Oracle: an ordinary table written in the same transactions, and SQLite's own answer.
+"""
+import apsw
+import pytest
+
+from harness import connect, corpus_bytes
+
+GIF = corpus_bytes("no_time_for_that_tiny.gif")
+
+
+@pytest.fixture(params=["delete", "wal"])
+def host(request, tmp_path):
+    path = tmp_path / "host.db"
+    con = connect(path)
+    con.execute(f"PRAGMA journal_mode={request.param}")
+    con.execute("CREATE TABLE plain(id INTEGER PRIMARY KEY, note TEXT)")
+    return path, con
+
+
+def make_table(con, kind):
+    """A 4-shard table; for the prepared path, with no logged commits at all."""
+    extra = ", logged_commit_max=0" if kind == "prepared" else ""
+    con.execute(f"CREATE VIRTUAL TABLE t USING imagestore(shards=4{extra})")
+
+
+def counts(con):
+    return (con.execute("SELECT count(*) FROM t").fetchone()[0],
+            con.execute("SELECT count(*) FROM plain").fetchone()[0])
+
+
+# Transactions to try: one shard, several shards (the logged path), a large one (prepared), each
+# alone and with an ordinary table's row.
+WRITES = {
+    "one shard": ["INSERT INTO t(id, data) VALUES (1, ?)"],
+    "four shards": ["INSERT INTO t(id, data) VALUES (1, ?)", "INSERT INTO t(id, data) VALUES (2, ?)",
+                    "INSERT INTO t(id, data) VALUES (6, ?)", "INSERT INTO t(id, data) VALUES (7, ?)"],
+    "prepared": ["INSERT INTO t(id, data) VALUES (1, ?)", "INSERT INTO t(id, data) VALUES (2, ?)"],
+}
+
+
+def run_writes(con, kind, mixed):
+    for sql in WRITES[kind]:
+        con.execute(sql, (GIF,))
+    if mixed:
+        con.execute("INSERT INTO plain(note) VALUES ('with the images')")
+
+
+@pytest.mark.parametrize("mixed", [False, True], ids=["alone", "mixed"])
+@pytest.mark.parametrize("kind", list(WRITES))
+def test_a_vetoing_commit_hook_leaves_nothing(host, kind, mixed):
+    path, con = host
+    make_table(con, kind)
+    con.set_commit_hook(lambda: True)  # veto every commit
+    with pytest.raises(apsw.ConstraintError):
+        con.execute("BEGIN")
+        run_writes(con, kind, mixed)
+        con.execute("COMMIT")
+    if con.in_transaction:
+        con.execute("ROLLBACK")
+    with pytest.raises(apsw.ConstraintError):
+        con.execute("INSERT INTO t(id, data) VALUES (9, ?)", (GIF,))  # autocommit, vetoed
+    con.set_commit_hook(None)
+    assert counts(con) == (0, 0)
+    other = connect(path)
+    assert counts(other) == (0, 0)
+    run_writes(con, kind, mixed)  # autocommit statements, no veto: they commit
+    assert counts(other) == (len(WRITES[kind]), int(mixed))
+
+
+@pytest.mark.parametrize("mixed", [False, True], ids=["alone", "mixed"])
+@pytest.mark.parametrize("kind", list(WRITES))
+def test_busy_at_commit_then_rollback_or_retry(host, kind, mixed):
+    path, con = host
+    make_table(con, kind)
+    if con.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+        pytest.skip("in WAL mode a reader never makes COMMIT busy")
+    con.set_busy_timeout(50)
+    reader = apsw.Connection(str(path))
+    for outcome in ("rollback", "retry"):
+        con.execute("BEGIN")
+        run_writes(con, kind, mixed)
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM plain").fetchall()  # SHARED on the host file
+        with pytest.raises(apsw.BusyError):
+            con.execute("COMMIT")
+        if outcome == "rollback":
+            con.execute("ROLLBACK")
+            reader.execute("COMMIT")
+            assert counts(con) == (0, 0)
+            assert counts(connect(path)) == (0, 0)
+        else:
+            reader.execute("COMMIT")
+            con.execute("COMMIT")
+            assert counts(connect(path)) == (len(WRITES[kind]), int(mixed))
