@@ -57,6 +57,12 @@
 //!    commit point.** If the append or sync fails, the record is cut off (and synced) before the
 //!    shards are undone, so a failed COMMIT leaves nothing; if even the cut fails, the table is
 //!    poisoned and recovery, reading the file, decides. Release the publish lock.
+//!
+//!    6h. *Decide in the host* (a transaction that also wrote the host database's own tables,
+//!    see below): always prepared (5, every prepare record naming the host database), then the
+//!    decision is a row inserted into the host's `imagestore_decisions` inside the host's own
+//!    transaction. **The host's commit is the commit point**, of its tables and of this one.
+//!    The publish lock is released before it.
 //! 7. *Finish* (xCommit, after SQLite committed its own files): on the logged path, take the
 //!    publish lock again and commit every written shard, not synced, then clear the mark (a
 //!    shard whose commit fails is rolled back and the mark stays: the next reader or writer
@@ -91,6 +97,9 @@
 //!   commits. The caller may not have seen the answer; either outcome is whole.
 //! - During 7: prepare records remain with a COMMIT in the journal: recovery finalizes them; or
 //!   a logged commit's shards have committed in part: the mark is set and recovery replays.
+//! - During 6h, or between it and the host's commit: the host's decision row is not committed:
+//!   recovery, asking the host database the prepare records name, aborts. After the host's
+//!   commit: it finalizes. Both tables agree either way.
 //! - During 8, before the ABORT is durable: the decision stands and recovery commits (the caller
 //!   never heard an answer: whole either way). After it: recovery aborts what is prepared; a
 //!   logged commit was never on a shard.
@@ -98,8 +107,8 @@
 //!
 //! # Recovery (at open, and whenever a reader or writer finds a prepare record that no live
 //! writer owns, or the mark set): under the writer lock and the publish lock,
-//! - for each prepare record on each shard, finalize it if the journal holds its COMMIT, else
-//!   abort it;
+//! - for each prepare record on each shard, finalize it if the journal holds its COMMIT (and no
+//!   ABORT after it), or if the host database it names holds its decision row; else abort it;
 //! - then replay every LOGGED record, in journal order, on each of its shards whose
 //!   `last_txid` is below it (a shard keeps a prefix of its commits, so `last_txid` says which
 //!   it has);
@@ -131,11 +140,22 @@
 //! prepare record's data is committed data whose finalize is pending.
 //!
 //! # Transactions that also write ordinary tables
-//! SQLite calls xSync before it commits its own files, and xRollback if that commit then fails:
-//! step 8 takes the decision back, so the host's tables and this table commit together or not
-//! at all when the host's commit fails (SQLITE_BUSY, a commit hook's veto). A crash between the
-//! decision (4 or 6) and SQLite's own commit still leaves this table's part committed and the
-//! host's not.
+//! SQLite calls xSync before it commits its own files, and xRollback if that commit then fails
+//! (SQLITE_BUSY, a commit hook's veto): step 8 takes the decision back, so the two commit
+//! together or not at all. Across a crash between xSync and SQLite's commit, atomicity needs one
+//! commit point for both: when xSync finds that the transaction also wrote the host's tables
+//! (`host::also_wrote`), the decision rides on the host's commit (6h). A reader that meets such
+//! a transaction's undecided prepare records while its writer is alive is answered SQLITE_BUSY
+//! at once: waiting could hold up the host commit it waits for (the writer may be waiting for
+//! that reader's statement to end). A transaction that wrote only this table is decided in the
+//! journal as before: it costs no host commit.
+//!
+//! Where the decision cannot ride: a `:memory:` or temp host database has nothing durable, so a
+//! transaction there is decided in the journal at xSync (a crash loses the host's part anyway).
+//! Shards shared by several host databases: a transaction rides on the host database of the
+//! connection that wrote it; its prepare records name that database's file, so recovery from
+//! any other database opens that file to read the decision (if it is gone, the transaction is
+//! in doubt and the table says which database it needs).
 //!
 //! # Transaction ids
 //! Every prepare, logged shard commit and replay raises its shards'
@@ -176,7 +196,24 @@ enum Decided {
     Logged,
     /// Its shards hold it prepared; a COMMIT record decides it.
     Prepared,
+    /// Its shards hold it prepared; a row in the host database's transaction decides it.
+    Hosted,
 }
+
+/// The host database a transaction's decision rides on, when the transaction also wrote the
+/// host's own tables (see "Transactions that also write ordinary tables"); `host` implements
+/// it over SQLite.
+pub trait HostDecider {
+    /// The host database's file, kept in every prepare record so that recovery can ask it.
+    fn path(&self) -> &str;
+    /// Records the decision for `txid` in the host's open transaction, so that it commits or
+    /// rolls back with the host's own changes.
+    fn record(&self, txid: u64) -> Result<()>;
+}
+
+/// Asks host database `path` whether it committed the decision for transaction `txid` of table
+/// `table_id` (recovery of a transaction that rode on a host's commit).
+pub type HostLookup = fn(path: &str, table_id: &TableId, txid: u64) -> Result<bool>;
 
 /// What this connection has open on the shards.
 enum Activity {
@@ -199,6 +236,8 @@ pub struct Coordinator {
     publish_lock: LockFile,
     activity: Activity,
     poisoned: bool,
+    table_id: TableId,
+    host_lookup: HostLookup,
 }
 
 impl Coordinator {
@@ -208,6 +247,7 @@ impl Coordinator {
         table_id: TableId,
         shards: &mut [Shard],
         create: bool,
+        host_lookup: HostLookup,
     ) -> Result<Coordinator> {
         let writer_lock = LockFile::open(&config.lock_path)?;
         let publish_lock = LockFile::open(&config.publish_lock_path)?;
@@ -248,6 +288,8 @@ impl Coordinator {
             publish_lock,
             activity: Activity::Idle,
             poisoned: false,
+            table_id,
+            host_lookup,
         };
         // A live writer elsewhere owns its prepare records; only recover when none is active.
         if let Ok(writer) = coordinator.writer_lock.exclusive("writer lock", 0) {
@@ -282,9 +324,9 @@ impl Coordinator {
         // Prepared transactions first: on any one shard they are older than every logged commit
         // it lacks (see "Recovery" above).
         for shard in shards.iter() {
-            for txid in shard.prepared_txids()? {
+            for (txid, decided_by) in shard.prepared_deciders()? {
                 crate::fault::check("recovery_shard")?;
-                if self.journal.is_committed(txid) {
+                if self.decided(txid, decided_by.as_deref())? {
                     shard.finalize(txid)?;
                 } else {
                     shard.abort_prepared(txid)?;
@@ -293,6 +335,18 @@ impl Coordinator {
         }
         self.replay_logged(shards)?;
         self.publish_lock.set_mark(0)
+    }
+
+    /// Whether prepared transaction `txid` was decided: by a COMMIT record, or, for one that
+    /// rode on a host database's commit, by the decision row that commit holds.
+    fn decided(&self, txid: u64, decided_by: Option<&str>) -> Result<bool> {
+        if self.journal.is_committed(txid) {
+            return Ok(true);
+        }
+        match decided_by {
+            Some(host) => (self.host_lookup)(host, &self.table_id, txid),
+            None => Ok(false),
+        }
     }
 
     /// Replays each LOGGED record on every shard it names whose `last_txid` is below it.
@@ -398,7 +452,22 @@ impl Coordinator {
             end_all(shards);
             return Err(e);
         }
-        Ok(prepared.iter().all(|&txid| self.journal.is_committed(txid)))
+        if prepared.iter().all(|&txid| self.journal.is_committed(txid)) {
+            return Ok(true);
+        }
+        // Undecided prepare records with a live writer: a transaction riding on its host's
+        // commit, which is under way (the writer released the publish lock to let the host's
+        // readers finish). Waiting here could hold up that very commit: answer busy, as SQLite
+        // answers a reader of a file being committed.
+        if self.writer_lock.exclusive("writer lock", 0).is_err() {
+            end_all(shards);
+            return Err(Error::Busy {
+                what: "a transaction that also writes the host database's tables is committing; the table"
+                    .into(),
+                timeout_ms: 0,
+            });
+        }
+        Ok(false)
     }
 
     /// Whether the logged commit `mark` names is a live writer's that waits for SQLite's own
@@ -626,8 +695,10 @@ impl Coordinator {
 
     // ---- writers: commit ----------------------------------------------------------------
 
-    /// Steps 3 to 6 (xSync): decides the transaction, or aborts it everywhere and fails.
-    pub fn sync(&mut self, shards: &mut [Shard]) -> Result<()> {
+    /// Steps 3 to 6 (xSync): decides the transaction, or aborts it everywhere and fails. With
+    /// `host`, the transaction also wrote the host's tables: its decision rides on the host's
+    /// commit (step 6h).
+    pub fn sync(&mut self, shards: &mut [Shard], host: Option<&dyn HostDecider>) -> Result<()> {
         let (txid, dirty) = match &self.activity {
             Activity::Writing(txn) if txn.decided.is_some() => return Ok(()), // again after BUSY
             Activity::Writing(txn) => (txn.txid, txn.dirty.clone()),
@@ -651,7 +722,12 @@ impl Coordinator {
             .exclusive("publish lock", self.busy_timeout_ms)?;
         let outcome = self
             .end_clean_shards(shards, &dirty)
-            .and_then(|()| self.decide_written(shards, txid, &written));
+            .and_then(|()| match host {
+                Some(host) => self
+                    .commit_two_phase(shards, txid, &written, Some(host))
+                    .map(|()| Decided::Hosted),
+                None => self.decide_written(shards, txid, &written),
+            });
         drop(publish);
         match outcome {
             Ok(decided) => {
@@ -692,7 +768,7 @@ impl Coordinator {
                 .decide_logged(shards, txid, written, changes)
                 .map(|()| Decided::Logged),
             Ok(None) => self
-                .commit_two_phase(shards, txid, written)
+                .commit_two_phase(shards, txid, written, None)
                 .map(|()| Decided::Prepared),
             Err(e) => {
                 self.abort_everywhere(shards, txid, &[]);
@@ -785,12 +861,13 @@ impl Coordinator {
         })
     }
 
-    /// Steps 5 and 6, the prepared path.
+    /// Steps 5 and 6, the prepared path; with `host`, 5 and 6h.
     fn commit_two_phase(
         &mut self,
         shards: &mut [Shard],
         txid: u64,
         written: &[usize],
+        host: Option<&dyn HostDecider>,
     ) -> Result<()> {
         let names = participants(written);
         // Phase 1: every written shard votes.
@@ -799,7 +876,7 @@ impl Coordinator {
         let mut syncs = crate::durable::WalSyncs::new();
         let mut refusal = None;
         for &i in written {
-            match shards[i].prepare(txid, &names) {
+            match shards[i].prepare(txid, &names, host.map(|h| h.path())) {
                 Ok(()) => {
                     prepared.push(i);
                     syncs.start(&shards[i].path);
@@ -816,8 +893,12 @@ impl Coordinator {
             self.abort_everywhere(shards, txid, &prepared);
             return Err(no);
         }
-        // Decision: the journal's synced COMMIT record is the commit point.
-        let decided = self.decide(&Record::commit(txid, names, None));
+        // Decision: the journal's synced COMMIT record is the commit point; or the host's
+        // decision row, which its commit makes durable (6h).
+        let decided = match host {
+            Some(host) => host.record(txid),
+            None => self.decide(&Record::commit(txid, names, None)),
+        };
         if let Err(e) = decided {
             if !self.poisoned {
                 self.abort_everywhere(shards, txid, &prepared);
@@ -855,7 +936,7 @@ impl Coordinator {
             None => end_all(shards),
             Some(Decided::Nothing) => {}
             Some(Decided::Logged) => self.finish_logged(shards, &txn),
-            Some(Decided::Prepared) => {
+            Some(Decided::Prepared | Decided::Hosted) => {
                 for (shard, _) in shards.iter().zip(&txn.dirty).filter(|(_, d)| **d) {
                     let _ = shard.finalize(txn.txid);
                 }
@@ -873,7 +954,7 @@ impl Coordinator {
             Activity::Idle | Activity::Reading => return,
         };
         match decided {
-            Some(Decided::Logged | Decided::Prepared) => self.take_back(shards),
+            Some(Decided::Logged | Decided::Prepared | Decided::Hosted) => self.take_back(shards),
             Some(Decided::Nothing) => self.activity = Activity::Idle,
             None => {
                 end_all(shards);
@@ -890,7 +971,8 @@ impl Coordinator {
         let Activity::Writing(txn) = std::mem::replace(&mut self.activity, Activity::Idle) else {
             return;
         };
-        if self.decide(&Record::abort(txn.txid)).is_err() {
+        // A hosted decision needs no record: the host's decision row rolled back with it.
+        if txn.decided != Some(Decided::Hosted) && self.decide(&Record::abort(txn.txid)).is_err() {
             self.poisoned = true;
             self.activity = Activity::Writing(txn);
             return self.commit(shards);
@@ -927,6 +1009,11 @@ impl Coordinator {
     pub fn lock_writer(&self) -> Result<LockGuard> {
         self.writer_lock
             .exclusive("writer lock", self.busy_timeout_ms)
+    }
+
+    /// The table's identity.
+    pub fn table_id(&self) -> TableId {
+        self.table_id
     }
 
     /// Whether this connection has a write transaction open.

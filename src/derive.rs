@@ -208,7 +208,8 @@ pub fn derive(core: &TableCore, column: &str, operation: Operation) -> Result<Su
             }
         }
         rows += flush(&mut batch)?;
-        coordinator.sync(&mut shards)?;
+        // derive runs outside any transaction: the host has nothing to commit with it.
+        coordinator.sync(&mut shards, None)?;
         Ok(rows)
     });
     match outcome {

@@ -13,6 +13,8 @@
 //! - `vtab`: the virtual table (SQLite's callbacks; the only SQLite-facing code but this file).
 //! - `after_commit`: work that waits for the host's commit (deleting a dropped table's files).
 //! - `coordinator`: the commit protocol, described in full in its module comment.
+//! - `host`: the host database: whether a transaction also wrote its tables, and the decisions
+//!   that then ride on its commit.
 //! - `journal`: the coordinator's durable decision log. `redo`: a shard's changes, as a logged
 //!   commit's journal record carries them.
 //! - `locks`: the cross-process writer and publish locks.
@@ -38,6 +40,7 @@ pub mod derive;
 pub mod durable;
 pub mod error;
 pub mod fault;
+pub mod host;
 pub mod imagefn;
 pub mod journal;
 pub mod locks;

@@ -5,7 +5,9 @@
 //!                                               owner_database, owner_table, lifecycle (see `Owner`)
 //! images(id INTEGER PRIMARY KEY, name, format, width, height, bytes, hash, blob_id, <user columns>)
 //! blobs(blob_id INTEGER PRIMARY KEY, data)  -- image bytes, apart so metadata scans never read them
-//! imagestore_prepared(txid PRIMARY KEY, shards)      -- a transaction prepared here, not yet finalized
+//! imagestore_prepared(txid PRIMARY KEY, shards, decided_by) -- a transaction prepared here, not
+//!                                               yet finalized; decided_by: the host database
+//!                                               whose commit decides it, if not the journal
 //! imagestore_undo(txid, id, existed, <images columns>) -- each touched row as it was before txid
 //! ```
 //!
@@ -326,7 +328,8 @@ impl Shard {
              CREATE INDEX images_hash ON images(hash);
              CREATE INDEX images_name ON images(name);
              CREATE TABLE blobs(blob_id INTEGER PRIMARY KEY, data BLOB NOT NULL);
-             CREATE TABLE imagestore_prepared(txid INTEGER PRIMARY KEY, shards TEXT NOT NULL);
+             CREATE TABLE imagestore_prepared(txid INTEGER PRIMARY KEY, shards TEXT NOT NULL,
+                 decided_by TEXT);
              CREATE TABLE imagestore_undo(txid INTEGER NOT NULL, id INTEGER NOT NULL,
                  existed INTEGER NOT NULL, name, format, width, height, bytes, hash, blob_id{user_undo},
                  PRIMARY KEY(txid, id)) WITHOUT ROWID;
@@ -542,6 +545,35 @@ impl Shard {
     pub fn prepared_txids(&self) -> Result<Vec<u64>> {
         let txids: Vec<i64> = self.first_column("SELECT txid FROM imagestore_prepared")?;
         Ok(txids.into_iter().map(|t| t as u64).collect())
+    }
+
+    /// Each prepared transaction with the host database whose commit decides it, if any.
+    pub fn prepared_deciders(&self) -> Result<Vec<(u64, Option<String>)>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT txid, decided_by FROM imagestore_prepared")
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>());
+        rows.map_err(self.err())
+    }
+
+    /// Adds the prepare record's `decided_by` column to a shard made before it existed (0.2).
+    pub fn ensure_protocol_columns(&self) -> Result<()> {
+        let columns: Vec<String> =
+            self.first_column("SELECT name FROM pragma_table_info('imagestore_prepared')")?;
+        if columns.iter().any(|c| c == "decided_by") {
+            return Ok(());
+        }
+        match self
+            .conn
+            .execute_batch("ALTER TABLE imagestore_prepared ADD COLUMN decided_by TEXT")
+        {
+            // Another process may have added it meanwhile.
+            Err(e) if e.to_string().contains("duplicate column") => Ok(()),
+            other => other.map_err(self.err()),
+        }
     }
 
     /// The first column of every row `sql` returns.
@@ -892,7 +924,7 @@ impl Shard {
 
     /// Phase 1: commits the open transaction, still undoable, with a prepare record. It is
     /// durable once the coordinator has synced this shard's WAL.
-    pub fn prepare(&self, txid: u64, participants: &[u16]) -> Result<()> {
+    pub fn prepare(&self, txid: u64, participants: &[u16], decided_by: Option<&str>) -> Result<()> {
         crate::fault::check("shard_prepare")?;
         let shards = participants
             .iter()
@@ -900,8 +932,10 @@ impl Shard {
             .collect::<Vec<_>>()
             .join(",");
         self.conn
-            .prepare_cached("INSERT INTO imagestore_prepared(txid, shards) VALUES (?1, ?2)")
-            .and_then(|mut s| s.execute(params![txid as i64, shards]))
+            .prepare_cached(
+                "INSERT INTO imagestore_prepared(txid, shards, decided_by) VALUES (?1, ?2, ?3)",
+            )
+            .and_then(|mut s| s.execute(params![txid as i64, shards, decided_by]))
             .map_err(self.err())?;
         self.set_last_txid(txid)?;
         self.commit()

@@ -82,6 +82,9 @@ pub struct TableCore {
     /// While the CREATE that made this table's files has not committed: the writer lock, held
     /// so that no other database takes the files for leftovers meanwhile.
     creation: RefCell<Option<LockGuard>>,
+    /// Pages the host connection had written when this table's write transaction began (see
+    /// `host::also_wrote`).
+    host_pages_at_begin: Cell<i64>,
 }
 
 impl TableCore {
@@ -155,6 +158,8 @@ pub struct ImageTable {
     /// SQLite's part; must come first (the struct is cast to and from `sqlite3_vtab`).
     base: sqlite3_vtab,
     db: *mut ffi::sqlite3,
+    /// The database that holds the table (`main`, `temp`, an attached one's name).
+    schema: String,
     core: Rc<TableCore>,
 }
 
@@ -304,6 +309,7 @@ fn open_existing_shards(config: &TableConfig) -> Result<(TableId, Vec<Shard>)> {
             });
         }
         shard.ensure_indexes(&config.indexes)?;
+        shard.ensure_protocol_columns()?;
         shards.push(shard);
     }
     let table_id = table_id.ok_or_else(|| Error::Internal("a table without shards".into()))?;
@@ -392,7 +398,8 @@ impl ImageTable {
         if let Some((dir, manifest)) = backup {
             shards = restore_new_table(dir, &manifest, &config, shards, created)?;
         }
-        let coordinator = Coordinator::open(&config, table_id, &mut shards, created)?;
+        let coordinator =
+            Coordinator::open(&config, table_id, &mut shards, created, crate::host::lookup)?;
         let creation = if created {
             Some(coordinator.lock_writer()?)
         } else {
@@ -406,6 +413,7 @@ impl ImageTable {
             coordinator: RefCell::new(coordinator),
             open_cursors: Cell::new(0),
             creation: RefCell::new(creation),
+            host_pages_at_begin: Cell::new(0),
         };
         let core = Rc::new(core);
         open_tables().push(OpenTable {
@@ -419,6 +427,7 @@ impl ImageTable {
             ImageTable {
                 base: sqlite3_vtab::default(),
                 db: handle,
+                schema: schema.to_string(),
                 core,
             },
         ))
@@ -461,13 +470,43 @@ impl ImageTable {
         })
     }
 
-    /// Opens the write transaction if SQLite has not (it calls xBegin first, normally).
+    /// Opens the write transaction if SQLite has not (it calls xBegin first, normally; not for
+    /// a table created in the same transaction).
     fn ensure_writing(&self) -> Result<()> {
-        let mut coordinator = self.core.coordinator.borrow_mut();
-        if !coordinator.is_writing() {
-            coordinator.begin_write(&mut self.core.shards.borrow_mut())?;
+        if !self.core.coordinator.borrow().is_writing() {
+            self.begin_write()?;
         }
         Ok(())
+    }
+
+    /// Step 1 of the protocol, noting how many pages the host had written by then.
+    fn begin_write(&self) -> Result<()> {
+        self.core
+            .host_pages_at_begin
+            .set(crate::host::pages_written(self.db));
+        self.core
+            .coordinator
+            .borrow_mut()
+            .begin_write(&mut self.core.shards.borrow_mut())
+    }
+
+    /// Where this transaction's decision rides, if it also wrote the host's own tables and the
+    /// host is a database file (a `:memory:` or temp database cannot make a decision durable).
+    fn host_decider(&self) -> Result<Option<crate::host::HostDecisions>> {
+        let Some(file) = host_filename(self.db, &self.schema) else {
+            return Ok(None);
+        };
+        if self.schema.eq_ignore_ascii_case("temp")
+            || !crate::host::also_wrote(self.db, &self.schema, self.core.host_pages_at_begin.get())?
+        {
+            return Ok(None);
+        }
+        Ok(Some(crate::host::HostDecisions::new(
+            self.db,
+            &self.schema,
+            &file,
+            self.core.coordinator.borrow().table_id(),
+        )))
     }
 
     fn write_shard(&self, shard: usize) -> Result<u64> {
@@ -889,20 +928,21 @@ impl UpdateVTab<'_> for ImageTable {
 
 impl TransactionVTab<'_> for ImageTable {
     fn begin(&mut self) -> rusqlite::Result<()> {
-        Ok(catch_panic(|| {
-            self.core
-                .coordinator
-                .borrow_mut()
-                .begin_write(&mut self.core.shards.borrow_mut())
-        })?)
+        Ok(catch_panic(|| self.begin_write())?)
     }
 
     fn sync(&mut self) -> rusqlite::Result<()> {
         Ok(catch_panic(|| {
-            self.core
-                .coordinator
-                .borrow_mut()
-                .sync(&mut self.core.shards.borrow_mut())
+            let host = if self.core.coordinator.borrow().is_writing() {
+                self.host_decider()?
+            } else {
+                None
+            };
+            self.core.coordinator.borrow_mut().sync(
+                &mut self.core.shards.borrow_mut(),
+                host.as_ref()
+                    .map(|h| h as &dyn crate::coordinator::HostDecider),
+            )
         })?)
     }
 

@@ -161,7 +161,7 @@ fn prepare_both(shards: &[Shard]) -> (u64, Vec<(i64, String)>) {
     let current = shards[1].get(deleted).unwrap().unwrap();
     shards[1].delete(txid, &current).unwrap();
     for s in shards {
-        s.prepare(txid, &[0, 1]).unwrap();
+        s.prepare(txid, &[0, 1], None).unwrap();
     }
     let mut after: Vec<(i64, String)> = baseline()
         .into_iter()

@@ -1,0 +1,200 @@
+//! The host database (the one holding the table's schema): whether a transaction also wrote its
+//! own tables, and the decisions that then ride on its commit.
+//!
+//! A transaction that writes ordinary tables and an imagestore table must commit both or
+//! neither, also across a crash between imagestore's xSync and SQLite's own commit. So when the
+//! host's tables were written too, the coordinator prepares the shards and, instead of a journal
+//! record, inserts the decision into `imagestore_decisions` in the host database, inside the
+//! host's transaction (SQLite lets a virtual table write its host's tables during xSync, as FTS5
+//! flushes its own there): the host's commit is then the commit point of both. Recovery, finding
+//! a prepared transaction whose prepare record names a host database, asks that database.
+//!
+//! Whether the host's tables were written is read from SQLite, conservatively (a false "yes"
+//! costs a slower commit, a false "no" would lose atomicity): any other attached database with a
+//! write transaction counts; for the table's own database, an open rollback journal (the pager
+//! opens it at its first page write), or in WAL mode pages written out since the transaction
+//! began (dirty pages are flushed first). Not seen: a WAL-mode transaction that changed only the
+//! database header or the first page of the schema (such as `PRAGMA user_version` alone).
+
+use std::ffi::{c_int, c_void, CString};
+
+use rusqlite::{ffi, params, Connection, OpenFlags, OptionalExtension};
+
+use crate::coordinator::HostDecider;
+use crate::error::{Error, Result};
+use crate::journal::TableId;
+use crate::table_name::quote;
+
+/// The host's table of decisions.
+const DECISIONS: &str = "imagestore_decisions";
+
+/// How many pages connection `db` has written to its database files so far.
+pub(crate) fn pages_written(db: *mut ffi::sqlite3) -> i64 {
+    let (mut current, mut highest) = (0, 0);
+    // SAFETY: db is a live connection handle; the out-pointers point to locals.
+    unsafe {
+        ffi::sqlite3_db_status(
+            db,
+            ffi::SQLITE_DBSTATUS_CACHE_WRITE,
+            &mut current,
+            &mut highest,
+            0,
+        )
+    };
+    i64::from(current)
+}
+
+/// Whether the transaction open on `db` changed anything in a database file of the host besides
+/// imagestore tables, `schema` being the one that holds the table; `pages_at_begin` is
+/// [`pages_written`] when the table's write transaction began.
+pub(crate) fn also_wrote(db: *mut ffi::sqlite3, schema: &str, pages_at_begin: i64) -> Result<bool> {
+    // SAFETY: the Connection wraps the handle SQLite passed to this callback for its duration
+    // and is dropped without closing it.
+    let conn = unsafe { Connection::from_handle(db) }.map_err(internal)?;
+    let schemas: Vec<String> = conn
+        .prepare("SELECT name FROM pragma_database_list WHERE name <> 'temp'")
+        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+        .map_err(internal)?;
+    for name in &schemas {
+        let Ok(c_name) = CString::new(name.as_str()) else {
+            continue;
+        };
+        // SAFETY: db is live; c_name is a NUL-terminated string that outlives the call.
+        let state = unsafe { ffi::sqlite3_txn_state(db, c_name.as_ptr()) };
+        if state != ffi::SQLITE_TXN_WRITE {
+            continue;
+        }
+        if !name.eq_ignore_ascii_case(schema) {
+            return Ok(true);
+        }
+        let mode: String = conn
+            .query_row(&format!("PRAGMA {}.journal_mode", quote(name)), [], |r| {
+                r.get(0)
+            })
+            .map_err(internal)?;
+        let wrote = if mode.eq_ignore_ascii_case("wal") {
+            // SAFETY: db is live. A failure (SQLITE_BUSY) leaves pages unflushed; count it as
+            // written, which only costs a slower commit.
+            let flushed = unsafe { ffi::sqlite3_db_cacheflush(db) } == ffi::SQLITE_OK;
+            !flushed || pages_written(db) > pages_at_begin
+        } else {
+            journal_open(db, &c_name)
+        };
+        if wrote {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Whether database `schema`'s rollback journal is open: its pager opens it at the
+/// transaction's first page write.
+fn journal_open(db: *mut ffi::sqlite3, schema: &CString) -> bool {
+    let mut journal: *mut ffi::sqlite3_file = std::ptr::null_mut();
+    // SAFETY: db is live, schema NUL-terminated; SQLITE_FCNTL_JOURNAL_POINTER writes one
+    // sqlite3_file pointer into `journal`, which we only read while SQLite holds it open.
+    let rc = unsafe {
+        ffi::sqlite3_file_control(
+            db,
+            schema.as_ptr(),
+            ffi::SQLITE_FCNTL_JOURNAL_POINTER,
+            &mut journal as *mut *mut ffi::sqlite3_file as *mut c_void,
+        )
+    };
+    // SAFETY: a non-null journal pointer is the pager's own sqlite3_file, valid during this call.
+    rc != ffi::SQLITE_OK || (!journal.is_null() && unsafe { !(*journal).pMethods.is_null() })
+}
+
+/// The host database a transaction's decision rides on.
+pub struct HostDecisions {
+    db: *mut ffi::sqlite3,
+    schema: String,
+    path: String,
+    table_id: TableId,
+}
+
+impl HostDecisions {
+    /// The decisions of table `table_id` kept in database `schema` (file `path`) of `db`.
+    pub(crate) fn new(db: *mut ffi::sqlite3, schema: &str, path: &str, table_id: TableId) -> Self {
+        HostDecisions {
+            db,
+            schema: schema.to_string(),
+            path: path.to_string(),
+            table_id,
+        }
+    }
+}
+
+impl HostDecider for HostDecisions {
+    fn path(&self) -> &str {
+        &self.path
+    }
+
+    fn record(&self, txid: u64) -> Result<()> {
+        // SAFETY: as in `also_wrote`: the handle of the connection running this xSync.
+        let conn = unsafe { Connection::from_handle(self.db) }.map_err(internal)?;
+        let table = format!("{}.{DECISIONS}", quote(&self.schema));
+        // Every earlier transaction of the table is settled (a writer begins only once no shard
+        // holds a prepare record): its row is no longer needed.
+        conn.execute_batch(&format!(
+            "CREATE TABLE IF NOT EXISTS {table}(table_id BLOB NOT NULL, txid INTEGER NOT NULL, \
+             PRIMARY KEY(table_id, txid)) WITHOUT ROWID"
+        ))
+        .and_then(|()| {
+            conn.execute(
+                &format!("DELETE FROM {table} WHERE table_id = ?1"),
+                [&self.table_id[..]],
+            )
+        })
+        .and_then(|_| {
+            conn.execute(
+                &format!("INSERT INTO {table}(table_id, txid) VALUES (?1, ?2)"),
+                params![&self.table_id[..], txid as i64],
+            )
+        })
+        .map(|_| ())
+        .map_err(|e| {
+            Error::BadArgument(format!(
+                "recording the commit decision in the host database: {e}"
+            ))
+        })
+    }
+}
+
+/// Whether host database `path` committed the decision for `txid` of table `table_id`: the
+/// [`crate::coordinator::HostLookup`] that recovery uses.
+pub fn lookup(path: &str, table_id: &TableId, txid: u64) -> Result<bool> {
+    let in_doubt = |why: String| {
+        Error::InDoubt(format!(
+            "transaction {txid} rode on the commit of database {path}, which {why}; \
+             its outcome cannot be known without it. Restore that database, or decide with imagestore_resolve"
+        ))
+    };
+    // Opened read-write, never created: SQLite rolls back a hot journal a crash left there.
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags)
+        .map_err(|e| in_doubt(format!("cannot be opened ({e})")))?;
+    let has_table: bool = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE name = ?1",
+            [DECISIONS],
+            |r| r.get::<_, c_int>(0),
+        )
+        .map_err(|e| in_doubt(format!("cannot be read ({e})")))?
+        > 0;
+    if !has_table {
+        return Ok(false);
+    }
+    conn.query_row(
+        &format!("SELECT 1 FROM {DECISIONS} WHERE table_id = ?1 AND txid = ?2"),
+        params![&table_id[..], txid as i64],
+        |_| Ok(()),
+    )
+    .optional()
+    .map(|found| found.is_some())
+    .map_err(|e| in_doubt(format!("cannot be read ({e})")))
+}
+
+fn internal(e: rusqlite::Error) -> Error {
+    Error::Internal(e.to_string())
+}

@@ -1,0 +1,21 @@
+"""A writer for tests/test_mixed_crash.py: transactions that each write a row of an ordinary
+table and rows of a 4-shard imagestore table (on 1, 2 or 4 shards, small or large), and print
+the transaction's number once COMMIT returned. mixed_writer.py DB START COUNT"""
+import sys
+
+from harness import connect, corpus_bytes
+
+db, start, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+con = connect(db)
+con.set_busy_timeout(10000)
+small, large = corpus_bytes("no_time_for_that_tiny.gif"), corpus_bytes("horse.png")
+print("ready", flush=True)
+for k in range(start, start + count):
+    touched = (1, 2, 4)[k % 3]
+    image = large if k % 5 == 0 else small
+    con.execute("BEGIN")
+    con.execute("INSERT INTO plain(k) VALUES (?)", (k,))
+    for j in range(touched):
+        con.execute("INSERT INTO t(id, name, data) VALUES (?, ?, ?)", (k * 10 + j, str(k), image))
+    con.execute("COMMIT")
+    print(k, flush=True)
