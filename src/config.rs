@@ -288,9 +288,9 @@ fn resolve(path: &str, base_dir: &Path) -> PathBuf {
     }
 }
 
-/// Who created a shard set (kept in every shard, see `shard::Lifecycle`): the host database's file name (without its folder, so that a
-/// folder moved whole keeps its owner; empty for `:memory:` and temp databases) and the table's
-/// name. Only the owner's DROP deletes the files; only the owner's CREATE removes leftovers.
+/// Who created a shard set (kept in every shard, see `shard::Lifecycle`): the host database's
+/// file (its canonical path; empty for `:memory:` and temp databases) and the table's name.
+/// Only the owner's DROP deletes the files; only the owner's CREATE removes leftovers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Owner {
     pub database: String,
@@ -388,7 +388,7 @@ impl TableConfig {
         let shard_paths: Vec<PathBuf> = shard_paths.iter().map(|p| canonical(p)).collect();
         if let Some(twice) = first_repeated(&shard_paths) {
             return Err(bad(format!(
-                "shards: {} is listed twice (through a symbolic link); each shard needs its own file",
+                "shards: {} is listed twice; each shard needs its own file",
                 twice.display()
             )));
         }
@@ -415,8 +415,7 @@ impl TableConfig {
             owner: Owner {
                 database: host
                     .file
-                    .and_then(Path::file_name)
-                    .map(|n| n.to_string_lossy().into_owned())
+                    .map(|f| canonical(f).to_string_lossy().into_owned())
                     .unwrap_or_default(),
                 table: table_name.to_string(),
             },
@@ -490,11 +489,14 @@ impl TableConfig {
                 paths.len()
             )));
         }
-        let mut seen = HashSet::new();
         for p in &paths {
-            if !seen.insert(normalize(p)) {
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default();
+            if let Some(suffix) = COMPANION_SUFFIXES.iter().find(|s| name.ends_with(*s)) {
                 return Err(bad(format!(
-                    "shards: {} is listed twice; each shard needs its own file",
+                    "shards: {} is named like a file that SQLite or imagestore keeps beside a shard (…{suffix}); choose another name",
                     p.display()
                 )));
             }
@@ -515,6 +517,20 @@ impl TableConfig {
         sql
     }
 }
+
+/// The endings of the files SQLite and imagestore keep beside a shard (its journal, WAL and
+/// shared memory; a new shard's staging name; the coordinator's journal, locks and journal
+/// reset). No shard may be named so: it would be taken for another shard's companion file.
+const COMPANION_SUFFIXES: [&str; 8] = [
+    "-journal",
+    "-wal",
+    "-shm",
+    ".creating",
+    ".imagestore-journal",
+    ".imagestore-lock",
+    ".imagestore-publish",
+    ".journal-new",
+];
 
 /// `base` with `suffix` appended to its file name (`a.db` + `-wal` = `a.db-wal`).
 pub fn with_suffix(base: &Path, suffix: &str) -> PathBuf {
@@ -541,21 +557,6 @@ fn canonical(path: &Path) -> PathBuf {
 fn first_repeated(paths: &[PathBuf]) -> Option<&PathBuf> {
     let mut seen = HashSet::new();
     paths.iter().find(|p| !seen.insert(p.as_path()))
-}
-
-/// A path with `.` and `..` folded, so that duplicates are found without touching the disk.
-fn normalize(p: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for part in p.components() {
-        match part {
-            std::path::Component::CurDir => {}
-            std::path::Component::ParentDir => {
-                out.pop();
-            }
-            other => out.push(other),
-        }
-    }
-    out
 }
 
 #[cfg(test)]

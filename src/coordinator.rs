@@ -452,22 +452,19 @@ impl Coordinator {
             end_all(shards);
             return Err(e);
         }
-        if prepared.iter().all(|&txid| self.journal.is_committed(txid)) {
-            return Ok(true);
-        }
-        // Undecided prepare records with a live writer: a transaction riding on its host's
-        // commit, which is under way (the writer released the publish lock to let the host's
-        // readers finish). Waiting here could hold up that very commit: answer busy, as SQLite
+        // Prepare records with a live writer: a transaction between its decision and SQLite's
+        // own commit, which may still fail and take it back (or, riding on the host's commit,
+        // not yet decided). The writer released the publish lock so that the host's readers
+        // can finish; waiting here could hold up that very commit. Answer busy, as SQLite
         // answers a reader of a file being committed.
         if self.writer_lock.exclusive("writer lock", 0).is_err() {
             end_all(shards);
             return Err(Error::Busy {
-                what: "a transaction that also writes the host database's tables is committing; the table"
-                    .into(),
+                what: "a transaction is being committed; the table".into(),
                 timeout_ms: 0,
             });
         }
-        Ok(false)
+        Ok(prepared.iter().all(|&txid| self.journal.is_committed(txid)))
     }
 
     /// Whether the logged commit `mark` names is a live writer's that waits for SQLite's own
@@ -570,6 +567,11 @@ impl Coordinator {
     fn write_txn(&mut self) -> Result<&mut WriteTxn> {
         match &mut self.activity {
             Activity::Writing(txn) if txn.decided.is_none() => Ok(txn),
+            Activity::Writing(_) => Err(Error::BadArgument(
+                "this transaction is decided and waits for SQLite's own commit, which returned SQLITE_BUSY: \
+                 retry COMMIT, or ROLLBACK; nothing more can be written in it"
+                    .into(),
+            )),
             _ => Err(Error::Internal(
                 "a write outside a write transaction".into(),
             )),

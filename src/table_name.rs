@@ -4,7 +4,8 @@
 //! `main."my table"`, `[x]`, `` `x` ``). An unqualified name is looked up as SQLite looks up a
 //! table in a statement: in `temp`, then `main`, then every attached database in the order it was
 //! attached; the first database that holds a table of that name (ASCII case ignored) has it. So
-//! `imagestore_check('images')` always acts on the table that `SELECT ... FROM images` reads.
+//! `imagestore_check('images')` always acts on the table that `SELECT ... FROM images` reads (a
+//! view of that name included, which is then not an imagestore table).
 //!
 //! Invariant: the answer names a table that exists in the schema it gives, with the name as that
 //! schema spells it; whether it is an imagestore table is the caller's check.
@@ -66,6 +67,13 @@ fn schemas_in_lookup_order(db: &Connection) -> Result<Vec<String>> {
                 .collect::<rusqlite::Result<_>>()
         })
         .map_err(|e| Error::Internal(format!("listing the databases: {e}")))?;
+    // `temp` exists for every connection, listed or not (it is made at its first use).
+    if !listed
+        .iter()
+        .any(|(_, name)| name.eq_ignore_ascii_case("temp"))
+    {
+        listed.push((1, "temp".to_string()));
+    }
     // `temp` (seq 1) before `main` (seq 0), then attached ones by seq.
     listed.sort_by_key(|(seq, _)| match seq {
         1 => -1,
@@ -83,7 +91,7 @@ fn find_in(db: &Connection, schema: &str, table: &str) -> Result<Option<TableNam
     };
     db.query_row(
         &format!(
-            "SELECT name, sql FROM {master} WHERE type = 'table' AND name = ?1 COLLATE NOCASE"
+            "SELECT name, sql FROM {master} WHERE type IN ('table', 'view') AND name = ?1 COLLATE NOCASE"
         ),
         [table],
         |r| {

@@ -200,11 +200,16 @@ pub(crate) fn open_shards(
         .filter(|p| std::fs::symlink_metadata(p).is_ok())
         .map(|p| p.as_path())
         .collect();
-    if create && !existing.is_empty() && are_own_leftovers(config, &existing) {
+    if create && !existing.is_empty() && are_leftovers(config, &existing) {
+        // The creator or dropper holds the writer lock until its statement has committed or
+        // rolled back: if it is free, nobody is making or removing these files any more.
         let lock = LockFile::open(&config.lock_path)?;
-        let _writer = lock.exclusive("writer lock", config.busy_timeout_ms)?;
-        remove_files(&config.files())?;
-        return create_shards(config).map(|(id, shards)| (id, shards, true));
+        if let Ok(_writer) = lock.exclusive("writer lock", 0) {
+            if are_leftovers(config, &existing) {
+                remove_files(&config.files())?;
+                return create_shards(config).map(|(id, shards)| (id, shards, true));
+            }
+        }
     }
     if create && existing.is_empty() {
         return create_shards(config).map(|(id, shards)| (id, shards, true));
@@ -321,21 +326,42 @@ fn owner_of(path: &Path) -> Option<Owner> {
     Shard::open_read_only(path, &[]).ok()?.owner().ok()?
 }
 
-/// Whether every one of the `existing` shard files is verifiably left by this very table's
-/// CREATE or DROP that did not finish: a shard file of this table's owner that is marked
-/// creating or dropping. (This table's CREATE is running, so the owner's schema has no table of
-/// this name: nobody uses them.) Anything unreadable or someone else's is not.
-fn are_own_leftovers(config: &TableConfig, existing: &[&Path]) -> bool {
+/// Whether every one of the `existing` shard files is verifiably left by a CREATE or DROP that
+/// did not finish: a shard marked creating or dropping whose owner is this table (its CREATE is
+/// running, so the owner's schema has no table of this name: nobody uses them), or a
+/// `:memory:` or temp database (whose tables die with their connection). The caller checks that
+/// no live process holds them. Anything unreadable or someone else's is not.
+fn are_leftovers(config: &TableConfig, existing: &[&Path]) -> bool {
     existing.iter().all(|path| {
         let Ok(shard) = Shard::open_read_only(path, &[]) else {
             return false;
         };
-        matches!(shard.owner(), Ok(Some(owner)) if owner.is(&config.owner))
+        let owner = shard.owner().ok().flatten();
+        let ours_or_nobodys =
+            owns(config, owner.as_ref()) || owner.is_some_and(|o| o.database.is_empty());
+        ours_or_nobodys
             && matches!(
                 shard.lifecycle(),
                 Ok(Lifecycle::Creating | Lifecycle::Dropping)
             )
     })
+}
+
+/// Whether table `config` owns shard files whose recorded owner is `owner`: it created them;
+/// or their names derive from its database's and table's (`shards=N`) and they were made by a
+/// database of the same file name (the folder moved whole) or before owners were recorded.
+fn owns(config: &TableConfig, owner: Option<&Owner>) -> bool {
+    let file_name = |path: &str| Path::new(path).file_name().map(|n| n.to_os_string());
+    match owner {
+        Some(owner) if owner.is(&config.owner) => true,
+        Some(owner) => {
+            config.derived_paths
+                && owner.table.eq_ignore_ascii_case(&config.owner.table)
+                && !owner.database.is_empty()
+                && file_name(&owner.database) == file_name(&config.owner.database)
+        }
+        None => config.derived_paths,
+    }
 }
 
 /// On opening a table that SQLite's schema holds: a creating or dropping mark left by this
@@ -358,7 +384,7 @@ fn settle_lifecycle(
         return Ok(());
     }
     let owner = shards[0].owner()?;
-    if !owner.as_ref().is_some_and(|o| o.is(&config.owner)) {
+    if !owns(config, owner.as_ref()) {
         return Err(Error::ShardForeign {
             path: config.shard_paths[0].clone(),
             detail: format!(
@@ -490,15 +516,37 @@ impl ImageTable {
             .begin_write(&mut self.core.shards.borrow_mut())
     }
 
-    /// Where this transaction's decision rides, if it also wrote the host's own tables and the
+    /// Whether another imagestore table of this connection is written in the same transaction:
+    /// then every one of them rides on the host's commit, their one commit point.
+    fn other_table_writing(&self) -> bool {
+        let me = Rc::as_ptr(&self.core);
+        open_tables()
+            .iter()
+            .filter(|t| t.db == self.db as usize && t.core != me)
+            // SAFETY: see `OpenTable`: a call on connection `db`, the table connected.
+            .any(|t| {
+                unsafe { &*t.core }
+                    .coordinator
+                    .try_borrow()
+                    .is_ok_and(|c| c.is_writing())
+            })
+    }
+
+    /// Where this transaction's decision rides, if it also wrote the host's own tables (or
+    /// another imagestore table) and the
     /// host is a database file (a `:memory:` or temp database cannot make a decision durable).
     fn host_decider(&self) -> Result<Option<crate::host::HostDecisions>> {
         let Some(file) = host_filename(self.db, &self.schema) else {
             return Ok(None);
         };
-        if self.schema.eq_ignore_ascii_case("temp")
-            || !crate::host::also_wrote(self.db, &self.schema, self.core.host_pages_at_begin.get())?
-        {
+        let rides = !self.schema.eq_ignore_ascii_case("temp")
+            && (self.other_table_writing()
+                || crate::host::also_wrote(
+                    self.db,
+                    &self.schema,
+                    self.core.host_pages_at_begin.get(),
+                )?);
+        if !rides {
             return Ok(None);
         }
         Ok(Some(crate::host::HostDecisions::new(
@@ -763,16 +811,10 @@ impl CreateVTab<'_> for ImageTable {
 }
 
 impl ImageTable {
-    /// Whether this table created its shard files (every shard names it as owner), or, for
-    /// files made before owners were recorded, derived their names from its own.
+    /// Whether this table owns every one of its shard files (see [`owns`]).
     fn owns_files(&self) -> Result<bool> {
-        let config = &self.core.config;
         for shard in self.core.shards.borrow().iter() {
-            let owned = match shard.owner()? {
-                Some(owner) => owner.is(&config.owner),
-                None => config.derived_paths,
-            };
-            if !owned {
+            if !owns(&self.core.config, shard.owner()?.as_ref()) {
                 return Ok(false);
             }
         }

@@ -43,7 +43,7 @@ def make(db, table="images", shards=2, rows=3):
 def test_a_second_database_with_the_same_stem_does_not_take_the_first_ones_files(tmp_path):
     first = make(tmp_path / "photos.db")
     second = connect(tmp_path / "photos.sqlite")
-    with pytest.raises(apsw.SQLError, match="already exist and belong to table images of database photos.db"):
+    with pytest.raises(apsw.SQLError, match=r"already exist and belong to table images of database \S*/photos\.db\."):
         second.execute("CREATE VIRTUAL TABLE images USING imagestore(shards=2)")
     # Named with other files, the second table is its own.
     second.execute(f"CREATE VIRTUAL TABLE images USING imagestore(shards='{tmp_path / 'p2.0.db'},{tmp_path / 'p2.1.db'}')")
@@ -158,3 +158,41 @@ def test_a_killed_create_never_blocks_the_next_one(tmp_path):
         con.close()
     print(f"killed creates: {outcomes}")
     assert outcomes["leftovers removed"] > 0
+
+
+def test_a_shard_named_like_a_companion_file_is_refused(tmp_path):
+    con = connect(tmp_path / "n.db")
+    for name in ("a.db-wal", "a.db-journal", "a.db.creating", "a.db.imagestore-publish"):
+        with pytest.raises(apsw.SQLError, match="named like a file that SQLite or imagestore keeps"):
+            con.execute(f"CREATE VIRTUAL TABLE t USING imagestore(shards='{tmp_path / 'a.db'},{tmp_path / name}')")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["n.db"]
+
+
+def test_a_database_of_the_same_name_elsewhere_does_not_own_shared_files(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    names = ",".join(str(tmp_path / f"s{i}.db") for i in range(2))
+    first = connect(tmp_path / "a" / "x.db")
+    first.execute(f"CREATE VIRTUAL TABLE t USING imagestore(shards='{names}')")
+    first.execute("INSERT INTO t(data) VALUES (?), (?)", (GIF, GIF))
+    second = connect(tmp_path / "b" / "x.db")
+    second.execute(f"CREATE VIRTUAL TABLE t USING imagestore(shards='{names}')")
+    second.execute("DROP TABLE t")
+    assert first.execute("SELECT count(*) FROM t").fetchone()[0] == 2
+
+
+def test_a_memory_database_killed_in_create_leaves_nothing_that_blocks(tmp_path):
+    """Files a `:memory:` database's CREATE left marked creating (it died before it could commit
+    or remove them) are removed by the next CREATE that names them, once no process holds them."""
+    names = ",".join(str(tmp_path / f"m{i}.db") for i in range(4))
+    memory = connect(":memory:")
+    memory.execute(f"CREATE VIRTUAL TABLE t USING imagestore(shards='{names}')")
+    memory.close()
+    for i in range(4):  # as a CREATE killed before its commit leaves them
+        shard = apsw.Connection(str(tmp_path / f"m{i}.db"))
+        shard.execute("INSERT OR REPLACE INTO imagestore_meta VALUES ('lifecycle', 'creating')")
+        shard.close()
+    con = connect(tmp_path / "after.db")
+    con.execute(f"CREATE VIRTUAL TABLE t USING imagestore(shards='{names}')")
+    con.execute("INSERT INTO t(data) VALUES (?)", (GIF,))
+    assert con.execute("SELECT count(*) FROM t").fetchone()[0] == 1

@@ -1,10 +1,12 @@
-"""kill -9 of a writer whose transactions write an ordinary table and the imagestore table:
-afterwards the two always agree, each transaction in both or in neither, and every transaction
-whose COMMIT returned is in both. The host database in WAL mode and in rollback-journal mode.
+"""kill -9 of a writer whose transactions write an ordinary table and the imagestore table (or
+two imagestore tables): afterwards the two always agree, each transaction in both or in
+neither, and every transaction whose COMMIT returned is in both. The host database in
+WAL mode and in rollback-journal mode.
 
 The decision of such a transaction rides on the host's own commit (src/host.rs): a kill between
-imagestore's xSync and SQLite's commit leaves it in neither. Oracle: the ordinary table, and
-the writer's log of acknowledged commits. IMAGESTORE_MIXED_KILLS (default 100 a mode) sets the
+imagestore's xSync and SQLite's commit leaves it in neither. Two imagestore tables written in
+one transaction both ride on it. Oracle: the ordinary table, and
+the writer's log of acknowledged commits. IMAGESTORE_MIXED_KILLS (default 100 a case) sets the
 number of kills.
 """
 import os
@@ -23,9 +25,10 @@ HERE = Path(__file__).resolve().parent
 KILLS = int(os.environ.get("IMAGESTORE_MIXED_KILLS", "100"))
 
 
-def check(db, acked):
+def check(db, acked, tables):
     con = connect(db)
-    plain = {k for (k,) in con.execute("SELECT k FROM plain")}
+    other = "SELECT k FROM plain" if tables == "one" else "SELECT id FROM u"
+    plain = {k for (k,) in con.execute(other)}
     rows = {}
     for id_, name in con.execute("SELECT id, name FROM t"):
         rows.setdefault(int(name), set()).add(id_)
@@ -39,19 +42,21 @@ def check(db, acked):
     return len(plain)
 
 
+@pytest.mark.parametrize("tables", ["one", "two"])
 @pytest.mark.parametrize("mode", ["wal", "delete"])
-def test_kills_never_split_a_mixed_transaction(tmp_path, mode):
+def test_kills_never_split_a_mixed_transaction(tmp_path, mode, tables):
     require_lib()
     db = tmp_path / "mixed.db"
     con = connect(db)
     con.execute(f"PRAGMA journal_mode={mode}")
     con.execute("CREATE TABLE plain(k INTEGER PRIMARY KEY)")
     con.execute("CREATE VIRTUAL TABLE t USING imagestore(shards=4)")
+    con.execute("CREATE VIRTUAL TABLE u USING imagestore(shards=2)")
     con.close()
     rng = random.Random(int(os.environ.get("IMAGESTORE_SEED", "11")))
     acked, start, committed = set(), 0, 0
     for _ in range(KILLS):
-        writer = subprocess.Popen([sys.executable, str(HERE / "mixed_writer.py"), str(db), str(start), "1000"],
+        writer = subprocess.Popen([sys.executable, str(HERE / "mixed_writer.py"), str(db), str(start), "1000", tables],
                                   cwd=HERE, stdout=subprocess.PIPE, text=True)
         assert writer.stdout.readline() == "ready\n"
         time.sleep(rng.uniform(0.0, 0.05))
@@ -59,6 +64,6 @@ def test_kills_never_split_a_mixed_transaction(tmp_path, mode):
         out, _ = writer.communicate()
         acked |= {int(line) for line in out.split()}
         start += 1000
-        committed = check(db, acked)
-    print(f"\nmixed kills ({mode}): {KILLS}, transactions committed {committed}, acknowledged {len(acked)}")
+        committed = check(db, acked, tables)
+    print(f"\nmixed kills ({mode}, {tables} imagestore tables): {KILLS}, transactions committed {committed}, acknowledged {len(acked)}")
     assert committed > KILLS  # the kills landed among commits, not before them

@@ -88,6 +88,15 @@ def test_busy_at_commit_then_rollback_or_retry(host, kind, mixed):
         reader.execute("SELECT count(*) FROM plain").fetchall()  # SHARED on the host file
         with pytest.raises(apsw.BusyError):
             con.execute("COMMIT")
+        # Decided, but SQLite has not committed: another reader sees the table as it was before,
+        # or is told to retry; never the transaction (it may yet be taken back).
+        third = connect(path)
+        third.set_busy_timeout(50)
+        try:
+            assert third.execute("SELECT count(*) FROM t").fetchone()[0] == 0
+        except apsw.BusyError:
+            pass
+        third.close()
         if outcome == "rollback":
             con.execute("ROLLBACK")
             reader.execute("COMMIT")

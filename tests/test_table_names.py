@@ -84,3 +84,15 @@ def test_an_ordinary_table_is_not_taken_for_one(con):
     con.execute("CREATE TABLE plain(x)")
     with pytest.raises(apsw.SQLError, match="not an imagestore table"):
         one(con, "SELECT imagestore_check('plain')")
+
+
+def test_a_temp_view_of_the_name_hides_the_table_as_in_sql(con):
+    con.execute("CREATE TEMP VIEW images AS SELECT 1")
+    with pytest.raises(apsw.SQLError, match="temp.images is not an imagestore table"):
+        one(con, "SELECT imagestore_check('images')")
+    assert json.loads(one(con, "SELECT imagestore_check('main.images')"))["rows"] == 1
+
+
+def test_temp_can_be_named_before_it_holds_anything(con):
+    with pytest.raises(apsw.SQLError, match="no table named temp.images"):
+        one(con, "SELECT imagestore_check('temp.images')")
