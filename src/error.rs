@@ -51,6 +51,14 @@ pub enum Error {
     #[error("imagestore: shard file {path} is missing; restore it from a backup, or drop the table if its images are no longer wanted (it is never recreated empty)")]
     ShardMissing { path: PathBuf },
 
+    /// The table could not be opened (a shard missing or damaged, the journal in doubt): every
+    /// use but DROP TABLE answers the error that made it so, with its code.
+    #[error("{message}")]
+    Unusable {
+        message: String,
+        code: std::ffi::c_int,
+    },
+
     /// A shard file has several names (hard links), which SQLite cannot share (SQLITE_CANTOPEN).
     #[error("imagestore: {path} has {names} names (hard links). SQLite keeps a shard's WAL file, and imagestore its journal and locks, beside the name it was opened by, so writers and readers using two names would miss each other's commits. Keep one name (find the others with: find / -samefile '{path}') and remove the rest")]
     ShardHardLinked { path: PathBuf, names: u64 },
@@ -136,6 +144,7 @@ impl Error {
                 _ => ffi::SQLITE_IOERR,
             },
             Error::BadBackup { .. } => ffi::SQLITE_CORRUPT_VTAB,
+            Error::Unusable { code, .. } => *code,
             Error::Busy { .. } => ffi::SQLITE_BUSY,
             Error::Internal(_) => ffi::SQLITE_INTERNAL,
         }

@@ -229,6 +229,15 @@ impl Shard {
         }
         let conn = Connection::open_with_flags(path, flags).map_err(Error::shard(path))?;
         let shard = Shard::with_connection(path, conn, user_columns);
+        if !create {
+            // Before anything is set on the file (its WAL mode): a file that is not a shard is
+            // never changed.
+            shard
+                .conn
+                .busy_timeout(std::time::Duration::from_millis(busy_timeout_ms))
+                .map_err(shard.err())?;
+            shard.require_meta()?;
+        }
         shard.configure(busy_timeout_ms)?;
         Ok(shard)
     }
@@ -391,12 +400,8 @@ impl Shard {
         Ok(())
     }
 
-    /// Reads this shard's identity, and checks that its columns are the table's.
-    pub fn identity(&self, user_columns: &[UserColumn]) -> Result<ShardIdentity> {
-        let foreign = |detail: &str| Error::ShardForeign {
-            path: self.path.clone(),
-            detail: detail.to_string(),
-        };
+    /// Refuses a file that is not an imagestore shard (no `imagestore_meta` table).
+    fn require_meta(&self) -> Result<()> {
         let has_meta: bool = self
             .conn
             .query_row(
@@ -407,8 +412,21 @@ impl Shard {
             .map_err(self.err())?
             > 0;
         if !has_meta {
-            return Err(foreign("is a SQLite database but not an imagestore shard"));
+            return Err(Error::ShardForeign {
+                path: self.path.clone(),
+                detail: "is a SQLite database but not an imagestore shard".into(),
+            });
         }
+        Ok(())
+    }
+
+    /// Reads this shard's identity, and checks that its columns are the table's.
+    pub fn identity(&self, user_columns: &[UserColumn]) -> Result<ShardIdentity> {
+        let foreign = |detail: &str| Error::ShardForeign {
+            path: self.path.clone(),
+            detail: detail.to_string(),
+        };
+        self.require_meta()?;
         let get = |key: &str| -> Result<Option<Value>> {
             self.conn
                 .query_row(

@@ -88,6 +88,30 @@ pub struct TableCore {
 }
 
 impl TableCore {
+    /// The CREATE that made this table's files has committed: the files are the table's.
+    fn creation_committed(&self) {
+        if self.creation.borrow_mut().take().is_some() {
+            for shard in self.shards.borrow().iter() {
+                // Best effort: a mark left here is cleared by the table's next open.
+                let _ = shard.set_lifecycle(Lifecycle::Live);
+            }
+        }
+    }
+
+    /// The CREATE that made this table's files rolled back: close them and remove them, so that
+    /// nothing of it blocks a later CREATE. SQLite disconnects the table next.
+    fn creation_rolled_back(&self) {
+        let Some(writer) = self.creation.borrow_mut().take() else {
+            return;
+        };
+        // Closed first, so that no later close of these connections touches files of the
+        // same names made by a later CREATE.
+        drop(std::mem::take(&mut *self.shards.borrow_mut()));
+        // Best effort: files left here carry the creating mark (see `are_own_leftovers`).
+        let _ = remove_files(&self.config.files());
+        drop(writer);
+    }
+
     /// After a write transaction ends, cursors this connection still has open (a query being
     /// stepped while the same connection wrote) go on reading from a fresh consistent snapshot,
     /// never from the shards unguarded.
@@ -147,8 +171,10 @@ pub fn with_open_table<T>(
 
 impl Drop for ImageTable {
     fn drop(&mut self) {
-        let core = Rc::as_ptr(&self.core);
-        open_tables().retain(|t| t.core != core);
+        if let TableState::Open(core) = &self.state {
+            let core = Rc::as_ptr(core);
+            open_tables().retain(|t| t.core != core);
+        }
     }
 }
 
@@ -160,7 +186,19 @@ pub struct ImageTable {
     db: *mut ffi::sqlite3,
     /// The database that holds the table (`main`, `temp`, an attached one's name).
     schema: String,
-    core: Rc<TableCore>,
+    state: TableState,
+}
+
+/// An ImageTable is open, or unusable: its shards or journal could not be opened (missing,
+/// damaged, in doubt). An unusable table still connects, so that SQLite can DROP it; every
+/// other use answers the error that made it unusable.
+enum TableState {
+    Open(Rc<TableCore>),
+    Unusable {
+        config: Box<TableConfig>,
+        message: String,
+        code: c_int,
+    },
 }
 
 fn utf8<'a>(bytes: &'a [u8], what: &str) -> Result<&'a str> {
@@ -400,21 +438,13 @@ fn settle_lifecycle(
     Ok(())
 }
 
-impl ImageTable {
-    fn open(db: &mut VTabConnection, args: &[&[u8]], create: bool) -> Result<(String, ImageTable)> {
-        let schema = utf8(args.get(1).copied().unwrap_or(b"main"), "the schema name")?;
-        let table_name = utf8(args.get(2).copied().unwrap_or_default(), "the table name")?;
-        let options: Vec<&str> = args[3.min(args.len())..]
-            .iter()
-            .map(|a| utf8(a, "a table argument"))
-            .collect::<Result<_>>()?;
-        // Duplicate ids answer SQLITE_CONSTRAINT, so that SQLite applies OR IGNORE / OR ABORT
-        // itself; OR REPLACE is done here.
-        db.config(rusqlite::vtab::VTabConfig::ConstraintSupport)
-            .map_err(|e| Error::Internal(e.to_string()))?;
-        // SAFETY: SQLite passes a valid connection handle to xCreate/xConnect.
-        let handle = unsafe { db.handle() };
-        let config = table_config(handle, schema, table_name, &options)?;
+/// Opens (or, for a CREATE, makes) the table's shards and coordinator. On an error, gives the
+/// configuration back with it.
+fn open_core(
+    config: TableConfig,
+    create: bool,
+) -> std::result::Result<TableCore, (Error, Box<TableConfig>)> {
+    let opened = (|| {
         // A restore checks its backup before it creates any file.
         let backup = match (create, &config.restore_from) {
             (true, Some(dir)) => Some((dir, crate::restore::trusted_manifest(dir, &config)?)),
@@ -432,35 +462,87 @@ impl ImageTable {
             settle_lifecycle(&config, &shards, &coordinator)?;
             None
         };
-        let declaration = config.declaration();
-        let core = TableCore {
+        Ok((shards, coordinator, creation))
+    })();
+    match opened {
+        Ok((shards, coordinator, creation)) => Ok(TableCore {
             config,
             shards: RefCell::new(shards),
             coordinator: RefCell::new(coordinator),
             open_cursors: Cell::new(0),
             creation: RefCell::new(creation),
             host_pages_at_begin: Cell::new(0),
+        }),
+        Err(e) => Err((e, Box::new(config))),
+    }
+}
+
+impl ImageTable {
+    fn open(db: &mut VTabConnection, args: &[&[u8]], create: bool) -> Result<(String, ImageTable)> {
+        let schema = utf8(args.get(1).copied().unwrap_or(b"main"), "the schema name")?;
+        let table_name = utf8(args.get(2).copied().unwrap_or_default(), "the table name")?;
+        let options: Vec<&str> = args[3.min(args.len())..]
+            .iter()
+            .map(|a| utf8(a, "a table argument"))
+            .collect::<Result<_>>()?;
+        // Duplicate ids answer SQLITE_CONSTRAINT, so that SQLite applies OR IGNORE / OR ABORT
+        // itself; OR REPLACE is done here.
+        db.config(rusqlite::vtab::VTabConfig::ConstraintSupport)
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        // SAFETY: SQLite passes a valid connection handle to xCreate/xConnect.
+        let handle = unsafe { db.handle() };
+        let config = table_config(handle, schema, table_name, &options)?;
+        let declaration = config.declaration();
+        let state = match open_core(config, create) {
+            Ok(core) => {
+                let core = Rc::new(core);
+                open_tables().push(OpenTable {
+                    db: handle as usize,
+                    schema: schema.to_string(),
+                    name: table_name.to_string(),
+                    core: Rc::as_ptr(&core),
+                });
+                TableState::Open(core)
+            }
+            Err((e, _)) if create => return Err(e),
+            Err((e, config)) => TableState::Unusable {
+                config,
+                code: e.sqlite_code(),
+                message: e.to_string(),
+            },
         };
-        let core = Rc::new(core);
-        open_tables().push(OpenTable {
-            db: handle as usize,
-            schema: schema.to_string(),
-            name: table_name.to_string(),
-            core: Rc::as_ptr(&core),
-        });
         Ok((
             declaration,
             ImageTable {
                 base: sqlite3_vtab::default(),
                 db: handle,
                 schema: schema.to_string(),
-                core,
+                state,
             },
         ))
     }
 
+    /// The open table, or the error that makes it unusable.
+    fn core(&self) -> Result<&Rc<TableCore>> {
+        match &self.state {
+            TableState::Open(core) => Ok(core),
+            TableState::Unusable { message, code, .. } => Err(Error::Unusable {
+                message: message.clone(),
+                code: *code,
+            }),
+        }
+    }
+
+    /// The table's arguments, usable or not.
+    fn config(&self) -> &TableConfig {
+        match &self.state {
+            TableState::Open(core) => &core.config,
+            TableState::Unusable { config, .. } => config,
+        }
+    }
+
     fn shard_count(&self) -> usize {
-        self.core.config.shard_paths.len()
+        self.config().shard_paths.len()
     }
 
     fn describe_row(id: Option<i64>, name: &Value) -> String {
@@ -473,7 +555,7 @@ impl ImageTable {
 
     /// Validates `data` and derives the stored metadata.
     fn derive(&self, id: i64, name: Value, data: &[u8], user: Vec<Value>) -> Result<NewRow> {
-        let config = &self.core.config;
+        let config = &self.core()?.config;
         let info = probe(data, config.max_pixels, config.verify).map_err(|e| {
             let row = Self::describe_row(Some(id), &name);
             match e {
@@ -499,7 +581,7 @@ impl ImageTable {
     /// Opens the write transaction if SQLite has not (it calls xBegin first, normally; not for
     /// a table created in the same transaction).
     fn ensure_writing(&self) -> Result<()> {
-        if !self.core.coordinator.borrow().is_writing() {
+        if !self.core()?.coordinator.borrow().is_writing() {
             self.begin_write()?;
         }
         Ok(())
@@ -507,19 +589,21 @@ impl ImageTable {
 
     /// Step 1 of the protocol, noting how many pages the host had written by then.
     fn begin_write(&self) -> Result<()> {
-        self.core
+        self.core()?
             .host_pages_at_begin
             .set(crate::host::pages_written(self.db));
-        self.core
+        self.core()?
             .coordinator
             .borrow_mut()
-            .begin_write(&mut self.core.shards.borrow_mut())
+            .begin_write(&mut self.core()?.shards.borrow_mut())
     }
 
     /// Whether another imagestore table of this connection is written in the same transaction:
     /// then every one of them rides on the host's commit, their one commit point.
     fn other_table_writing(&self) -> bool {
-        let me = Rc::as_ptr(&self.core);
+        let Ok(me) = self.core().map(Rc::as_ptr) else {
+            return false;
+        };
         open_tables()
             .iter()
             .filter(|t| t.db == self.db as usize && t.core != me)
@@ -544,7 +628,7 @@ impl ImageTable {
                 || crate::host::also_wrote(
                     self.db,
                     &self.schema,
-                    self.core.host_pages_at_begin.get(),
+                    self.core()?.host_pages_at_begin.get(),
                 )?);
         if !rides {
             return Ok(None);
@@ -553,17 +637,17 @@ impl ImageTable {
             self.db,
             &self.schema,
             &file,
-            self.core.coordinator.borrow().table_id(),
+            self.core()?.coordinator.borrow().table_id(),
         )))
     }
 
     fn write_shard(&self, shard: usize) -> Result<u64> {
         self.ensure_writing()?;
-        self.core.coordinator.borrow_mut().record_write(shard)
+        self.core()?.coordinator.borrow_mut().record_write(shard)
     }
 
     fn get_row(&self, id: i64) -> Result<Option<StoredRow>> {
-        self.core.shards.borrow()[shard_of(id, self.shard_count())].get(id)
+        self.core()?.shards.borrow()[shard_of(id, self.shard_count())].get(id)
     }
 
     fn insert_row(&self, row: &NewRow, data: &[u8]) -> Result<()> {
@@ -575,8 +659,11 @@ impl ImageTable {
             }
             self.delete_row(row.id)?;
         }
-        self.core.coordinator.borrow_mut().note_inserted_id(row.id);
-        self.core.shards.borrow()[index].insert(txid, row, data)
+        self.core()?
+            .coordinator
+            .borrow_mut()
+            .note_inserted_id(row.id);
+        self.core()?.shards.borrow()[index].insert(txid, row, data)
     }
 
     /// The conflict clause of the statement running this xUpdate (`SQLITE_REPLACE`, ...).
@@ -587,7 +674,7 @@ impl ImageTable {
 
     fn duplicate_id(&self, id: i64) -> Error {
         Error::DuplicateId {
-            table: self.core.config.table_name.clone(),
+            table: self.config().table_name.clone(),
             id,
         }
     }
@@ -595,11 +682,11 @@ impl ImageTable {
     fn delete_row(&self, id: i64) -> Result<()> {
         let index = shard_of(id, self.shard_count());
         let txid = self.write_shard(index)?;
-        let shards = self.core.shards.borrow();
+        let shards = self.core()?.shards.borrow();
         match shards[index].get(id)? {
             Some(current) => {
                 shards[index].delete(txid, &current)?;
-                self.core.coordinator.borrow_mut().note_deleted_id(id);
+                self.core()?.coordinator.borrow_mut().note_deleted_id(id);
                 Ok(())
             }
             None => Ok(()),
@@ -607,7 +694,7 @@ impl ImageTable {
     }
 
     fn user_values(&self, args: &[ValueRef<'_>]) -> Result<Vec<Value>> {
-        (0..self.core.config.user_columns.len())
+        (0..self.core()?.config.user_columns.len())
             .map(|i| {
                 args.get(COL_USER_FIRST as usize + i)
                     .map_or(Ok(Value::Null), |v| owned(*v))
@@ -739,16 +826,20 @@ unsafe impl<'vtab> VTab<'vtab> for ImageTable {
 
     fn best_index(&self, info: &mut IndexInfo) -> rusqlite::Result<()> {
         Ok(catch_panic(|| {
-            plan(info, &self.core.config);
+            // Planned from the arguments alone, so that an unusable table's query fails when it
+            // runs, with its own error code, not at prepare time as SQLITE_ERROR.
+            plan(info, self.config());
             Ok(())
         })?)
     }
 
     fn open(&'vtab mut self) -> rusqlite::Result<ImageCursor> {
-        self.core.open_cursors.set(self.core.open_cursors.get() + 1);
+        self.core()?
+            .open_cursors
+            .set(self.core()?.open_cursors.get() + 1);
         Ok(ImageCursor {
             base: sqlite3_vtab_cursor::default(),
-            core: Rc::clone(&self.core),
+            core: Rc::clone(self.core()?),
             filter: ScanFilter::default(),
             lanes: Vec::new(),
             current: None,
@@ -779,16 +870,24 @@ impl CreateVTab<'_> for ImageTable {
                         .into(),
                 ));
             }
-            // No writer of this table, in any process, is mid-commit while its files go; the
-            // lock is held until the DROP has committed or rolled back.
-            let writer = self.core.coordinator.borrow().lock_writer()?;
-            if !self.owns_files()? {
-                return Ok(());
-            }
-            for shard in self.core.shards.borrow().iter() {
-                shard.set_lifecycle(Lifecycle::Dropping)?;
-            }
-            let files = self.core.config.files();
+            let (files, writer) = match &self.state {
+                TableState::Open(core) => {
+                    // No writer of this table, in any process, is mid-commit while its files
+                    // go; the lock is held until the DROP has committed or rolled back.
+                    let writer = core.coordinator.borrow().lock_writer()?;
+                    if !self.owns_files()? {
+                        return Ok(());
+                    }
+                    for shard in core.shards.borrow().iter() {
+                        shard.set_lifecycle(Lifecycle::Dropping)?;
+                    }
+                    (core.config.files(), writer)
+                }
+                TableState::Unusable { config, .. } => match unusable_own_files(config)? {
+                    Some(found) => found,
+                    None => return Ok(()),
+                },
+            };
             // SAFETY: self.db is the connection running this DROP; the Connection made from it
             // is used within this call and dropped without closing it.
             let host = unsafe { Connection::from_handle(self.db) }
@@ -810,39 +909,69 @@ impl CreateVTab<'_> for ImageTable {
     }
 }
 
+/// The files a DROP of an unusable table (a shard missing or damaged, the journal in doubt)
+/// deletes once it has committed, with the writer lock held till then: each shard file that is
+/// still readable, this table's (by its identity and owner), with SQLite's files beside it; and
+/// the coordinator's files if one such shard vouches for them (the journal, if readable, names
+/// the same table). A file that cannot be read stays: nothing shows whose it is. `None` if
+/// nothing is verifiably this table's.
+fn unusable_own_files(config: &TableConfig) -> Result<Option<(Vec<PathBuf>, LockGuard)>> {
+    let mut files = Vec::new();
+    let mut table_id = None;
+    for (index, path) in config.shard_paths.iter().enumerate() {
+        let Ok(shard) = Shard::open_read_only(path, &config.user_columns) else {
+            continue;
+        };
+        let ours = shard
+            .identity(&config.user_columns)
+            .ok()
+            .filter(|identity| {
+                identity.shard_index == index
+                    && identity.shard_count == config.shard_paths.len()
+                    && table_id.is_none_or(|id| id == identity.table_id)
+                    && shard
+                        .owner()
+                        .is_ok_and(|owner| owns(config, owner.as_ref()))
+            });
+        if let Some(identity) = ours {
+            table_id = Some(identity.table_id);
+            files.extend(crate::durable::with_sqlite_files(path));
+        }
+    }
+    let Some(table_id) = table_id else {
+        return Ok(None);
+    };
+    if !config.journal_path.exists() || journal_names(&config.journal_path, &table_id) {
+        files.extend([
+            config.journal_path.clone(),
+            config.lock_path.clone(),
+            config.publish_lock_path.clone(),
+        ]);
+    }
+    let lock = LockFile::open(&config.lock_path)?;
+    let writer = lock.exclusive("writer lock", config.busy_timeout_ms)?;
+    Ok(Some((files, writer)))
+}
+
+/// Whether the journal file at `path` names table `table_id` in its header (bytes 8..24, see
+/// `journal`), whatever state the rest of it is in.
+fn journal_names(path: &Path, table_id: &TableId) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; 24];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .is_ok_and(|()| head[8..24] == table_id[..])
+}
+
 impl ImageTable {
     /// Whether this table owns every one of its shard files (see [`owns`]).
     fn owns_files(&self) -> Result<bool> {
-        for shard in self.core.shards.borrow().iter() {
-            if !owns(&self.core.config, shard.owner()?.as_ref()) {
+        for shard in self.core()?.shards.borrow().iter() {
+            if !owns(&self.core()?.config, shard.owner()?.as_ref()) {
                 return Ok(false);
             }
         }
         Ok(true)
-    }
-
-    /// The CREATE that made this table's files has committed: the files are the table's.
-    fn creation_committed(&self) {
-        if self.core.creation.borrow_mut().take().is_some() {
-            for shard in self.core.shards.borrow().iter() {
-                // Best effort: a mark left here is cleared by the table's next open.
-                let _ = shard.set_lifecycle(Lifecycle::Live);
-            }
-        }
-    }
-
-    /// The CREATE that made this table's files rolled back: close them and remove them, so that
-    /// nothing of it blocks a later CREATE. SQLite disconnects the table next.
-    fn creation_rolled_back(&self) {
-        let Some(writer) = self.core.creation.borrow_mut().take() else {
-            return;
-        };
-        // Closed first, so that no later close of these connections touches files of the
-        // same names made by a later CREATE.
-        drop(std::mem::take(&mut *self.core.shards.borrow_mut()));
-        // Best effort: files left here carry the creating mark (see `are_own_leftovers`).
-        let _ = remove_files(&self.core.config.files());
-        drop(writer);
     }
 }
 
@@ -874,8 +1003,8 @@ impl UpdateVTab<'_> for ImageTable {
                 (Some(id), _) | (None, Some(id)) => id,
                 (None, None) => {
                     self.ensure_writing()?;
-                    let shards = self.core.shards.borrow();
-                    self.core.coordinator.borrow_mut().assign_id(&shards)?
+                    let shards = self.core()?.shards.borrow();
+                    self.core()?.coordinator.borrow_mut().assign_id(&shards)?
                 }
             };
             let data = image_bytes(
@@ -914,7 +1043,7 @@ impl UpdateVTab<'_> for ImageTable {
             } else {
                 current.name.clone()
             };
-            let user: Vec<Value> = (0..self.core.config.user_columns.len())
+            let user: Vec<Value> = (0..self.core()?.config.user_columns.len())
                 .map(|i| {
                     let col = COL_USER_FIRST + i as c_int;
                     if changed(col) {
@@ -948,7 +1077,7 @@ impl UpdateVTab<'_> for ImageTable {
             if new_id == old_id {
                 let index = shard_of(old_id, self.shard_count());
                 let txid = self.write_shard(index)?;
-                return self.core.shards.borrow()[index].update(txid, &current, &row, new_data);
+                return self.core()?.shards.borrow()[index].update(txid, &current, &row, new_data);
             }
             // A new id may live on another shard: move the row (its blob is copied). A taken id
             // is refused before anything is deleted: under OR IGNORE and OR FAIL SQLite keeps
@@ -958,7 +1087,7 @@ impl UpdateVTab<'_> for ImageTable {
             }
             let data = match new_data {
                 Some(d) => d.to_vec(),
-                None => self.core.shards.borrow()[shard_of(old_id, self.shard_count())]
+                None => self.core()?.shards.borrow()[shard_of(old_id, self.shard_count())]
                     .read_blob(current.blob_id)?,
             };
             // insert_row replaces the taken id under OR REPLACE.
@@ -975,13 +1104,13 @@ impl TransactionVTab<'_> for ImageTable {
 
     fn sync(&mut self) -> rusqlite::Result<()> {
         Ok(catch_panic(|| {
-            let host = if self.core.coordinator.borrow().is_writing() {
+            let host = if self.core()?.coordinator.borrow().is_writing() {
                 self.host_decider()?
             } else {
                 None
             };
-            self.core.coordinator.borrow_mut().sync(
-                &mut self.core.shards.borrow_mut(),
+            self.core()?.coordinator.borrow_mut().sync(
+                &mut self.core()?.shards.borrow_mut(),
                 host.as_ref()
                     .map(|h| h as &dyn crate::coordinator::HostDecider),
             )
@@ -990,19 +1119,25 @@ impl TransactionVTab<'_> for ImageTable {
 
     fn commit(&mut self) -> rusqlite::Result<()> {
         Ok(catch_panic(|| {
-            let mut coordinator = self.core.coordinator.borrow_mut();
-            coordinator.commit(&mut self.core.shards.borrow_mut());
-            self.creation_committed();
-            self.core.resume_open_cursors(&mut coordinator)
+            let Ok(core) = self.core() else {
+                return Ok(()); // an unusable table wrote nothing
+            };
+            let mut coordinator = core.coordinator.borrow_mut();
+            coordinator.commit(&mut core.shards.borrow_mut());
+            core.creation_committed();
+            core.resume_open_cursors(&mut coordinator)
         })?)
     }
 
     fn rollback(&mut self) -> rusqlite::Result<()> {
         Ok(catch_panic(|| {
-            let mut coordinator = self.core.coordinator.borrow_mut();
-            coordinator.rollback(&mut self.core.shards.borrow_mut());
-            self.creation_rolled_back();
-            self.core.resume_open_cursors(&mut coordinator)
+            let Ok(core) = self.core() else {
+                return Ok(());
+            };
+            let mut coordinator = core.coordinator.borrow_mut();
+            coordinator.rollback(&mut core.shards.borrow_mut());
+            core.creation_rolled_back();
+            core.resume_open_cursors(&mut coordinator)
         })?)
     }
 }
@@ -1518,8 +1653,9 @@ unsafe extern "C" fn x_savepoint(vtab: *mut sqlite3_vtab, level: c_int) -> c_int
     // SAFETY: SQLite calls this with a vtab of this module.
     unsafe {
         with_table(vtab, |t| {
-            let mut coordinator = t.core.coordinator.borrow_mut();
-            coordinator.savepoint(&t.core.shards.borrow(), level)
+            let core = t.core()?;
+            let mut coordinator = core.coordinator.borrow_mut();
+            coordinator.savepoint(&core.shards.borrow(), level)
         })
     }
 }
@@ -1528,10 +1664,9 @@ unsafe extern "C" fn x_release(vtab: *mut sqlite3_vtab, level: c_int) -> c_int {
     // SAFETY: as for x_savepoint.
     unsafe {
         with_table(vtab, |t| {
-            t.core
-                .coordinator
-                .borrow_mut()
-                .release(&t.core.shards.borrow(), level)
+            let core = t.core()?;
+            let mut coordinator = core.coordinator.borrow_mut();
+            coordinator.release(&core.shards.borrow(), level)
         })
     }
 }
@@ -1540,10 +1675,9 @@ unsafe extern "C" fn x_rollback_to(vtab: *mut sqlite3_vtab, level: c_int) -> c_i
     // SAFETY: as for x_savepoint.
     unsafe {
         with_table(vtab, |t| {
-            t.core
-                .coordinator
-                .borrow_mut()
-                .rollback_to(&t.core.shards.borrow(), level)
+            let core = t.core()?;
+            let mut coordinator = core.coordinator.borrow_mut();
+            coordinator.rollback_to(&core.shards.borrow(), level)
         })
     }
 }

@@ -196,3 +196,31 @@ def test_a_memory_database_killed_in_create_leaves_nothing_that_blocks(tmp_path)
     con.execute(f"CREATE VIRTUAL TABLE t USING imagestore(shards='{names}')")
     con.execute("INSERT INTO t(data) VALUES (?)", (GIF,))
     assert con.execute("SELECT count(*) FROM t").fetchone()[0] == 1
+
+
+@pytest.mark.parametrize("damage", ["missing", "garbage", "foreign"])
+def test_a_table_with_a_missing_or_damaged_shard_can_be_dropped(tmp_path, damage):
+    db = tmp_path / "d.db"
+    make(db, shards=3).close()
+    victim = shard_paths(db, "images", 3)[1]
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{victim}{suffix}").unlink(missing_ok=True)
+    if damage == "garbage":
+        victim.write_bytes(b"not a database at all" * 100)
+    elif damage == "foreign":
+        other = apsw.Connection(str(victim))
+        other.execute("CREATE TABLE keep(x); INSERT INTO keep VALUES (42)")
+        other.close()
+    con = connect(db)
+    error = apsw.CantOpenError if damage == "missing" else apsw.Error
+    with pytest.raises(error):
+        con.execute("SELECT count(*) FROM images").fetchall()
+    with pytest.raises(error):
+        con.execute("INSERT INTO images(data) VALUES (?)", (GIF,))
+    con.execute("DROP TABLE images")
+    assert con.execute("SELECT count(*) FROM sqlite_master WHERE name = 'images'").fetchone()[0] == 0
+    left = sorted(p.name for p in tmp_path.iterdir() if p.name != "d.db")
+    # The table's own readable files are gone; a file nothing shows to be the table's stays.
+    assert left == ([] if damage == "missing" else [victim.name])
+    if damage == "foreign":
+        assert apsw.Connection(str(victim)).execute("SELECT x FROM keep").fetchall() == [(42,)]
