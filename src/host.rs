@@ -9,12 +9,14 @@
 //! flushes its own there): the host's commit is then the commit point of both. Recovery, finding
 //! a prepared transaction whose prepare record names a host database, asks that database.
 //!
-//! Whether the host's tables were written is read from SQLite, conservatively (a false "yes"
-//! costs a slower commit, a false "no" would lose atomicity): any other attached database with a
-//! write transaction counts; for the table's own database, an open rollback journal (the pager
-//! opens it at its first page write), or in WAL mode pages written out since the transaction
-//! began (dirty pages are flushed first). Not seen: a WAL-mode transaction that changed only the
-//! database header or the first page of the schema (such as `PRAGMA user_version` alone).
+//! Whether the host's tables were written is read from SQLite, without running SQL (it is on
+//! every commit's path), conservatively (a false "yes" costs a slower commit, a false "no" would
+//! lose atomicity): pages the connection wrote out to any of its databases since this table's
+//! transaction began, after flushing the dirty ones; and, for the table's own database in
+//! rollback-journal mode, an open journal (the pager opens it at its first page write). Not
+//! seen: in WAL mode, or in another attached database, a transaction whose only other change is
+//! to the first page (the header, a tiny schema: `PRAGMA user_version` alone) or whose pages
+//! were spilled before this table's first write.
 
 use std::ffi::{c_int, c_void, CString};
 
@@ -44,47 +46,41 @@ pub(crate) fn pages_written(db: *mut ffi::sqlite3) -> i64 {
     i64::from(current)
 }
 
-/// Whether the transaction open on `db` changed anything in a database file of the host besides
-/// imagestore tables, `schema` being the one that holds the table; `pages_at_begin` is
-/// [`pages_written`] when the table's write transaction began.
-pub(crate) fn also_wrote(db: *mut ffi::sqlite3, schema: &str, pages_at_begin: i64) -> Result<bool> {
-    // SAFETY: the Connection wraps the handle SQLite passed to this callback for its duration
+/// Whether database `schema` of `db` is in WAL mode (read once, when the table is opened: a
+/// database switched to WAL later is then checked as a rollback-journal one, which can only make
+/// its transactions ride on the host's commit when they need not).
+pub(crate) fn is_wal(db: *mut ffi::sqlite3, schema: &str) -> bool {
+    // SAFETY: the Connection wraps the live handle SQLite passed to xConnect, for this call only,
     // and is dropped without closing it.
-    let conn = unsafe { Connection::from_handle(db) }.map_err(internal)?;
-    let schemas: Vec<String> = conn
-        .prepare("SELECT name FROM pragma_database_list WHERE name <> 'temp'")
-        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
-        .map_err(internal)?;
-    for name in &schemas {
-        let Ok(c_name) = CString::new(name.as_str()) else {
-            continue;
-        };
-        // SAFETY: db is live; c_name is a NUL-terminated string that outlives the call.
-        let state = unsafe { ffi::sqlite3_txn_state(db, c_name.as_ptr()) };
-        if state != ffi::SQLITE_TXN_WRITE {
-            continue;
-        }
-        if !name.eq_ignore_ascii_case(schema) {
-            return Ok(true);
-        }
-        let mode: String = conn
-            .query_row(&format!("PRAGMA {}.journal_mode", quote(name)), [], |r| {
-                r.get(0)
-            })
-            .map_err(internal)?;
-        let wrote = if mode.eq_ignore_ascii_case("wal") {
-            // SAFETY: db is live. A failure (SQLITE_BUSY) leaves pages unflushed; count it as
-            // written, which only costs a slower commit.
-            let flushed = unsafe { ffi::sqlite3_db_cacheflush(db) } == ffi::SQLITE_OK;
-            !flushed || pages_written(db) > pages_at_begin
-        } else {
-            journal_open(db, &c_name)
-        };
-        if wrote {
-            return Ok(true);
-        }
+    let Ok(conn) = (unsafe { Connection::from_handle(db) }) else {
+        return false;
+    };
+    conn.query_row(&format!("PRAGMA {}.journal_mode", quote(schema)), [], |r| {
+        r.get::<_, String>(0)
+    })
+    .is_ok_and(|mode| mode.eq_ignore_ascii_case("wal"))
+}
+
+/// Whether the transaction open on `db` changed anything in a database file of the host besides
+/// imagestore tables, `schema` (in WAL mode if `wal`) being the one that holds the table;
+/// `pages_at_begin` is [`pages_written`] when the table's write transaction began. No SQL runs:
+/// this is on every commit's path.
+pub(crate) fn also_wrote(
+    db: *mut ffi::sqlite3,
+    schema: &str,
+    wal: bool,
+    pages_at_begin: i64,
+) -> bool {
+    // Dirty pages of every attached database are written out (to the WAL, or after the rollback
+    // journal), and counted. SAFETY: db is live. A failure (SQLITE_BUSY) leaves pages unflushed:
+    // count them as written, which only costs a slower commit.
+    let flushed = unsafe { ffi::sqlite3_db_cacheflush(db) } == ffi::SQLITE_OK;
+    if !flushed || pages_written(db) > pages_at_begin {
+        return true;
     }
-    Ok(false)
+    // Pages the flush does not write: the first page, which SQLite keeps referenced, and pages
+    // spilled before this table's first write. A rollback journal shows them.
+    !wal && CString::new(schema).is_ok_and(|name| journal_open(db, &name))
 }
 
 /// Whether database `schema`'s rollback journal is open: its pager opens it at the

@@ -85,6 +85,8 @@ pub struct TableCore {
     /// Pages the host connection had written when this table's write transaction began (see
     /// `host::also_wrote`).
     host_pages_at_begin: Cell<i64>,
+    /// Whether the host database was in WAL mode when the table was opened.
+    host_wal: Cell<bool>,
 }
 
 impl TableCore {
@@ -472,6 +474,7 @@ fn open_core(
             open_cursors: Cell::new(0),
             creation: RefCell::new(creation),
             host_pages_at_begin: Cell::new(0),
+            host_wal: Cell::new(false),
         }),
         Err(e) => Err((e, Box::new(config))),
     }
@@ -495,6 +498,7 @@ impl ImageTable {
         let declaration = config.declaration();
         let state = match open_core(config, create) {
             Ok(core) => {
+                core.host_wal.set(crate::host::is_wal(handle, schema));
                 let core = Rc::new(core);
                 open_tables().push(OpenTable {
                     db: handle as usize,
@@ -628,8 +632,9 @@ impl ImageTable {
                 || crate::host::also_wrote(
                     self.db,
                     &self.schema,
+                    self.core()?.host_wal.get(),
                     self.core()?.host_pages_at_begin.get(),
-                )?);
+                ));
         if !rides {
             return Ok(None);
         }
