@@ -1007,6 +1007,27 @@ impl Coordinator {
         Ok(self.journal.is_committed(txid))
     }
 
+    /// Transactions the journal committed by COMMIT records that a shard does not hold: its
+    /// `last_txid` (read from `last_txids`, one per shard) is below them, so the shard lost
+    /// commits after they were prepared and synced (its file or WAL damaged or replaced).
+    /// Logged commits are not listed: recovery replays them on a shard that lacks them.
+    pub fn lost_commits(&mut self, last_txids: &[u64]) -> Result<Vec<(u64, usize)>> {
+        self.journal.refresh()?;
+        let mut lost: Vec<(u64, usize)> = self
+            .journal
+            .prepared_decisions()
+            .flat_map(|(txid, shards)| {
+                shards
+                    .iter()
+                    .map(|&s| s as usize)
+                    .filter(move |&s| last_txids.get(s).is_some_and(|&last| last < txid))
+                    .map(move |s| (txid, s))
+            })
+            .collect();
+        lost.sort_unstable();
+        Ok(lost)
+    }
+
     /// Takes the writer lock (for DROP TABLE).
     pub fn lock_writer(&self) -> Result<LockGuard> {
         self.writer_lock

@@ -535,6 +535,15 @@ impl Journal {
         self.committed.contains_key(&txid)
     }
 
+    /// Every COMMIT decision (not LOGGED: recovery replays those on a shard that lacks them),
+    /// with the shards it names.
+    pub fn prepared_decisions(&self) -> impl Iterator<Item = (u64, &[u16])> {
+        self.committed
+            .iter()
+            .filter(|(txid, _)| !self.logged.iter().any(|at| at.txid == **txid))
+            .map(|(txid, shards)| (*txid, shards.as_slice()))
+    }
+
     /// The shards a committed transaction touched.
     pub fn committed_shards(&self, txid: u64) -> Option<&[u16]> {
         self.committed.get(&txid).map(Vec::as_slice)

@@ -5,10 +5,12 @@ bytes on disk, against the hash recorded at insert) and SQLite's own integrity_c
 an image flipped inside a shard file must be reported with its row; a clean table reports none.
 """
 import json
+import shutil
+from pathlib import Path
 
 import apsw
 
-from harness import connect, corpus_bytes, shard_paths
+from harness import connect, corpus_bytes, shard_of, shard_paths
 
 NAMES = ["camera.png", "rocket.jpg", "coins.png", "moon.png", "no_time_for_that_tiny.gif", "horse.png"]
 
@@ -68,3 +70,34 @@ def test_unknown_table_is_an_error(tmp_path):
         assert "nope" in str(e)
     else:
         raise AssertionError("no error for an unknown table")
+
+
+def test_a_committed_transaction_a_shard_lost_is_reported(tmp_path):
+    """A shard put back as it was before two prepared transactions (as a damaged WAL, whose
+    later frames SQLite drops, or a restored old copy leaves it): the journal committed them on
+    that shard, its last transaction id is below them, and check names both, with the shard."""
+    db = tmp_path / "lost.db"
+    con = connect(db)
+    con.execute("CREATE VIRTUAL TABLE t USING imagestore(shards=2, logged_commit_max=0)")
+    gif = corpus_bytes("no_time_for_that_tiny.gif")
+    ids = [next(i for i in range(1, 100) if shard_of(i, 2) == s) for s in (0, 1)]
+    con.execute("INSERT INTO t(id, name, data) VALUES (?, 'a', ?), (?, 'a', ?)", (ids[0], gif, ids[1], gif))
+    con.close()
+    shard1 = shard_paths(db, "t", 2)[1]
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    for suffix in ("", "-wal"):
+        if Path(f"{shard1}{suffix}").exists():
+            shutil.copy(f"{shard1}{suffix}", saved / f"s{suffix}")
+    con = connect(db)
+    for name in ("b", "c"):
+        con.execute("UPDATE t SET name = ? WHERE id IN (?, ?)", (name, *ids))
+    con.close()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{shard1}{suffix}").unlink(missing_ok=True)
+        if (saved / f"s{suffix}").exists():
+            shutil.copy(saved / f"s{suffix}", f"{shard1}{suffix}")
+    report = check(db)
+    assert not report["ok"]
+    lost = [p for p in report["problems"] if "which the journal committed, is missing" in p]
+    assert len(lost) == 2 and all(p.startswith("shard 1 (") for p in lost), report["problems"]
