@@ -121,8 +121,10 @@
 //! order cannot arise: a prepare syncs its shard, and with it every logged commit before it.
 //!
 //! Each step is one SQLite transaction on one shard, so recovery interrupted at any point is
-//! simply run again. A journal that is missing while shards hold prepare records cannot decide
-//! them: the table refuses to open (in doubt) rather than guess.
+//! simply run again. A journal that is missing, or cannot be read, while shards hold prepare
+//! records (or the mark is set) cannot decide them: the table is unusable (in doubt) rather
+//! than guess, and says how to decide (`imagestore_resolve`). A journal that cannot be read
+//! while nothing is in doubt is moved aside (kept) and replaced.
 //!
 //! # Readers
 //! A reader takes the publish lock shared, checks the mark, opens a read transaction on every
@@ -251,7 +253,14 @@ impl Coordinator {
     ) -> Result<Coordinator> {
         let writer_lock = LockFile::open(&config.lock_path)?;
         let publish_lock = LockFile::open(&config.publish_lock_path)?;
-        let journal = match Journal::open_existing(&config.journal_path, table_id)? {
+        let existing = match Journal::open_existing(&config.journal_path, table_id) {
+            Err(Error::JournalCorrupt { detail, .. }) => {
+                let _writer = writer_lock.exclusive("writer lock", config.busy_timeout_ms)?;
+                set_aside_damaged(config, table_id, shards, &publish_lock, &detail)?
+            }
+            other => other?,
+        };
+        let journal = match existing {
             Some(journal) => journal,
             None => {
                 if !create {
@@ -1063,7 +1072,15 @@ pub fn resolve_in_doubt(
 ) -> Result<Vec<u64>> {
     let writer_lock = LockFile::open(&config.lock_path)?;
     let _writer = writer_lock.exclusive("writer lock", config.busy_timeout_ms)?;
-    if Journal::open_existing(&config.journal_path, table_id)?.is_some() {
+    let existing = match Journal::open_existing(&config.journal_path, table_id) {
+        // A damaged journal decides nothing: the person's decision replaces it.
+        Err(Error::JournalCorrupt { .. }) => {
+            move_aside(&config.journal_path)?;
+            None
+        }
+        other => other?,
+    };
+    if existing.is_some() {
         return Err(Error::BadArgument(format!(
             "the journal {} exists and decides every prepared transaction; opening the table runs recovery",
             config.journal_path.display()
@@ -1087,6 +1104,54 @@ pub fn resolve_in_doubt(
     resolved.sort_unstable();
     resolved.dedup();
     Ok(resolved)
+}
+
+/// A journal that cannot be read (a damaged header or record, an empty file, another table's):
+/// if nothing is in doubt (no shard holds a prepare record, no logged commit is marked as
+/// unfinished) it is moved aside, kept for inspection, and `None` is returned (a new one is
+/// made); else the error names what is in doubt and how to decide it. The caller holds the
+/// writer lock.
+fn set_aside_damaged(
+    config: &TableConfig,
+    table_id: TableId,
+    shards: &[Shard],
+    publish_lock: &LockFile,
+    detail: &str,
+) -> Result<Option<Journal>> {
+    // Read again under the lock: a writer may have been replacing it.
+    match Journal::open_existing(&config.journal_path, table_id) {
+        Err(Error::JournalCorrupt { .. }) => {}
+        other => return other,
+    }
+    let journal = config.journal_path.display();
+    let table = &config.table_name;
+    if let Some((shard, txids)) = first_prepared(shards)? {
+        return Err(Error::InDoubt(format!(
+            "the journal {journal} is damaged ({detail}) while shard {} holds prepared transactions {txids:?}; \
+             their outcome cannot be known. Restore the journal, or decide: \
+             SELECT imagestore_resolve('{table}', 'commit' or 'abort') (it sets the damaged journal aside)",
+            shard.display()
+        )));
+    }
+    let mark = publish_lock.mark()?;
+    if mark != 0 {
+        return Err(Error::InDoubt(format!(
+            "the journal {journal} is damaged ({detail}) while logged transaction {mark} may not be on every shard yet; \
+             restore the journal, or accept the shards as they are: SELECT imagestore_resolve('{table}', 'abort')"
+        )));
+    }
+    move_aside(&config.journal_path)?;
+    Ok(None)
+}
+
+/// Renames a damaged journal to `<journal>.damaged-<seconds since 1970>`, and syncs its folder.
+fn move_aside(journal: &std::path::Path) -> Result<()> {
+    let seconds = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let aside = crate::config::with_suffix(journal, &format!(".damaged-{seconds}"));
+    std::fs::rename(journal, &aside).map_err(Error::file_io(journal))?;
+    crate::durable::sync_dir(journal.parent().unwrap_or(std::path::Path::new(".")))
 }
 
 /// The journal's names for the written shards.

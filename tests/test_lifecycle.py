@@ -224,3 +224,43 @@ def test_a_table_with_a_missing_or_damaged_shard_can_be_dropped(tmp_path, damage
     assert left == ([] if damage == "missing" else [victim.name])
     if damage == "foreign":
         assert apsw.Connection(str(victim)).execute("SELECT x FROM keep").fetchall() == [(42,)]
+
+
+@pytest.mark.parametrize("damage", ["header", "empty"])
+def test_a_damaged_journal_with_nothing_in_doubt_is_set_aside(tmp_path, damage):
+    db = tmp_path / "j.db"
+    make(db, shards=2, rows=4).close()
+    journal = Path(f"{shard_paths(db, 'images', 2)[0]}.imagestore-journal")
+    original = journal.read_bytes()
+    if damage == "header":
+        journal.write_bytes(b"\xff" * 16 + original[16:])
+    else:
+        journal.write_bytes(b"")
+    con = connect(db)
+    assert con.execute("SELECT count(*) FROM images").fetchone()[0] == 4
+    con.execute("INSERT INTO images(id, data) VALUES (10, ?), (11, ?)", (GIF, GIF))
+    assert connect(db).execute("SELECT count(*) FROM images").fetchone()[0] == 6
+    aside = list(journal.parent.glob(journal.name + ".damaged-*"))
+    assert len(aside) == 1 and aside[0].stat().st_size == (len(original) if damage == "header" else 0)
+
+
+def test_a_damaged_journal_with_a_transaction_in_doubt_names_it_and_resolve_decides(tmp_path):
+    fault_lib = Path(os.environ.get("IMAGESTORE_FAULT_LIB",
+                                    HERE.parent / "target" / "fault" / "release" / "libimagestore.so"))
+    db = tmp_path / "d.db"
+    con = connect(db)
+    con.execute("CREATE VIRTUAL TABLE images USING imagestore(shards=2, logged_commit_max=0)")
+    con.close()
+    ids = "(1, 'x', readfile('{0}')), (2, 'x', readfile('{0}')), (3, 'x', readfile('{0}'))".format(
+        HERE.parent.parent / "shared" / "corpus" / "images" / "no_time_for_that_tiny.gif")
+    code = f"from harness import connect; connect({str(db)!r}).execute(\"INSERT INTO images(id, name, data) VALUES {ids}\")"
+    env = dict(os.environ, IMAGESTORE_LIB=str(fault_lib), IMAGESTORE_FAULT="journal_append:1:abort")
+    out = subprocess.run([sys.executable, "-c", code], cwd=HERE, env=env, capture_output=True, text=True)
+    assert "fault injected at journal_append" in out.stderr, out.stderr[-2000:]
+    journal = Path(f"{shard_paths(db, 'images', 2)[0]}.imagestore-journal")
+    journal.write_bytes(b"\xff" * 64)
+    con = connect(db)
+    with pytest.raises(apsw.Error, match=r"is damaged .* holds prepared transactions \[1\].*imagestore_resolve"):
+        con.execute("SELECT count(*) FROM images").fetchall()
+    con.execute("SELECT imagestore_resolve('images', 'abort')").fetchall()
+    assert connect(db).execute("SELECT count(*) FROM images").fetchone()[0] == 0
