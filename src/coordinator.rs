@@ -318,9 +318,20 @@ impl Coordinator {
     // ---- recovery -----------------------------------------------------------------------
 
     /// Finishes or undoes every prepared transaction, replays every logged commit a shard lacks,
-    /// and clears the mark. The caller holds the writer lock and has no transaction open on the
-    /// shards.
+    /// and clears the mark; an error says that recovery is pending (and keeps its cause's code,
+    /// SQLITE_FULL for a full disk). The caller holds the writer lock and has no transaction open
+    /// on the shards.
     fn recover(&mut self, shards: &mut [Shard]) -> Result<()> {
+        self.recover_now(shards).map_err(|e| match e {
+            Error::InDoubt(_) | Error::JournalCorrupt { .. } | Error::Busy { .. } => e,
+            cause => Error::RecoveryPending {
+                table: self.table_name.clone(),
+                source: Box::new(cause),
+            },
+        })
+    }
+
+    fn recover_now(&mut self, shards: &mut [Shard]) -> Result<()> {
         let _publish = self
             .publish_lock
             .exclusive("publish lock", self.busy_timeout_ms)?;

@@ -114,6 +114,11 @@ pub enum Error {
     #[error("imagestore: an earlier I/O error left table {0} in an unknown state; close and reopen the database to run recovery")]
     Poisoned(String),
 
+    /// Recovery of an interrupted commit is pending and could not run (say for a full disk):
+    /// the table can be neither read nor written until it has; the code is the cause's.
+    #[error("imagestore: table {table}: an interrupted commit must be finished before the table can be read or written, and finishing it failed: {source}. Free disk space (or remove the cause) and retry; nothing is lost meanwhile")]
+    RecoveryPending { table: String, source: Box<Error> },
+
     /// A bug: a panic caught at the FFI boundary (SQLITE_INTERNAL).
     #[error("imagestore: internal error: {0}")]
     Internal(String),
@@ -138,11 +143,14 @@ impl Error {
                 Some(e) => e.extended_code,
                 None => ffi::SQLITE_ERROR,
             },
-            Error::JournalIo { .. } | Error::Poisoned(_) => ffi::SQLITE_IOERR,
-            Error::FileIo { source, .. } => match source.raw_os_error() {
-                Some(ENOSPC | EFBIG) => ffi::SQLITE_FULL,
-                _ => ffi::SQLITE_IOERR,
-            },
+            Error::Poisoned(_) => ffi::SQLITE_IOERR,
+            Error::JournalIo { source, .. } | Error::FileIo { source, .. } => {
+                match source.raw_os_error() {
+                    Some(ENOSPC | EFBIG) => ffi::SQLITE_FULL,
+                    _ => ffi::SQLITE_IOERR,
+                }
+            }
+            Error::RecoveryPending { source, .. } => source.sqlite_code(),
             Error::BadBackup { .. } => ffi::SQLITE_CORRUPT_VTAB,
             Error::Unusable { code, .. } => *code,
             Error::Busy { .. } => ffi::SQLITE_BUSY,

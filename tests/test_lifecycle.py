@@ -264,3 +264,42 @@ def test_a_damaged_journal_with_a_transaction_in_doubt_names_it_and_resolve_deci
         con.execute("SELECT count(*) FROM images").fetchall()
     con.execute("SELECT imagestore_resolve('images', 'abort')").fetchall()
     assert connect(db).execute("SELECT count(*) FROM images").fetchone()[0] == 0
+
+
+FULL_DISK_READER = """
+import resource, signal, sys
+import apsw
+from harness import connect
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # writes past the limit fail with EFBIG instead
+limit = int(sys.argv[2])  # no file may grow: the shards open, recovery cannot write
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+try:
+    print(connect(sys.argv[1]).execute("SELECT count(*) FROM t").fetchall())
+except apsw.Error as e:
+    print(type(e).__name__, e)
+"""
+
+
+def test_a_full_disk_during_recovery_says_recovery_is_pending(tmp_path):
+    """A writer dies half way through a logged commit's shard commits; the next reader must
+    finish it first, on a full disk: its error says recovery is pending and needs space, with
+    the code SQLite gave (a file-size limit, which plays the full disk here, is SQLite's
+    SQLITE_IOERR; ENOSPC is SQLITE_FULL); once there is space, the transaction is there whole."""
+    fault_lib = Path(os.environ.get("IMAGESTORE_FAULT_LIB",
+                                    HERE.parent / "target" / "fault" / "release" / "libimagestore.so"))
+    db = tmp_path / "f.db"
+    make(db, table="t", shards=4, rows=0).close()
+    rows = ", ".join(f"({i}, 'x', ?)" for i in range(1, 6))
+    code = (f"from harness import connect, corpus_bytes; g = corpus_bytes('text.png'); "
+            f"connect({str(db)!r}).execute(\"INSERT INTO t(id, name, data) VALUES {rows}\", [g] * 5)")
+    env = dict(os.environ, IMAGESTORE_LIB=str(fault_lib), IMAGESTORE_FAULT="shard_commit_logged:2:abort")
+    out = subprocess.run([sys.executable, "-c", code], cwd=HERE, env=env, capture_output=True, text=True)
+    assert "fault injected at shard_commit_logged" in out.stderr, out.stderr[-2000:]
+    # The shard files and their shared memory need not grow to open; the WAL a replay of 43 KB
+    # images appends to must.
+    limit = max(p.stat().st_size for p in [*tmp_path.glob("f.t.shard?.db"), *tmp_path.glob("*-shm")])
+    full = subprocess.run([sys.executable, "-c", FULL_DISK_READER, str(db), str(limit)], cwd=HERE,
+                          capture_output=True, text=True)
+    assert full.stdout.startswith(("FullError", "IOError")), full.stdout + full.stderr
+    assert "interrupted commit must be finished" in full.stdout and "Free disk space" in full.stdout
+    assert connect(db).execute("SELECT count(*) FROM t").fetchone()[0] == 5
