@@ -1155,13 +1155,17 @@ fn set_aside_damaged(
     Ok(None)
 }
 
-/// Renames a damaged journal to `<journal>.damaged-<seconds since 1970>`, and syncs its folder.
+/// Moves a damaged journal to `<journal>.damaged-<nanoseconds since 1970>` (never over an
+/// earlier one), and syncs its folder.
 fn move_aside(journal: &std::path::Path) -> Result<()> {
-    let seconds = std::time::SystemTime::now()
+    let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let aside = crate::config::with_suffix(journal, &format!(".damaged-{seconds}"));
-    std::fs::rename(journal, &aside).map_err(Error::file_io(journal))?;
+        .map_or(0, |d| d.as_nanos());
+    let aside = crate::config::with_suffix(journal, &format!(".damaged-{nanos}"));
+    // A link never replaces a file; then the damaged journal's own name goes.
+    std::fs::hard_link(journal, &aside)
+        .and_then(|()| std::fs::remove_file(journal))
+        .map_err(Error::file_io(journal))?;
     crate::durable::sync_dir(journal.parent().unwrap_or(std::path::Path::new(".")))
 }
 

@@ -359,18 +359,32 @@ fn sync_dir(path: &Path) -> std::io::Result<()> {
 }
 
 impl Journal {
-    /// Creates a new, empty journal; fails if one exists.
+    /// Creates a new, empty journal, or opens the one another process created meanwhile. The
+    /// file is written whole under a name of its own and linked into place, so that nobody
+    /// ever reads a journal without its header (which would look damaged).
     pub fn create(path: &Path, table_id: TableId) -> Result<Journal> {
+        static MADE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let made = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut staging = path.as_os_str().to_owned();
+        staging.push(format!(".new-{}-{made}", std::process::id()));
+        let staging = PathBuf::from(staging);
         let io = Error::journal_io(path);
-        let mut file = OpenOptions::new()
+        let written = OpenOptions::new()
             .read(true)
             .write(true)
-            .create_new(true)
-            .open(path)
-            .map_err(io)?;
-        write_empty(&mut file, &table_id).map_err(Error::journal_io(path))?;
-        file.sync_all().map_err(Error::journal_io(path))?;
-        sync_dir(path).map_err(Error::journal_io(path))?;
+            .create(true)
+            .truncate(true)
+            .open(&staging)
+            .and_then(|mut file| {
+                write_empty(&mut file, &table_id)?;
+                file.sync_all()
+            })
+            .and_then(|()| match std::fs::hard_link(&staging, path) {
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(e),
+                _ => Ok(()),
+            });
+        let _ = std::fs::remove_file(&staging);
+        written.and_then(|()| sync_dir(path)).map_err(io)?;
         Journal::open(path, table_id)
     }
 
