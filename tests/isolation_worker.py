@@ -4,9 +4,12 @@ writer DB SECONDS: repeatedly, in one transaction, sets the name of rows 1..6 to
                    deletes and re-inserts rows 7 and 8 (rows 1..8 lie on all 4 shards).
 reader DB SECONDS: repeatedly reads rows 1..8 in one query and prints one line per snapshot it
                    saw that was not whole: a query must see every transaction whole or not at all.
+`run` starts a writer and readers as processes and gathers what they print.
 """
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 from harness import connect, corpus_bytes
 
@@ -40,6 +43,25 @@ def reader(db, seconds):
             bad += 1
             print(f"fractured {rows}")
     print(f"reads {reads} fractured {bad}")
+
+
+def run(writer_db, reader_dbs, seconds):
+    """Runs one writer process on `writer_db` and a reader process on each of `reader_dbs` for
+    `seconds`; returns (commits, reads of each reader, the fractured snapshots they saw)."""
+    here = Path(__file__).resolve().parent
+
+    def start(role, db):
+        return subprocess.Popen([sys.executable, str(here / "isolation_worker.py"), role, str(db), str(seconds)],
+                                cwd=here, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    procs = [start("writer", writer_db)] + [start("reader", db) for db in reader_dbs]
+    outputs = [p.communicate(timeout=seconds + 60) for p in procs]
+    for p, (_, err) in zip(procs, outputs):
+        assert p.returncode == 0, err
+    commits = int(outputs[0][0].split()[1])
+    reads = [int(out.split("reads ")[1].split()[0]) for out, _ in outputs[1:]]
+    fractured = [line for out, _ in outputs[1:] for line in out.splitlines() if line.startswith("fractured [")]
+    return commits, reads, fractured
 
 
 if __name__ == "__main__":

@@ -5,13 +5,9 @@ while two reader processes query all those rows at once, again and again. The or
 query sees the same generation on every row, and all six rows (SQLite's own isolation for one
 file, extended across shards by the coordinator's publish lock).
 """
-import subprocess
-import sys
-from pathlib import Path
-
+import isolation_worker
 from harness import connect, corpus_bytes, require_lib, shard_of
 
-HERE = Path(__file__).resolve().parent
 SECONDS = 6
 
 
@@ -26,18 +22,7 @@ def test_no_fractured_reads_across_shards(tmp_path):
     assert {shard_of(i, 4) for i in range(1, 9)} == {0, 1, 2, 3}
     con.close()
 
-    def start(role):
-        return subprocess.Popen(
-            [sys.executable, str(HERE / "isolation_worker.py"), role, str(db), str(SECONDS)],
-            cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-    procs = [start("writer"), start("reader"), start("reader")]
-    outputs = [p.communicate(timeout=SECONDS + 60) for p in procs]
-    for p, (out, err) in zip(procs, outputs):
-        assert p.returncode == 0, err
-    commits = int(outputs[0][0].split()[1])
-    reads = [int(out.split("reads ")[1].split()[0]) for out, _ in outputs[1:]]
-    fractured = [line for out, _ in outputs[1:] for line in out.splitlines() if line.startswith("fractured [")]
+    commits, reads, fractured = isolation_worker.run(db, [db, db], SECONDS)
     print(f"isolation: commits {commits}, reads {sum(reads)}, fractured {len(fractured)}")
     assert commits > 50 and min(reads) > 50, (commits, reads)
     assert not fractured, fractured[:5]

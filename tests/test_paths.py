@@ -8,16 +8,13 @@ lie on all four shards). A shard reached through a hard link is refused: SQLite 
 WAL after the path it was opened by, so no journal could make two names safe.
 """
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import apsw
 import pytest
 
+import isolation_worker
 from harness import connect, corpus_bytes, require_lib, shard_of
 
-HERE = Path(__file__).resolve().parent
 SECONDS = 4
 GIF = corpus_bytes("no_time_for_that_tiny.gif")
 
@@ -53,19 +50,7 @@ def test_symbolic_links_share_the_journal_and_locks(tmp_path):
     assert not list(tmp_path.glob("link0.db.imagestore-*"))
     assert (names[0].parent / "s0.db.imagestore-journal").exists()
 
-    def start(role, db):
-        return subprocess.Popen(
-            [sys.executable, str(HERE / "isolation_worker.py"), role, str(db), str(SECONDS)],
-            cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-    procs = [start("writer", tmp_path / "a.db"), start("reader", tmp_path / "b.db"),
-             start("reader", tmp_path / "b.db")]
-    outputs = [p.communicate(timeout=SECONDS + 60) for p in procs]
-    for p, (out, err) in zip(procs, outputs):
-        assert p.returncode == 0, err
-    commits = int(outputs[0][0].split()[1])
-    reads = [int(out.split("reads ")[1].split()[0]) for out, _ in outputs[1:]]
-    fractured = [line for out, _ in outputs[1:] for line in out.splitlines() if line.startswith("fractured [")]
+    commits, reads, fractured = isolation_worker.run(tmp_path / "a.db", [tmp_path / "b.db"] * 2, SECONDS)
     assert commits > 20 and min(reads) > 20, (commits, reads)
     assert not fractured, fractured[:5]
 
