@@ -477,7 +477,7 @@ impl Coordinator {
         // not yet decided). The writer released the publish lock so that the host's readers
         // can finish; waiting here could hold up that very commit. Answer busy, as SQLite
         // answers a reader of a file being committed.
-        if self.writer_lock.exclusive("writer lock", 0).is_err() {
+        if self.writer_alive() {
             end_all(shards);
             return Err(Error::Busy {
                 what: "a transaction is being committed; the table".into(),
@@ -492,8 +492,8 @@ impl Coordinator {
     /// consistent cut from before it, and waiting for it could deadlock (the writer may be
     /// waiting for this reader's statement to end, to commit the host file).
     fn pending_on_no_shard(&self, shards: &[Shard], mark: u64) -> Result<bool> {
-        if self.writer_lock.exclusive("writer lock", 0).is_ok() {
-            return Ok(false); // no live writer: recovery
+        if !self.writer_alive() {
+            return Ok(false); // recovery
         }
         for shard in shards {
             if shard.last_txid()? >= mark {
@@ -501,6 +501,11 @@ impl Coordinator {
             }
         }
         Ok(true)
+    }
+
+    /// Whether another connection, in this process or another, holds the writer lock now.
+    fn writer_alive(&self) -> bool {
+        self.writer_lock.exclusive("writer lock", 0).is_err()
     }
 
     /// Ends the snapshot opened by [`begin_read`](Self::begin_read).

@@ -427,16 +427,7 @@ impl Shard {
             detail: detail.to_string(),
         };
         self.require_meta()?;
-        let get = |key: &str| -> Result<Option<Value>> {
-            self.conn
-                .query_row(
-                    "SELECT value FROM imagestore_meta WHERE key = ?1",
-                    [key],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(Error::shard(&self.path))
-        };
+        let get = |key: &str| self.meta_value(key);
         let version = get("format_version")?;
         if version != Some(Value::Integer(FORMAT_VERSION)) {
             return Err(foreign(&format!(
@@ -810,19 +801,23 @@ impl Shard {
             .map(|(database, table)| Owner { database, table }))
     }
 
-    fn meta_text(&self, key: &str) -> Result<Option<String>> {
+    /// The `imagestore_meta` value of `key`, if it has one.
+    fn meta_value(&self, key: &str) -> Result<Option<Value>> {
         self.conn
             .query_row(
                 "SELECT value FROM imagestore_meta WHERE key = ?1",
                 [key],
-                |r| r.get::<_, Value>(0),
+                |r| r.get(0),
             )
             .optional()
-            .map(|v| match v {
-                Some(Value::Text(t)) => Some(t),
-                _ => None,
-            })
             .map_err(self.err())
+    }
+
+    fn meta_text(&self, key: &str) -> Result<Option<String>> {
+        Ok(match self.meta_value(key)? {
+            Some(Value::Text(t)) => Some(t),
+            _ => None,
+        })
     }
 
     /// Where this shard set is in its life.

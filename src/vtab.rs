@@ -86,7 +86,7 @@ pub struct TableCore {
     /// `host::also_wrote`).
     host_pages_at_begin: Cell<i64>,
     /// Whether the host database was in WAL mode when the table was opened.
-    host_wal: Cell<bool>,
+    host_wal: bool,
 }
 
 impl TableCore {
@@ -109,7 +109,7 @@ impl TableCore {
         // Closed first, so that no later close of these connections touches files of the
         // same names made by a later CREATE.
         drop(std::mem::take(&mut *self.shards.borrow_mut()));
-        // Best effort: files left here carry the creating mark (see `are_own_leftovers`).
+        // Best effort: files left here carry the creating mark (see `are_leftovers`).
         let _ = remove_files(&self.config.files());
         drop(writer);
     }
@@ -474,7 +474,7 @@ fn open_core(
             open_cursors: Cell::new(0),
             creation: RefCell::new(creation),
             host_pages_at_begin: Cell::new(0),
-            host_wal: Cell::new(false),
+            host_wal: false,
         }),
         Err(e) => Err((e, Box::new(config))),
     }
@@ -498,8 +498,10 @@ impl ImageTable {
         let declaration = config.declaration();
         let state = match open_core(config, create) {
             Ok(core) => {
-                core.host_wal.set(crate::host::is_wal(handle, schema));
-                let core = Rc::new(core);
+                let core = Rc::new(TableCore {
+                    host_wal: crate::host::is_wal(handle, schema),
+                    ..core
+                });
                 open_tables().push(OpenTable {
                     db: handle as usize,
                     schema: schema.to_string(),
@@ -593,13 +595,12 @@ impl ImageTable {
 
     /// Step 1 of the protocol, noting how many pages the host had written by then.
     fn begin_write(&self) -> Result<()> {
-        self.core()?
-            .host_pages_at_begin
+        let core = self.core()?;
+        core.host_pages_at_begin
             .set(crate::host::pages_written(self.db));
-        self.core()?
-            .coordinator
+        core.coordinator
             .borrow_mut()
-            .begin_write(&mut self.core()?.shards.borrow_mut())
+            .begin_write(&mut core.shards.borrow_mut())
     }
 
     /// Whether another imagestore table of this connection is written in the same transaction:
@@ -621,9 +622,10 @@ impl ImageTable {
     }
 
     /// Where this transaction's decision rides, if it also wrote the host's own tables (or
-    /// another imagestore table) and the
-    /// host is a database file (a `:memory:` or temp database cannot make a decision durable).
+    /// another imagestore table) and the host is a database file (a `:memory:` or temp
+    /// database cannot make a decision durable).
     fn host_decider(&self) -> Result<Option<crate::host::HostDecisions>> {
+        let core = self.core()?;
         let Some(file) = host_filename(self.db, &self.schema) else {
             return Ok(None);
         };
@@ -632,8 +634,8 @@ impl ImageTable {
                 || crate::host::also_wrote(
                     self.db,
                     &self.schema,
-                    self.core()?.host_wal.get(),
-                    self.core()?.host_pages_at_begin.get(),
+                    core.host_wal,
+                    core.host_pages_at_begin.get(),
                 ));
         if !rides {
             return Ok(None);
@@ -642,7 +644,7 @@ impl ImageTable {
             self.db,
             &self.schema,
             &file,
-            self.core()?.coordinator.borrow().table_id(),
+            core.coordinator.borrow().table_id(),
         )))
     }
 
@@ -664,11 +666,9 @@ impl ImageTable {
             }
             self.delete_row(row.id)?;
         }
-        self.core()?
-            .coordinator
-            .borrow_mut()
-            .note_inserted_id(row.id);
-        self.core()?.shards.borrow()[index].insert(txid, row, data)
+        let core = self.core()?;
+        core.coordinator.borrow_mut().note_inserted_id(row.id);
+        core.shards.borrow()[index].insert(txid, row, data)
     }
 
     /// The conflict clause of the statement running this xUpdate (`SQLITE_REPLACE`, ...).
@@ -687,11 +687,12 @@ impl ImageTable {
     fn delete_row(&self, id: i64) -> Result<()> {
         let index = shard_of(id, self.shard_count());
         let txid = self.write_shard(index)?;
-        let shards = self.core()?.shards.borrow();
+        let core = self.core()?;
+        let shards = core.shards.borrow();
         match shards[index].get(id)? {
             Some(current) => {
                 shards[index].delete(txid, &current)?;
-                self.core()?.coordinator.borrow_mut().note_deleted_id(id);
+                core.coordinator.borrow_mut().note_deleted_id(id);
                 Ok(())
             }
             None => Ok(()),
@@ -839,12 +840,11 @@ unsafe impl<'vtab> VTab<'vtab> for ImageTable {
     }
 
     fn open(&'vtab mut self) -> rusqlite::Result<ImageCursor> {
-        self.core()?
-            .open_cursors
-            .set(self.core()?.open_cursors.get() + 1);
+        let core = self.core()?;
+        core.open_cursors.set(core.open_cursors.get() + 1);
         Ok(ImageCursor {
             base: sqlite3_vtab_cursor::default(),
-            core: Rc::clone(self.core()?),
+            core: Rc::clone(core),
             filter: ScanFilter::default(),
             lanes: Vec::new(),
             current: None,
@@ -971,8 +971,9 @@ fn journal_names(path: &Path, table_id: &TableId) -> bool {
 impl ImageTable {
     /// Whether this table owns every one of its shard files (see [`owns`]).
     fn owns_files(&self) -> Result<bool> {
-        for shard in self.core()?.shards.borrow().iter() {
-            if !owns(&self.core()?.config, shard.owner()?.as_ref()) {
+        let core = self.core()?;
+        for shard in core.shards.borrow().iter() {
+            if !owns(&core.config, shard.owner()?.as_ref()) {
                 return Ok(false);
             }
         }
@@ -1008,8 +1009,9 @@ impl UpdateVTab<'_> for ImageTable {
                 (Some(id), _) | (None, Some(id)) => id,
                 (None, None) => {
                     self.ensure_writing()?;
-                    let shards = self.core()?.shards.borrow();
-                    self.core()?.coordinator.borrow_mut().assign_id(&shards)?
+                    let core = self.core()?;
+                    let shards = core.shards.borrow();
+                    core.coordinator.borrow_mut().assign_id(&shards)?
                 }
             };
             let data = image_bytes(
@@ -1109,13 +1111,14 @@ impl TransactionVTab<'_> for ImageTable {
 
     fn sync(&mut self) -> rusqlite::Result<()> {
         Ok(catch_panic(|| {
-            let host = if self.core()?.coordinator.borrow().is_writing() {
+            let core = self.core()?;
+            let host = if core.coordinator.borrow().is_writing() {
                 self.host_decider()?
             } else {
                 None
             };
-            self.core()?.coordinator.borrow_mut().sync(
-                &mut self.core()?.shards.borrow_mut(),
+            core.coordinator.borrow_mut().sync(
+                &mut core.shards.borrow_mut(),
                 host.as_ref()
                     .map(|h| h as &dyn crate::coordinator::HostDecider),
             )
