@@ -120,9 +120,7 @@ unsafe impl<'vtab> VTab<'vtab> for AfterCommit {
     }
 
     fn open(&'vtab mut self) -> rusqlite::Result<NoRows> {
-        Ok(NoRows {
-            base: sqlite3_vtab_cursor::default(),
-        })
+        Ok(NoRows::default())
     }
 }
 
@@ -158,8 +156,10 @@ impl TransactionVTab<'_> for AfterCommit {
     }
 }
 
-/// The table is always empty: it only carries tokens into the transaction.
+/// A cursor over no rows, for tables that only carry something into a transaction (this one,
+/// `read_transaction`'s).
 #[repr(C)]
+#[derive(Default)]
 pub struct NoRows {
     /// SQLite's part; must come first.
     base: sqlite3_vtab_cursor,

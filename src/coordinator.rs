@@ -141,6 +141,19 @@
 //! may be waiting for this reader's statement to end, to commit the host file). A decided
 //! prepare record's data is committed data whose finalize is pending.
 //!
+//! Inside the host's explicit transaction the snapshots are kept for all its reads until it
+//! ends (`read_transaction`), with the publish lock's publication counter as it was when they
+//! were taken. A write of that transaction (step 1, under the writer lock, so nothing can be
+//! published meanwhile) first checks the counter and the mark: if either says that another
+//! connection published since, the write is refused with SQLITE_BUSY_SNAPSHOT and the snapshots
+//! stay, as SQLite does for an ordinary WAL table; else they end and step 1 goes on. Reads and
+//! writes of one transaction thus see one state of the table.
+//!
+//! After recovery, a prepared commit that the journal decided and a shard's `last_txid` does not
+//! reach was lost by that shard after it was durable (a damaged WAL, an old copy put back): the
+//! table refuses to be used, naming shard and transaction, until a backup is restored or a
+//! person accepts the shards as they are (`accept_lost_commits`).
+//!
 //! # Transactions that also write ordinary tables
 //! SQLite calls xSync before it commits its own files, and xRollback if that commit then fails
 //! (SQLITE_BUSY, a commit hook's veto): step 8 takes the decision back, so the two commit
@@ -220,8 +233,13 @@ pub type HostLookup = fn(path: &str, table_id: &TableId, txid: u64) -> Result<bo
 /// What this connection has open on the shards.
 enum Activity {
     Idle,
-    /// A read transaction on every shard (one query's consistent snapshot).
-    Reading,
+    /// A read transaction on every shard: one query's consistent snapshot or, if
+    /// `whole_transaction`, the one every read of the host's explicit transaction shares until
+    /// it ends. `publication` is the publish lock's counter when it was taken.
+    Reading {
+        whole_transaction: bool,
+        publication: u64,
+    },
     Writing(WriteTxn),
     /// xSync failed and undid the transaction; SQLite will roll back.
     Aborted,
@@ -323,7 +341,10 @@ impl Coordinator {
     /// on the shards.
     fn recover(&mut self, shards: &mut [Shard]) -> Result<()> {
         self.recover_now(shards).map_err(|e| match e {
-            Error::InDoubt(_) | Error::JournalCorrupt { .. } | Error::Busy { .. } => e,
+            Error::InDoubt(_)
+            | Error::JournalCorrupt { .. }
+            | Error::Busy { .. }
+            | Error::LostCommits { .. } => e,
             cause => Error::RecoveryPending {
                 table: self.table_name.clone(),
                 source: Box::new(cause),
@@ -332,9 +353,7 @@ impl Coordinator {
     }
 
     fn recover_now(&mut self, shards: &mut [Shard]) -> Result<()> {
-        let _publish = self
-            .publish_lock
-            .exclusive("publish lock", self.busy_timeout_ms)?;
+        let _publish = self.publish_lock.publishing(self.busy_timeout_ms)?;
         if self.journal.rescan()? {
             self.journal.cut_torn_tail()?;
         }
@@ -354,7 +373,27 @@ impl Coordinator {
             }
         }
         self.replay_logged(shards)?;
-        self.publish_lock.set_mark(0)
+        self.publish_lock.set_mark(0)?;
+        self.refuse_lost_commits(shards)
+    }
+
+    /// Damage is never silent: a prepared commit the journal decided that a shard's
+    /// `last_txid` does not reach (the shard lost it after it was durable) makes the table
+    /// unusable, naming the shard and the transaction, until a backup is restored or a person
+    /// accepts the shards as they are (`accept_lost_commits`).
+    fn refuse_lost_commits(&mut self, shards: &[Shard]) -> Result<()> {
+        let last_txids = shards
+            .iter()
+            .map(Shard::last_txid)
+            .collect::<Result<Vec<_>>>()?;
+        let lost = self.lost_commits(&last_txids)?;
+        if lost.is_empty() {
+            return Ok(());
+        }
+        Err(Error::LostCommits {
+            table: self.table_name.clone(),
+            lost: describe_lost(shards, &lost),
+        })
     }
 
     /// Whether prepared transaction `txid` was decided: by a COMMIT record, or, for one that
@@ -414,14 +453,25 @@ impl Coordinator {
 
     /// Opens one consistent snapshot over every shard, unless this connection already has a
     /// transaction open on them (then reads see that transaction).
-    pub fn begin_read(&mut self, shards: &mut [Shard]) -> Result<()> {
-        if !matches!(self.activity, Activity::Idle) {
-            return Ok(());
+    pub fn begin_read(&mut self, shards: &mut [Shard], whole_transaction: bool) -> Result<()> {
+        match &mut self.activity {
+            Activity::Idle => {}
+            Activity::Reading {
+                whole_transaction: whole,
+                ..
+            } => {
+                *whole |= whole_transaction;
+                return Ok(());
+            }
+            Activity::Writing(_) | Activity::Aborted => return Ok(()),
         }
         self.check_not_poisoned()?;
         for _ in 0..RECOVERY_ATTEMPTS_MAX {
-            if self.open_snapshots(shards)? {
-                self.activity = Activity::Reading;
+            if let Some(publication) = self.open_snapshots(shards)? {
+                self.activity = Activity::Reading {
+                    whole_transaction,
+                    publication,
+                };
                 return Ok(());
             }
             end_all(shards);
@@ -436,13 +486,15 @@ impl Coordinator {
         )))
     }
 
-    /// Pins a snapshot on every shard; `false` (snapshots perhaps still open) if the mark is set
-    /// or a shard holds an undecided prepare record, which only a dead writer leaves behind.
-    fn open_snapshots(&mut self, shards: &mut [Shard]) -> Result<bool> {
+    /// Pins a snapshot on every shard and returns the publication counter it matches; `None`
+    /// (snapshots perhaps still open) if the mark is set or a shard holds an undecided prepare
+    /// record, which only a dead writer leaves behind.
+    fn open_snapshots(&mut self, shards: &mut [Shard]) -> Result<Option<u64>> {
         let _publish = self
             .publish_lock
             .shared("publish lock", self.busy_timeout_ms)?;
         let mark = self.publish_lock.mark()?;
+        let publication = self.publish_lock.publication()?;
         let mut prepared = Vec::new();
         for shard in shards.iter() {
             match shard.begin_read() {
@@ -456,7 +508,7 @@ impl Coordinator {
         if mark != 0 {
             match self.pending_on_no_shard(shards, mark) {
                 Ok(true) => {}
-                Ok(false) => return Ok(false),
+                Ok(false) => return Ok(None),
                 Err(e) => {
                     end_all(shards);
                     return Err(e);
@@ -464,7 +516,7 @@ impl Coordinator {
             }
         }
         if prepared.is_empty() {
-            return Ok(true);
+            return Ok(Some(publication));
         }
         // The reader is about to show these transactions as committed: their records must be
         // durable (a writer may have died between writing and syncing one).
@@ -484,7 +536,8 @@ impl Coordinator {
                 timeout_ms: 0,
             });
         }
-        Ok(prepared.iter().all(|&txid| self.journal.is_committed(txid)))
+        let decided = prepared.iter().all(|&txid| self.journal.is_committed(txid));
+        Ok(decided.then_some(publication))
     }
 
     /// Whether the logged commit `mark` names is a live writer's that waits for SQLite's own
@@ -508,12 +561,65 @@ impl Coordinator {
         self.writer_lock.exclusive("writer lock", 0).is_err()
     }
 
-    /// Ends the snapshot opened by [`begin_read`](Self::begin_read).
+    /// Ends a query's snapshot opened by [`begin_read`](Self::begin_read) (a transaction's
+    /// stays until [`end_transaction_read`](Self::end_transaction_read)).
     pub fn end_read(&mut self, shards: &mut [Shard]) {
-        if matches!(self.activity, Activity::Reading) {
+        if let Activity::Reading {
+            whole_transaction: false,
+            ..
+        } = self.activity
+        {
             end_all(shards);
             self.activity = Activity::Idle;
         }
+    }
+
+    /// The host's transaction ended: its snapshot ends too, or, while a query of this
+    /// connection still reads from it (`queries_reading`), becomes that query's.
+    pub fn end_transaction_read(&mut self, shards: &mut [Shard], queries_reading: bool) {
+        if let Activity::Reading {
+            whole_transaction, ..
+        } = &mut self.activity
+        {
+            *whole_transaction = false;
+            if !queries_reading {
+                self.end_read(shards);
+            }
+        }
+    }
+
+    /// Whether a read now would open a snapshot the host's transaction does not yet hold.
+    pub fn needs_transaction_read(&self) -> bool {
+        matches!(
+            self.activity,
+            Activity::Idle
+                | Activity::Reading {
+                    whole_transaction: false,
+                    ..
+                }
+        )
+    }
+
+    /// Ends any snapshot before a write; a transaction's own may end only if nothing was
+    /// published since it was taken (else its reads and its writes would see different states
+    /// of the table: SQLITE_BUSY_SNAPSHOT, as SQLite answers for an ordinary WAL table). The
+    /// caller holds the writer lock, so nothing can be published meanwhile.
+    fn end_read_for_write(&mut self, shards: &mut [Shard]) -> Result<()> {
+        let Activity::Reading {
+            whole_transaction,
+            publication,
+        } = self.activity
+        else {
+            return Ok(());
+        };
+        if whole_transaction
+            && (self.publish_lock.publication()? != publication || self.publish_lock.mark()? != 0)
+        {
+            return Err(Error::SnapshotStale(self.table_name.clone()));
+        }
+        end_all(shards);
+        self.activity = Activity::Idle;
+        Ok(())
     }
 
     // ---- writers: begin and write -------------------------------------------------------
@@ -524,10 +630,10 @@ impl Coordinator {
             return Ok(());
         }
         self.check_not_poisoned()?;
-        self.end_read(shards);
         let writer = self
             .writer_lock
             .exclusive("writer lock", self.busy_timeout_ms)?;
+        self.end_read_for_write(shards)?;
         for _ in 0..RECOVERY_ATTEMPTS_MAX {
             if self.publish_lock.mark()? != 0 {
                 self.recover(shards)?;
@@ -583,9 +689,7 @@ impl Coordinator {
     /// the writer lock and has checked that no shard holds a prepare record.
     fn trim_journal(&mut self, shards: &[Shard]) -> Result<()> {
         crate::durable::sync_wals(&shards.iter().map(|s| s.path.as_path()).collect::<Vec<_>>())?;
-        let _publish = self
-            .publish_lock
-            .exclusive("publish lock", self.busy_timeout_ms)?;
+        let _publish = self.publish_lock.publishing(self.busy_timeout_ms)?;
         self.journal.reset()
     }
 
@@ -744,9 +848,7 @@ impl Coordinator {
         }
         // Wait for readers before touching anything: if they keep the lock past the timeout,
         // the transaction stays open and SQLite reports SQLITE_BUSY; COMMIT may be retried.
-        let publish = self
-            .publish_lock
-            .exclusive("publish lock", self.busy_timeout_ms)?;
+        let publish = self.publish_lock.publishing(self.busy_timeout_ms)?;
         let outcome = self
             .end_clean_shards(shards, &dirty)
             .and_then(|()| match host {
@@ -858,10 +960,7 @@ impl Coordinator {
     /// synced. A shard whose commit fails (or all, if the lock cannot be had) is rolled back and
     /// the mark stays: the next reader or writer replays it from the journal.
     fn finish_logged(&self, shards: &[Shard], txn: &WriteTxn) {
-        let Ok(_publish) = self
-            .publish_lock
-            .exclusive("publish lock", self.busy_timeout_ms)
-        else {
+        let Ok(_publish) = self.publish_lock.publishing(self.busy_timeout_ms) else {
             end_all(shards);
             return;
         };
@@ -978,7 +1077,7 @@ impl Coordinator {
         let decided = match &self.activity {
             Activity::Writing(txn) => txn.decided,
             Activity::Aborted => None,
-            Activity::Idle | Activity::Reading => return,
+            Activity::Idle | Activity::Reading { .. } => return,
         };
         match decided {
             Some(Decided::Logged | Decided::Prepared | Decided::Hosted) => self.take_back(shards),
@@ -1005,10 +1104,7 @@ impl Coordinator {
             return self.commit(shards);
         }
         // No reader may see the undo half done; a shard left prepared is aborted by recovery.
-        let Ok(_publish) = self
-            .publish_lock
-            .exclusive("publish lock", self.busy_timeout_ms)
-        else {
+        let Ok(_publish) = self.publish_lock.publishing(self.busy_timeout_ms) else {
             end_all(shards);
             self.poisoned = true;
             return;
@@ -1026,10 +1122,11 @@ impl Coordinator {
         }
     }
 
-    /// Whether the journal holds a COMMIT decision for `txid` (read afresh).
-    pub fn is_committed(&mut self, txid: u64) -> Result<bool> {
+    /// Whether prepared transaction `txid` is decided: by a COMMIT record (the journal read
+    /// afresh), or by the decision row of the host database `decided_by` names.
+    pub fn is_decided(&mut self, txid: u64, decided_by: Option<&str>) -> Result<bool> {
         self.journal.refresh()?;
-        Ok(self.journal.is_committed(txid))
+        self.decided(txid, decided_by)
     }
 
     /// Transactions the journal committed by COMMIT records that a shard does not hold: its
@@ -1038,19 +1135,7 @@ impl Coordinator {
     /// Logged commits are not listed: recovery replays them on a shard that lacks them.
     pub fn lost_commits(&mut self, last_txids: &[u64]) -> Result<Vec<(u64, usize)>> {
         self.journal.refresh()?;
-        let mut lost: Vec<(u64, usize)> = self
-            .journal
-            .prepared_decisions()
-            .flat_map(|(txid, shards)| {
-                shards
-                    .iter()
-                    .map(|&s| s as usize)
-                    .filter(move |&s| last_txids.get(s).is_some_and(|&last| last < txid))
-                    .map(move |s| (txid, s))
-            })
-            .collect();
-        lost.sort_unstable();
-        Ok(lost)
+        Ok(lost_commits(&self.journal, last_txids))
     }
 
     /// Takes the writer lock (for DROP TABLE).
@@ -1077,36 +1162,43 @@ pub enum Resolution {
     Abort,
 }
 
-/// Applies a person's decision to every prepared transaction of the shards, when the journal that
-/// would decide them is missing (the table then refuses to open). Returns the transactions
-/// resolved. With a journal present, recovery decides, and this refuses.
+/// Applies a person's decision to the prepared transactions no record can decide: every one, when
+/// the journal that would decide them is missing or damaged (the table then refuses to open);
+/// with a journal, those that rode on a host database's commit that cannot be read (gone,
+/// damaged: `host_lookup` fails) and that the journal does not commit. Returns the transactions
+/// resolved; refuses if there are none (recovery decides then).
 pub fn resolve_in_doubt(
     config: &TableConfig,
     table_id: TableId,
     shards: &[Shard],
     resolution: Resolution,
+    host_lookup: HostLookup,
 ) -> Result<Vec<u64>> {
     let writer_lock = LockFile::open(&config.lock_path)?;
     let _writer = writer_lock.exclusive("writer lock", config.busy_timeout_ms)?;
-    let existing = match Journal::open_existing(&config.journal_path, table_id) {
+    let journal = match Journal::open_existing(&config.journal_path, table_id) {
         // A damaged journal decides nothing: the person's decision replaces it.
         Err(Error::JournalCorrupt { .. }) => {
-            move_aside(&config.journal_path)?;
+            move_aside(&config.journal_path, "damaged")?;
             None
         }
         other => other?,
     };
-    if existing.is_some() {
-        return Err(Error::BadArgument(format!(
-            "the journal {} exists and decides every prepared transaction; opening the table runs recovery",
-            config.journal_path.display()
-        )));
-    }
+    let undecidable = |txid: u64, host: Option<&str>| match (&journal, host) {
+        (None, _) => true,
+        (Some(journal), Some(host)) => {
+            !journal.is_committed(txid) && host_lookup(host, &table_id, txid).is_err()
+        }
+        (Some(_), None) => false,
+    };
     let publish_lock = LockFile::open(&config.publish_lock_path)?;
-    let _publish = publish_lock.exclusive("publish lock", config.busy_timeout_ms)?;
+    let _publish = publish_lock.publishing(config.busy_timeout_ms)?;
     let mut resolved = Vec::new();
     for shard in shards {
-        for txid in shard.prepared_txids()? {
+        for (txid, host) in shard.prepared_deciders()? {
+            if !undecidable(txid, host.as_deref()) {
+                continue;
+            }
             match resolution {
                 Resolution::Commit => shard.finalize(txid)?,
                 Resolution::Abort => shard.abort_prepared(txid)?,
@@ -1114,12 +1206,97 @@ pub fn resolve_in_doubt(
             resolved.push(txid);
         }
     }
+    if journal.is_some() && resolved.is_empty() {
+        return Err(Error::BadArgument(format!(
+            "the journal {} exists and decides every prepared transaction; opening the table runs recovery",
+            config.journal_path.display()
+        )));
+    }
     crate::durable::sync_wals(&shards.iter().map(|s| s.path.as_path()).collect::<Vec<_>>())?;
-    Journal::create(&config.journal_path, table_id)?;
-    publish_lock.set_mark(0)?;
+    if journal.is_none() {
+        Journal::create(&config.journal_path, table_id)?;
+        publish_lock.set_mark(0)?;
+    }
     resolved.sort_unstable();
     resolved.dedup();
     Ok(resolved)
+}
+
+/// The (transaction, shard) pairs, sorted, of prepared commits the journal decided on shards
+/// whose `last_txid` (`last_txids`, one per shard) is below them.
+fn lost_commits(journal: &Journal, last_txids: &[u64]) -> Vec<(u64, usize)> {
+    let mut lost: Vec<(u64, usize)> = journal
+        .prepared_decisions()
+        .flat_map(|(txid, shards)| {
+            shards
+                .iter()
+                .map(|&s| s as usize)
+                .filter(move |&s| last_txids.get(s).is_some_and(|&last| last < txid))
+                .map(move |s| (txid, s))
+        })
+        .collect();
+    lost.sort_unstable();
+    lost
+}
+
+/// Lists lost commits as `shard 1 (path): transactions [17, 18]`.
+fn describe_lost(shards: &[Shard], lost: &[(u64, usize)]) -> String {
+    let mut by_shard: std::collections::BTreeMap<usize, Vec<u64>> = Default::default();
+    for &(txid, shard) in lost {
+        by_shard.entry(shard).or_default().push(txid);
+    }
+    by_shard
+        .iter()
+        .map(|(&shard, txids)| {
+            let path = shards.get(shard).map(|s| s.path.display().to_string());
+            format!(
+                "shard {shard} ({}) lacks transactions {txids:?}",
+                path.unwrap_or_default()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// A person accepts the shards as they are after recovery reported commits a shard lost
+/// (`refuse_lost_commits`): the journal, whose records name them, is set aside (kept as
+/// `<journal>.accepted-<nanoseconds>`) and replaced. Refused while anything is in doubt (a
+/// prepare record, the mark): recovery must have run. Returns the lost transactions.
+pub fn accept_lost_commits(
+    config: &TableConfig,
+    table_id: TableId,
+    shards: &[Shard],
+) -> Result<Vec<u64>> {
+    let writer_lock = LockFile::open(&config.lock_path)?;
+    let _writer = writer_lock.exclusive("writer lock", config.busy_timeout_ms)?;
+    let publish_lock = LockFile::open(&config.publish_lock_path)?;
+    let _publish = publish_lock.publishing(config.busy_timeout_ms)?;
+    let in_doubt = first_prepared(shards)?.is_some() || publish_lock.mark()? != 0;
+    let journal = match Journal::open_existing(&config.journal_path, table_id)? {
+        Some(journal) if !in_doubt => journal,
+        _ => {
+            return Err(Error::BadArgument(format!(
+                "table {}: 'accept' applies to commits a shard lost, once recovery has run; \
+                 open the table to run it (its error says what it found)",
+                config.table_name
+            )))
+        }
+    };
+    let last_txids = shards
+        .iter()
+        .map(Shard::last_txid)
+        .collect::<Result<Vec<_>>>()?;
+    let mut lost: Vec<u64> = lost_commits(&journal, &last_txids)
+        .into_iter()
+        .map(|(txid, _)| txid)
+        .collect();
+    lost.dedup();
+    // The shards' commits must be durable before the records that decided them go.
+    crate::durable::sync_wals(&shards.iter().map(|s| s.path.as_path()).collect::<Vec<_>>())?;
+    drop(journal);
+    move_aside(&config.journal_path, "accepted")?;
+    Journal::create(&config.journal_path, table_id)?;
+    Ok(lost)
 }
 
 /// A journal that cannot be read (a damaged header or record, an empty file, another table's):
@@ -1156,17 +1333,17 @@ fn set_aside_damaged(
              restore the journal, or accept the shards as they are: SELECT imagestore_resolve('{table}', 'abort')"
         )));
     }
-    move_aside(&config.journal_path)?;
+    move_aside(&config.journal_path, "damaged")?;
     Ok(None)
 }
 
-/// Moves a damaged journal to `<journal>.damaged-<nanoseconds since 1970>` (never over an
-/// earlier one), and syncs its folder.
-fn move_aside(journal: &std::path::Path) -> Result<()> {
+/// Moves a journal aside, kept for inspection, to `<journal>.<why>-<nanoseconds since 1970>`
+/// (never over an earlier one), and syncs its folder.
+fn move_aside(journal: &std::path::Path, why: &str) -> Result<()> {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
-    let aside = crate::config::with_suffix(journal, &format!(".damaged-{nanos}"));
+    let aside = crate::config::with_suffix(journal, &format!(".{why}-{nanos}"));
     // A link never replaces a file; then the damaged journal's own name goes.
     std::fs::hard_link(journal, &aside)
         .and_then(|()| std::fs::remove_file(journal))

@@ -183,7 +183,6 @@ pub fn derive(core: &TableCore, column: &str, operation: Operation) -> Result<Su
         ));
     }
     let mut shards = core.shards.borrow_mut();
-    coordinator.end_read(&mut shards);
     coordinator.begin_write(&mut shards)?;
     // A panic anywhere in here is an error like any other: the transaction is rolled back.
     let outcome = catch_panic(|| {

@@ -110,6 +110,16 @@ pub enum Error {
     )]
     Busy { what: String, timeout_ms: u64 },
 
+    /// Recovery found commits the journal decided that a shard does not hold
+    /// (SQLITE_CORRUPT_VTAB).
+    #[error("imagestore: table {table}: {lost}, which the journal committed: the shard lost them after they were made durable (its file or WAL was damaged or replaced), so they are on their other shards only. Restore the table from a backup, or accept the shards as they are: SELECT imagestore_resolve('{table}', 'accept')")]
+    LostCommits { table: String, lost: String },
+
+    /// A transaction that read the table is about to write it, but another connection has
+    /// committed to it since the transaction's first read (SQLITE_BUSY_SNAPSHOT).
+    #[error("imagestore: table {0} changed since this transaction first read it (another connection committed); roll back and retry the transaction")]
+    SnapshotStale(String),
+
     /// An earlier I/O failure left this connection unsure of the files' state (SQLITE_IOERR).
     #[error("imagestore: an earlier I/O error left table {0} in an unknown state; close and reopen the database to run recovery")]
     Poisoned(String),
@@ -151,9 +161,10 @@ impl Error {
                 }
             }
             Error::RecoveryPending { source, .. } => source.sqlite_code(),
-            Error::BadBackup { .. } => ffi::SQLITE_CORRUPT_VTAB,
+            Error::BadBackup { .. } | Error::LostCommits { .. } => ffi::SQLITE_CORRUPT_VTAB,
             Error::Unusable { code, .. } => *code,
             Error::Busy { .. } => ffi::SQLITE_BUSY,
+            Error::SnapshotStale(_) => ffi::SQLITE_BUSY_SNAPSHOT,
             Error::Internal(_) => ffi::SQLITE_INTERNAL,
         }
     }

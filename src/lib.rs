@@ -12,6 +12,7 @@
 //! Modules, from SQLite's side inward:
 //! - `vtab`: the virtual table (SQLite's callbacks; the only SQLite-facing code but this file).
 //! - `after_commit`: work that waits for the host's commit (deleting a dropped table's files).
+//! - `read_transaction`: one snapshot for every read of an explicit transaction.
 //! - `coordinator`: the commit protocol, described in full in its module comment.
 //! - `host`: the host database: whether a transaction also wrote its tables, and the decisions
 //!   that then ride on its commit.
@@ -47,6 +48,7 @@ pub mod locks;
 pub mod maintenance;
 pub mod placement;
 pub mod probe;
+pub mod read_transaction;
 pub mod redo;
 pub mod restore;
 pub mod shard;
@@ -60,6 +62,7 @@ use rusqlite::Connection;
 pub fn register(conn: &Connection) -> rusqlite::Result<()> {
     vtab::register(conn)?;
     after_commit::register(conn)?;
+    read_transaction::register(conn)?;
     maintenance::register(conn)?;
     imagefn::register(conn)?;
     sqlfn::register(

@@ -18,6 +18,13 @@
 //!   replay the journal first. The mark is written without a sync: only a live system needs it,
 //!   and after a power cut every open runs recovery anyway.
 //!
+//! - It also holds the **publication counter**, raised each time the publish lock is taken
+//!   exclusively, that is, before anything a reader could see changes on a shard. A reader reads
+//!   it with its snapshots, so a transaction that keeps one snapshot for all its reads can tell,
+//!   when it starts writing, whether another connection has published since (SQLITE_BUSY_SNAPSHOT,
+//!   as for an ordinary WAL table). A false "changed" (the lock taken for nothing) only refuses a
+//!   write that could have gone ahead.
+//!
 //! `flock` locks belong to an open file description, so two connections in one process exclude
 //! each other just as two processes do, and the kernel drops a dead process's locks.
 
@@ -28,6 +35,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
+
+/// Where the publish lock's file holds the logged-commit mark and the publication counter.
+const MARK_AT: u64 = 0;
+const PUBLICATION_AT: u64 = 8;
 
 /// A file used only for locking.
 pub struct LockFile {
@@ -63,6 +74,7 @@ impl LockFile {
             .truncate(false)
             .open(path)
             .map_err(Error::journal_io(path))?;
+        refuse_link(path, &file)?;
         Ok(LockFile {
             file: Arc::new(file),
             path: path.to_path_buf(),
@@ -79,20 +91,40 @@ impl LockFile {
         self.acquire(what, timeout_ms, File::try_lock_shared)
     }
 
+    /// Takes the publish lock exclusively and raises the publication counter.
+    pub fn publishing(&self, timeout_ms: u64) -> Result<LockGuard> {
+        let guard = self.exclusive("publish lock", timeout_ms)?;
+        self.write_u64(PUBLICATION_AT, self.publication()?.wrapping_add(1))?;
+        Ok(guard)
+    }
+
     /// The logged-commit mark: a transaction id, or 0 when none is set.
     pub fn mark(&self) -> Result<u64> {
+        self.read_u64(MARK_AT)
+    }
+
+    /// Sets the logged-commit mark (0 clears it). The caller holds the lock exclusively.
+    pub fn set_mark(&self, txid: u64) -> Result<()> {
+        self.write_u64(MARK_AT, txid)
+    }
+
+    /// The publication counter (see the module's comment).
+    pub fn publication(&self) -> Result<u64> {
+        self.read_u64(PUBLICATION_AT)
+    }
+
+    fn read_u64(&self, offset: u64) -> Result<u64> {
         let mut bytes = [0u8; 8];
-        match self.file.read_exact_at(&mut bytes, 0) {
+        match self.file.read_exact_at(&mut bytes, offset) {
             Ok(()) => Ok(u64::from_le_bytes(bytes)),
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(0),
             Err(e) => Err(Error::journal_io(&self.path)(e)),
         }
     }
 
-    /// Sets the logged-commit mark (0 clears it). The caller holds the lock exclusively.
-    pub fn set_mark(&self, txid: u64) -> Result<()> {
+    fn write_u64(&self, offset: u64, value: u64) -> Result<()> {
         self.file
-            .write_all_at(&txid.to_le_bytes(), 0)
+            .write_all_at(&value.to_le_bytes(), offset)
             .map_err(Error::journal_io(&self.path))
     }
 
@@ -120,6 +152,22 @@ impl LockFile {
             timeout_ms,
         })
     }
+}
+
+/// Refuses a lock file reached through a symbolic link: its counter and mark would be written
+/// into whatever file the link names.
+fn refuse_link(path: &Path, file: &File) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let named = std::fs::symlink_metadata(path).map_err(Error::journal_io(path))?;
+    let opened = file.metadata().map_err(Error::journal_io(path))?;
+    if named.file_type().is_symlink() || (named.dev(), named.ino()) != (opened.dev(), opened.ino())
+    {
+        return Err(Error::BadArgument(format!(
+            "{} is a symbolic link; imagestore's lock files must be plain files: remove it",
+            path.display()
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -163,5 +211,38 @@ mod tests {
         assert_eq!(b.mark().unwrap(), 41);
         a.set_mark(0).unwrap();
         assert_eq!(b.mark().unwrap(), 0);
+    }
+
+    #[test]
+    fn a_lock_file_that_is_a_symbolic_link_is_refused_and_its_target_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("precious");
+        std::fs::write(&target, b"keep me").unwrap();
+        let link = dir.path().join("t.publish");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(matches!(LockFile::open(&link), Err(Error::BadArgument(_))));
+        assert_eq!(std::fs::read(&target).unwrap(), b"keep me");
+    }
+
+    #[test]
+    fn publishing_raises_the_counter_and_keeps_the_mark() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.publish");
+        let (a, b) = (
+            LockFile::open(&path).unwrap(),
+            LockFile::open(&path).unwrap(),
+        );
+        assert_eq!(b.publication().unwrap(), 0);
+        a.set_mark(7).unwrap();
+        drop(a.publishing(0).unwrap());
+        assert!(b.shared("publish lock", 0).is_ok());
+        let held = a.publishing(0).unwrap();
+        assert!(matches!(
+            b.shared("publish lock", 20),
+            Err(Error::Busy { .. })
+        ));
+        drop(held);
+        assert_eq!(b.publication().unwrap(), 2);
+        assert_eq!(b.mark().unwrap(), 7);
     }
 }

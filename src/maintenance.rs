@@ -21,7 +21,7 @@ use rusqlite::Connection;
 use rusqlite::types::Value;
 
 use crate::config::module_arguments;
-use crate::coordinator::{resolve_in_doubt, Resolution};
+use crate::coordinator::{accept_lost_commits, resolve_in_doubt, Resolution};
 use crate::derive::Operation;
 use crate::error::{Error, Result};
 use crate::placement::shard_of;
@@ -35,9 +35,7 @@ pub(crate) fn on_snapshot<T>(
     core: &TableCore,
     body: impl FnOnce(&TableCore) -> Result<T>,
 ) -> Result<T> {
-    core.coordinator
-        .borrow_mut()
-        .begin_read(&mut core.shards.borrow_mut())?;
+    core.begin_read()?;
     let result = body(core);
     if core.open_cursors.get() == 0 {
         core.coordinator
@@ -119,16 +117,19 @@ fn check(core: &TableCore) -> Result<String> {
 fn transactions(core: &TableCore) -> Result<String> {
     on_snapshot(core, |core| {
         let shards = core.shards.borrow();
-        let mut found: std::collections::BTreeMap<u64, Vec<usize>> = Default::default();
+        let mut found: std::collections::BTreeMap<u64, (Vec<usize>, Option<String>)> =
+            Default::default();
         for (index, shard) in shards.iter().enumerate() {
-            for txid in shard.prepared_txids()? {
-                found.entry(txid).or_default().push(index);
+            for (txid, decided_by) in shard.prepared_deciders()? {
+                let entry = found.entry(txid).or_default();
+                entry.0.push(index);
+                entry.1 = entry.1.take().or(decided_by);
             }
         }
         let mut coordinator = core.coordinator.borrow_mut();
         let mut items = Vec::new();
-        for (txid, on) in &found {
-            let state = if coordinator.is_committed(*txid)? {
+        for (txid, (on, decided_by)) in &found {
+            let state = if coordinator.is_decided(*txid, decided_by.as_deref())? {
                 "committed"
             } else {
                 "undecided"
@@ -195,16 +196,17 @@ fn derive(call: &Call<'_>) -> Result<String> {
     .to_string())
 }
 
-/// `imagestore_resolve(table, 'commit' | 'abort')`.
+/// `imagestore_resolve(table, 'commit' | 'abort' | 'accept')`.
 fn resolve(call: &Call<'_>) -> Result<String> {
     let table = call.text(0, "give the table's name as TEXT")?;
-    let decision = call.text(1, "give 'commit' or 'abort'")?;
+    let decision = call.text(1, "give 'commit', 'abort' or 'accept'")?;
     let resolution = match decision.to_ascii_lowercase().as_str() {
-        "commit" => Resolution::Commit,
-        "abort" => Resolution::Abort,
+        "commit" => Some(Resolution::Commit),
+        "abort" => Some(Resolution::Abort),
+        "accept" => None,
         other => {
             return Err(Error::BadArgument(format!(
-                "decision '{other}': give 'commit' or 'abort'"
+                "decision '{other}': give 'commit' or 'abort' (in-doubt transactions), or 'accept' (commits a shard lost)"
             )))
         }
     };
@@ -213,7 +215,12 @@ fn resolve(call: &Call<'_>) -> Result<String> {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let config = table_config(call.handle(), &table.schema, &table.table, &args)?;
     let (table_id, shards, _) = open_shards(&config, false)?;
-    let resolved = resolve_in_doubt(&config, table_id, &shards, resolution)?;
+    let resolved = match resolution {
+        Some(resolution) => {
+            resolve_in_doubt(&config, table_id, &shards, resolution, crate::host::lookup)?
+        }
+        None => accept_lost_commits(&config, table_id, &shards)?,
+    };
     Ok(
         serde_json::json!({"decision": decision.to_ascii_lowercase(), "transactions": resolved})
             .to_string(),

@@ -87,6 +87,8 @@ pub struct TableCore {
     host_pages_at_begin: Cell<i64>,
     /// Whether the host database was in WAL mode when the table was opened.
     host_wal: bool,
+    /// The host connection.
+    host_db: *mut ffi::sqlite3,
 }
 
 impl TableCore {
@@ -119,9 +121,47 @@ impl TableCore {
     /// never from the shards unguarded.
     fn resume_open_cursors(&self, coordinator: &mut Coordinator) -> Result<()> {
         if self.open_cursors.get() > 0 {
-            coordinator.begin_read(&mut self.shards.borrow_mut())?;
+            coordinator.begin_read(&mut self.shards.borrow_mut(), false)?;
         }
         Ok(())
+    }
+
+    /// Opens the snapshot a query reads. Inside an explicit transaction that is the
+    /// transaction's, kept for all its reads until it ends, as an ordinary WAL table's is (see
+    /// `read_transaction`); else the query's own.
+    pub(crate) fn begin_read(&self) -> Result<()> {
+        let explicit = crate::read_transaction::is_explicit(self.host_db);
+        let whole_transaction = explicit
+            && (!self.coordinator.borrow().needs_transaction_read()
+                || crate::read_transaction::join(self.host_db).is_ok());
+        self.coordinator
+            .borrow_mut()
+            .begin_read(&mut self.shards.borrow_mut(), whole_transaction)
+    }
+
+    /// The host's transaction ended (see `read_transaction`).
+    fn transaction_ended(&self) {
+        if let (Ok(mut coordinator), Ok(mut shards)) = (
+            self.coordinator.try_borrow_mut(),
+            self.shards.try_borrow_mut(),
+        ) {
+            coordinator.end_transaction_read(&mut shards, self.open_cursors.get() > 0);
+        }
+    }
+}
+
+/// The host transaction on connection `db` ended: every table it has open lets its
+/// transaction's snapshot go.
+pub(crate) fn transaction_ended(db: *mut ffi::sqlite3) {
+    let cores: Vec<*const TableCore> = open_tables()
+        .iter()
+        .filter(|t| t.db == db as usize)
+        .filter_map(|t| t.core.as_ref().ok().copied())
+        .collect();
+    for core in cores {
+        // SAFETY: see `OpenTable`: SQLite calls this (xCommit, xRollback of the connection's
+        // transaction) on connection `db`, and the tables in the list are connected.
+        unsafe { &*core }.transaction_ended();
     }
 }
 
@@ -130,8 +170,14 @@ struct OpenTable {
     db: usize,
     schema: String,
     name: String,
-    core: *const TableCore,
+    /// The `ImageTable` that registered it (`ImageTable::key`).
+    key: u64,
+    /// The open table, or the code and message that make it unusable.
+    core: std::result::Result<*const TableCore, (c_int, String)>,
 }
+
+/// The next `ImageTable::key`.
+static NEXT_TABLE_KEY: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 // SAFETY: the pointer is only dereferenced by `with_open_table`, on a call SQLite makes on the
 // connection `db` (which SQLite serializes), while the table is connected (entries are removed
@@ -161,22 +207,50 @@ pub fn with_open_table<T>(
                 && t.name.eq_ignore_ascii_case(table)
                 && t.schema.eq_ignore_ascii_case(schema)
         })
-        .map(|t| t.core)
+        .map(|t| t.core.clone())
         .ok_or_else(|| {
             Error::BadArgument(format!(
                 "no imagestore table named {schema}.{table} in this connection"
             ))
-        })?;
+        })?
+        .map_err(|(code, message)| Error::Unusable { message, code })?;
     // SAFETY: see `OpenTable`: we are inside a call on connection `db` and the table is connected.
     body(unsafe { &*core })
 }
 
+/// The core of this table that connection `db` already has open, if any. SQLite connects a
+/// table again after it resets its schemas (say a schema change rolled back by `ROLLBACK TO`)
+/// while the earlier instance may still be in the transaction, holding the writer lock: both
+/// must share one coordinator and one set of shard connections.
+fn connected_core(
+    db: *mut ffi::sqlite3,
+    schema: &str,
+    table: &str,
+    config: &TableConfig,
+) -> Option<Rc<TableCore>> {
+    let core = open_tables()
+        .iter()
+        .find(|t| {
+            t.db == db as usize
+                && t.name.eq_ignore_ascii_case(table)
+                && t.schema.eq_ignore_ascii_case(schema)
+        })
+        .and_then(|t| t.core.as_ref().ok().copied())?;
+    // SAFETY: `core` is `Rc::as_ptr` of the `Rc<TableCore>` a connected `ImageTable` holds (its
+    // entry is removed when it drops), so the allocation is live; raising the count first makes
+    // `from_raw` give a new owner without taking the existing one's.
+    let core = unsafe {
+        Rc::increment_strong_count(core);
+        Rc::from_raw(core)
+    };
+    let same_files = core.config.shard_paths == config.shard_paths
+        && core.config.journal_path == config.journal_path;
+    same_files.then_some(core)
+}
+
 impl Drop for ImageTable {
     fn drop(&mut self) {
-        if let TableState::Open(core) = &self.state {
-            let core = Rc::as_ptr(core);
-            open_tables().retain(|t| t.core != core);
-        }
+        open_tables().retain(|t| t.key != self.key);
     }
 }
 
@@ -188,6 +262,8 @@ pub struct ImageTable {
     db: *mut ffi::sqlite3,
     /// The database that holds the table (`main`, `temp`, an attached one's name).
     schema: String,
+    /// This table's entry in the connection's open tables.
+    key: u64,
     state: TableState,
 }
 
@@ -475,6 +551,7 @@ fn open_core(
             creation: RefCell::new(creation),
             host_pages_at_begin: Cell::new(0),
             host_wal: false,
+            host_db: std::ptr::null_mut(),
         }),
         Err(e) => Err((e, Box::new(config))),
     }
@@ -496,20 +573,21 @@ impl ImageTable {
         let handle = unsafe { db.handle() };
         let config = table_config(handle, schema, table_name, &options)?;
         let declaration = config.declaration();
-        let state = match open_core(config, create) {
-            Ok(core) => {
-                let core = Rc::new(TableCore {
+        let connected = (!create)
+            .then(|| connected_core(handle, schema, table_name, &config))
+            .flatten();
+        let opened = match connected {
+            Some(core) => Ok(core),
+            None => open_core(config, create).map(|core| {
+                Rc::new(TableCore {
                     host_wal: crate::host::is_wal(handle, schema),
+                    host_db: handle,
                     ..core
-                });
-                open_tables().push(OpenTable {
-                    db: handle as usize,
-                    schema: schema.to_string(),
-                    name: table_name.to_string(),
-                    core: Rc::as_ptr(&core),
-                });
-                TableState::Open(core)
-            }
+                })
+            }),
+        };
+        let state = match opened {
+            Ok(core) => TableState::Open(core),
             Err((e, _)) if create => return Err(e),
             Err((e, config)) => TableState::Unusable {
                 config,
@@ -517,12 +595,24 @@ impl ImageTable {
                 message: e.to_string(),
             },
         };
+        let key = NEXT_TABLE_KEY.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        open_tables().push(OpenTable {
+            db: handle as usize,
+            schema: schema.to_string(),
+            name: table_name.to_string(),
+            key,
+            core: match &state {
+                TableState::Open(core) => Ok(Rc::as_ptr(core)),
+                TableState::Unusable { code, message, .. } => Err((*code, message.clone())),
+            },
+        });
         Ok((
             declaration,
             ImageTable {
                 base: sqlite3_vtab::default(),
                 db: handle,
                 schema: schema.to_string(),
+                key,
                 state,
             },
         ))
@@ -611,10 +701,12 @@ impl ImageTable {
         };
         open_tables()
             .iter()
-            .filter(|t| t.db == self.db as usize && t.core != me)
+            .filter(|t| t.db == self.db as usize)
+            .filter_map(|t| t.core.as_ref().ok().copied())
+            .filter(|&core| core != me)
             // SAFETY: see `OpenTable`: a call on connection `db`, the table connected.
-            .any(|t| {
-                unsafe { &*t.core }
+            .any(|core| {
+                unsafe { &*core }
                     .coordinator
                     .try_borrow()
                     .is_ok_and(|c| c.is_writing())
@@ -1527,10 +1619,7 @@ unsafe impl VTabCursor for ImageCursor {
         args: &Filters<'_>,
     ) -> rusqlite::Result<()> {
         Ok(catch_panic(|| {
-            self.core
-                .coordinator
-                .borrow_mut()
-                .begin_read(&mut self.core.shards.borrow_mut())?;
+            self.core.begin_read()?;
             self.lanes.clear();
             self.current = None;
             let Some(filter) = scan_filter(&self.core.config, idx_num, idx_str, args) else {

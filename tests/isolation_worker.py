@@ -4,6 +4,9 @@ writer DB SECONDS: repeatedly, in one transaction, sets the name of rows 1..6 to
                    deletes and re-inserts rows 7 and 8 (rows 1..8 lie on all 4 shards).
 reader DB SECONDS: repeatedly reads rows 1..8 in one query and prints one line per snapshot it
                    saw that was not whole: a query must see every transaction whole or not at all.
+transaction_reader DB SECONDS: the same, but each row in a query of its own, all eight inside one
+                   BEGIN ... COMMIT, with pauses between them: a transaction's reads must share
+                   one snapshot, as an ordinary WAL table's do.
 `run` starts a writer and readers as processes and gathers what they print.
 """
 import subprocess
@@ -45,16 +48,38 @@ def reader(db, seconds):
     print(f"reads {reads} fractured {bad}")
 
 
-def run(writer_db, reader_dbs, seconds):
-    """Runs one writer process on `writer_db` and a reader process on each of `reader_dbs` for
-    `seconds`; returns (commits, reads of each reader, the fractured snapshots they saw)."""
+def transaction_reader(db, seconds):
+    con = connect(db)
+    end = time.time() + seconds
+    reads = bad = 0
+    generations = set()
+    while time.time() < end:
+        con.execute("BEGIN")
+        rows = []
+        for i in range(1, 9):
+            rows += list(con.execute("SELECT id, name FROM t WHERE id = ?", (i,)))
+            time.sleep(0.0005)
+        con.execute("COMMIT")
+        reads += 1
+        names = {name for _, name in rows}
+        generations |= names
+        if len(rows) != 8 or len(names) != 1:
+            bad += 1
+            print(f"fractured {rows}")
+    print(f"reads {reads} fractured {bad} generations {len(generations)}")
+
+
+def run(writer_db, reader_dbs, seconds, reader_role="reader"):
+    """Runs one writer process on `writer_db` and a `reader_role` process on each of
+    `reader_dbs` for `seconds`; returns (commits, reads of each reader, the fractured snapshots
+    they saw)."""
     here = Path(__file__).resolve().parent
 
     def start(role, db):
         return subprocess.Popen([sys.executable, str(here / "isolation_worker.py"), role, str(db), str(seconds)],
                                 cwd=here, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
-    procs = [start("writer", writer_db)] + [start("reader", db) for db in reader_dbs]
+    procs = [start("writer", writer_db)] + [start(reader_role, db) for db in reader_dbs]
     outputs = [p.communicate(timeout=seconds + 60) for p in procs]
     for p, (_, err) in zip(procs, outputs):
         assert p.returncode == 0, err
@@ -66,4 +91,4 @@ def run(writer_db, reader_dbs, seconds):
 
 if __name__ == "__main__":
     role, db, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
-    {"writer": writer, "reader": reader}[role](db, seconds)
+    {"writer": writer, "reader": reader, "transaction_reader": transaction_reader}[role](db, seconds)

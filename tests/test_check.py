@@ -4,11 +4,13 @@ Oracles: the BLAKE3 of each stored image (independently recomputed by the extens
 bytes on disk, against the hash recorded at insert) and SQLite's own integrity_check. A byte of
 an image flipped inside a shard file must be reported with its row; a clean table reports none.
 """
+import fcntl
 import json
 import shutil
 from pathlib import Path
 
 import apsw
+import pytest
 
 from harness import connect, corpus_bytes, shard_of, shard_paths
 
@@ -72,10 +74,10 @@ def test_unknown_table_is_an_error(tmp_path):
         raise AssertionError("no error for an unknown table")
 
 
-def test_a_committed_transaction_a_shard_lost_is_reported(tmp_path):
+def lose_two_commits_on_shard_1(tmp_path):
     """A shard put back as it was before two prepared transactions (as a damaged WAL, whose
-    later frames SQLite drops, or a restored old copy leaves it): the journal committed them on
-    that shard, its last transaction id is below them, and check names both, with the shard."""
+    later frames SQLite drops, or a restored old copy leaves it): the journal committed them
+    (transactions 2 and 3) on that shard, and its last transaction id is below them."""
     db = tmp_path / "lost.db"
     con = connect(db)
     con.execute("CREATE VIRTUAL TABLE t USING imagestore(shards=2, logged_commit_max=0)")
@@ -97,7 +99,36 @@ def test_a_committed_transaction_a_shard_lost_is_reported(tmp_path):
         Path(f"{shard1}{suffix}").unlink(missing_ok=True)
         if (saved / f"s{suffix}").exists():
             shutil.copy(saved / f"s{suffix}", f"{shard1}{suffix}")
-    report = check(db)
+    return db, ids
+
+
+def test_check_names_the_commits_a_shard_lost(tmp_path):
+    db, _ = lose_two_commits_on_shard_1(tmp_path)
+    # A writer elsewhere holds the writer lock, so opening the table leaves recovery to it.
+    (lock_path,) = tmp_path.glob("*.imagestore-lock")
+    with open(lock_path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        report = check(db)
     assert not report["ok"]
     lost = [p for p in report["problems"] if "which the journal committed, is missing" in p]
     assert len(lost) == 2 and all(p.startswith("shard 1 (") for p in lost), report["problems"]
+
+
+def test_recovery_refuses_a_table_whose_shard_lost_commits_until_a_person_accepts(tmp_path):
+    db, ids = lose_two_commits_on_shard_1(tmp_path)
+    for sql in ("SELECT name FROM t", "SELECT imagestore_check('t')", "DELETE FROM t"):
+        with pytest.raises(apsw.Error) as refused:
+            connect(db).execute(sql).fetchall()
+        assert refused.value.extendedresult == apsw.SQLITE_CORRUPT_VTAB, sql
+        message = str(refused.value)
+        assert "shard 1 (" in message and "lacks transactions [2, 3]" in message, message
+        assert "imagestore_resolve('t', 'accept')" in message, message
+    con = connect(db)
+    (answer,), = con.execute("SELECT imagestore_resolve('t', 'accept')")
+    assert json.loads(answer) == {"decision": "accept", "transactions": [2, 3]}
+    assert len(list(tmp_path.glob("*.accepted-*"))) == 1  # the journal, kept for inspection
+    # The shards as they are: shard 0 with both updates, shard 1 without.
+    assert list(con.execute("SELECT id, name FROM t ORDER BY id")) == sorted([(ids[0], "c"), (ids[1], "a")])
+    assert check(db)["ok"]
+    con.execute("UPDATE t SET name = 'd'")
+    assert [n for n, in connect(db).execute("SELECT name FROM t")] == ["d", "d"]

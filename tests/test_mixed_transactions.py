@@ -3,12 +3,19 @@ commit does: when the host's commit fails after imagestore's xSync decided (SQLI
 host file, a commit hook's veto), the decision is taken back and nothing of the transaction
 remains, in either table; a retried COMMIT commits both.
 
-Oracle: an ordinary table written in the same transactions, and SQLite's own answer.
+Oracle: an ordinary table written in the same transactions, and SQLite's own answer. And when
+the host database a transaction's decision rode on is lost, a person can still decide it.
 """
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import apsw
 import pytest
 
-from harness import connect, corpus_bytes
+from harness import REPO_ROOT, connect, corpus_bytes
 
 GIF = corpus_bytes("no_time_for_that_tiny.gif")
 
@@ -107,3 +114,47 @@ def test_busy_at_commit_then_rollback_or_retry(tmp_path, kind, mixed):
             reader.execute("COMMIT")
             con.execute("COMMIT")
             assert counts(connect(path)) == (len(WRITES[kind]), int(mixed))
+
+
+FAULT_LIB = Path(os.environ.get("IMAGESTORE_FAULT_LIB", REPO_ROOT / "target" / "fault" / "release" / "libimagestore.so"))
+
+HOSTED_WRITER = """
+import sys
+from harness import connect, corpus_bytes
+con = connect(sys.argv[1])
+con.execute("BEGIN")
+con.execute("INSERT INTO plain(note) VALUES ('with the images')")
+con.execute("INSERT INTO t(id, data) VALUES (1, ?), (2, ?)", (corpus_bytes("no_time_for_that_tiny.gif"),) * 2)
+con.execute("COMMIT")
+"""
+
+
+def test_a_transaction_whose_host_database_is_gone_can_be_resolved(tmp_path):
+    """Shards shared by two databases; a mixed transaction of the first dies after the host's
+    commit (its decision row), before the shards finalize; then that database is lost. The
+    second cannot know the outcome (in doubt, naming the database) and imagestore_resolve,
+    though the journal exists, decides it: no dead end."""
+    if not FAULT_LIB.exists():
+        pytest.fail(f"fault-injection build missing: {FAULT_LIB}")
+    shards = ",".join(str(tmp_path / f"s{i}.db") for i in range(2))
+    first, second = tmp_path / "first.db", tmp_path / "second.db"
+    for db in (first, second):
+        con = connect(db)
+        con.execute("CREATE TABLE plain(id INTEGER PRIMARY KEY, note TEXT)")
+        con.execute(f"CREATE VIRTUAL TABLE t USING imagestore(shards='{shards}', logged_commit_max=0)")
+        con.close()
+    env = dict(os.environ, IMAGESTORE_LIB=str(FAULT_LIB), IMAGESTORE_FAULT="shard_finalize:1:abort")
+    died = subprocess.run([sys.executable, "-c", HOSTED_WRITER, str(first)], cwd=Path(__file__).parent,
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert died.returncode != 0 and "fault injected at shard_finalize" in died.stderr, died.stderr
+    first.rename(tmp_path / "lost.db")
+
+    con = connect(second)
+    with pytest.raises(apsw.Error) as in_doubt:
+        con.execute("SELECT count(*) FROM t").fetchall()
+    assert in_doubt.value.extendedresult == apsw.SQLITE_CORRUPT_VTAB
+    assert str(first) in str(in_doubt.value) and "imagestore_resolve" in str(in_doubt.value)
+    (answer,), = connect(second).execute("SELECT imagestore_resolve('t', 'commit')")
+    assert json.loads(answer)["transactions"] == [1]
+    assert list(connect(second).execute("SELECT id FROM t ORDER BY id")) == [(1,), (2,)]
+    assert json.loads(connect(second).execute("SELECT imagestore_check('t')").fetchone()[0])["ok"]

@@ -1,0 +1,133 @@
+//! One snapshot for every read of a transaction, from its first read to COMMIT, as an ordinary
+//! WAL table gives.
+//!
+//! SQLite tells a virtual table when a transaction ends (xCommit, xRollback) only if a statement
+//! of the transaction wrote it. So a table that reads inside an explicit transaction (`BEGIN`,
+//! `SAVEPOINT`) joins the transaction through this module: [`join`] runs
+//! `DELETE FROM temp.imagestore_transaction WHERE 0`, a write of no rows to a table of this
+//! module in the connection's temp database, which makes SQLite add that table to the
+//! transaction. Its xCommit and xRollback then tell every imagestore table the connection has
+//! open that the transaction ended (`vtab::transaction_ended`), and each lets its snapshot go.
+//! The temp database is the connection's own: joining takes no lock another connection could
+//! wait for, and the table itself is made once per connection (`CREATE VIRTUAL TABLE IF NOT
+//! EXISTS`), holds nothing and is gone when the connection closes.
+//!
+//! Costs and limits: two short statements at a table's first read in a transaction. The second
+//! is a DELETE, so `changes()` reads 0 after it, as after any DELETE of no rows. A connection that
+//! cannot write its temp database (`PRAGMA query_only`) cannot join: its reads take a snapshot per
+//! statement, as outside a transaction.
+
+use std::ffi::c_int;
+
+use rusqlite::types::ValueRef;
+use rusqlite::vtab::{
+    sqlite3_vtab, update_module_with_tx, CreateVTab, IndexInfo, Inserts, TransactionVTab,
+    UpdateVTab, Updates, VTab, VTabConnection, VTabKind,
+};
+use rusqlite::{ffi, Connection};
+
+use crate::after_commit::NoRows;
+use crate::error::{Error, Result};
+
+/// The module's name, and its table's in the temp database.
+const MODULE: &str = "imagestore_transaction";
+
+/// Whether connection `db` is inside an explicit transaction.
+pub(crate) fn is_explicit(db: *mut ffi::sqlite3) -> bool {
+    // SAFETY: db is the live connection the calling table belongs to.
+    !db.is_null() && unsafe { ffi::sqlite3_get_autocommit(db) } == 0
+}
+
+/// Makes the transaction open on `db` call [`crate::vtab::transaction_ended`] when it ends.
+pub(crate) fn join(db: *mut ffi::sqlite3) -> Result<()> {
+    // SAFETY: the Connection wraps the live handle of the calling table, for this call only,
+    // and is dropped without closing it.
+    let conn =
+        unsafe { Connection::from_handle(db) }.map_err(|e| Error::Internal(e.to_string()))?;
+    conn.execute_batch(&format!(
+        "CREATE VIRTUAL TABLE IF NOT EXISTS temp.{MODULE} USING {MODULE};
+         DELETE FROM temp.{MODULE} WHERE 0;"
+    ))
+    .map_err(|e| Error::Internal(format!("joining the transaction: {e}")))
+}
+
+/// The table in a connection's temp database; it has no rows.
+#[repr(C)]
+pub struct TransactionEnd {
+    /// SQLite's part; must come first.
+    base: sqlite3_vtab,
+    db: usize,
+}
+
+impl TransactionEnd {
+    fn ended(&self) {
+        crate::vtab::transaction_ended(self.db as *mut ffi::sqlite3);
+    }
+}
+
+unsafe impl<'vtab> VTab<'vtab> for TransactionEnd {
+    type Aux = ();
+    type Cursor = NoRows;
+
+    fn connect(
+        db: &mut VTabConnection,
+        _aux: Option<&()>,
+        _args: &[&[u8]],
+    ) -> rusqlite::Result<(String, Self)> {
+        Ok((
+            "CREATE TABLE x(unused)".to_string(),
+            TransactionEnd {
+                base: sqlite3_vtab::default(),
+                // SAFETY: SQLite passes the live connection handle to xCreate/xConnect.
+                db: unsafe { db.handle() } as usize,
+            },
+        ))
+    }
+
+    fn best_index(&self, info: &mut IndexInfo) -> rusqlite::Result<()> {
+        info.set_estimated_cost(1.0);
+        Ok(())
+    }
+
+    fn open(&'vtab mut self) -> rusqlite::Result<NoRows> {
+        Ok(NoRows::default())
+    }
+}
+
+impl CreateVTab<'_> for TransactionEnd {
+    const KIND: VTabKind = VTabKind::Default;
+}
+
+impl UpdateVTab<'_> for TransactionEnd {
+    fn delete(&mut self, _arg: ValueRef<'_>) -> rusqlite::Result<()> {
+        Ok(())
+    }
+
+    fn insert(&mut self, _args: &Inserts<'_>) -> rusqlite::Result<i64> {
+        Err(rusqlite::Error::SqliteFailure(
+            ffi::Error::new(ffi::SQLITE_READONLY as c_int),
+            Some(format!("{MODULE} holds no rows")),
+        ))
+    }
+
+    fn update(&mut self, _args: &Updates<'_>) -> rusqlite::Result<()> {
+        Ok(())
+    }
+}
+
+impl TransactionVTab<'_> for TransactionEnd {
+    fn commit(&mut self) -> rusqlite::Result<()> {
+        self.ended();
+        Ok(())
+    }
+
+    fn rollback(&mut self) -> rusqlite::Result<()> {
+        self.ended();
+        Ok(())
+    }
+}
+
+/// Registers the module on `conn`.
+pub fn register(conn: &Connection) -> rusqlite::Result<()> {
+    conn.create_module(MODULE, update_module_with_tx::<TransactionEnd>(), None)
+}
