@@ -111,7 +111,10 @@
 //!   ABORT after it), or if the host database it names holds its decision row; else abort it;
 //! - then replay every LOGGED record, in journal order, on each of its shards whose
 //!   `last_txid` is below it (a shard keeps a prefix of its commits, so `last_txid` says which
-//!   it has);
+//!   it has), provided the shard is at the state the record's changes apply to (each carries
+//!   the shard's `last_txid` when the transaction began): a shard below it lost commits (an
+//!   old copy put back after the journal was trimmed), and replaying over the gap would bring
+//!   back rows without their images, so the table is refused instead, naming the shard;
 //! - clear the mark.
 //!
 //! The order matters. A finalize or abort is not synced, and a logged commit does not sync its
@@ -441,6 +444,17 @@ impl Coordinator {
                         path: self.journal.path().to_path_buf(),
                         detail: format!("transaction {}, shard {s}: {detail}", at.txid),
                     })?;
+                if let Some(base) = changes.base_txid.filter(|&base| applied[s as usize] < base) {
+                    return Err(Error::LostCommits {
+                        table: self.table_name.clone(),
+                        lost: format!(
+                            "shard {s} ({}) lacks its commits after transaction {} up to {base}, on which the journal's transaction {} builds",
+                            shard.path.display(),
+                            applied[s as usize],
+                            at.txid
+                        ),
+                    });
+                }
                 crate::fault::check("recovery_replay")?;
                 shard.replay(at.txid, &changes)?;
                 applied[s as usize] = at.txid;
@@ -1149,6 +1163,11 @@ impl Coordinator {
         self.table_id
     }
 
+    /// Whether this connection has nothing open on the shards.
+    pub fn is_idle(&self) -> bool {
+        matches!(self.activity, Activity::Idle)
+    }
+
     /// Whether this connection has a write transaction open.
     pub fn is_writing(&self) -> bool {
         matches!(self.activity, Activity::Writing(_))
@@ -1259,9 +1278,10 @@ fn describe_lost(shards: &[Shard], lost: &[(u64, usize)]) -> String {
 }
 
 /// A person accepts the shards as they are after recovery reported commits a shard lost
-/// (`refuse_lost_commits`): the journal, whose records name them, is set aside (kept as
-/// `<journal>.accepted-<nanoseconds>`) and replaced. Refused while anything is in doubt (a
-/// prepare record, the mark): recovery must have run. Returns the lost transactions.
+/// (`refuse_lost_commits`, or a logged commit whose base a shard lacks): the journal, whose
+/// records name them, is set aside (kept as `<journal>.accepted-<nanoseconds>`) and replaced,
+/// and the mark cleared. Refused while a shard holds a prepare record (recovery settles those
+/// before it looks for lost commits). Returns the lost prepared commits.
 pub fn accept_lost_commits(
     config: &TableConfig,
     table_id: TableId,
@@ -1271,7 +1291,7 @@ pub fn accept_lost_commits(
     let _writer = writer_lock.exclusive("writer lock", config.busy_timeout_ms)?;
     let publish_lock = LockFile::open(&config.publish_lock_path)?;
     let _publish = publish_lock.publishing(config.busy_timeout_ms)?;
-    let in_doubt = first_prepared(shards)?.is_some() || publish_lock.mark()? != 0;
+    let in_doubt = first_prepared(shards)?.is_some();
     let journal = match Journal::open_existing(&config.journal_path, table_id)? {
         Some(journal) if !in_doubt => journal,
         _ => {
@@ -1296,6 +1316,7 @@ pub fn accept_lost_commits(
     drop(journal);
     move_aside(&config.journal_path, "accepted")?;
     Journal::create(&config.journal_path, table_id)?;
+    publish_lock.set_mark(0)?;
     Ok(lost)
 }
 

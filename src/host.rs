@@ -9,14 +9,16 @@
 //! flushes its own there): the host's commit is then the commit point of both. Recovery, finding
 //! a prepared transaction whose prepare record names a host database, asks that database.
 //!
-//! Whether the host's tables were written is read from SQLite, without running SQL (it is on
-//! every commit's path), conservatively (a false "yes" costs a slower commit, a false "no" would
-//! lose atomicity): pages the connection wrote out to any of its databases since this table's
-//! transaction began, after flushing the dirty ones; and, for the table's own database in
-//! rollback-journal mode, an open journal (the pager opens it at its first page write). Not
-//! seen: in WAL mode, or in another attached database, a transaction whose only other change is
-//! to the first page (the header, a tiny schema: `PRAGMA user_version` alone) or whose pages
-//! were spilled before this table's first write.
+//! Whether the host's tables were written is read from SQLite, without running SQL at commit
+//! (the journal mode and the attached databases are read when the write transaction begins,
+//! `HostAtBegin`), conservatively (a false "yes" costs a slower commit, a false "no" would lose
+//! atomicity): pages the connection wrote out to any of its databases since this table's
+//! transaction began, after flushing the dirty ones; any other attached database with a write
+//! transaction open; and, for the table's own database in rollback-journal mode, an open
+//! journal (the pager opens it at its first page write). Not seen: in the table's own database
+//! in WAL mode, a transaction whose only other change is to the first page (the header, a tiny
+//! schema: `PRAGMA user_version` alone) or whose pages were spilled before this table's first
+//! write.
 
 use std::ffi::{c_int, c_void, CString};
 
@@ -30,8 +32,56 @@ use crate::table_name::quote;
 /// The host's table of decisions.
 const DECISIONS: &str = "imagestore_decisions";
 
+/// What [`also_wrote`] compares against: the host connection as a table's write transaction
+/// began. Read then, with two short queries, because neither the journal mode nor the attached
+/// databases can change inside a transaction.
+#[derive(Default)]
+pub(crate) struct HostAtBegin {
+    /// [`pages_written`] then.
+    pages_written: i64,
+    /// Whether the table's own database was in WAL mode.
+    wal: bool,
+    /// The other attached databases (not temp).
+    others: Vec<CString>,
+}
+
+impl HostAtBegin {
+    /// Reads it for a table of database `schema` of connection `db`.
+    pub(crate) fn read(db: *mut ffi::sqlite3, schema: &str) -> HostAtBegin {
+        let pages_written = pages_written(db);
+        // SAFETY: the Connection wraps the live handle of the table calling, for this call
+        // only, and is dropped without closing it.
+        let Ok(conn) = (unsafe { Connection::from_handle(db) }) else {
+            return HostAtBegin {
+                pages_written,
+                ..HostAtBegin::default()
+            };
+        };
+        let wal = conn
+            .query_row(&format!("PRAGMA {}.journal_mode", quote(schema)), [], |r| {
+                r.get::<_, String>(0)
+            })
+            .is_ok_and(|mode| mode.eq_ignore_ascii_case("wal"));
+        let others = conn
+            .prepare("SELECT name FROM pragma_database_list WHERE name NOT IN ('temp', ?1)")
+            .and_then(|mut stmt| {
+                stmt.query_map([schema], |r| r.get::<_, String>(0))?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|name| CString::new(name).ok())
+            .collect();
+        HostAtBegin {
+            pages_written,
+            wal,
+            others,
+        }
+    }
+}
+
 /// How many pages connection `db` has written to its database files so far.
-pub(crate) fn pages_written(db: *mut ffi::sqlite3) -> i64 {
+fn pages_written(db: *mut ffi::sqlite3) -> i64 {
     let (mut current, mut highest) = (0, 0);
     // SAFETY: db is a live connection handle; the out-pointers point to locals.
     unsafe {
@@ -46,41 +96,28 @@ pub(crate) fn pages_written(db: *mut ffi::sqlite3) -> i64 {
     i64::from(current)
 }
 
-/// Whether database `schema` of `db` is in WAL mode (read once, when the table is opened: a
-/// database switched to WAL later is then checked as a rollback-journal one, which can only make
-/// its transactions ride on the host's commit when they need not).
-pub(crate) fn is_wal(db: *mut ffi::sqlite3, schema: &str) -> bool {
-    // SAFETY: the Connection wraps the live handle SQLite passed to xConnect, for this call only,
-    // and is dropped without closing it.
-    let Ok(conn) = (unsafe { Connection::from_handle(db) }) else {
-        return false;
-    };
-    conn.query_row(&format!("PRAGMA {}.journal_mode", quote(schema)), [], |r| {
-        r.get::<_, String>(0)
-    })
-    .is_ok_and(|mode| mode.eq_ignore_ascii_case("wal"))
-}
-
 /// Whether the transaction open on `db` changed anything in a database file of the host besides
-/// imagestore tables, `schema` (in WAL mode if `wal`) being the one that holds the table;
-/// `pages_at_begin` is [`pages_written`] when the table's write transaction began. No SQL runs:
-/// this is on every commit's path.
-pub(crate) fn also_wrote(
-    db: *mut ffi::sqlite3,
-    schema: &str,
-    wal: bool,
-    pages_at_begin: i64,
-) -> bool {
+/// imagestore tables, `schema` being the one that holds the table. No SQL runs: this is on every
+/// commit's path.
+pub(crate) fn also_wrote(db: *mut ffi::sqlite3, schema: &str, at_begin: &HostAtBegin) -> bool {
     // Dirty pages of every attached database are written out (to the WAL, or after the rollback
     // journal), and counted. SAFETY: db is live. A failure (SQLITE_BUSY) leaves pages unflushed:
     // count them as written, which only costs a slower commit.
     let flushed = unsafe { ffi::sqlite3_db_cacheflush(db) } == ffi::SQLITE_OK;
-    if !flushed || pages_written(db) > pages_at_begin {
+    if !flushed || pages_written(db) > at_begin.pages_written {
         return true;
     }
-    // Pages the flush does not write: the first page, which SQLite keeps referenced, and pages
-    // spilled before this table's first write. A rollback journal shows them.
-    !wal && CString::new(schema).is_ok_and(|name| journal_open(db, &name))
+    // Another attached database with a write transaction open: conservatively, written (its
+    // first page, or pages spilled before this table's first write, are not counted above).
+    let other_writing = at_begin.others.iter().any(|name| {
+        // SAFETY: db is live, name NUL-terminated.
+        unsafe { ffi::sqlite3_txn_state(db, name.as_ptr()) == ffi::SQLITE_TXN_WRITE }
+    });
+    // Pages the flush does not write in the table's own database: the first page, which SQLite
+    // keeps referenced, and pages spilled before this table's first write. A rollback journal
+    // shows them.
+    other_writing
+        || (!at_begin.wal && CString::new(schema).is_ok_and(|name| journal_open(db, &name)))
 }
 
 /// Whether database `schema`'s rollback journal is open: its pager opens it at the
@@ -179,6 +216,20 @@ pub fn lookup(path: &str, table_id: &TableId, txid: u64) -> Result<bool> {
         .map_err(|e| in_doubt(format!("cannot be read ({e})")))?
         > 0;
     if !has_table {
+        // The first transaction that rode on this database made the table in its own
+        // transaction: without the table, it rolled back (abort), unless the file is no longer
+        // that database at all (emptied, replaced by another one): then nothing can be known.
+        let holds_imagestore: bool = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE sql LIKE '%USING imagestore%'",
+                [],
+                |r| r.get::<_, c_int>(0),
+            )
+            .map_err(|e| in_doubt(format!("cannot be read ({e})")))?
+            > 0;
+        if !holds_imagestore {
+            return Err(in_doubt("holds no imagestore table any more".into()));
+        }
         return Ok(false);
     }
     conn.query_row(

@@ -12,12 +12,17 @@
 //! wait for, and the table itself is made once per connection (`CREATE VIRTUAL TABLE IF NOT
 //! EXISTS`), holds nothing and is gone when the connection closes.
 //!
-//! Costs and limits: two short statements at a table's first read in a transaction. The second
-//! is a DELETE, so `changes()` reads 0 after it, as after any DELETE of no rows. A connection that
-//! cannot write its temp database (`PRAGMA query_only`) cannot join: its reads take a snapshot per
-//! statement, as outside a transaction.
+//! Invariant: a table keeps a snapshot past its statement only once the transaction has joined
+//! (this module's xBegin ran for it, `JOINED`); the table cannot be dropped while it is joined.
+//! A read that cannot join (`PRAGMA query_only`, an authorizer, a temp table or view of the
+//! same name) fails with an error that says why, rather than read with a weaker isolation.
+//!
+//! Costs: two short statements at a table's first read in a transaction. The second is a
+//! DELETE, so `changes()` reads 0 after it, as after any DELETE of no rows.
 
+use std::collections::HashSet;
 use std::ffi::c_int;
+use std::sync::{Mutex, MutexGuard};
 
 use rusqlite::types::ValueRef;
 use rusqlite::vtab::{
@@ -32,6 +37,19 @@ use crate::error::{Error, Result};
 /// The module's name, and its table's in the temp database.
 const MODULE: &str = "imagestore_transaction";
 
+/// Connections whose open transaction this module's table has joined.
+static JOINED: Mutex<Option<HashSet<usize>>> = Mutex::new(None);
+
+fn joined() -> MutexGuard<'static, Option<HashSet<usize>>> {
+    JOINED
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn is_joined(db: usize) -> bool {
+    joined().as_ref().is_some_and(|set| set.contains(&db))
+}
+
 /// Whether connection `db` is inside an explicit transaction.
 pub(crate) fn is_explicit(db: *mut ffi::sqlite3) -> bool {
     // SAFETY: db is the live connection the calling table belongs to.
@@ -40,6 +58,17 @@ pub(crate) fn is_explicit(db: *mut ffi::sqlite3) -> bool {
 
 /// Makes the transaction open on `db` call [`crate::vtab::transaction_ended`] when it ends.
 pub(crate) fn join(db: *mut ffi::sqlite3) -> Result<()> {
+    if is_joined(db as usize) {
+        return Ok(());
+    }
+    let cannot = |why: String| {
+        Error::BadArgument(format!(
+            "a read inside a transaction keeps one snapshot until the transaction ends, and \
+             learns of its end through temp.{MODULE}, which failed: {why}. Read outside \
+             BEGIN ... COMMIT, or let the connection write its temp database (PRAGMA query_only, \
+             an authorizer), or drop a temp table or view of that name"
+        ))
+    };
     // SAFETY: the Connection wraps the live handle of the calling table, for this call only,
     // and is dropped without closing it.
     let conn =
@@ -48,7 +77,11 @@ pub(crate) fn join(db: *mut ffi::sqlite3) -> Result<()> {
         "CREATE VIRTUAL TABLE IF NOT EXISTS temp.{MODULE} USING {MODULE};
          DELETE FROM temp.{MODULE} WHERE 0;"
     ))
-    .map_err(|e| Error::Internal(format!("joining the transaction: {e}")))
+    .map_err(|e| cannot(e.to_string()))?;
+    if !is_joined(db as usize) {
+        return Err(cannot(format!("temp.{MODULE} is not imagestore's")));
+    }
+    Ok(())
 }
 
 /// The table in a connection's temp database; it has no rows.
@@ -61,6 +94,9 @@ pub struct TransactionEnd {
 
 impl TransactionEnd {
     fn ended(&self) {
+        if let Some(set) = joined().as_mut() {
+            set.remove(&self.db);
+        }
         crate::vtab::transaction_ended(self.db as *mut ffi::sqlite3);
     }
 }
@@ -96,6 +132,29 @@ unsafe impl<'vtab> VTab<'vtab> for TransactionEnd {
 
 impl CreateVTab<'_> for TransactionEnd {
     const KIND: VTabKind = VTabKind::Default;
+
+    /// SQLite adds a table it has just made to the open transaction without calling xBegin.
+    fn create(
+        db: &mut VTabConnection,
+        aux: Option<&()>,
+        args: &[&[u8]],
+    ) -> rusqlite::Result<(String, Self)> {
+        let made = Self::connect(db, aux, args)?;
+        joined().get_or_insert_with(HashSet::new).insert(made.1.db);
+        Ok(made)
+    }
+
+    fn destroy(&self) -> rusqlite::Result<()> {
+        if is_joined(self.db) {
+            return Err(rusqlite::Error::SqliteFailure(
+                ffi::Error::new(ffi::SQLITE_LOCKED),
+                Some(format!(
+                    "temp.{MODULE} holds this transaction's read snapshots until it ends"
+                )),
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl UpdateVTab<'_> for TransactionEnd {
@@ -116,6 +175,11 @@ impl UpdateVTab<'_> for TransactionEnd {
 }
 
 impl TransactionVTab<'_> for TransactionEnd {
+    fn begin(&mut self) -> rusqlite::Result<()> {
+        joined().get_or_insert_with(HashSet::new).insert(self.db);
+        Ok(())
+    }
+
     fn commit(&mut self) -> rusqlite::Result<()> {
         self.ended();
         Ok(())

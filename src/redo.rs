@@ -7,11 +7,12 @@
 //! committed; the shard's `last_txid` tells whether that state is already there.
 //!
 //! ```text
-//! changes   = rows blobs_added blobs_dropped
+//! changes   = rows blobs_added blobs_dropped [base]
 //! rows      = u32 count, then per row: i64 id, u8 present, if present: u16 n, n values
 //! blobs_added   = u32 count, then per blob: i64 blob_id, u32 length, bytes
 //! blobs_dropped = u32 count, then i64 blob_id each
 //! value     = u8 tag (0 NULL, 1 INTEGER i64, 2 REAL f64, 3 TEXT u32 length + UTF-8, 4 BLOB u32 length + bytes)
+//! base      = u64: the shard's last_txid the changes apply to (absent in records of older builds)
 //! ```
 //! All numbers little-endian. Decoding checks every length, so damaged bytes are an error,
 //! never a panic (the journal's checksum makes damage unlikely, not impossible to handle).
@@ -31,6 +32,9 @@ pub struct ShardChanges {
     pub blobs_added: Vec<(i64, Vec<u8>)>,
     /// Blobs the transaction deleted.
     pub blobs_dropped: Vec<i64>,
+    /// The shard's `last_txid` when the transaction began: the state the changes apply to. A
+    /// shard found below it lost commits (recovery refuses to replay over the gap).
+    pub base_txid: Option<u64>,
 }
 
 const TAG_NULL: u8 = 0;
@@ -63,6 +67,9 @@ impl ShardChanges {
         for blob_id in &self.blobs_dropped {
             out.extend_from_slice(&blob_id.to_le_bytes());
         }
+        if let Some(base) = self.base_txid {
+            out.extend_from_slice(&base.to_le_bytes());
+        }
         out
     }
 
@@ -87,6 +94,9 @@ impl ShardChanges {
         }
         for _ in 0..r.u32()? {
             changes.blobs_dropped.push(r.i64()?);
+        }
+        if r.at < bytes.len() {
+            changes.base_txid = Some(r.i64()? as u64);
         }
         if r.at != bytes.len() {
             return Err(format!("{} bytes after the changes", bytes.len() - r.at));
@@ -220,6 +230,7 @@ mod tests {
             ],
             blobs_added: vec![(11, vec![9; 300])],
             blobs_dropped: vec![4, 5],
+            base_txid: Some(41),
         }
     }
 
@@ -236,6 +247,7 @@ mod tests {
         let changes = ShardChanges {
             blobs_added: vec![],
             blobs_dropped: vec![],
+            base_txid: None,
             ..sample()
         };
         let rows: usize = changes
@@ -249,9 +261,19 @@ mod tests {
     #[test]
     fn every_truncation_and_extension_is_an_error() {
         let bytes = sample().encode();
-        for cut in 0..bytes.len() {
+        // Cut exactly before the base: a record of an older build, which had none.
+        let without_base = bytes.len() - 8;
+        for cut in (0..bytes.len()).filter(|&cut| cut != without_base) {
             assert!(ShardChanges::decode(&bytes[..cut]).is_err(), "cut {cut}");
         }
+        let older = ShardChanges::decode(&bytes[..without_base]).unwrap();
+        assert_eq!(
+            older,
+            ShardChanges {
+                base_txid: None,
+                ..sample()
+            }
+        );
         let mut longer = bytes.clone();
         longer.push(0);
         assert!(ShardChanges::decode(&longer).is_err());

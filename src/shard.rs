@@ -1011,6 +1011,7 @@ impl Shard {
             rows,
             blobs_added,
             blobs_dropped,
+            base_txid: Some(self.last_txid()?),
         }))
     }
 

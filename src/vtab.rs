@@ -82,11 +82,8 @@ pub struct TableCore {
     /// While the CREATE that made this table's files has not committed: the writer lock, held
     /// so that no other database takes the files for leftovers meanwhile.
     creation: RefCell<Option<LockGuard>>,
-    /// Pages the host connection had written when this table's write transaction began (see
-    /// `host::also_wrote`).
-    host_pages_at_begin: Cell<i64>,
-    /// Whether the host database was in WAL mode when the table was opened.
-    host_wal: bool,
+    /// The host connection when this table's write transaction began (see `host::also_wrote`).
+    host_at_begin: RefCell<crate::host::HostAtBegin>,
     /// The host connection.
     host_db: *mut ffi::sqlite3,
 }
@@ -130,10 +127,10 @@ impl TableCore {
     /// transaction's, kept for all its reads until it ends, as an ordinary WAL table's is (see
     /// `read_transaction`); else the query's own.
     pub(crate) fn begin_read(&self) -> Result<()> {
-        let explicit = crate::read_transaction::is_explicit(self.host_db);
-        let whole_transaction = explicit
-            && (!self.coordinator.borrow().needs_transaction_read()
-                || crate::read_transaction::join(self.host_db).is_ok());
+        let whole_transaction = crate::read_transaction::is_explicit(self.host_db);
+        if whole_transaction && self.coordinator.borrow().needs_transaction_read() {
+            crate::read_transaction::join(self.host_db)?;
+        }
         self.coordinator
             .borrow_mut()
             .begin_read(&mut self.shards.borrow_mut(), whole_transaction)
@@ -200,8 +197,10 @@ pub fn with_open_table<T>(
     table: &str,
     body: impl FnOnce(&TableCore) -> Result<T>,
 ) -> Result<T> {
+    // The newest: an older instance of the same name may wait to be disconnected.
     let core = open_tables()
         .iter()
+        .rev()
         .find(|t| {
             t.db == db as usize
                 && t.name.eq_ignore_ascii_case(table)
@@ -218,10 +217,12 @@ pub fn with_open_table<T>(
     body(unsafe { &*core })
 }
 
-/// The core of this table that connection `db` already has open, if any. SQLite connects a
-/// table again after it resets its schemas (say a schema change rolled back by `ROLLBACK TO`)
-/// while the earlier instance may still be in the transaction, holding the writer lock: both
-/// must share one coordinator and one set of shard connections.
+/// The core of this table that connection `db` already has open and is using in a transaction
+/// (writing, or keeping a read snapshot), if any. SQLite connects a table again after it resets
+/// its schemas (say a schema change rolled back by `ROLLBACK TO`) while the earlier instance is
+/// still in the transaction, holding the writer lock: both must share one coordinator and one
+/// set of shard connections. An idle one is never shared: the table may have been dropped and
+/// made again, by another connection, under the same name and file names.
 fn connected_core(
     db: *mut ffi::sqlite3,
     schema: &str,
@@ -230,6 +231,7 @@ fn connected_core(
 ) -> Option<Rc<TableCore>> {
     let core = open_tables()
         .iter()
+        .rev()
         .find(|t| {
             t.db == db as usize
                 && t.name.eq_ignore_ascii_case(table)
@@ -245,7 +247,8 @@ fn connected_core(
     };
     let same_files = core.config.shard_paths == config.shard_paths
         && core.config.journal_path == config.journal_path;
-    same_files.then_some(core)
+    let in_use = core.coordinator.try_borrow().map_or(true, |c| !c.is_idle());
+    (same_files && in_use).then_some(core)
 }
 
 impl Drop for ImageTable {
@@ -549,8 +552,7 @@ fn open_core(
             coordinator: RefCell::new(coordinator),
             open_cursors: Cell::new(0),
             creation: RefCell::new(creation),
-            host_pages_at_begin: Cell::new(0),
-            host_wal: false,
+            host_at_begin: RefCell::default(),
             host_db: std::ptr::null_mut(),
         }),
         Err(e) => Err((e, Box::new(config))),
@@ -580,7 +582,6 @@ impl ImageTable {
             Some(core) => Ok(core),
             None => open_core(config, create).map(|core| {
                 Rc::new(TableCore {
-                    host_wal: crate::host::is_wal(handle, schema),
                     host_db: handle,
                     ..core
                 })
@@ -686,8 +687,7 @@ impl ImageTable {
     /// Step 1 of the protocol, noting how many pages the host had written by then.
     fn begin_write(&self) -> Result<()> {
         let core = self.core()?;
-        core.host_pages_at_begin
-            .set(crate::host::pages_written(self.db));
+        *core.host_at_begin.borrow_mut() = crate::host::HostAtBegin::read(self.db, &self.schema);
         core.coordinator
             .borrow_mut()
             .begin_write(&mut core.shards.borrow_mut())
@@ -723,12 +723,7 @@ impl ImageTable {
         };
         let rides = !self.schema.eq_ignore_ascii_case("temp")
             && (self.other_table_writing()
-                || crate::host::also_wrote(
-                    self.db,
-                    &self.schema,
-                    core.host_wal,
-                    core.host_pages_at_begin.get(),
-                ));
+                || crate::host::also_wrote(self.db, &self.schema, &core.host_at_begin.borrow()));
         if !rides {
             return Ok(None);
         }

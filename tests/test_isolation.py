@@ -135,3 +135,36 @@ def test_a_schema_change_rolled_back_to_a_savepoint_leaves_the_transaction_worki
     a.execute("INSERT INTO t(id, name, data) VALUES (41, 'mine', ?)", (IMAGE,))
     a.execute("RELEASE s")
     assert list(connect(db).execute("SELECT id, name FROM t WHERE id > 8")) == [(41, "mine")]
+
+
+@pytest.mark.parametrize("obstacle", ["PRAGMA query_only=1", "CREATE TEMP VIEW imagestore_transaction AS SELECT 1",
+                                      "CREATE TEMP TABLE imagestore_transaction(x)"])
+def test_a_read_that_cannot_join_its_transaction_fails_rather_than_read_weaker(tmp_path, obstacle):
+    """Without the join the snapshot could not be kept to COMMIT (and a later write could not
+    tell that it is stale): the read fails and says why; outside a transaction it works."""
+    require_lib()
+    a = make_table(tmp_path / "iso.db")
+    a.execute(obstacle)
+    a.execute("BEGIN")
+    with pytest.raises(apsw.SQLError, match="temp.imagestore_transaction"):
+        a.execute("SELECT count(*) FROM t").fetchall()
+    a.execute("ROLLBACK")
+    assert list(a.execute("SELECT count(*) FROM t")) == [(8,)]
+
+
+def test_the_transaction_table_cannot_be_dropped_while_it_holds_snapshots(tmp_path):
+    require_lib()
+    db = tmp_path / "iso.db"
+    a, b = make_table(db), connect(db)
+    a.execute("BEGIN")
+    assert list(a.execute("SELECT name FROM t WHERE id = 1")) == [("gen0",)]
+    with pytest.raises(apsw.LockedError):
+        a.execute("DROP TABLE temp.imagestore_transaction")
+    b.execute("UPDATE t SET name = 'gen1'")
+    assert list(a.execute("SELECT name FROM t WHERE id = 2")) == [("gen0",)]
+    a.execute("COMMIT")
+    assert list(a.execute("SELECT name FROM t WHERE id = 2")) == [("gen1",)]
+    a.execute("DROP TABLE temp.imagestore_transaction")  # outside a transaction it may go
+    a.execute("BEGIN")
+    assert list(a.execute("SELECT name FROM t WHERE id = 3")) == [("gen1",)]
+    a.execute("COMMIT")

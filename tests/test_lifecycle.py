@@ -52,6 +52,24 @@ def test_a_second_database_with_the_same_stem_does_not_take_the_first_ones_files
     assert len(table_files(tmp_path / "photos.db", "images", 2)) == 5
 
 
+def test_a_table_dropped_and_made_again_by_another_connection_is_read_afresh(tmp_path):
+    """Another connection drops the table and makes a new one of the same name (and so the
+    same file names): a connection that had read the old one reads and writes the new one,
+    never the old one's deleted files."""
+    db = tmp_path / "photos.db"
+    gif = corpus_bytes("no_time_for_that_tiny.gif")
+    a, b = connect(db), connect(db)
+    a.execute("CREATE VIRTUAL TABLE t USING imagestore(shards=2)")
+    a.execute("INSERT INTO t(id, name, data) VALUES (1, 'old', ?)", (gif,))
+    assert list(a.execute("SELECT id, name FROM t")) == [(1, "old")]
+    b.execute("DROP TABLE t")
+    b.execute("CREATE VIRTUAL TABLE t USING imagestore(shards=2)")
+    b.execute("INSERT INTO t(id, name, data) VALUES (5, 'new', ?)", (gif,))
+    assert list(a.execute("SELECT id, name FROM t")) == [(5, "new")]
+    a.execute("INSERT INTO t(id, name, data) VALUES (3, 'a', ?)", (gif,))
+    assert list(connect(db).execute("SELECT id, name FROM t ORDER BY id")) == [(3, "a"), (5, "new")]
+
+
 def test_a_drop_that_fails_busy_keeps_the_table_whole(tmp_path):
     db = tmp_path / "busy.db"
     con = make(db)

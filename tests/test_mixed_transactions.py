@@ -129,7 +129,8 @@ con.execute("COMMIT")
 """
 
 
-def test_a_transaction_whose_host_database_is_gone_can_be_resolved(tmp_path):
+@pytest.mark.parametrize("loss", ["gone", "emptied"])
+def test_a_transaction_whose_host_database_is_gone_can_be_resolved(tmp_path, loss):
     """Shards shared by two databases; a mixed transaction of the first dies after the host's
     commit (its decision row), before the shards finalize; then that database is lost. The
     second cannot know the outcome (in doubt, naming the database) and imagestore_resolve,
@@ -148,6 +149,8 @@ def test_a_transaction_whose_host_database_is_gone_can_be_resolved(tmp_path):
                           env=env, capture_output=True, text=True, timeout=60)
     assert died.returncode != 0 and "fault injected at shard_finalize" in died.stderr, died.stderr
     first.rename(tmp_path / "lost.db")
+    if loss == "emptied":  # as a tool that opens a missing path leaves it
+        first.write_bytes(b"")
 
     con = connect(second)
     with pytest.raises(apsw.Error) as in_doubt:
@@ -158,3 +161,23 @@ def test_a_transaction_whose_host_database_is_gone_can_be_resolved(tmp_path):
     assert json.loads(answer)["transactions"] == [1]
     assert list(connect(second).execute("SELECT id FROM t ORDER BY id")) == [(1,), (2,)]
     assert json.loads(connect(second).execute("SELECT imagestore_check('t')").fetchone()[0])["ok"]
+
+
+def test_a_host_switched_out_of_wal_after_the_table_opened_is_seen_as_written(tmp_path):
+    """The host's journal mode is read at each transaction's begin: switched from WAL to a
+    rollback journal after the table was opened, a transaction whose only other change is the
+    header (PRAGMA user_version, which only the rollback journal shows) rides on the host's
+    commit: the host then holds imagestore_decisions."""
+    path = tmp_path / "host.db"
+    con = connect(path)
+    con.execute("PRAGMA journal_mode=wal")
+    make_table(con, "logged")
+    con.execute("INSERT INTO t(id, data) VALUES (1, ?)", (GIF,))
+    con.execute("PRAGMA journal_mode=delete")
+    con.execute("BEGIN")
+    con.execute("PRAGMA user_version=7")
+    con.execute("INSERT INTO t(id, data) VALUES (2, ?)", (GIF,))
+    con.execute("COMMIT")
+    decisions = con.execute("SELECT count(*) FROM sqlite_schema WHERE name = 'imagestore_decisions'").fetchone()[0]
+    assert decisions == 1
+    assert con.execute("PRAGMA user_version").fetchone()[0] == 7
