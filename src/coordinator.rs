@@ -702,9 +702,13 @@ impl Coordinator {
     /// Step 9: every shard is synced, then the journal forgets its decisions. The caller holds
     /// the writer lock and has checked that no shard holds a prepare record.
     fn trim_journal(&mut self, shards: &[Shard]) -> Result<()> {
+        let last_txids = shards
+            .iter()
+            .map(Shard::last_txid)
+            .collect::<Result<Vec<_>>>()?;
         crate::durable::sync_wals(&shards.iter().map(|s| s.path.as_path()).collect::<Vec<_>>())?;
         let _publish = self.publish_lock.publishing(self.busy_timeout_ms)?;
-        self.journal.reset()
+        self.journal.reset(&last_txids)
     }
 
     fn write_txn(&mut self) -> Result<&mut WriteTxn> {
@@ -1242,17 +1246,27 @@ pub fn resolve_in_doubt(
 }
 
 /// The (transaction, shard) pairs, sorted, of prepared commits the journal decided on shards
-/// whose `last_txid` (`last_txids`, one per shard) is below them.
+/// whose `last_txid` (`last_txids`, one per shard) is below them, and of shards below the
+/// journal's floor (then the transaction is the floor: the shard lacks commits up to it).
 fn lost_commits(journal: &Journal, last_txids: &[u64]) -> Vec<(u64, usize)> {
+    let below = |s: usize, txid: u64| last_txids.get(s).is_some_and(|&last| last < txid);
     let mut lost: Vec<(u64, usize)> = journal
         .prepared_decisions()
         .flat_map(|(txid, shards)| {
             shards
                 .iter()
                 .map(|&s| s as usize)
-                .filter(move |&s| last_txids.get(s).is_some_and(|&last| last < txid))
+                .filter(move |&s| below(s, txid))
                 .map(move |s| (txid, s))
         })
+        .chain(
+            journal
+                .floor()
+                .iter()
+                .enumerate()
+                .filter(|&(s, &floor)| below(s, floor))
+                .map(|(s, &floor)| (floor, s)),
+        )
         .collect();
     lost.sort_unstable();
     lost

@@ -8,17 +8,20 @@
 //!   a shard that lost them (a logged commit does not sync the shards).
 //!
 //! and an ABORT record takes one back: the host database's own commit failed after the decision
-//! (SQLITE_BUSY, a commit hook's veto), so the transaction is aborted after all.
+//! (SQLITE_BUSY, a commit hook's veto), so the transaction is aborted after all. A FLOOR record,
+//! first in a journal a trim made, names every shard with its `last_txid` at the trim (durable
+//! then): a shard found below it lost commits the trimmed records no longer name.
 //!
 //! ```text
 //! header (64 bytes)                     record
 //! 0..8   magic  b"ISJRNL\0\x02"          0..4    length of the whole record, u32 LE
-//! 8..24  table id (16 bytes)            4       kind: 1 = COMMIT, 2 = LOGGED, 3 = ABORT
+//! 8..24  table id (16 bytes)            4       kind: 1 = COMMIT, 2 = LOGGED, 3 = ABORT, 4 = FLOOR
 //! 24..56 record key (32 random bytes)   5..13   transaction id, u64 LE
 //! 56..64 checksum of bytes 0..56        13..15  number of shards, u16 LE
 //!                                       15..23  record checksum of bytes 0..15 (the head)
 //!                                       23..    the shards, u16 LE each
 //!                                       LOGGED only: per shard, u32 LE length + its changes
+//!                                       FLOOR only: per shard, u32 LE 8 + its last_txid, u64 LE
 //!                                       last 8  record checksum of the record's other bytes
 //! ```
 //! Zeros follow the records: the file is grown a megabyte at a time with zeros written, so that
@@ -69,6 +72,7 @@ const PREALLOCATE_BYTES: u64 = 1 << 20;
 const KIND_COMMIT: u8 = 1;
 const KIND_LOGGED: u8 = 2;
 const KIND_ABORT: u8 = 3;
+const KIND_FLOOR: u8 = 4;
 
 /// A table's unique identity, written into its journal and every shard.
 pub type TableId = [u8; 16];
@@ -88,6 +92,8 @@ pub struct Record {
     /// An ABORT record (no shards, no changes): the decision recorded before it for `txid` was
     /// taken back, because the host database's own commit failed after it (see `coordinator`).
     pub abort: bool,
+    /// A FLOOR record: `changes` holds each shard's `last_txid` at a trim (u64 LE); `txid` 0.
+    pub floor: bool,
 }
 
 impl Record {
@@ -98,6 +104,7 @@ impl Record {
             shards,
             changes,
             abort: false,
+            floor: false,
         }
     }
 
@@ -108,6 +115,23 @@ impl Record {
             shards: Vec::new(),
             changes: None,
             abort: true,
+            floor: false,
+        }
+    }
+
+    /// A FLOOR record: shard `i`'s `last_txid` is `last_txids[i]`.
+    pub fn floor(last_txids: &[u64]) -> Record {
+        Record {
+            txid: 0,
+            shards: (0..last_txids.len() as u16).collect(),
+            changes: Some(
+                last_txids
+                    .iter()
+                    .map(|t| t.to_le_bytes().to_vec())
+                    .collect(),
+            ),
+            abort: false,
+            floor: true,
         }
     }
 }
@@ -133,6 +157,8 @@ pub struct Journal {
     committed: HashMap<u64, Vec<u16>>,
     /// The LOGGED records, in file order.
     logged: Vec<LoggedAt>,
+    /// Each shard's `last_txid` at the trim that made this journal (empty if none did).
+    floor: Vec<u64>,
 }
 
 fn checksum(key: &RecordKey, bytes: &[u8]) -> [u8; CHECKSUM_BYTES] {
@@ -206,6 +232,7 @@ pub fn encode_record(key: &RecordKey, record: &Record) -> Vec<u8> {
     let mut out = Vec::with_capacity(len);
     out.extend_from_slice(&(len as u32).to_le_bytes());
     out.push(match (record.abort, &record.changes) {
+        _ if record.floor => KIND_FLOOR,
         (true, _) => KIND_ABORT,
         (false, None) => KIND_COMMIT,
         (false, Some(_)) => KIND_LOGGED,
@@ -246,7 +273,7 @@ pub fn decode_record(key: &RecordKey, bytes: &[u8]) -> Option<(usize, Record)> {
     }
     let fits_kind = match kind {
         KIND_COMMIT => len == shards_end + CHECKSUM_BYTES,
-        KIND_LOGGED => key.is_some(),
+        KIND_LOGGED | KIND_FLOOR => key.is_some(),
         KIND_ABORT => key.is_some() && count == 0 && len == shards_end + CHECKSUM_BYTES,
         _ => false,
     };
@@ -264,9 +291,12 @@ pub fn decode_record(key: &RecordKey, bytes: &[u8]) -> Option<(usize, Record)> {
         .map(|c| u16::from_le_bytes([c[0], c[1]]))
         .collect();
     let changes = match kind {
-        KIND_LOGGED => Some(split_changes(&body[shards_end..], count)?),
+        KIND_LOGGED | KIND_FLOOR => Some(split_changes(&body[shards_end..], count)?),
         _ => None,
     };
+    if kind == KIND_FLOOR && changes.iter().flatten().any(|part| part.len() != 8) {
+        return None;
+    }
     Some((
         len,
         Record {
@@ -274,6 +304,7 @@ pub fn decode_record(key: &RecordKey, bytes: &[u8]) -> Option<(usize, Record)> {
             shards,
             changes,
             abort: kind == KIND_ABORT,
+            floor: kind == KIND_FLOOR,
         },
     ))
 }
@@ -330,11 +361,18 @@ pub fn scan_records(key: &RecordKey, bytes: &[u8]) -> Result<Scan, usize> {
     })
 }
 
-/// Writes a new journal's header and its first preallocated space.
-fn write_empty(file: &mut File, table_id: &TableId) -> std::io::Result<()> {
+/// Writes a new journal's header, its `first` record if any, and its first preallocated space.
+fn write_empty(file: &mut File, table_id: &TableId, first: Option<&Record>) -> std::io::Result<()> {
     let header = header(table_id).map_err(std::io::Error::other)?;
     file.write_all(&header)?;
-    write_zeros(file, header.len() as u64, PREALLOCATE_BYTES)
+    let mut key = [0u8; 32];
+    key.copy_from_slice(&header[24..56]);
+    let record = first
+        .map(|r| encode_record(&Some(key), r))
+        .unwrap_or_default();
+    file.write_all(&record)?;
+    let written = (header.len() + record.len()) as u64;
+    write_zeros(file, written, written.next_multiple_of(PREALLOCATE_BYTES))
 }
 
 /// Writes zeros over `from..to`.
@@ -376,7 +414,7 @@ impl Journal {
             .truncate(true)
             .open(&staging)
             .and_then(|mut file| {
-                write_empty(&mut file, &table_id)?;
+                write_empty(&mut file, &table_id, None)?;
                 file.sync_all()
             })
             .and_then(|()| match std::fs::hard_link(&staging, path) {
@@ -420,6 +458,7 @@ impl Journal {
             end: header_bytes as u64,
             committed: HashMap::new(),
             logged: Vec::new(),
+            floor: Vec::new(),
         };
         journal.rescan()?;
         Ok(journal)
@@ -516,6 +555,15 @@ impl Journal {
 
     /// Takes in the decision of a record found at `offset`.
     fn absorb(&mut self, record: Record, offset: u64) {
+        if record.floor {
+            self.floor = record
+                .changes
+                .iter()
+                .flatten()
+                .map(|part| u64::from_le_bytes(part.as_slice().try_into().unwrap_or([0; 8])))
+                .collect();
+            return;
+        }
         if record.abort {
             self.committed.remove(&record.txid);
             self.logged.retain(|at| at.txid != record.txid);
@@ -542,6 +590,12 @@ impl Journal {
     /// Makes everything read from the journal durable (a writer may have died before its sync).
     pub fn sync(&self) -> Result<()> {
         self.file.sync_data().map_err(Error::journal_io(&self.path))
+    }
+
+    /// Each shard's `last_txid` at the trim that made this journal (empty if none did): a shard
+    /// below its floor lost commits.
+    pub fn floor(&self) -> &[u64] {
+        &self.floor
     }
 
     /// Whether the journal holds a decision (of either kind) for `txid`.
@@ -646,8 +700,9 @@ impl Journal {
         self.key.is_none()
     }
 
-    /// Empties the journal: a new file with only the header replaces it atomically.
-    pub fn reset(&mut self) -> Result<()> {
+    /// Empties the journal: a new file with only the header and a FLOOR record of `last_txids`
+    /// (each shard's, synced) replaces it atomically.
+    pub fn reset(&mut self, last_txids: &[u64]) -> Result<()> {
         let io = || Error::journal_io(&self.path);
         let tmp = self.path.with_extension("journal-new");
         let mut file = OpenOptions::new()
@@ -656,7 +711,7 @@ impl Journal {
             .truncate(true)
             .open(&tmp)
             .map_err(io())?;
-        write_empty(&mut file, &self.table_id).map_err(io())?;
+        write_empty(&mut file, &self.table_id, Some(&Record::floor(last_txids))).map_err(io())?;
         file.sync_all().map_err(io())?;
         crate::fault::check("journal_reset")?;
         std::fs::rename(&tmp, &self.path).map_err(io())?;
@@ -837,7 +892,8 @@ mod tests {
         assert!(j.append(&logged(3, &[0, 1])).is_err());
         let mut j = Journal::open_existing(&path, TABLE).unwrap().unwrap();
         assert!(j.is_committed(2) && !j.is_committed(3));
-        j.reset().unwrap();
+        j.reset(&[4, 9]).unwrap();
+        assert_eq!(j.floor(), &[4, 9]);
         assert!(!j.is_version1());
         assert_eq!(&std::fs::read(&path).unwrap()[..8], MAGIC);
         j.append(&logged(3, &[0, 1])).map_err(|e| e.0).unwrap();
@@ -900,7 +956,7 @@ mod tests {
         a.append(&logged(1, &[0])).map_err(|e| e.0).unwrap();
         b.refresh().unwrap();
         assert!(b.is_committed(1) && b.logged().len() == 1);
-        a.reset().unwrap();
+        a.reset(&[]).unwrap();
         a.append(&commit(2, &[0])).map_err(|e| e.0).unwrap();
         b.refresh().unwrap();
         assert!(!b.is_committed(1) && b.is_committed(2) && b.logged().is_empty());

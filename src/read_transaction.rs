@@ -108,8 +108,16 @@ unsafe impl<'vtab> VTab<'vtab> for TransactionEnd {
     fn connect(
         db: &mut VTabConnection,
         _aux: Option<&()>,
-        _args: &[&[u8]],
+        args: &[&[u8]],
     ) -> rusqlite::Result<(String, Self)> {
+        if args
+            .get(1)
+            .is_none_or(|schema| !schema.eq_ignore_ascii_case(b"temp"))
+        {
+            return Err(rusqlite::Error::ModuleError(format!(
+                "{MODULE} is imagestore's own table of the temp database; it cannot be made elsewhere"
+            )));
+        }
         Ok((
             "CREATE TABLE x(unused)".to_string(),
             TransactionEnd {
