@@ -63,13 +63,16 @@ impl HostAtBegin {
             })
             .is_ok_and(|mode| mode.eq_ignore_ascii_case("wal"));
         let others = conn
-            .prepare("SELECT name FROM pragma_database_list WHERE name NOT IN ('temp', ?1)")
+            .prepare("PRAGMA database_list")
             .and_then(|mut stmt| {
-                stmt.query_map([schema], |r| r.get::<_, String>(0))?
+                stmt.query_map([], |r| r.get::<_, String>(1))?
                     .collect::<rusqlite::Result<Vec<_>>>()
             })
             .unwrap_or_default()
             .into_iter()
+            .filter(|name| {
+                !name.eq_ignore_ascii_case("temp") && !name.eq_ignore_ascii_case(schema)
+            })
             .filter_map(|name| CString::new(name).ok())
             .collect();
         HostAtBegin {

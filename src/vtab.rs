@@ -176,9 +176,9 @@ struct OpenTable {
 /// The next `ImageTable::key`.
 static NEXT_TABLE_KEY: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
-// SAFETY: the pointer is only dereferenced by `with_open_table`, on a call SQLite makes on the
-// connection `db` (which SQLite serializes), while the table is connected (entries are removed
-// when the `ImageTable` that owns the `Rc<TableCore>` is dropped).
+// SAFETY: the pointer is only dereferenced on a call SQLite makes on the connection `db` (which
+// SQLite serializes), while the table is connected (an entry is removed when the `ImageTable`
+// that registered it, holding an `Rc<TableCore>` to it, is dropped).
 unsafe impl Send for OpenTable {}
 
 static OPEN_TABLES: std::sync::Mutex<Vec<OpenTable>> = std::sync::Mutex::new(Vec::new());
@@ -684,7 +684,7 @@ impl ImageTable {
         Ok(())
     }
 
-    /// Step 1 of the protocol, noting how many pages the host had written by then.
+    /// Step 1 of the protocol, noting the host connection's state then (`host::HostAtBegin`).
     fn begin_write(&self) -> Result<()> {
         let core = self.core()?;
         *core.host_at_begin.borrow_mut() = crate::host::HostAtBegin::read(self.db, &self.schema);

@@ -16,7 +16,8 @@ Usage: python3 tests/bench/commit_latency.py [--transactions 300] [--csv out.csv
 Prints medians in ms and ratios imagestore / baseline, and imagestore's mean and 99th percentile
 (the commits that also checkpoint a shard or trim the journal). With --against, another build of
 the extension (say the last release's) runs the same transactions in the same run, and the
-table gives this build's median over that one's. Not part of the test run.
+table gives this build's median over that one's; the two builds' transactions alternate, so
+that the machine's drift weighs on both alike. Not part of the test run.
 """
 import argparse
 import os
@@ -47,14 +48,25 @@ def sql(con, text, bindings=()):
 
 def timed(run, transactions):
     """Median, mean and 99th percentile, in ms."""
-    times = []
+    return timed_together([run], transactions)[0]
+
+
+def timed_together(runs, transactions):
+    """`timed` for several runs at once, their transactions interleaved (which goes first
+    alternates), so that the machine's drift during the run weighs on each alike."""
+    times = [[] for _ in runs]
     for k in range(transactions):
-        start = time.perf_counter()
-        run(k)
-        times.append(time.perf_counter() - start)
-    times.sort()
-    return (statistics.median(times) * 1000, statistics.mean(times) * 1000,
-            times[min(len(times) - 1, len(times) * 99 // 100)] * 1000)
+        order = range(len(runs)) if k % 2 == 0 else reversed(range(len(runs)))
+        for i in order:
+            start = time.perf_counter()
+            runs[i](k)
+            times[i].append(time.perf_counter() - start)
+    stats = []
+    for t in times:
+        t.sort()
+        stats.append((statistics.median(t) * 1000, statistics.mean(t) * 1000,
+                      t[min(len(t) - 1, len(t) * 99 // 100)] * 1000))
+    return stats
 
 
 def ids_on_shards(targets, shards, transactions):
@@ -85,9 +97,10 @@ def attached(folder, n, mode, targets, files):
 
 
 def imagestore(folder, n, targets, shards, lib=LIB):
+    """A function running transaction k on a new table of build `lib`."""
     con = apsw.Connection(os.path.join(folder, f"imagestore{abs(hash(lib))}.db"))
     con.enable_load_extension(True)
-    con.load_extension(lib)
+    con.load_extension(lib, "sqlite3_imagestore_init")
     con.execute(f"CREATE VIRTUAL TABLE t USING imagestore(shards={shards})")
     groups = ids_on_shards(targets, shards, n)
 
@@ -96,7 +109,7 @@ def imagestore(folder, n, targets, shards, lib=LIB):
             for i in groups[k]:
                 con.execute("INSERT INTO t(id, name, data) VALUES (?, 'tiny.gif', ?)", (i, IMAGE))
 
-    return timed(run, n)
+    return run
 
 
 def main():
@@ -111,8 +124,12 @@ def main():
         for shards in SHARD_COUNTS:
             with tempfile.TemporaryDirectory(dir=os.environ.get("IMAGESTORE_BENCH_DIR", ROOT + "/target")) as folder:
                 targets = targets_of(shards)
-                old = imagestore(folder, n, targets, shards, args.against)[0] if args.against else None
-                ours, ours_mean, ours_p99 = imagestore(folder, n, targets, shards)
+                builds = [imagestore(folder, n, targets, shards)]
+                if args.against:
+                    builds.append(imagestore(folder, n, targets, shards, args.against))
+                stats = timed_together(builds, n)
+                ours, ours_mean, ours_p99 = stats[0]
+                old = stats[1][0] if args.against else None
                 wal = attached(folder, n, "WAL", targets, shards)[0]
                 journal = attached(folder, n, "DELETE", targets, shards)[0]
                 rows.append((workload, shards, len(targets), ours, wal, journal, ours_mean, ours_p99, old))
