@@ -105,9 +105,7 @@ pub enum Error {
     BadBackup { dir: PathBuf, detail: String },
 
     /// A lock was not granted within the busy timeout (SQLITE_BUSY).
-    #[error(
-        "imagestore: {what} is busy: not granted within {timeout_ms} ms (raise busy_timeout=)"
-    )]
+    #[error("imagestore: {what} is busy: {}", busy_advice(*.timeout_ms))]
     Busy { what: String, timeout_ms: u64 },
 
     /// Recovery found commits the journal decided that a shard does not hold
@@ -135,6 +133,16 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What a busy error tells the user to do: a lock that was waited for may be waited for longer;
+/// one not waited for (0 ms: waiting could deadlock) is to be retried.
+fn busy_advice(timeout_ms: u64) -> String {
+    if timeout_ms == 0 {
+        "retry in a moment".to_string()
+    } else {
+        format!("not granted within {timeout_ms} ms (retry, or raise the table's busy_timeout=)")
+    }
+}
 
 impl Error {
     /// The (extended) SQLite result code this error is reported with.

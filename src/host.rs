@@ -70,9 +70,7 @@ impl HostAtBegin {
             })
             .unwrap_or_default()
             .into_iter()
-            .filter(|name| {
-                !name.eq_ignore_ascii_case("temp") && !name.eq_ignore_ascii_case(schema)
-            })
+            .filter(|name| !name.eq_ignore_ascii_case("temp") && !name.eq_ignore_ascii_case(schema))
             .filter_map(|name| CString::new(name).ok())
             .collect();
         HostAtBegin {
