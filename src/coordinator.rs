@@ -733,33 +733,34 @@ impl Coordinator {
     }
 
     /// An id for a row inserted without one, as SQLite assigns a rowid: one above the largest id
-    /// of every shard (this transaction's writes included), or 1 in an empty table.
+    /// of every shard (this transaction's writes included), or 1 in an empty table; once the
+    /// largest is `i64::MAX`, a random unused positive id (SQLite's rule too).
     pub fn assign_id(&mut self, shards: &[Shard]) -> Result<i64> {
         let txn = self.write_txn()?;
         let next = match txn.next_id {
-            Some(next) => next,
+            Some(next) => Some(next),
             None => {
                 let mut max = None;
                 for shard in shards {
                     max = max.max(shard.max_id()?);
                 }
-                match max {
-                    None => 1,
-                    Some(max) => max.checked_add(1).ok_or_else(|| {
-                        Error::BadArgument("no id left above the largest one".into())
-                    })?,
-                }
+                max.map_or(Some(1), |max: i64| max.checked_add(1))
             }
         };
-        txn.next_id = Some(next + 1);
-        Ok(next)
+        match next {
+            Some(next) => {
+                txn.next_id = next.checked_add(1);
+                Ok(next)
+            }
+            None => random_unused_id(shards),
+        }
     }
-
     /// Tells the coordinator that a row with this id was inserted, so assigned ids stay above it.
     pub fn note_inserted_id(&mut self, id: i64) {
         if let Activity::Writing(txn) = &mut self.activity {
             if let Some(next) = txn.next_id {
-                txn.next_id = Some(next.max(id.saturating_add(1)));
+                // Above `i64::MAX`, nothing: the next id is looked up again (and drawn).
+                txn.next_id = id.checked_add(1).map(|after| next.max(after));
             }
         }
     }
@@ -1270,6 +1271,26 @@ fn lost_commits(journal: &Journal, last_txids: &[u64]) -> Vec<(u64, usize)> {
         .collect();
     lost.sort_unstable();
     lost
+}
+
+/// A random positive id no row has, for when the largest id is `i64::MAX`: a few tries, as
+/// SQLite makes, then an error.
+fn random_unused_id(shards: &[Shard]) -> Result<i64> {
+    use std::hash::{BuildHasher, Hasher};
+    const TRIES: u64 = 100;
+    for attempt in 0..TRIES {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u64(attempt);
+        let id = (hasher.finish() >> 1).max(1) as i64;
+        let shard = &shards[crate::placement::shard_of(id, shards.len())];
+        if shard.get(id)?.is_none() {
+            return Ok(id);
+        }
+    }
+    Err(Error::BadArgument(format!(
+        "no free id: the largest id is {} and {TRIES} random ids were all taken; give the row an id",
+        i64::MAX
+    )))
 }
 
 /// Lists lost commits as `shard 1 (path): transactions [17, 18]`.

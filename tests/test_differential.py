@@ -567,3 +567,23 @@ def run_seed(seed, steps, path):
 @pytest.mark.parametrize("seed", SEEDS, ids=[f"seed_{s}" for s in SEEDS])
 def test_differential(seed, tmp_path):
     run_seed(seed, STEPS, tmp_path / "diff.db")
+
+
+def test_ids_after_the_largest_possible_one_are_drawn_like_sqlites(tmp_path):
+    """Once the largest id is 2^63-1, SQLite gives a row inserted without an id a random unused
+    positive one; so does the table, also inside one transaction that inserted that largest id."""
+    con = connect(tmp_path / "ids.db")
+    con.execute("CREATE VIRTUAL TABLE t USING imagestore(shards=3)")
+    con.execute("CREATE TABLE o(id INTEGER PRIMARY KEY, data BLOB)")
+    image = corpus_bytes("no_time_for_that_tiny.gif")
+    for table in ("t", "o"):
+        con.execute("BEGIN")
+        con.execute(f"INSERT INTO {table}(id, data) VALUES (5, ?)", (image,))
+        con.execute(f"INSERT INTO {table}(data) VALUES (?)", (image,))
+        con.execute(f"INSERT INTO {table}(id, data) VALUES (9223372036854775807, ?)", (image,))
+        for _ in range(5):
+            con.execute(f"INSERT INTO {table}(data) VALUES (?)", (image,))
+        con.execute("COMMIT")
+        ids = [i for i, in con.execute(f"SELECT id FROM {table}")]
+        assert len(ids) == len(set(ids)) == 8 and min(ids) > 0 and 6 in ids, (table, ids)
+        assert con.execute(f"SELECT count(*) FROM {table} WHERE data = ?", (image,)).fetchone() == (8,)
