@@ -385,11 +385,7 @@ impl Coordinator {
     /// unusable, naming the shard and the transaction, until a backup is restored or a person
     /// accepts the shards as they are (`accept_lost_commits`).
     fn refuse_lost_commits(&mut self, shards: &[Shard]) -> Result<()> {
-        let last_txids = shards
-            .iter()
-            .map(Shard::last_txid)
-            .collect::<Result<Vec<_>>>()?;
-        let lost = self.lost_commits(&last_txids)?;
+        let lost = self.lost_commits(shards)?;
         if lost.is_empty() {
             return Ok(());
         }
@@ -416,10 +412,7 @@ impl Coordinator {
         if self.journal.logged().is_empty() {
             return Ok(());
         }
-        let mut applied = shards
-            .iter()
-            .map(Shard::last_txid)
-            .collect::<Result<Vec<_>>>()?;
+        let mut applied = last_txids(shards)?;
         let lacks = |applied: &[u64], shard: u16, txid: u64| {
             applied.get(shard as usize).is_none_or(|&t| t < txid)
         };
@@ -702,10 +695,7 @@ impl Coordinator {
     /// Step 9: every shard is synced, then the journal forgets its decisions. The caller holds
     /// the writer lock and has checked that no shard holds a prepare record.
     fn trim_journal(&mut self, shards: &[Shard]) -> Result<()> {
-        let last_txids = shards
-            .iter()
-            .map(Shard::last_txid)
-            .collect::<Result<Vec<_>>>()?;
+        let last_txids = last_txids(shards)?;
         crate::durable::sync_wals(&shards.iter().map(|s| s.path.as_path()).collect::<Vec<_>>())?;
         let _publish = self.publish_lock.publishing(self.busy_timeout_ms)?;
         self.journal.reset(&last_txids)
@@ -1148,13 +1138,13 @@ impl Coordinator {
         self.decided(txid, decided_by)
     }
 
-    /// Transactions the journal committed by COMMIT records that a shard does not hold: its
-    /// `last_txid` (read from `last_txids`, one per shard) is below them, so the shard lost
-    /// commits after they were prepared and synced (its file or WAL damaged or replaced).
-    /// Logged commits are not listed: recovery replays them on a shard that lacks them.
-    pub fn lost_commits(&mut self, last_txids: &[u64]) -> Result<Vec<(u64, usize)>> {
+    /// The commits shards lost after they were durable (their file or WAL damaged or
+    /// replaced), as (transaction, shard) pairs: see [`lost_commits`]. Logged commits are not
+    /// listed: recovery replays them on a shard that lacks them (or refuses, if the shard lacks
+    /// what they build on).
+    pub fn lost_commits(&mut self, shards: &[Shard]) -> Result<Vec<(u64, usize)>> {
         self.journal.refresh()?;
-        Ok(lost_commits(&self.journal, last_txids))
+        Ok(lost_commits(&self.journal, &last_txids(shards)?))
     }
 
     /// Takes the writer lock (for DROP TABLE).
@@ -1337,11 +1327,7 @@ pub fn accept_lost_commits(
             )))
         }
     };
-    let last_txids = shards
-        .iter()
-        .map(Shard::last_txid)
-        .collect::<Result<Vec<_>>>()?;
-    let mut lost: Vec<u64> = lost_commits(&journal, &last_txids)
+    let mut lost: Vec<u64> = lost_commits(&journal, &last_txids(shards)?)
         .into_iter()
         .map(|(txid, _)| txid)
         .collect();
@@ -1410,6 +1396,11 @@ fn move_aside(journal: &std::path::Path, why: &str) -> Result<()> {
 /// The journal's names for the written shards.
 fn participants(written: &[usize]) -> Vec<u16> {
     written.iter().map(|&i| i as u16).collect()
+}
+
+/// Every shard's `last_txid`, in shard order.
+fn last_txids(shards: &[Shard]) -> Result<Vec<u64>> {
+    shards.iter().map(Shard::last_txid).collect()
 }
 
 fn begin_all(shards: &[Shard]) -> Result<()> {

@@ -174,14 +174,20 @@ fn refuse_link(path: &Path, file: &File) -> Result<()> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn exclusive_excludes_across_handles_and_shared_share() {
+    /// Two handles on one new lock file named `name` (in a folder kept as long as the first).
+    fn two_handles(name: &str) -> (tempfile::TempDir, LockFile, LockFile) {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.lock");
+        let path = dir.path().join(name);
         let (a, b) = (
             LockFile::open(&path).unwrap(),
             LockFile::open(&path).unwrap(),
         );
+        (dir, a, b)
+    }
+
+    #[test]
+    fn exclusive_excludes_across_handles_and_shared_share() {
+        let (_dir, a, b) = two_handles("t.lock");
         let held = a.exclusive("writer lock", 0).unwrap();
         assert!(matches!(
             b.exclusive("writer lock", 20),
@@ -200,12 +206,7 @@ mod tests {
 
     #[test]
     fn the_mark_is_shared_through_the_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.publish");
-        let (a, b) = (
-            LockFile::open(&path).unwrap(),
-            LockFile::open(&path).unwrap(),
-        );
+        let (_dir, a, b) = two_handles("t.publish");
         assert_eq!(b.mark().unwrap(), 0);
         a.set_mark(41).unwrap();
         assert_eq!(b.mark().unwrap(), 41);
@@ -226,12 +227,7 @@ mod tests {
 
     #[test]
     fn publishing_raises_the_counter_and_keeps_the_mark() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.publish");
-        let (a, b) = (
-            LockFile::open(&path).unwrap(),
-            LockFile::open(&path).unwrap(),
-        );
+        let (_dir, a, b) = two_handles("t.publish");
         assert_eq!(b.publication().unwrap(), 0);
         a.set_mark(7).unwrap();
         drop(a.publishing(0).unwrap());

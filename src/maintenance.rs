@@ -25,7 +25,6 @@ use crate::coordinator::{accept_lost_commits, resolve_in_doubt, Resolution};
 use crate::derive::Operation;
 use crate::error::{Error, Result};
 use crate::placement::shard_of;
-use crate::shard::Shard;
 use crate::sqlfn::{self, Call, Kind};
 use crate::table_name::{self, quote, TableName};
 use crate::vtab::{open_shards, table_config, with_open_table, TableCore};
@@ -53,11 +52,7 @@ fn check(core: &TableCore) -> Result<String> {
         let shards = core.shards.borrow();
         let count = shards.len();
         let (mut rows, mut bytes, mut problems) = (0u64, 0u64, Vec::new());
-        let last_txids = shards
-            .iter()
-            .map(Shard::last_txid)
-            .collect::<Result<Vec<_>>>()?;
-        for (txid, index) in core.coordinator.borrow_mut().lost_commits(&last_txids)? {
+        for (txid, index) in core.coordinator.borrow_mut().lost_commits(&shards)? {
             problems.push(format!(
                 "shard {index} ({}): transaction {txid}, which the journal committed, is missing: the shard lost commits after they were made durable (its file or WAL was damaged or replaced); restore the shard from a backup",
                 shards[index].path.display()

@@ -46,6 +46,10 @@ fn joined() -> MutexGuard<'static, Option<HashSet<usize>>> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+fn mark_joined(db: usize) {
+    joined().get_or_insert_with(HashSet::new).insert(db);
+}
+
 fn is_joined(db: usize) -> bool {
     joined().as_ref().is_some_and(|set| set.contains(&db))
 }
@@ -148,7 +152,7 @@ impl CreateVTab<'_> for TransactionEnd {
         args: &[&[u8]],
     ) -> rusqlite::Result<(String, Self)> {
         let made = Self::connect(db, aux, args)?;
-        joined().get_or_insert_with(HashSet::new).insert(made.1.db);
+        mark_joined(made.1.db);
         Ok(made)
     }
 
@@ -184,7 +188,7 @@ impl UpdateVTab<'_> for TransactionEnd {
 
 impl TransactionVTab<'_> for TransactionEnd {
     fn begin(&mut self) -> rusqlite::Result<()> {
-        joined().get_or_insert_with(HashSet::new).insert(self.db);
+        mark_joined(self.db);
         Ok(())
     }
 

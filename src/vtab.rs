@@ -150,12 +150,7 @@ impl TableCore {
 /// The host transaction on connection `db` ended: every table it has open lets its
 /// transaction's snapshot go.
 pub(crate) fn transaction_ended(db: *mut ffi::sqlite3) {
-    let cores: Vec<*const TableCore> = open_tables()
-        .iter()
-        .filter(|t| t.db == db as usize)
-        .filter_map(|t| t.core.as_ref().ok().copied())
-        .collect();
-    for core in cores {
+    for core in open_cores(db) {
         // SAFETY: see `OpenTable`: SQLite calls this (xCommit, xRollback of the connection's
         // transaction) on connection `db`, and the tables in the list are connected.
         unsafe { &*core }.transaction_ended();
@@ -189,16 +184,14 @@ fn open_tables() -> std::sync::MutexGuard<'static, Vec<OpenTable>> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Runs `body` on table `table` of database `schema` (as `table_name` resolves them), connected
-/// on connection `db`.
-pub fn with_open_table<T>(
+/// The entry of table `table` of database `schema` in connection `db`'s open tables: the newest,
+/// since an older instance of the same name may wait to be disconnected.
+fn registered(
     db: *mut ffi::sqlite3,
     schema: &str,
     table: &str,
-    body: impl FnOnce(&TableCore) -> Result<T>,
-) -> Result<T> {
-    // The newest: an older instance of the same name may wait to be disconnected.
-    let core = open_tables()
+) -> Option<std::result::Result<*const TableCore, (c_int, String)>> {
+    open_tables()
         .iter()
         .rev()
         .find(|t| {
@@ -207,6 +200,26 @@ pub fn with_open_table<T>(
                 && t.schema.eq_ignore_ascii_case(schema)
         })
         .map(|t| t.core.clone())
+}
+
+/// The usable tables connection `db` has open (a table shared by two instances, twice).
+fn open_cores(db: *mut ffi::sqlite3) -> Vec<*const TableCore> {
+    open_tables()
+        .iter()
+        .filter(|t| t.db == db as usize)
+        .filter_map(|t| t.core.as_ref().ok().copied())
+        .collect()
+}
+
+/// Runs `body` on table `table` of database `schema` (as `table_name` resolves them), connected
+/// on connection `db`.
+pub fn with_open_table<T>(
+    db: *mut ffi::sqlite3,
+    schema: &str,
+    table: &str,
+    body: impl FnOnce(&TableCore) -> Result<T>,
+) -> Result<T> {
+    let core = registered(db, schema, table)
         .ok_or_else(|| {
             Error::BadArgument(format!(
                 "no imagestore table named {schema}.{table} in this connection"
@@ -229,15 +242,7 @@ fn connected_core(
     table: &str,
     config: &TableConfig,
 ) -> Option<Rc<TableCore>> {
-    let core = open_tables()
-        .iter()
-        .rev()
-        .find(|t| {
-            t.db == db as usize
-                && t.name.eq_ignore_ascii_case(table)
-                && t.schema.eq_ignore_ascii_case(schema)
-        })
-        .and_then(|t| t.core.as_ref().ok().copied())?;
+    let core = registered(db, schema, table)?.ok()?;
     // SAFETY: `core` is `Rc::as_ptr` of the `Rc<TableCore>` a connected `ImageTable` holds (its
     // entry is removed when it drops), so the allocation is live; raising the count first makes
     // `from_raw` give a new owner without taking the existing one's.
@@ -699,10 +704,8 @@ impl ImageTable {
         let Ok(me) = self.core().map(Rc::as_ptr) else {
             return false;
         };
-        open_tables()
-            .iter()
-            .filter(|t| t.db == self.db as usize)
-            .filter_map(|t| t.core.as_ref().ok().copied())
+        open_cores(self.db)
+            .into_iter()
             .filter(|&core| core != me)
             // SAFETY: see `OpenTable`: a call on connection `db`, the table connected.
             .any(|core| {

@@ -74,6 +74,23 @@ def test_unknown_table_is_an_error(tmp_path):
         raise AssertionError("no error for an unknown table")
 
 
+def save_shard(shard, saved):
+    """Copies a closed shard's file and WAL into the new folder `saved`, and returns it."""
+    saved.mkdir()
+    for suffix in ("", "-wal"):
+        if Path(f"{shard}{suffix}").exists():
+            shutil.copy(f"{shard}{suffix}", saved / f"s{suffix}")
+    return saved
+
+
+def put_back(shard, saved):
+    """Replaces a closed shard's files with the copy `save_shard` made (a restored old copy)."""
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{shard}{suffix}").unlink(missing_ok=True)
+        if (saved / f"s{suffix}").exists():
+            shutil.copy(saved / f"s{suffix}", f"{shard}{suffix}")
+
+
 def lose_two_commits_on_shard_1(tmp_path):
     """A shard put back as it was before two prepared transactions (as a damaged WAL, whose
     later frames SQLite drops, or a restored old copy leaves it): the journal committed them
@@ -86,19 +103,12 @@ def lose_two_commits_on_shard_1(tmp_path):
     con.execute("INSERT INTO t(id, name, data) VALUES (?, 'a', ?), (?, 'a', ?)", (ids[0], gif, ids[1], gif))
     con.close()
     shard1 = shard_paths(db, "t", 2)[1]
-    saved = tmp_path / "saved"
-    saved.mkdir()
-    for suffix in ("", "-wal"):
-        if Path(f"{shard1}{suffix}").exists():
-            shutil.copy(f"{shard1}{suffix}", saved / f"s{suffix}")
+    saved = save_shard(shard1, tmp_path / "saved")
     con = connect(db)
     for name in ("b", "c"):
         con.execute("UPDATE t SET name = ? WHERE id IN (?, ?)", (name, *ids))
     con.close()
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{shard1}{suffix}").unlink(missing_ok=True)
-        if (saved / f"s{suffix}").exists():
-            shutil.copy(saved / f"s{suffix}", f"{shard1}{suffix}")
+    put_back(shard1, saved)
     return db, ids
 
 
@@ -150,11 +160,7 @@ def test_a_shard_put_back_from_before_a_journal_trim_is_refused_not_replayed_ove
     con.execute("INSERT INTO t(id, name, data) VALUES (?, 'v1', ?)", (one, small))
     con.close()
     shard1 = shard_paths(db, "t", 2)[1]
-    saved = tmp_path / "saved"
-    saved.mkdir()
-    for suffix in ("", "-wal"):
-        if Path(f"{shard1}{suffix}").exists():
-            shutil.copy(f"{shard1}{suffix}", saved / f"s{suffix}")
+    saved = save_shard(shard1, tmp_path / "saved")
     con = connect(db)
     if after_trim == "shard 1 written":
         con.execute("INSERT INTO t(id, name, data) VALUES (?, 'big', ?)", (three, big))  # over the limit
@@ -166,10 +172,7 @@ def test_a_shard_put_back_from_before_a_journal_trim_is_refused_not_replayed_ove
         con.execute("UPDATE t SET name = 'big2' WHERE id = ?", (shard0_id,))  # trims first
         con.execute("UPDATE t SET name = 'big3' WHERE id = ?", (shard0_id,))
     con.close()
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{shard1}{suffix}").unlink(missing_ok=True)
-        if (saved / f"s{suffix}").exists():
-            shutil.copy(saved / f"s{suffix}", f"{shard1}{suffix}")
+    put_back(shard1, saved)
     with pytest.raises(apsw.Error) as refused:
         connect(db).execute("SELECT id, length(data) FROM t").fetchall()
     assert refused.value.extendedresult == apsw.SQLITE_CORRUPT_VTAB
