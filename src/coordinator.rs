@@ -183,7 +183,7 @@
 use crate::config::TableConfig;
 use crate::error::{Error, Result};
 use crate::journal::{Journal, Record, TableId};
-use crate::locks::{LockFile, LockGuard};
+use crate::locks::{LockFile, LockGuard, PublishState, Publishing};
 use crate::redo::ShardChanges;
 use crate::shard::Shard;
 
@@ -356,7 +356,7 @@ impl Coordinator {
     }
 
     fn recover_now(&mut self, shards: &mut [Shard]) -> Result<()> {
-        let _publish = self.publish_lock.publishing(self.busy_timeout_ms)?;
+        let mut publish = self.publish_lock.publishing(self.busy_timeout_ms)?;
         if self.journal.rescan()? {
             self.journal.cut_torn_tail()?;
         }
@@ -376,7 +376,7 @@ impl Coordinator {
             }
         }
         self.replay_logged(shards)?;
-        self.publish_lock.set_mark(0)?;
+        publish.set_mark(0)?;
         self.refuse_lost_commits(shards)
     }
 
@@ -500,8 +500,7 @@ impl Coordinator {
         let _publish = self
             .publish_lock
             .shared("publish lock", self.busy_timeout_ms)?;
-        let mark = self.publish_lock.mark()?;
-        let publication = self.publish_lock.publication()?;
+        let PublishState { mark, publication } = self.publish_lock.state()?;
         let mut prepared = Vec::new();
         for shard in shards.iter() {
             match shard.begin_read() {
@@ -619,9 +618,8 @@ impl Coordinator {
         else {
             return Ok(());
         };
-        if whole_transaction
-            && (self.publish_lock.publication()? != publication || self.publish_lock.mark()? != 0)
-        {
+        let now = self.publish_lock.state()?;
+        if whole_transaction && (now.publication != publication || now.mark != 0) {
             return Err(Error::SnapshotStale(self.table_name.clone()));
         }
         end_all(shards);
@@ -857,14 +855,14 @@ impl Coordinator {
         }
         // Wait for readers before touching anything: if they keep the lock past the timeout,
         // the transaction stays open and SQLite reports SQLITE_BUSY; COMMIT may be retried.
-        let publish = self.publish_lock.publishing(self.busy_timeout_ms)?;
+        let mut publish = self.publish_lock.publishing(self.busy_timeout_ms)?;
         let outcome = self
             .end_clean_shards(shards, &dirty)
             .and_then(|()| match host {
                 Some(host) => self
                     .commit_two_phase(shards, txid, &written, Some(host))
                     .map(|()| Decided::Hosted),
-                None => self.decide_written(shards, txid, &written),
+                None => self.decide_written(shards, txid, &written, &mut publish),
             });
         drop(publish);
         match outcome {
@@ -900,10 +898,11 @@ impl Coordinator {
         shards: &mut [Shard],
         txid: u64,
         written: &[usize],
+        publish: &mut Publishing,
     ) -> Result<Decided> {
         match self.logged_changes(shards, txid, written) {
             Ok(Some(changes)) => self
-                .decide_logged(shards, txid, written, changes)
+                .decide_logged(shards, txid, written, changes, publish)
                 .map(|()| Decided::Logged),
             Ok(None) => self
                 .commit_two_phase(shards, txid, written, None)
@@ -947,18 +946,16 @@ impl Coordinator {
         txid: u64,
         written: &[usize],
         changes: Vec<Vec<u8>>,
+        publish: &mut Publishing,
     ) -> Result<()> {
         let record = Record::commit(txid, participants(written), Some(changes));
-        let decided = self
-            .publish_lock
-            .set_mark(txid)
-            .and_then(|()| self.decide(&record));
+        let decided = publish.set_mark(txid).and_then(|()| self.decide(&record));
         if let Err(e) = decided {
             // Nothing is committed on a shard; if the decision is unknown (poisoned), the mark
             // stays and recovery reads it from the journal.
             self.abort_everywhere(shards, txid, &[]);
             if !self.poisoned {
-                let _ = self.publish_lock.set_mark(0);
+                let _ = publish.set_mark(0);
             }
             return Err(e);
         }
@@ -969,7 +966,7 @@ impl Coordinator {
     /// synced. A shard whose commit fails (or all, if the lock cannot be had) is rolled back and
     /// the mark stays: the next reader or writer replays it from the journal.
     fn finish_logged(&self, shards: &[Shard], txn: &WriteTxn) {
-        let Ok(_publish) = self.publish_lock.publishing(self.busy_timeout_ms) else {
+        let Ok(mut publish) = self.publish_lock.publishing(self.busy_timeout_ms) else {
             end_all(shards);
             return;
         };
@@ -982,7 +979,7 @@ impl Coordinator {
         }
         if all_committed {
             // Should this fail, the mark costs the next reader a recovery with nothing to do.
-            let _ = self.publish_lock.set_mark(0);
+            let _ = publish.set_mark(0);
         }
     }
 
@@ -1113,7 +1110,7 @@ impl Coordinator {
             return self.commit(shards);
         }
         // No reader may see the undo half done; a shard left prepared is aborted by recovery.
-        let Ok(_publish) = self.publish_lock.publishing(self.busy_timeout_ms) else {
+        let Ok(mut publish) = self.publish_lock.publishing(self.busy_timeout_ms) else {
             end_all(shards);
             self.poisoned = true;
             return;
@@ -1122,7 +1119,7 @@ impl Coordinator {
             // The shards never committed it: rolling back their SQLite transactions undoes it.
             Some(Decided::Logged) => {
                 end_all(shards);
-                let _ = self.publish_lock.set_mark(0);
+                let _ = publish.set_mark(0);
             }
             _ => {
                 let written: Vec<usize> = (0..shards.len()).filter(|&i| txn.dirty[i]).collect();
@@ -1206,7 +1203,7 @@ pub fn resolve_in_doubt(
         (Some(_), None) => false,
     };
     let publish_lock = LockFile::open(&config.publish_lock_path)?;
-    let _publish = publish_lock.publishing(config.busy_timeout_ms)?;
+    let mut publish = publish_lock.publishing(config.busy_timeout_ms)?;
     let mut resolved = Vec::new();
     for shard in shards {
         for (txid, host) in shard.prepared_deciders()? {
@@ -1229,7 +1226,7 @@ pub fn resolve_in_doubt(
     crate::durable::sync_wals(&shards.iter().map(|s| s.path.as_path()).collect::<Vec<_>>())?;
     if journal.is_none() {
         Journal::create(&config.journal_path, table_id)?;
-        publish_lock.set_mark(0)?;
+        publish.set_mark(0)?;
     }
     resolved.sort_unstable();
     resolved.dedup();
@@ -1315,7 +1312,7 @@ pub fn accept_lost_commits(
     let writer_lock = LockFile::open(&config.lock_path)?;
     let _writer = writer_lock.exclusive("writer lock", config.busy_timeout_ms)?;
     let publish_lock = LockFile::open(&config.publish_lock_path)?;
-    let _publish = publish_lock.publishing(config.busy_timeout_ms)?;
+    let mut publish = publish_lock.publishing(config.busy_timeout_ms)?;
     let in_doubt = first_prepared(shards)?.is_some();
     let journal = match Journal::open_existing(&config.journal_path, table_id)? {
         Some(journal) if !in_doubt => journal,
@@ -1337,7 +1334,7 @@ pub fn accept_lost_commits(
     drop(journal);
     move_aside(&config.journal_path, "accepted")?;
     Journal::create(&config.journal_path, table_id)?;
-    publish_lock.set_mark(0)?;
+    publish.set_mark(0)?;
     Ok(lost)
 }
 

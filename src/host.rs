@@ -46,24 +46,17 @@ pub(crate) struct HostAtBegin {
 }
 
 impl HostAtBegin {
-    /// Reads it for a table of database `schema` of connection `db`.
-    pub(crate) fn read(db: *mut ffi::sqlite3, schema: &str) -> HostAtBegin {
-        let pages_written = pages_written(db);
-        // SAFETY: the Connection wraps the live handle of the table calling, for this call
-        // only, and is dropped without closing it.
-        let Ok(conn) = (unsafe { Connection::from_handle(db) }) else {
-            return HostAtBegin {
-                pages_written,
-                ..HostAtBegin::default()
-            };
-        };
-        let wal = conn
-            .query_row(&format!("PRAGMA {}.journal_mode", quote(schema)), [], |r| {
-                r.get::<_, String>(0)
-            })
+    /// Reads it for a table of database `schema` of connection `host` (which keeps the two
+    /// queries prepared: this is on every write transaction's path).
+    pub(crate) fn read(host: &Connection, schema: &str) -> HostAtBegin {
+        // SAFETY: the handle is only passed to sqlite3_db_status, on the connection's thread.
+        let pages_written = pages_written(unsafe { host.handle() });
+        let wal = host
+            .prepare_cached(&format!("PRAGMA {}.journal_mode", quote(schema)))
+            .and_then(|mut stmt| stmt.query_row([], |r| r.get::<_, String>(0)))
             .is_ok_and(|mode| mode.eq_ignore_ascii_case("wal"));
-        let others = conn
-            .prepare("PRAGMA database_list")
+        let others = host
+            .prepare_cached("PRAGMA database_list")
             .and_then(|mut stmt| {
                 stmt.query_map([], |r| r.get::<_, String>(1))?
                     .collect::<rusqlite::Result<Vec<_>>>()

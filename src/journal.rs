@@ -153,6 +153,9 @@ pub struct Journal {
     key: RecordKey,
     /// Length of the valid prefix read so far; the next record is appended here.
     end: u64,
+    /// The file's length as last read or written (records and preallocated zeros), so that an
+    /// append after [`refresh`](Journal::refresh) asks the file system nothing more.
+    file_len: u64,
     /// Decisions of either kind: transaction id to the shards it wrote.
     committed: HashMap<u64, Vec<u16>>,
     /// The LOGGED records, in file order.
@@ -456,6 +459,7 @@ impl Journal {
             table_id,
             key,
             end: header_bytes as u64,
+            file_len: 0,
             committed: HashMap::new(),
             logged: Vec::new(),
             floor: Vec::new(),
@@ -550,6 +554,7 @@ impl Journal {
             *self = Journal::open(&self.path, self.table_id)?;
             return Ok(None);
         }
+        self.file_len = len;
         Ok(Some(len))
     }
 
@@ -584,6 +589,7 @@ impl Journal {
         self.file
             .set_len(self.end)
             .map_err(Error::journal_io(&self.path))?;
+        self.file_len = self.end;
         self.file.sync_all().map_err(Error::journal_io(&self.path))
     }
 
@@ -671,6 +677,7 @@ impl Journal {
                 Ok(())
             }
             Err(err) => {
+                self.file_len = self.end;
                 let undone = self
                     .file
                     .set_len(self.end)
@@ -686,13 +693,16 @@ impl Journal {
     }
 
     /// Grows the file with zeros, a megabyte at a time, until `bytes` more fit after the records.
-    fn make_room(&self, bytes: u64) -> std::io::Result<()> {
-        let len = self.file.metadata()?.len();
+    fn make_room(&mut self, bytes: u64) -> std::io::Result<()> {
         let needed = self.end + bytes;
-        if needed <= len {
+        if needed <= self.file_len {
             return Ok(());
         }
-        write_zeros(&self.file, len, needed.next_multiple_of(PREALLOCATE_BYTES))
+        let from = self.file_len.max(self.end);
+        let to = needed.next_multiple_of(PREALLOCATE_BYTES);
+        write_zeros(&self.file, from, to)?;
+        self.file_len = to;
+        Ok(())
     }
 
     /// Whether this is a version 1 journal, which takes no LOGGED record.

@@ -18,37 +18,106 @@
 //!   replay the journal first. The mark is written without a sync: only a live system needs it,
 //!   and after a power cut every open runs recovery anyway.
 //!
-//! - It also holds the **publication counter**, raised each time the publish lock is taken
-//!   exclusively, that is, before anything a reader could see changes on a shard. A reader reads
-//!   it with its snapshots, so a transaction that keeps one snapshot for all its reads can tell,
-//!   when it starts writing, whether another connection has published since (SQLITE_BUSY_SNAPSHOT,
-//!   as for an ordinary WAL table). A false "changed" (the lock taken for nothing) only refuses a
-//!   write that could have gone ahead.
+//! - It also holds the **publication counter**, raised once in each window the publish lock is
+//!   held exclusively ([`Publishing`]), the only windows in which what a reader sees on a shard
+//!   can change. A reader reads it with its snapshots, so a transaction that keeps one snapshot
+//!   for all its reads can tell, when it starts writing, whether another connection has
+//!   published since (SQLITE_BUSY_SNAPSHOT, as for an ordinary WAL table). A false "changed"
+//!   (the lock taken for nothing) only refuses a write that could have gone ahead. The raise
+//!   is written together with the mark's first write in the window, or when the lock is
+//!   released: one write to the file, on every commit's path. Readers may read it at any
+//!   point of the window: they cannot take the lock shared until it ends.
 //!
 //! `flock` locks belong to an open file description, so two connections in one process exclude
 //! each other just as two processes do, and the kernel drops a dead process's locks.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 
 /// Where the publish lock's file holds the logged-commit mark and the publication counter.
-const MARK_AT: u64 = 0;
-const PUBLICATION_AT: u64 = 8;
+const MARK_AT: usize = 0;
+const PUBLICATION_AT: usize = 8;
+const STATE_BYTES: usize = 16;
+
+fn u64_at(bytes: &[u8; STATE_BYTES], at: usize) -> u64 {
+    let mut value = [0u8; 8];
+    value.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_le_bytes(value)
+}
 
 /// A file used only for locking.
+#[derive(Clone)]
 pub struct LockFile {
     file: Arc<File>,
-    path: PathBuf,
+    path: Arc<Path>,
 }
 
 /// A held lock; dropping it unlocks.
 pub struct LockGuard {
     file: Arc<File>,
+}
+
+/// What the publish lock's file holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishState {
+    /// The logged-commit mark: a transaction id, or 0 when none is set.
+    pub mark: u64,
+    /// The publication counter.
+    pub publication: u64,
+}
+
+/// The publish lock held exclusively, with its file's state as taken. The publication counter
+/// is raised once for the window: with the first [`set_mark`](Self::set_mark), or when this is
+/// dropped (then a failed write goes unreported: it could only let a transaction whose reads
+/// are stale write, as if there were no counter; the mark's writes report theirs).
+pub struct Publishing {
+    file: LockFile,
+    state: PublishState,
+    raised: bool,
+    // Dropped last, after the raise: the lock is released once its window is written.
+    _lock: LockGuard,
+}
+
+impl Publishing {
+    /// The logged-commit mark as it stands.
+    pub fn mark(&self) -> u64 {
+        self.state.mark
+    }
+
+    /// Sets the logged-commit mark (0 clears it), raising the counter with it.
+    pub fn set_mark(&mut self, txid: u64) -> Result<()> {
+        let state = PublishState {
+            mark: txid,
+            publication: self.raised_publication(),
+        };
+        self.file.write_state(state)?;
+        self.state = state;
+        self.raised = true;
+        Ok(())
+    }
+
+    fn raised_publication(&self) -> u64 {
+        match self.raised {
+            true => self.state.publication,
+            false => self.state.publication.wrapping_add(1),
+        }
+    }
+}
+
+impl Drop for Publishing {
+    fn drop(&mut self) {
+        if !self.raised {
+            let _ = self.file.write_state(PublishState {
+                publication: self.raised_publication(),
+                ..self.state
+            });
+        }
+    }
 }
 
 impl Drop for LockGuard {
@@ -77,7 +146,7 @@ impl LockFile {
         refuse_link(path, &file)?;
         Ok(LockFile {
             file: Arc::new(file),
-            path: path.to_path_buf(),
+            path: Arc::from(path),
         })
     }
 
@@ -91,40 +160,44 @@ impl LockFile {
         self.acquire(what, timeout_ms, File::try_lock_shared)
     }
 
-    /// Takes the publish lock exclusively and raises the publication counter.
-    pub fn publishing(&self, timeout_ms: u64) -> Result<LockGuard> {
-        let guard = self.exclusive("publish lock", timeout_ms)?;
-        self.write_u64(PUBLICATION_AT, self.publication()?.wrapping_add(1))?;
-        Ok(guard)
+    /// Takes the publish lock exclusively: a window in which the caller may change what
+    /// readers see (see [`Publishing`]).
+    pub fn publishing(&self, timeout_ms: u64) -> Result<Publishing> {
+        let lock = self.exclusive("publish lock", timeout_ms)?;
+        Ok(Publishing {
+            file: self.clone(),
+            state: self.state()?,
+            raised: false,
+            _lock: lock,
+        })
     }
 
-    /// The logged-commit mark: a transaction id, or 0 when none is set.
-    pub fn mark(&self) -> Result<u64> {
-        self.read_u64(MARK_AT)
-    }
-
-    /// Sets the logged-commit mark (0 clears it). The caller holds the lock exclusively.
-    pub fn set_mark(&self, txid: u64) -> Result<()> {
-        self.write_u64(MARK_AT, txid)
-    }
-
-    /// The publication counter (see the module's comment).
-    pub fn publication(&self) -> Result<u64> {
-        self.read_u64(PUBLICATION_AT)
-    }
-
-    fn read_u64(&self, offset: u64) -> Result<u64> {
-        let mut bytes = [0u8; 8];
-        match self.file.read_exact_at(&mut bytes, offset) {
-            Ok(()) => Ok(u64::from_le_bytes(bytes)),
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(0),
+    /// The mark and the counter, in one read. A reader holds the lock shared; a writer holds
+    /// the writer lock, so that no logged commit can set the mark meanwhile.
+    pub fn state(&self) -> Result<PublishState> {
+        let mut bytes = [0u8; STATE_BYTES];
+        let read = match self.file.read_at(&mut bytes, 0) {
+            // A file shorter than the state (new, or from an older build) reads as zeros.
+            Ok(_) => Ok(()),
             Err(e) => Err(Error::journal_io(&self.path)(e)),
-        }
+        };
+        read.map(|()| PublishState {
+            mark: u64_at(&bytes, MARK_AT),
+            publication: u64_at(&bytes, PUBLICATION_AT),
+        })
     }
 
-    fn write_u64(&self, offset: u64, value: u64) -> Result<()> {
+    /// The logged-commit mark (see [`state`](Self::state)).
+    pub fn mark(&self) -> Result<u64> {
+        self.state().map(|state| state.mark)
+    }
+
+    fn write_state(&self, state: PublishState) -> Result<()> {
+        let mut bytes = [0u8; STATE_BYTES];
+        bytes[MARK_AT..MARK_AT + 8].copy_from_slice(&state.mark.to_le_bytes());
+        bytes[PUBLICATION_AT..PUBLICATION_AT + 8].copy_from_slice(&state.publication.to_le_bytes());
         self.file
-            .write_all_at(&value.to_le_bytes(), offset)
+            .write_all_at(&bytes, 0)
             .map_err(Error::journal_io(&self.path))
     }
 
@@ -208,9 +281,12 @@ mod tests {
     fn the_mark_is_shared_through_the_file() {
         let (_dir, a, b) = two_handles("t.publish");
         assert_eq!(b.mark().unwrap(), 0);
-        a.set_mark(41).unwrap();
+        a.publishing(0).unwrap().set_mark(41).unwrap();
         assert_eq!(b.mark().unwrap(), 41);
-        a.set_mark(0).unwrap();
+        let mut publishing = a.publishing(0).unwrap();
+        assert_eq!(publishing.mark(), 41);
+        publishing.set_mark(0).unwrap();
+        drop(publishing);
         assert_eq!(b.mark().unwrap(), 0);
     }
 
@@ -226,19 +302,36 @@ mod tests {
     }
 
     #[test]
-    fn publishing_raises_the_counter_and_keeps_the_mark() {
+    fn each_publishing_window_raises_the_counter_once_and_keeps_the_mark() {
         let (_dir, a, b) = two_handles("t.publish");
-        assert_eq!(b.publication().unwrap(), 0);
-        a.set_mark(7).unwrap();
+        let state = |mark, publication| PublishState { mark, publication };
+        assert_eq!(b.state().unwrap(), state(0, 0));
+        a.publishing(0).unwrap().set_mark(7).unwrap();
+        assert_eq!(b.state().unwrap(), state(7, 1));
         drop(a.publishing(0).unwrap());
+        assert_eq!(b.state().unwrap(), state(7, 2));
         assert!(b.shared("publish lock", 0).is_ok());
-        let held = a.publishing(0).unwrap();
+        let mut held = a.publishing(0).unwrap();
         assert!(matches!(
             b.shared("publish lock", 20),
             Err(Error::Busy { .. })
         ));
+        held.set_mark(9).unwrap();
+        held.set_mark(0).unwrap();
         drop(held);
-        assert_eq!(b.publication().unwrap(), 2);
-        assert_eq!(b.mark().unwrap(), 7);
+        assert_eq!(b.state().unwrap(), state(0, 3));
+    }
+
+    #[test]
+    fn a_short_file_from_an_older_build_reads_as_zeros() {
+        let (dir, a, _b) = two_handles("t.publish");
+        std::fs::write(dir.path().join("t.publish"), 5u64.to_le_bytes()).unwrap();
+        assert_eq!(
+            a.state().unwrap(),
+            PublishState {
+                mark: 5,
+                publication: 0
+            }
+        );
     }
 }

@@ -268,6 +268,10 @@ pub struct ImageTable {
     /// SQLite's part; must come first (the struct is cast to and from `sqlite3_vtab`).
     base: sqlite3_vtab,
     db: *mut ffi::sqlite3,
+    /// The same connection as `db`, for the queries a write transaction makes of it (kept
+    /// prepared); it does not close the connection, and its statements are finalized when the
+    /// table is disconnected, which SQLite does before it closes the connection.
+    host: rusqlite::Connection,
     /// The database that holds the table (`main`, `temp`, an attached one's name).
     schema: String,
     /// This table's entry in the connection's open tables.
@@ -578,6 +582,10 @@ impl ImageTable {
             .map_err(|e| Error::Internal(e.to_string()))?;
         // SAFETY: SQLite passes a valid connection handle to xCreate/xConnect.
         let handle = unsafe { db.handle() };
+        // SAFETY: the handle outlives the table (SQLite disconnects every table before closing
+        // the connection), and a Connection made from a handle never closes it.
+        let host = unsafe { rusqlite::Connection::from_handle(handle) }
+            .map_err(|e| Error::Internal(e.to_string()))?;
         let config = table_config(handle, schema, table_name, &options)?;
         let declaration = config.declaration();
         let connected = (!create)
@@ -617,6 +625,7 @@ impl ImageTable {
             ImageTable {
                 base: sqlite3_vtab::default(),
                 db: handle,
+                host,
                 schema: schema.to_string(),
                 key,
                 state,
@@ -692,7 +701,7 @@ impl ImageTable {
     /// Step 1 of the protocol, noting the host connection's state then (`host::HostAtBegin`).
     fn begin_write(&self) -> Result<()> {
         let core = self.core()?;
-        *core.host_at_begin.borrow_mut() = crate::host::HostAtBegin::read(self.db, &self.schema);
+        *core.host_at_begin.borrow_mut() = crate::host::HostAtBegin::read(&self.host, &self.schema);
         core.coordinator
             .borrow_mut()
             .begin_write(&mut core.shards.borrow_mut())
