@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds the extension (and its fault-injection twin for the fault matrix, and a loader linked
-# with an SQLite too old for it), runs the Rust tests, then the Python harness (pytest last, so
+# Builds the extension (and its fault-injection twin for the fault matrix, a loader linked
+# with an SQLite too old for it, and the power-cut file system of the power-cut tests), runs the Rust tests, then the Python harness (pytest last, so
 # its closing "N passed" line ends the output).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,5 +11,6 @@ mkdir -p target/fault/release
 cp target/release/libimagestore.so target/fault/release/
 cargo build --release
 cargo build --release --manifest-path tests/old-sqlite/Cargo.toml --target-dir target/old-sqlite
+cargo build --release --manifest-path tests/powercut/Cargo.toml --target-dir target/powercut
 cargo test --no-default-features --features bundled
 python3 -m pytest -q tests

@@ -92,11 +92,22 @@ def wait_ready(proc, timeout=60):
     return bool(ready) and proc.stdout.readline().strip() == b"ready"
 
 
-def run_crash_loop(workdir, max_kills, max_seconds, seed):
+def kill_9(proc):
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def run_crash_loop(workdir, max_kills, max_seconds, seed, crash=kill_9, db_dir=None,
+                   options="shards=4"):
+    """Starts the writer, lets it run a random while, crashes it with `crash(proc)` (by default
+    a kill -9; tests/test_power_cut.py cuts the power under it), checks the table against the
+    acknowledged log, and again. The table lives in `db_dir` (default `workdir`), the log in
+    `workdir`, out of the crash's reach."""
     rng = random.Random(seed)
-    db, acked, errlog = workdir / "test.db", workdir / "acked.log", workdir / "writer.err"
+    db = (db_dir or workdir) / "test.db"
+    acked, errlog = workdir / "acked.log", workdir / "writer.err"
     con = connect(db)
-    con.execute("CREATE VIRTUAL TABLE t USING imagestore(shards=4)")
+    con.execute(f"CREATE VIRTUAL TABLE t USING imagestore({options})")
     con.close()
 
     model, next_k, acked_lines = {}, 0, 0
@@ -119,8 +130,7 @@ def run_crash_loop(workdir, max_kills, max_seconds, seed):
         if proc.poll() is not None:
             raise AssertionError(f"writer exited by itself (rc {proc.returncode}):\n"
                                  f"{errlog.read_text()[-3000:]}")
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        crash(proc)
         proc.stdout.close()
         kills += 1
 

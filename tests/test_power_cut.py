@@ -1,0 +1,45 @@
+"""The product under power cuts (tests/powercut: a FUSE file system that forgets, on command,
+everything not synced): the crash loop of test_crash.py, with the table on the power-cut file
+system and each kill a power cut. After every cut: every transaction whole or absent, every
+commit acknowledged before the cut present, and the table opens without a person's decision.
+"""
+import os
+import random
+import time
+
+import pytest
+
+from powercut import PowerCutFS, available
+from test_crash import run_crash_loop
+
+pytestmark = pytest.mark.skipif(available() is not None, reason=str(available()))
+
+PATHS = {
+    # Small transactions: LOGGED records (the shards' commits are not synced); a small journal
+    # limit so that trims are cut too.
+    "logged": "shards=4, journal_limit=4096",
+    # Every transaction prepared on its shards, then a COMMIT record.
+    "prepared": "shards=4, logged_commit_max=0",
+}
+
+
+@pytest.mark.parametrize("path", sorted(PATHS))
+def test_power_cuts_during_writes(tmp_path, capsys, path):
+    seed = int(os.environ.get("IMAGESTORE_POWERCUT_SEED", time.time_ns() % 10 ** 9))
+    cuts = int(os.environ.get("IMAGESTORE_POWERCUT_CUTS", 40))
+    seconds = float(os.environ.get("IMAGESTORE_POWERCUT_SECONDS", 60))
+    rng = random.Random(seed)
+    backing = tmp_path / "disk"
+    backing.mkdir()
+    with PowerCutFS(str(backing)) as fs:
+        def cut(proc):
+            # Half the cuts drop everything unsynced; half keep a random part of it.
+            fs.cut(seed=rng.randrange(1, 2 ** 32) if rng.random() < 0.5 else None, kill=[proc])
+
+        summary, partial, lost, problems = run_crash_loop(
+            tmp_path, cuts, seconds, seed, crash=cut, db_dir=type(tmp_path)(fs.mountpoint),
+            options=PATHS[path])
+    with capsys.disabled():
+        print(f"\n{path}: {summary.replace('kills', 'power cuts')} (seed {seed})")
+    assert partial == 0 and lost == 0, summary + "\n" + "\n".join(problems)
+    assert not problems, "\n".join(problems)
