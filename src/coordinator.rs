@@ -175,6 +175,19 @@
 //! any other database opens that file to read the decision (if it is gone, the transaction is
 //! in doubt and the table says which database it needs).
 //!
+//! # What the protocol assumes of the disk, and which test shows it needed
+//! - A synced write survives a power cut; an unsynced one may not, in whole or in part (each
+//!   file keeping a prefix of its writes).
+//! - A WAL-mode file at `synchronous=NORMAL` keeps a prefix of its commits (SQLite's own rule):
+//!   so `last_txid` says which commits a shard kept, and replay gives back the rest.
+//! - A name created, removed or renamed is durable only once its folder is synced: after making
+//!   or replacing the journal, and after a new shard WAL (`durable::sync_wal`).
+//!
+//! `tests/test_power_cut.py` runs the table on a file system that drops, at each cut, what was
+//! not synced, and leaves out, in the test build (`fault::skips_sync`), in turn the LOGGED
+//! record's fdatasync (4), a prepare's WAL fsync (5) and the journal folder's sync (9): each time
+//! the cuts lose acknowledged commits, or the table refuses to open (commits lost).
+//!
 //! # Transaction ids
 //! Every prepare, logged shard commit and replay raises its shards'
 //! `last_txid` in the same SQLite transaction, and a new id is above every shard's `last_txid`,

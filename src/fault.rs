@@ -9,6 +9,9 @@
 //! Steps: `shard_prepare`, `journal_append`, `journal_sync`, `shard_commit_logged`,
 //! `shard_finalize`, `journal_reset`, `recovery_shard`, `recovery_replay`, `derive_row`,
 //! `backup_shard`, `restore_commit`.
+//!
+//! Also, `IMAGESTORE_SKIP_SYNC=name,...` leaves out the syncs named ([`skips_sync`]), so that the
+//! power-cut tests can show that each sync the protocol relies on is needed.
 
 use crate::error::Result;
 
@@ -16,6 +19,20 @@ use crate::error::Result;
 #[inline(always)]
 pub fn check(_step: &'static str) -> Result<()> {
     Ok(())
+}
+
+/// Whether the sync named `what` is to be left out: `journal_record` (a decision's fdatasync),
+/// `journal_folder` (the folder's sync after a journal is made or replaced), `shard_wal` (a
+/// shard WAL's fsync, at a prepare and before a trim). Always false in the shipped library.
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub fn skips_sync(_what: &str) -> bool {
+    false
+}
+
+#[cfg(feature = "fault-injection")]
+pub fn skips_sync(what: &str) -> bool {
+    std::env::var("IMAGESTORE_SKIP_SYNC").is_ok_and(|list| list.split(',').any(|w| w == what))
 }
 
 #[cfg(feature = "fault-injection")]

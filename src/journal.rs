@@ -392,6 +392,9 @@ fn write_zeros(file: &File, from: u64, to: u64) -> std::io::Result<()> {
 }
 
 fn sync_dir(path: &Path) -> std::io::Result<()> {
+    if crate::fault::skips_sync("journal_folder") {
+        return Ok(());
+    }
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -669,7 +672,10 @@ impl Journal {
                     .map_err(Error::journal_io(&self.path))
             })
             .and_then(|()| crate::fault::check("journal_sync"))
-            .and_then(|()| self.file.sync_data().map_err(Error::journal_io(&self.path)));
+            .and_then(|()| match crate::fault::skips_sync("journal_record") {
+                true => Ok(()),
+                false => self.file.sync_data().map_err(Error::journal_io(&self.path)),
+            });
         match written {
             Ok(()) => {
                 self.absorb(record.clone(), self.end);
