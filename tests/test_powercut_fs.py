@@ -113,6 +113,21 @@ def test_a_removal_comes_back_unless_its_folder_was_synced(fs):
     assert read(fs.path("removed")) == b"back"
 
 
+def test_a_file_removed_or_replaced_while_open_stays_usable(fs):
+    """As on any disk: the open descriptor still reads, writes and fstats, also once the
+    removal is durable (the folder synced)."""
+    write_file(fs.path("old"), b"contents")
+    write_file(fs.path("new"), b"other")
+    fd = os.open(fs.path("old"), os.O_RDWR)
+    os.rename(fs.path("new"), fs.path("old"))
+    sync_dir(fs.mountpoint)
+    os.pwrite(fd, b"C", 0)
+    assert os.fstat(fd).st_size == 8
+    assert os.pread(fd, 8, 0) == b"Contents"
+    os.close(fd)
+    assert read(fs.path("old")) == b"other"
+
+
 def test_a_rename_over_a_file_is_undone_with_the_file_it_replaced(fs):
     write_file(fs.path("journal"), b"old")
     write_file(fs.path("journal-new"), b"new")

@@ -76,6 +76,14 @@ enum Undo {
     },
 }
 
+/// An open file: the backing file, whether every write is synced (O_SYNC, O_DSYNC), and its
+/// kernel inode number.
+struct Handle {
+    file: Arc<File>,
+    sync: bool,
+    ino: u64,
+}
+
 struct Change {
     scope: Scope,
     undo: Undo,
@@ -88,8 +96,8 @@ struct State {
     inodes: HashMap<(u64, u64), u64>,
     paths: HashMap<u64, PathBuf>,
     next_inode: u64,
-    /// Open files: handle to (file, whether every write is synced).
-    handles: HashMap<u64, (Arc<File>, bool)>,
+    /// Open files, by handle.
+    handles: HashMap<u64, Handle>,
     next_handle: u64,
     /// The changes not yet durable, oldest first.
     pending: Vec<Change>,
@@ -190,14 +198,31 @@ impl State {
     }
 
     fn handle(&self, fh: u64) -> Result<(Arc<File>, bool), Errno> {
-        self.handles.get(&fh).cloned().ok_or(libc::EBADF)
+        let handle = self.handles.get(&fh).ok_or(libc::EBADF)?;
+        Ok((Arc::clone(&handle.file), handle.sync))
     }
 
-    fn new_handle(&mut self, file: File, sync: bool) -> u64 {
+    fn new_handle(&mut self, file: File, sync: bool, ino: u64) -> u64 {
         let fh = self.next_handle;
         self.next_handle += 1;
-        self.handles.insert(fh, (Arc::new(file), sync));
+        let file = Arc::new(file);
+        self.handles.insert(fh, Handle { file, sync, ino });
         fh
+    }
+
+    /// The attributes of inode `ino`: through handle `fh` if given, else through its name, else
+    /// through any open handle (a file removed while open has no name left, yet fstat works on
+    /// it, as on any disk).
+    fn attr_of_inode(&mut self, ino: u64, fh: Option<u64>) -> Result<FileAttr, Errno> {
+        let fstat = |handle: &Handle| handle.file.metadata().map(|m| attr(ino, &m)).map_err(errno);
+        if let Some(handle) = fh.and_then(|fh| self.handles.get(&fh)) {
+            return fstat(handle);
+        }
+        let by_name = self.path(ino).and_then(|path| self.attr_of(&path));
+        match self.handles.values().find(|h| h.ino == ino) {
+            Some(handle) if by_name.is_err() => fstat(handle),
+            _ => by_name,
+        }
     }
 
     /// A sync of `scope`: its changes are durable. Names removed for good leave the trash.
@@ -398,14 +423,7 @@ impl Filesystem for PowerCut {
     }
 
     fn getattr(&mut self, _req: &Request<'_>, ino: u64, fh: Option<u64>, reply: ReplyAttr) {
-        let mut state = self.state();
-        // Through the open handle when there is one: its name may be gone (removed while open).
-        let by_handle = fh
-            .and_then(|fh| state.handle(fh).ok())
-            .map(|(file, _)| file.metadata().map(|meta| attr(ino, &meta)).map_err(errno));
-        let result =
-            by_handle.unwrap_or_else(|| state.path(ino).and_then(|path| state.attr_of(&path)));
-        match result {
+        match self.state().attr_of_inode(ino, fh) {
             Ok(attr) => reply.attr(&TTL, &attr),
             Err(e) => reply.error(e),
         }
@@ -587,7 +605,7 @@ impl Filesystem for PowerCut {
             .path(ino)
             .and_then(|path| open_backing(&path, flags, None).map_err(errno));
         match result {
-            Ok(file) => reply.opened(state.new_handle(file, sync_flags(flags)), 0),
+            Ok(file) => reply.opened(state.new_handle(file, sync_flags(flags), ino), 0),
             Err(e) => reply.error(e),
         }
     }
@@ -613,7 +631,7 @@ impl Filesystem for PowerCut {
         });
         match (result, file) {
             (Ok(attr), Some(file)) => {
-                let fh = self.state().new_handle(file, sync_flags(flags));
+                let fh = self.state().new_handle(file, sync_flags(flags), attr.ino);
                 reply.created(&TTL, &attr, 0, fh, 0)
             }
             (Err(e), _) => reply.error(e),
