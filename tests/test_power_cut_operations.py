@@ -47,14 +47,16 @@ def make_table(db):
     return con
 
 
-def start(db, sql):
-    """A child that runs `sql` on `db`, printing 'go' before and 'done' once it returned."""
-    code = (f"from harness import connect; con = connect({str(db)!r}); "
+def start(db, sql, work=None):
+    """A child that runs `sql` on `db` (or the Python `work`, with `con` and `harness` at hand),
+    printing 'go' before and 'done' once it returned."""
+    work = work or f"list(con.execute({sql!r}))"
+    code = (f"import harness; from harness import connect; con = connect({str(db)!r})\n"
             # SQLite's own rule: in the default rollback-journal mode a commit is durable at a
             # power cut only at EXTRA (FULL does not sync the folder after deleting the
             # journal); the table's schema rides on the host's commits.
-            f"con.execute('PRAGMA synchronous=EXTRA'); print('go', flush=True); "
-            f"list(con.execute({sql!r})); print('done', flush=True)")
+            f"con.execute('PRAGMA synchronous=EXTRA'); print('go', flush=True)\n"
+            f"{work}\nprint('done', flush=True)\n")
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=HERE,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     assert proc.stdout.readline().strip() == b"go"
@@ -71,9 +73,10 @@ def cut_during(fs, proc, delay, rng):
     return acknowledged
 
 
-def timed(db, sql):
-    """How long `sql` takes in a child, from its 'go' to its 'done' (the window cuts fall in)."""
-    proc = start(db, sql)
+def timed(db, sql, work=None):
+    """How long `sql` (or `work`) takes in a child, from its 'go' to its 'done' (the window
+    cuts fall in)."""
+    proc = start(db, sql, work)
     started = time.perf_counter()
     assert proc.stdout.readline().strip() == b"done"
     duration = time.perf_counter() - started
@@ -143,7 +146,7 @@ def test_power_cuts_during_backup_and_restore(disk):
     for k in range(ROUNDS):
         folder = Path(disk.path(f"backup{k}"))
         proc = start(db, f"SELECT imagestore_backup('t', '{folder}')")
-        acknowledged = cut_during(disk, proc, rng.uniform(0, backup_duration * 1.5), rng)
+        acknowledged = cut_during(disk, proc, rng.uniform(0, backup_duration * 2.5), rng)
         report = verify(db, folder)
         if acknowledged:
             assert report["ok"], f"a backup that returned did not survive the cut: {report}"
@@ -157,7 +160,7 @@ def test_power_cuts_during_backup_and_restore(disk):
     for k in range(ROUNDS):
         sql = f"CREATE VIRTUAL TABLE r{k} USING imagestore(restore_from='{source}', shards=2)"
         proc = start(db, sql)
-        acknowledged = cut_during(disk, proc, rng.uniform(0, restore_duration * 1.5), rng)
+        acknowledged = cut_during(disk, proc, rng.uniform(0, restore_duration * 2.5), rng)
         con = connect(db)
         present = con.execute("SELECT count(*) FROM sqlite_schema WHERE name = ?", (f"r{k}",)).fetchone()[0]
         if present:
@@ -221,3 +224,35 @@ def test_power_cuts_during_recovery(disk):
             f"round {k}: {len(rows)} rows of {4 * written}"
         replayed += 1
     print(f"\npower cuts during recovery: {replayed} replays cut, {written} transactions kept")
+
+
+def test_power_cuts_during_an_import(disk):
+    """The corpus imported in one transaction (prepared: larger than logged_commit_max), the
+    power cut at a random moment: all of it or none of it, all of it if COMMIT returned."""
+    db = Path(disk.path("i.db"))
+    con = connect(db)
+    con.execute("PRAGMA synchronous=EXTRA")
+    con.execute("CREATE VIRTUAL TABLE t USING imagestore(shards=3)")
+    con.close()
+    names = [p.name for p in IMAGES]
+
+    def work(label):
+        return (f"con.execute('BEGIN')\n"
+                f"for p in {[str(p) for p in IMAGES]!r}:\n"
+                f"    con.execute('INSERT INTO t(name, data) VALUES (?, ?)', "
+                f"('{label}:' + p.rsplit('/', 1)[1], open(p, 'rb').read()))\n"
+                f"con.execute('COMMIT')")
+    duration = timed(db, None, work("timing"))
+    rng = random.Random(int(os.environ.get("IMAGESTORE_POWERCUT_SEED", 17)))
+    outcomes = {"imported": 0, "absent": 0}
+    for k in range(ROUNDS):
+        proc = start(db, None, work(k))
+        acknowledged = cut_during(disk, proc, rng.uniform(0, duration * 2.5), rng)
+        con = connect(db)
+        got = con.execute("SELECT name, hash FROM t WHERE name LIKE ? ORDER BY id", (f"{k}:%",)).fetchall()
+        con.close()
+        assert [n.split(":", 1)[1] for n, _ in got] in ([], names), f"round {k}: {len(got)} of {len(names)}"
+        assert got or not acknowledged, "an acknowledged import was lost"
+        outcomes["imported" if got else "absent"] += 1
+    print(f"\npower cuts during an import: {outcomes}")
+    assert outcomes["imported"] and outcomes["absent"], outcomes
