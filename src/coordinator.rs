@@ -62,7 +62,9 @@
 //!    see below): always prepared (5, every prepare record naming the host database), then the
 //!    decision is a row inserted into the host's `imagestore_decisions` inside the host's own
 //!    transaction. **The host's commit is the commit point**, of its tables and of this one.
-//!    The publish lock is released before it.
+//!    The publish lock is released before it. Rows of earlier transactions stay until their
+//!    finalizes (7, not synced) are durable on every shard: once the host holds more than 64,
+//!    every shard's WAL is synced and the older rows are deleted in the same host transaction.
 //! 7. *Finish* (xCommit, after SQLite committed its own files): on the logged path, take the
 //!    publish lock again and commit every written shard, not synced, then clear the mark (a
 //!    shard whose commit fails is rolled back and the mark stays: the next reader or writer
@@ -238,9 +240,16 @@ pub trait HostDecider {
     /// The host database's file, kept in every prepare record so that recovery can ask it.
     fn path(&self) -> &str;
     /// Records the decision for `txid` in the host's open transaction, so that it commits or
-    /// rolls back with the host's own changes.
-    fn record(&self, txid: u64) -> Result<()>;
+    /// rolls back with the host's own changes; returns how many of the table's decisions the
+    /// host now holds.
+    fn record(&self, txid: u64) -> Result<u64>;
+    /// Deletes, in the host's open transaction, the decisions before `txid`.
+    fn forget_before(&self, txid: u64) -> Result<()>;
 }
+
+/// How many decisions the host keeps before the coordinator makes every shard durable and
+/// deletes the older ones (see step 6h).
+const HOST_DECISIONS_KEPT_MAX: u64 = 64;
 
 /// Asks host database `path` whether it committed the decision for transaction `txid` of table
 /// `table_id` (recovery of a transaction that rode on a host's commit).
@@ -1041,7 +1050,9 @@ impl Coordinator {
         // Decision: the journal's synced COMMIT record is the commit point; or the host's
         // decision row, which its commit makes durable (6h).
         let decided = match host {
-            Some(host) => host.record(txid),
+            Some(host) => host
+                .record(txid)
+                .and_then(|kept| forget_settled_decisions(shards, host, txid, kept)),
             None => self.decide(&Record::commit(txid, names, None)),
         };
         if let Err(e) = decided {
@@ -1404,6 +1415,25 @@ fn move_aside(journal: &std::path::Path, why: &str) -> Result<()> {
 }
 
 /// The journal's names for the written shards.
+/// Step 6h's housekeeping: the host's decision rows of earlier transactions are needed until
+/// every shard's finalize of them is durable (a finalize is not synced; a shard that lost one
+/// would find its prepare record without a row, presume abort and undo its half). Once the host
+/// holds more than [`HOST_DECISIONS_KEPT_MAX`], every shard's WAL is synced, which makes all
+/// those finalizes durable (each committed before this transaction began), and the older rows
+/// are deleted with this transaction's own.
+fn forget_settled_decisions(
+    shards: &[Shard],
+    host: &dyn HostDecider,
+    txid: u64,
+    kept: u64,
+) -> Result<()> {
+    if kept <= HOST_DECISIONS_KEPT_MAX {
+        return Ok(());
+    }
+    crate::durable::sync_wals(&shards.iter().map(|s| s.path.as_path()).collect::<Vec<_>>())?;
+    host.forget_before(txid)
+}
+
 fn participants(written: &[usize]) -> Vec<u16> {
     written.iter().map(|&i| i as u16).collect()
 }

@@ -23,7 +23,8 @@ pub fn check(_step: &'static str) -> Result<()> {
 
 /// Whether the sync named `what` is to be left out: `journal_record` (a decision's fdatasync),
 /// `journal_folder` (the folder's sync after a journal is made or replaced), `shard_wal` (a
-/// shard WAL's fsync, at a prepare and before a trim). Always false in the shipped library.
+/// shard WAL's fsync, at a prepare and before a trim), `shard_wal_folder` (the folder's sync
+/// after a new shard WAL's first fsync). Always false in the shipped library.
 #[cfg(not(feature = "fault-injection"))]
 #[inline(always)]
 pub fn skips_sync(_what: &str) -> bool {

@@ -157,35 +157,59 @@ impl HostDecider for HostDecisions {
         &self.path
     }
 
-    fn record(&self, txid: u64) -> Result<()> {
-        // SAFETY: as in `also_wrote`: the handle of the connection running this xSync.
-        let conn = unsafe { Connection::from_handle(self.db) }.map_err(internal)?;
-        let table = format!("{}.{DECISIONS}", quote(&self.schema));
-        // Every earlier transaction of the table is settled (a writer begins only once no shard
-        // holds a prepare record): its row is no longer needed.
+    fn record(&self, txid: u64) -> Result<u64> {
+        let conn = self.connection()?;
+        let table = self.table();
         conn.execute_batch(&format!(
             "CREATE TABLE IF NOT EXISTS {table}(table_id BLOB NOT NULL, txid INTEGER NOT NULL, \
              PRIMARY KEY(table_id, txid)) WITHOUT ROWID"
         ))
         .and_then(|()| {
             conn.execute(
-                &format!("DELETE FROM {table} WHERE table_id = ?1"),
-                [&self.table_id[..]],
-            )
-        })
-        .and_then(|_| {
-            conn.execute(
                 &format!("INSERT INTO {table}(table_id, txid) VALUES (?1, ?2)"),
                 params![&self.table_id[..], txid as i64],
             )
         })
-        .map(|_| ())
-        .map_err(|e| {
-            Error::BadArgument(format!(
-                "recording the commit decision in the host database: {e}"
-            ))
+        .and_then(|_| {
+            conn.query_row(
+                &format!("SELECT count(*) FROM {table} WHERE table_id = ?1"),
+                [&self.table_id[..]],
+                |r| r.get::<_, i64>(0),
+            )
         })
+        .map(|kept| kept as u64)
+        .map_err(recording)
     }
+
+    fn forget_before(&self, txid: u64) -> Result<()> {
+        let conn = self.connection()?;
+        conn.execute(
+            &format!(
+                "DELETE FROM {} WHERE table_id = ?1 AND txid < ?2",
+                self.table()
+            ),
+            params![&self.table_id[..], txid as i64],
+        )
+        .map(|_| ())
+        .map_err(recording)
+    }
+}
+
+impl HostDecisions {
+    fn connection(&self) -> Result<Connection> {
+        // SAFETY: as in `also_wrote`: the handle of the connection running this xSync.
+        unsafe { Connection::from_handle(self.db) }.map_err(internal)
+    }
+
+    fn table(&self) -> String {
+        format!("{}.{DECISIONS}", quote(&self.schema))
+    }
+}
+
+fn recording(e: rusqlite::Error) -> Error {
+    Error::BadArgument(format!(
+        "recording the commit decision in the host database: {e}"
+    ))
 }
 
 /// Whether host database `path` committed the decision for `txid` of table `table_id`: the

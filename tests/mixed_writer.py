@@ -2,7 +2,7 @@
 table and rows of a 4-shard imagestore table (on 1, 2 or 4 shards, small or large), or with
 `two`, a row of a second imagestore table instead of the ordinary one; each prints its number
 once COMMIT returned.
-mixed_writer.py DB START COUNT one|two"""
+mixed_writer.py DB START COUNT one|two [SYNCHRONOUS]   (the host's PRAGMA synchronous, if given)"""
 import sys
 
 from harness import connect, corpus_bytes
@@ -10,6 +10,8 @@ from harness import connect, corpus_bytes
 db, start, count, tables = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 con = connect(db)
 con.set_busy_timeout(10000)
+if len(sys.argv) > 5:
+    con.execute("PRAGMA synchronous=" + sys.argv[5])
 small, large = corpus_bytes("no_time_for_that_tiny.gif"), corpus_bytes("horse.png")
 print("ready", flush=True)
 for k in range(start, start + count):

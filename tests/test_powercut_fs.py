@@ -3,6 +3,8 @@ name, removal or rename is lost at a cut; a synced one is kept; a random cut kee
 each file's writes; SQLite's locks and shared memory work through it, and its synced commits
 survive while unsynced ones do not. The oracle is the POSIX rule the tool models: what a file's
 or directory's fsync covered is kept, nothing else."""
+import ctypes
+import errno
 import os
 import sqlite3
 
@@ -126,6 +128,30 @@ def test_a_file_removed_or_replaced_while_open_stays_usable(fs):
     assert os.pread(fd, 8, 0) == b"Contents"
     os.close(fd)
     assert read(fs.path("old")) == b"other"
+
+
+def test_fallocate_and_rename_noreplace_pass_through_and_are_undone(fs):
+    write_file(fs.path("a"), b"x")
+    fd = os.open(fs.path("a"), os.O_RDWR)
+    os.posix_fallocate(fd, 0, 1 << 16)
+    assert os.fstat(fd).st_size == 1 << 16
+    os.close(fd)
+    write_file(fs.path("b"), b"y")
+    renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    at_cwd, noreplace = -100, 1
+    assert renameat2(at_cwd, fs.path("b").encode(), at_cwd, fs.path("a").encode(), noreplace) == -1
+    assert ctypes.get_errno() == errno.EEXIST
+    assert renameat2(at_cwd, fs.path("b").encode(), at_cwd, fs.path("c").encode(), noreplace) == 0
+    fs.cut()
+    assert read(fs.path("a")) == b"x"
+    assert sorted(os.listdir(fs.mountpoint)) == ["a", "b"]
+
+
+def test_a_folder_rename_is_refused_as_across_file_systems(fs):
+    os.mkdir(fs.path("d"))
+    with pytest.raises(OSError) as refused:
+        os.rename(fs.path("d"), fs.path("e"))
+    assert refused.value.errno == errno.EXDEV
 
 
 def test_a_rename_over_a_file_is_undone_with_the_file_it_replaced(fs):

@@ -22,6 +22,11 @@
 //!
 //! POSIX and flock locks, and shared memory maps (SQLite's `-shm`), are left to the kernel, which
 //! keeps them local to the mount; the maps' pages reach this file system as ordinary writes.
+//!
+//! Limits: a folder cannot be renamed (EXDEV, as across file systems); a file with several
+//! names is reached through the last name looked up, so removing that name (and syncing its
+//! folder) leaves the others unusable through this mount; a write is kept or lost whole (no
+//! torn sectors), and each file keeps its writes in order.
 //! Removed names are kept, until their directory is synced, in a hidden folder of the backing
 //! root (`.powercut-trash`), so that a cut can put them back.
 
@@ -577,7 +582,11 @@ impl Filesystem for PowerCut {
             }
             let from = state.child(parent, name)?;
             let to = state.child(newparent, newname)?;
-            std::fs::symlink_metadata(&from).map_err(errno)?;
+            // A folder's rename is refused as a rename across file systems is: the changes
+            // recorded inside it name its old path (the product renames only files).
+            if std::fs::symlink_metadata(&from).map_err(errno)?.is_dir() {
+                return Err(libc::EXDEV);
+            }
             let replaced = match std::fs::symlink_metadata(&to) {
                 Ok(_) if flags & libc::RENAME_NOREPLACE != 0 => return Err(libc::EEXIST),
                 Ok(meta)
