@@ -1414,7 +1414,6 @@ fn move_aside(journal: &std::path::Path, why: &str) -> Result<()> {
     crate::durable::sync_dir(journal.parent().unwrap_or(std::path::Path::new(".")))
 }
 
-/// The journal's names for the written shards.
 /// Step 6h's housekeeping: the host's decision rows of earlier transactions are needed until
 /// every shard's finalize of them is durable (a finalize is not synced; a shard that lost one
 /// would find its prepare record without a row, presume abort and undo its half). Once the host
@@ -1434,6 +1433,7 @@ fn forget_settled_decisions(
     host.forget_before(txid)
 }
 
+/// The journal's names for the written shards.
 fn participants(written: &[usize]) -> Vec<u16> {
     written.iter().map(|&i| i as u16).collect()
 }

@@ -84,11 +84,6 @@ pub struct Publishing {
 }
 
 impl Publishing {
-    /// The logged-commit mark as it stands.
-    pub fn mark(&self) -> u64 {
-        self.state.mark
-    }
-
     /// Sets the logged-commit mark (0 clears it), raising the counter with it.
     pub fn set_mark(&mut self, txid: u64) -> Result<()> {
         let state = PublishState {
@@ -175,13 +170,12 @@ impl LockFile {
     /// The mark and the counter, in one read. A reader holds the lock shared; a writer holds
     /// the writer lock, so that no logged commit can set the mark meanwhile.
     pub fn state(&self) -> Result<PublishState> {
+        // A file shorter than the state (new, or from an older build) reads as zeros.
         let mut bytes = [0u8; STATE_BYTES];
-        let read = match self.file.read_at(&mut bytes, 0) {
-            // A file shorter than the state (new, or from an older build) reads as zeros.
-            Ok(_) => Ok(()),
-            Err(e) => Err(Error::journal_io(&self.path)(e)),
-        };
-        read.map(|()| PublishState {
+        self.file
+            .read_at(&mut bytes, 0)
+            .map_err(Error::journal_io(&self.path))?;
+        Ok(PublishState {
             mark: u64_at(&bytes, MARK_AT),
             publication: u64_at(&bytes, PUBLICATION_AT),
         })
@@ -284,7 +278,6 @@ mod tests {
         a.publishing(0).unwrap().set_mark(41).unwrap();
         assert_eq!(b.mark().unwrap(), 41);
         let mut publishing = a.publishing(0).unwrap();
-        assert_eq!(publishing.mark(), 41);
         publishing.set_mark(0).unwrap();
         drop(publishing);
         assert_eq!(b.mark().unwrap(), 0);
