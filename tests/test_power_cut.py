@@ -27,7 +27,7 @@ PATHS = {
 @pytest.mark.parametrize("path", sorted(PATHS))
 def test_power_cuts_during_writes(tmp_path, capsys, path):
     seed = int(os.environ.get("IMAGESTORE_POWERCUT_SEED", time.time_ns() % 10 ** 9))
-    cuts = int(os.environ.get("IMAGESTORE_POWERCUT_CUTS", 40))
+    cuts = int(os.environ.get("IMAGESTORE_POWERCUT_CUTS", 70))
     seconds = float(os.environ.get("IMAGESTORE_POWERCUT_SECONDS", 60))
     rng = random.Random(seed)
     backing = tmp_path / "disk"
@@ -98,7 +98,7 @@ def test_power_cuts_under_several_writers_and_a_reader(tmp_path, capsys):
     from test_crash import wait_ready
 
     seed = int(os.environ.get("IMAGESTORE_POWERCUT_SEED", time.time_ns() % 10 ** 9))
-    cuts = int(os.environ.get("IMAGESTORE_POWERCUT_CUTS", 40)) // 2
+    cuts = int(os.environ.get("IMAGESTORE_POWERCUT_CUTS", 70)) // 2
     rng = random.Random(seed)
     worker = Path(__file__).resolve().parent / "powercut_worker.py"
     writers = 3
@@ -165,7 +165,7 @@ def test_power_cuts_during_mixed_transactions(tmp_path, capsys, journal_mode, sy
     from test_crash import wait_ready
 
     seed = int(os.environ.get("IMAGESTORE_POWERCUT_SEED", time.time_ns() % 10 ** 9))
-    cuts = int(os.environ.get("IMAGESTORE_POWERCUT_CUTS", 40)) // 4
+    cuts = int(os.environ.get("IMAGESTORE_POWERCUT_CUTS", 70)) // 4
     rng = random.Random(seed)
     writer = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mixed_writer.py")
     backing = tmp_path / "disk"

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.skipif(available() is not None, reason=str(available())
 
 HERE = Path(__file__).resolve().parent
 IMAGES = sorted((CORPUS / "images").iterdir())
-ROUNDS = int(os.environ.get("IMAGESTORE_POWERCUT_ROUNDS", 12))
+ROUNDS = int(os.environ.get("IMAGESTORE_POWERCUT_ROUNDS", 15))
 # The phash methods derive alternates between: each round's outcome is told apart by its oracle.
 METHODS = ("projection", "imagehash")
 
