@@ -209,6 +209,33 @@ def test_a_random_cut_keeps_a_prefix_of_each_files_writes():
     assert len(kept) >= 3, kept
 
 
+def test_a_random_cut_may_tear_a_write_at_a_sector_boundary():
+    """The oldest write a random cut takes back from a file is sometimes torn: the file keeps
+    a whole number of its first 512-byte sectors, the old bytes after them. Over the seeds,
+    some writes are kept whole, some lost whole, some torn; the same seed cuts alike."""
+    import shutil
+    old, new = b"o" * 8192, bytes(range(256)) * 24  # 6144 bytes over the first 6 KB
+    outcomes = {}
+    for seed in range(1, 25):
+        backing = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"powercut-torn-{os.getpid()}-{seed}")
+        os.makedirs(backing)
+        try:
+            with PowerCutFS(backing) as fs:
+                write_file(fs.path("a"), old)
+                fd = os.open(fs.path("a"), os.O_WRONLY)
+                os.pwrite(fd, new, 0)
+                os.close(fd)
+                fs.cut(seed=seed)
+                data = read(fs.path("a"))
+        finally:
+            shutil.rmtree(backing, ignore_errors=True)
+        kept = next((k for k in range(0, len(new) + 1, 512) if data == new[:k] + old[k:]), None)
+        assert kept is not None, f"seed {seed}: not a sector prefix of the write: {data[:64]!r}"
+        outcomes[seed] = kept
+    assert 0 in outcomes.values() and len(new) in outcomes.values(), outcomes
+    assert any(0 < k < len(new) for k in outcomes.values()), outcomes
+
+
 def test_sqlite_through_it_keeps_synced_commits_and_loses_unsynced_ones(fs):
     """WAL mode, so SQLite's locks and its -shm map run through the mount. At synchronous=FULL
     every acknowledged commit survives; at synchronous=OFF (nothing synced) they are lost."""

@@ -4,7 +4,8 @@
 //! renamed in it since its last fsync. On command it cuts the power: it undoes all of that in
 //! the backing folder (`cut all`), or, for each file and each directory on its own, a random
 //! suffix of it (`cut random SEED`: each keeps a prefix of its own changes, in their order, as
-//! a disk that reorders writes between files may), and exits. The mount then answers every
+//! a disk that reorders writes between files may; the oldest write undone in a file is torn
+//! half the time, a random number of its first 512-byte sectors kept), and exits. The mount then answers every
 //! call with an error until the tests unmount it, kill whatever used it, and mount the
 //! surviving folder again (tests/powercut.py does all of that).
 //!
@@ -25,8 +26,8 @@
 //!
 //! Limits: a folder cannot be renamed (EXDEV, as across file systems); a file with several
 //! names is reached through the last name looked up, so removing that name (and syncing its
-//! folder) leaves the others unusable through this mount; a write is kept or lost whole (no
-//! torn sectors), and each file keeps its writes in order.
+//! folder) leaves the others unusable through this mount; each file keeps its writes in order,
+//! torn only at the first one lost.
 //! Removed names are kept, until their directory is synced, in a hidden folder of the backing
 //! root (`.powercut-trash`), so that a cut can put them back.
 
@@ -61,13 +62,14 @@ enum Scope {
 
 /// How to take one change back.
 enum Undo {
-    /// Bytes `old` were at `offset` and the file was `old_len` long before a write, truncation
-    /// or allocation.
+    /// Bytes `old` were at `offset` and the file was `old_len` long before a write of
+    /// `written` bytes there, a truncation or an allocation (`written` 0).
     Data {
         file: Arc<File>,
         offset: u64,
         old: Vec<u8>,
         old_len: u64,
+        written: u64,
     },
     /// A name was created (a file, folder, link or hard link).
     Created { path: PathBuf },
@@ -155,14 +157,15 @@ impl State {
         self.pending.push(Change { scope, undo });
     }
 
-    /// Before changing `file` (inode `ino`) over `offset..offset + len` or to length `new_len`:
-    /// remembers what was there.
+    /// Before changing `file` (inode `ino`) over `offset..offset + len` (writing `written`
+    /// bytes there, or 0 for a size change): remembers what was there.
     fn record_data(
         &mut self,
         ino: u64,
         file: &Arc<File>,
         offset: u64,
         len: u64,
+        written: u64,
     ) -> Result<(), Errno> {
         let old_len = file.metadata().map_err(errno)?.len();
         let end = (offset + len).min(old_len);
@@ -175,6 +178,7 @@ impl State {
                 offset,
                 old,
                 old_len,
+                written,
             },
         );
         Ok(())
@@ -249,31 +253,42 @@ impl State {
     }
 
     /// The power cut: undoes every pending change (`seed` None), or a random suffix of each
-    /// scope's, newest first; then empties the trash. Returns how many changes were undone.
+    /// scope's, newest first, where the oldest write undone in a file may be torn: a random
+    /// number of its first 512-byte sectors kept, as a disk may have written them. Then empties
+    /// the trash. Returns how many changes were undone.
     fn cut(&mut self, seed: Option<u64>) -> usize {
         let pending = std::mem::take(&mut self.pending);
-        let mut undo = vec![true; pending.len()];
+        // How many bytes of each change to keep: 0 undoes it whole, u64::MAX keeps it.
+        let mut keep = vec![0u64; pending.len()];
         if let Some(seed) = seed {
-            let mut random = XorShift(seed | 1);
-            let mut counts: HashMap<Scope, usize> = HashMap::new();
+            let mut random = SplitMix(seed);
+            // Scopes in the order they first changed, so that a seed always cuts alike.
+            let mut scopes: Vec<(Scope, usize)> = Vec::new();
             for change in &pending {
-                *counts.entry(change.scope).or_default() += 1;
+                match scopes.iter_mut().find(|(scope, _)| *scope == change.scope) {
+                    Some((_, n)) => *n += 1,
+                    None => scopes.push((change.scope, 1)),
+                }
             }
-            let kept: HashMap<Scope, usize> = counts
+            let kept: HashMap<Scope, usize> = scopes
                 .into_iter()
                 .map(|(scope, n)| (scope, random.below(n as u64 + 1) as usize))
                 .collect();
             let mut seen: HashMap<Scope, usize> = HashMap::new();
             for (i, change) in pending.iter().enumerate() {
                 let index = seen.entry(change.scope).or_default();
-                undo[i] = *index >= kept[&change.scope];
+                keep[i] = match (*index).cmp(&kept[&change.scope]) {
+                    std::cmp::Ordering::Less => u64::MAX,
+                    std::cmp::Ordering::Equal => torn_prefix(&change.undo, &mut random),
+                    std::cmp::Ordering::Greater => 0,
+                };
                 *index += 1;
             }
         }
         let mut undone = 0;
-        for (change, undo) in pending.into_iter().zip(undo).rev() {
-            if undo {
-                take_back(change.undo);
+        for (change, keep) in pending.into_iter().zip(keep).rev() {
+            if keep != u64::MAX {
+                take_back(change.undo, keep);
                 undone += 1;
             }
         }
@@ -282,19 +297,40 @@ impl State {
     }
 }
 
-/// Undoes one change in the backing folder. A failure is reported, not fatal: the folder is
-/// what the tests look at next, and they see what could not be undone.
-fn take_back(undo: Undo) {
+/// How many bytes of the write `undo` takes back a cut keeps: half the time none, else a
+/// random whole number of 512-byte sectors short of all of it.
+fn torn_prefix(undo: &Undo, random: &mut SplitMix) -> u64 {
+    const SECTOR: u64 = 512;
+    match undo {
+        Undo::Data { written, .. } if *written > SECTOR && random.below(2) == 1 => {
+            SECTOR * random.below(written.div_ceil(SECTOR))
+        }
+        _ => 0,
+    }
+}
+
+/// Undoes one change in the backing folder, but for the first `keep` bytes of a write (a torn
+/// write). A failure is reported, not fatal: the folder is what the tests look at next, and
+/// they see what could not be undone.
+fn take_back(undo: Undo, keep: u64) {
     let result = match undo {
         Undo::Data {
             file,
             offset,
             old,
             old_len,
-        } => file
-            .set_len(old_len.max(offset + old.len() as u64))
-            .and_then(|()| file.write_all_at(&old, offset))
-            .and_then(|()| file.set_len(old_len)),
+            ..
+        } => {
+            let kept_end = offset + keep;
+            let len = match keep {
+                0 => old_len,
+                _ => old_len.max(kept_end),
+            };
+            let restored = old.get(keep as usize..).unwrap_or_default();
+            // The file is as this write left it: every later change was undone first.
+            file.write_all_at(restored, kept_end)
+                .and_then(|()| file.set_len(len))
+        }
         Undo::Created { path } => {
             remove_all(&path);
             Ok(())
@@ -320,15 +356,16 @@ fn remove_all(path: &Path) {
     };
 }
 
-/// A small seeded generator: the cut a seed gives can be run again.
-struct XorShift(u64);
+/// A small seeded generator (SplitMix64): the cut a seed gives can be run again.
+struct SplitMix(u64);
 
-impl XorShift {
+impl SplitMix {
     fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (z ^ (z >> 31)) % n
     }
 }
 
@@ -472,7 +509,7 @@ impl Filesystem for PowerCut {
                 };
                 if !sync {
                     let old_len = file.metadata().map_err(errno)?.len();
-                    state.record_data(ino, &file, size, old_len.saturating_sub(size))?;
+                    state.record_data(ino, &file, size, old_len.saturating_sub(size), 0)?;
                 }
                 file.set_len(size).map_err(errno)?;
             }
@@ -695,7 +732,13 @@ impl Filesystem for PowerCut {
         let mut state = self.state();
         let result = state.handle(fh).and_then(|(file, sync)| {
             if !sync {
-                state.record_data(ino, &file, offset as u64, data.len() as u64)?;
+                state.record_data(
+                    ino,
+                    &file,
+                    offset as u64,
+                    data.len() as u64,
+                    data.len() as u64,
+                )?;
             }
             file.write_all_at(data, offset as u64).map_err(errno)
         });
@@ -817,7 +860,7 @@ impl Filesystem for PowerCut {
         let mut state = self.state();
         let result = state.handle(fh).and_then(|(file, sync)| {
             if !sync {
-                state.record_data(ino, &file, offset as u64, length as u64)?;
+                state.record_data(ino, &file, offset as u64, length as u64, 0)?;
             }
             // SAFETY: a plain system call on a file descriptor this handle owns.
             let rc = unsafe {
