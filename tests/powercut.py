@@ -25,12 +25,14 @@ MOUNT_TIMEOUT_S = 10
 
 
 class PowerCutFS:
-    """A power-cut file system over `backing`, mounted at `mountpoint` (a new folder if None)."""
+    """A power-cut file system over the folder `backing` (made if missing), mounted at
+    `mountpoint` (a new folder if None)."""
 
     def __init__(self, backing, mountpoint=None):
         if not os.path.exists(BINARY):
             raise RuntimeError(f"{BINARY} is missing: tests/run-all.sh builds it")
-        self.backing = backing
+        self.backing = str(backing)
+        os.makedirs(self.backing, exist_ok=True)
         self._own_dirs = tempfile.mkdtemp(prefix="powercut-")
         self.mountpoint = mountpoint or os.path.join(self._own_dirs, "mnt")
         os.makedirs(self.mountpoint, exist_ok=True)
@@ -91,6 +93,11 @@ class PowerCutFS:
         self.cuts += 1
         self.mount()
         return int(answer.split()[1])
+
+    def cut_at_random(self, rng, kill=()):
+        """`cut`, half the time dropping everything unsynced, half a random part of it (a
+        seed drawn from `rng`, a random.Random)."""
+        return self.cut(seed=rng.randrange(1, 2 ** 32) if rng.random() < 0.5 else None, kill=kill)
 
     def close(self):
         """Stops the daemon and unmounts; the backing folder keeps what it holds."""

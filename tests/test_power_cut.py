@@ -5,15 +5,27 @@ commit acknowledged before the cut present, and the table opens without a person
 """
 import os
 import random
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import apsw
 import pytest
 
+from harness import connect
 from powercut import PowerCutFS, available
-from test_crash import run_crash_loop
+from powercut_worker import problems_in, transactions
+from test_crash import run_crash_loop, wait_ready
 
 pytestmark = pytest.mark.skipif(available() is not None, reason=str(available()))
+HERE = Path(__file__).resolve().parent
+
+
+def seed_and_cuts(share=1):
+    """The run's seed and this test's number of cuts (`IMAGESTORE_POWERCUT_CUTS` // `share`)."""
+    seed = int(os.environ.get("IMAGESTORE_POWERCUT_SEED", time.time_ns() % 10 ** 9))
+    return seed, int(os.environ.get("IMAGESTORE_POWERCUT_CUTS", 70)) // share
 
 PATHS = {
     # Small transactions: LOGGED records (the shards' commits are not synced); a small journal
@@ -26,19 +38,13 @@ PATHS = {
 
 @pytest.mark.parametrize("path", sorted(PATHS))
 def test_power_cuts_during_writes(tmp_path, capsys, path):
-    seed = int(os.environ.get("IMAGESTORE_POWERCUT_SEED", time.time_ns() % 10 ** 9))
-    cuts = int(os.environ.get("IMAGESTORE_POWERCUT_CUTS", 70))
+    seed, cuts = seed_and_cuts()
     seconds = float(os.environ.get("IMAGESTORE_POWERCUT_SECONDS", 60))
     rng = random.Random(seed)
-    backing = tmp_path / "disk"
-    backing.mkdir()
-    with PowerCutFS(str(backing)) as fs:
-        def cut(proc):
-            # Half the cuts drop everything unsynced; half keep a random part of it.
-            fs.cut(seed=rng.randrange(1, 2 ** 32) if rng.random() < 0.5 else None, kill=[proc])
-
+    with PowerCutFS(tmp_path / "disk") as fs:
         summary, partial, lost, problems = run_crash_loop(
-            tmp_path, cuts, seconds, seed, crash=cut, db_dir=type(tmp_path)(fs.mountpoint),
+            tmp_path, cuts, seconds, seed, crash=lambda proc: fs.cut_at_random(rng, kill=[proc]),
+            db_dir=Path(fs.mountpoint),
             options=PATHS[path])
     with capsys.disabled():
         print(f"\n{path}: {summary.replace('kills', 'power cuts')} (seed {seed})")
@@ -46,8 +52,7 @@ def test_power_cuts_during_writes(tmp_path, capsys, path):
     assert not problems, "\n".join(problems)
 
 
-FAULT_LIB = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                         "target", "fault", "release", "libimagestore.so")
+FAULT_LIB = str(HERE.parent / "target" / "fault" / "release" / "libimagestore.so")
 
 # Each sync the protocol document relies on, with the path whose commits it protects. Left out
 # (`IMAGESTORE_SKIP_SYNC`, test build only), power cuts must lose an acknowledged commit or
@@ -67,14 +72,12 @@ def test_each_sync_the_protocol_relies_on_is_needed(tmp_path, monkeypatch, capsy
     assert os.path.exists(FAULT_LIB), f"the fault-injection build is missing: {FAULT_LIB}"
     monkeypatch.setenv("IMAGESTORE_LIB", FAULT_LIB)
     monkeypatch.setenv("IMAGESTORE_SKIP_SYNC", sync)
-    seed = int(os.environ.get("IMAGESTORE_POWERCUT_SEED", time.time_ns() % 10 ** 9))
-    backing = tmp_path / "disk"
-    backing.mkdir()
-    with PowerCutFS(str(backing)) as fs:
+    seed, _ = seed_and_cuts()
+    with PowerCutFS(tmp_path / "disk") as fs:
         try:
             summary, partial, lost, problems = run_crash_loop(
                 tmp_path, 40, 60, seed, crash=lambda proc: fs.cut(kill=[proc]),
-                db_dir=type(tmp_path)(fs.mountpoint), options=PATHS[NEEDED_SYNCS[sync]])
+                db_dir=Path(fs.mountpoint), options=PATHS[NEEDED_SYNCS[sync]])
             outcome = f"{summary}; {problems[:1]}"
             caught = bool(partial or lost or problems)
         except apsw.CorruptError as e:  # the table refuses to open, naming the lost commits
@@ -89,26 +92,15 @@ def test_power_cuts_under_several_writers_and_a_reader(tmp_path, capsys):
     again: no query of the reader ever sees a transaction in part, and after each cut every
     writer's acknowledged transactions are there, whole, in order, and at most the one it had
     in flight besides."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    from harness import connect
-    from powercut_worker import problems_in, transactions
-    from test_crash import wait_ready
-
-    seed = int(os.environ.get("IMAGESTORE_POWERCUT_SEED", time.time_ns() % 10 ** 9))
-    cuts = int(os.environ.get("IMAGESTORE_POWERCUT_CUTS", 70)) // 2
+    seed, cuts = seed_and_cuts(share=2)
     rng = random.Random(seed)
-    worker = Path(__file__).resolve().parent / "powercut_worker.py"
+    worker = HERE / "powercut_worker.py"
     writers = 3
-    backing = tmp_path / "disk"
-    backing.mkdir()
     violations, errors = tmp_path / "violations", tmp_path / "errors"
     acked = [tmp_path / f"acked{w}" for w in range(writers)]
     next_k = [0] * writers
     checked = 0
-    with PowerCutFS(str(backing)) as fs:
+    with PowerCutFS(tmp_path / "disk") as fs:
         db = Path(fs.mountpoint) / "w.db"
         con = connect(db)
         con.execute("PRAGMA synchronous=EXTRA")  # the CREATE itself must survive (README)
@@ -127,7 +119,7 @@ def test_power_cuts_under_several_writers_and_a_reader(tmp_path, capsys):
                 assert all(wait_ready(p) for p in procs), "a worker never got ready"
                 time.sleep(rng.uniform(0.05, 0.5))
             assert all(p.poll() is None for p in procs), errors.read_text()[-3000:]
-            fs.cut(seed=rng.randrange(1, 2 ** 32) if rng.random() < 0.5 else None, kill=procs)
+            fs.cut_at_random(rng, kill=procs)
             for p in procs:
                 p.stdout.close()
             con = connect(db)
@@ -158,20 +150,11 @@ def test_power_cuts_during_mixed_transactions(tmp_path, capsys, journal_mode, sy
     transaction in both tables or neither, every acknowledged one present, nothing left prepared.
     (Found by this test: decision rows were deleted before the shards' finalizes of them were
     durable, and a cut then left a transaction on some shards only.)"""
-    import subprocess
-    import sys
-
-    from harness import connect
-    from test_crash import wait_ready
-
-    seed = int(os.environ.get("IMAGESTORE_POWERCUT_SEED", time.time_ns() % 10 ** 9))
-    cuts = int(os.environ.get("IMAGESTORE_POWERCUT_CUTS", 70)) // 4
+    seed, cuts = seed_and_cuts(share=4)
     rng = random.Random(seed)
-    writer = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mixed_writer.py")
-    backing = tmp_path / "disk"
-    backing.mkdir()
+    writer = HERE / "mixed_writer.py"
     acknowledged, start = set(), 0
-    with PowerCutFS(str(backing)) as fs:
+    with PowerCutFS(tmp_path / "disk") as fs:
         db = fs.path("m.db")
         con = connect(db)
         con.execute(f"PRAGMA journal_mode={journal_mode}")
@@ -181,15 +164,15 @@ def test_power_cuts_during_mixed_transactions(tmp_path, capsys, journal_mode, sy
         con.execute("CREATE VIRTUAL TABLE u USING imagestore(shards=2, journal_limit=4096)")
         con.close()
         for cut in range(cuts):
-            proc = subprocess.Popen([sys.executable, writer, db, str(start), "1000000", tables, synchronous],
-                                    cwd=os.path.dirname(writer), stdout=subprocess.PIPE,
+            proc = subprocess.Popen([sys.executable, str(writer), db, str(start), "1000000", tables, synchronous],
+                                    cwd=HERE, stdout=subprocess.PIPE,
                                     stderr=subprocess.DEVNULL)  # its I/O errors at the cut
             if rng.random() < 0.2:
                 time.sleep(rng.uniform(0, 0.05))  # sometimes while it opens (recovery)
             else:
                 assert wait_ready(proc), "the writer never got ready"
                 time.sleep(rng.uniform(0.02, 0.4))
-            fs.cut(seed=rng.randrange(1, 2 ** 32) if rng.random() < 0.5 else None, kill=[proc])
+            fs.cut_at_random(rng, kill=[proc])
             acknowledged |= {int(x) for x in proc.stdout.read().split() if x.isdigit()}
             proc.stdout.close()
             con = connect(db)

@@ -17,7 +17,7 @@ from pathlib import Path
 import apsw
 import pytest
 
-from harness import CORPUS, connect, shard_paths
+from harness import CORPUS, connect, corpus_bytes, shard_paths
 from powercut import PowerCutFS, available
 
 pytestmark = pytest.mark.skipif(available() is not None, reason=str(available()))
@@ -31,9 +31,7 @@ METHODS = ("projection", "imagehash")
 
 @pytest.fixture
 def disk(tmp_path):
-    backing = tmp_path / "disk"
-    backing.mkdir()
-    with PowerCutFS(str(backing)) as fs:
+    with PowerCutFS(tmp_path / "disk") as fs:
         yield fs
 
 
@@ -67,7 +65,7 @@ def cut_during(fs, proc, delay, rng):
     """Cuts the power `delay` seconds into `proc`'s work (all unsynced, or a random part);
     returns whether its statement had returned (acknowledged) before the cut."""
     time.sleep(delay)
-    fs.cut(seed=rng.randrange(1, 2 ** 32) if rng.random() < 0.5 else None, kill=[proc])
+    fs.cut_at_random(rng, kill=[proc])
     acknowledged = b"done" in proc.stdout.read()
     proc.stdout.close()
     return acknowledged
@@ -191,7 +189,7 @@ def write_transactions(fs, db, first, count):
     proc.stdout.close()
 
 
-TINY_GIF = (CORPUS / "images" / "no_time_for_that_tiny.gif").read_bytes()
+TINY_GIF = corpus_bytes("no_time_for_that_tiny.gif")
 
 
 def test_power_cuts_during_recovery(disk):

@@ -17,9 +17,7 @@ pytestmark = pytest.mark.skipif(available() is not None, reason=str(available())
 
 @pytest.fixture
 def fs(tmp_path):
-    backing = tmp_path / "backing"
-    backing.mkdir()
-    with PowerCutFS(str(backing)) as mounted:
+    with PowerCutFS(tmp_path / "backing") as mounted:
         yield mounted
 
 
@@ -179,56 +177,44 @@ def test_an_o_dsync_handle_writes_durably(fs):
     assert read(fs.path("a")) == b"at once"
 
 
-def test_a_random_cut_keeps_a_prefix_of_each_files_writes():
+def test_a_random_cut_keeps_a_prefix_of_each_files_writes(tmp_path):
     """Each file keeps the state after some prefix of its writes, chosen per file: never a
     later write without an earlier one. Several seeds give several prefixes."""
     kept = set()
     for seed in range(1, 9):
-        backing = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"powercut-random-{os.getpid()}-{seed}")
-        os.makedirs(backing)
-        try:
-            with PowerCutFS(backing) as fs:
-                write_file(fs.path("a"), b"")
-                write_file(fs.path("b"), b"")
-                fds = [os.open(fs.path(name), os.O_WRONLY) for name in ("a", "b")]
-                for i in range(40):
-                    for fd in fds:
-                        os.write(fd, b"%02d," % i)
+        with PowerCutFS(tmp_path / f"seed{seed}") as fs:
+            write_file(fs.path("a"), b"")
+            write_file(fs.path("b"), b"")
+            fds = [os.open(fs.path(name), os.O_WRONLY) for name in ("a", "b")]
+            for i in range(40):
                 for fd in fds:
-                    os.close(fd)
-                fs.cut(seed=seed)
-                for name in ("a", "b"):
-                    data = read(fs.path(name))
-                    records = [r for r in data.split(b",") if r]
-                    assert records == [b"%02d" % i for i in range(len(records))], data
-                    assert data == b"".join(b"%02d," % i for i in range(len(records)))
-                    kept.add(len(records))
-        finally:
-            import shutil
-            shutil.rmtree(backing, ignore_errors=True)
+                    os.write(fd, b"%02d," % i)
+            for fd in fds:
+                os.close(fd)
+            fs.cut(seed=seed)
+            for name in ("a", "b"):
+                data = read(fs.path(name))
+                records = [r for r in data.split(b",") if r]
+                assert records == [b"%02d" % i for i in range(len(records))], data
+                assert data == b"".join(b"%02d," % i for i in range(len(records)))
+                kept.add(len(records))
     assert len(kept) >= 3, kept
 
 
-def test_a_random_cut_may_tear_a_write_at_a_sector_boundary():
+def test_a_random_cut_may_tear_a_write_at_a_sector_boundary(tmp_path):
     """The oldest write a random cut takes back from a file is sometimes torn: the file keeps
     a whole number of its first 512-byte sectors, the old bytes after them. Over the seeds,
-    some writes are kept whole, some lost whole, some torn; the same seed cuts alike."""
-    import shutil
+    some writes are kept whole, some lost whole, some torn."""
     old, new = b"o" * 8192, bytes(range(256)) * 24  # 6144 bytes over the first 6 KB
     outcomes = {}
     for seed in range(1, 25):
-        backing = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"powercut-torn-{os.getpid()}-{seed}")
-        os.makedirs(backing)
-        try:
-            with PowerCutFS(backing) as fs:
-                write_file(fs.path("a"), old)
-                fd = os.open(fs.path("a"), os.O_WRONLY)
-                os.pwrite(fd, new, 0)
-                os.close(fd)
-                fs.cut(seed=seed)
-                data = read(fs.path("a"))
-        finally:
-            shutil.rmtree(backing, ignore_errors=True)
+        with PowerCutFS(tmp_path / f"seed{seed}") as fs:
+            write_file(fs.path("a"), old)
+            fd = os.open(fs.path("a"), os.O_WRONLY)
+            os.pwrite(fd, new, 0)
+            os.close(fd)
+            fs.cut(seed=seed)
+            data = read(fs.path("a"))
         kept = next((k for k in range(0, len(new) + 1, 512) if data == new[:k] + old[k:]), None)
         assert kept is not None, f"seed {seed}: not a sector prefix of the write: {data[:64]!r}"
         outcomes[seed] = kept
@@ -280,9 +266,7 @@ def test_a_rollback_journal_commit_needs_synchronous_extra(fs):
 def test_the_mount_refuses_everything_after_the_cut_until_mounted_again(tmp_path):
     """Nothing written after the moment of the cut reaches the disk: the dying mount answers
     with an error, and the next mount shows the cut state."""
-    backing = tmp_path / "backing"
-    backing.mkdir()
-    with PowerCutFS(str(backing)) as fs:
+    with PowerCutFS(tmp_path / "backing") as fs:
         write_file(fs.path("a"), b"before")
         fd = os.open(fs.path("a"), os.O_WRONLY | os.O_APPEND)
         answer = fs._command("cut all")
