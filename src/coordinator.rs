@@ -947,10 +947,9 @@ impl Coordinator {
         let mut budget = self.logged_commit_max_bytes;
         let mut all = Vec::with_capacity(written.len());
         for &i in written {
-            let Some(changes) = shards[i].changes(txid, budget)? else {
+            let Some(encoded) = shards[i].changes(txid, budget)? else {
                 return Ok(None);
             };
-            let encoded = changes.encode();
             match budget.checked_sub(encoded.len() as u64) {
                 Some(left) => budget = left,
                 None => return Ok(None),

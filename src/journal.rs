@@ -347,7 +347,7 @@ pub fn scan_records(key: &RecordKey, bytes: &[u8]) -> Result<Scan, usize> {
         at += len;
     }
     // After the records: nothing, the zeros of the preallocated space, or damage.
-    let Some(damage) = bytes[at..].iter().position(|&b| b != 0) else {
+    let Some(damage) = first_nonzero(&bytes[at..]) else {
         return Ok(Scan {
             records,
             valid_bytes: at,
@@ -362,6 +362,18 @@ pub fn scan_records(key: &RecordKey, bytes: &[u8]) -> Result<Scan, usize> {
         valid_bytes: at,
         torn_tail: true,
     })
+}
+
+/// The position of the first byte that is not zero. It reads the preallocated space (a
+/// megabyte) at every open, eight bytes at a time.
+fn first_nonzero(bytes: &[u8]) -> Option<usize> {
+    let words = bytes.chunks_exact(8);
+    let tail_at = bytes.len() - words.remainder().len();
+    let word = words
+        .map(|w| u64::from_ne_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]))
+        .position(|w| w != 0)
+        .map_or(tail_at, |k| 8 * k);
+    bytes[word..].iter().position(|&b| b != 0).map(|k| word + k)
 }
 
 /// Writes a new journal's header, its `first` record if any, and its first preallocated space.
@@ -492,7 +504,7 @@ impl Journal {
             let bytes = self.read_bytes(self.end, record_len)?;
             match decode_record(&self.key, &bytes) {
                 Some((_, record)) => {
-                    self.absorb(record, self.end);
+                    self.absorb(&record, self.end);
                     self.end += record_len;
                 }
                 None => return self.rescan().map(|_| ()),
@@ -524,7 +536,7 @@ impl Journal {
             })?;
         let start = self.end;
         for (offset, record) in scan.records {
-            self.absorb(record, start + offset as u64);
+            self.absorb(&record, start + offset as u64);
         }
         self.end = start + scan.valid_bytes as u64;
         Ok(scan.torn_tail)
@@ -562,7 +574,7 @@ impl Journal {
     }
 
     /// Takes in the decision of a record found at `offset`.
-    fn absorb(&mut self, record: Record, offset: u64) {
+    fn absorb(&mut self, record: &Record, offset: u64) {
         if record.floor {
             self.floor = record
                 .changes
@@ -583,7 +595,7 @@ impl Journal {
                 offset,
             });
         }
-        self.committed.insert(record.txid, record.shards);
+        self.committed.insert(record.txid, record.shards.clone());
     }
 
     /// Cuts a torn tail off (with the preallocated space, which the next append grows again),
@@ -678,7 +690,7 @@ impl Journal {
             });
         match written {
             Ok(()) => {
-                self.absorb(record.clone(), self.end);
+                self.absorb(record, self.end);
                 self.end += bytes.len() as u64;
                 Ok(())
             }
@@ -852,6 +864,19 @@ mod tests {
         damaged.extend_from_slice(&encode(&commit(3, &[1])));
         damaged[second..second + 4].fill(0);
         assert_eq!(scan(&damaged), Err(second));
+    }
+
+    #[test]
+    fn first_nonzero_finds_the_first_byte_that_is_not_zero() {
+        for len in [0usize, 1, 7, 8, 9, 64, 1001] {
+            assert_eq!(first_nonzero(&vec![0; len]), None, "len {len}");
+            for at in 0..len {
+                let mut bytes = vec![0; len];
+                bytes[at] = 1;
+                bytes[len - 1] = 2;
+                assert_eq!(first_nonzero(&bytes), Some(at), "len {len} at {at}");
+            }
+        }
     }
 
     #[test]

@@ -17,7 +17,7 @@
 //! All numbers little-endian. Decoding checks every length, so damaged bytes are an error,
 //! never a panic (the journal's checksum makes damage unlikely, not impossible to handle).
 
-use rusqlite::types::Value;
+use rusqlite::types::{Value, ValueRef};
 
 /// A touched row: its id, and its `images` columns after the transaction (in the shard's column
 /// order, id first), or `None` if the transaction deleted it.
@@ -45,32 +45,21 @@ const TAG_BLOB: u8 = 4;
 
 impl ShardChanges {
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        put_count(&mut out, self.rows.len());
+        let mut encoder = Encoder::default();
         for (id, row) in &self.rows {
-            out.extend_from_slice(&id.to_le_bytes());
-            match row {
-                None => out.push(0),
-                Some(values) => {
-                    out.push(1);
-                    out.extend_from_slice(&(values.len() as u16).to_le_bytes());
-                    values.iter().for_each(|v| put_value(&mut out, v));
-                }
-            }
+            let values: Option<Vec<ValueRef>> =
+                row.as_ref().map(|v| v.iter().map(ValueRef::from).collect());
+            encoder.row(*id, values.as_deref());
         }
-        put_count(&mut out, self.blobs_added.len());
+        encoder.end_rows();
         for (blob_id, data) in &self.blobs_added {
-            out.extend_from_slice(&blob_id.to_le_bytes());
-            put_bytes(&mut out, data);
+            encoder.blob_added(*blob_id, data);
         }
-        put_count(&mut out, self.blobs_dropped.len());
-        for blob_id in &self.blobs_dropped {
-            out.extend_from_slice(&blob_id.to_le_bytes());
+        encoder.end_blobs_added();
+        for &blob_id in &self.blobs_dropped {
+            encoder.blob_dropped(blob_id);
         }
-        if let Some(base) = self.base_txid {
-            out.extend_from_slice(&base.to_le_bytes());
-        }
-        out
+        encoder.finish(self.base_txid)
     }
 
     pub fn decode(bytes: &[u8]) -> Result<ShardChanges, String> {
@@ -105,45 +94,116 @@ impl ShardChanges {
     }
 }
 
-/// The bytes one row takes in the encoding (`None`: a deleted row).
-pub fn row_bytes(row: Option<&[Value]>) -> usize {
-    let value_bytes = |v: &Value| match v {
-        Value::Null => 1,
-        Value::Integer(_) | Value::Real(_) => 9,
-        Value::Text(s) => 5 + s.len(),
-        Value::Blob(b) => 5 + b.len(),
-    };
-    8 + 1
-        + row.map_or(0, |values| {
-            2 + values.iter().map(value_bytes).sum::<usize>()
-        })
+/// Writes the encoding as the changes are read, section by section (rows, then blobs added,
+/// then blobs dropped, then the base), so that a shard's rows and images go from SQLite into the
+/// encoding without a copy in between. Each section's count is filled in when it ends.
+pub struct Encoder {
+    out: Vec<u8>,
+    /// Where the open section's count goes, and the count so far.
+    count_at: usize,
+    count: u32,
 }
 
-fn put_count(out: &mut Vec<u8>, n: usize) {
-    out.extend_from_slice(&(n as u32).to_le_bytes());
+impl Default for Encoder {
+    /// Starts the rows section.
+    fn default() -> Encoder {
+        Encoder {
+            out: vec![0; 4],
+            count_at: 0,
+            count: 0,
+        }
+    }
+}
+
+impl Encoder {
+    /// A touched row: its values as it ended (id first), or `None` if it was deleted.
+    pub fn row(&mut self, id: i64, values: Option<&[ValueRef]>) {
+        self.out.extend_from_slice(&id.to_le_bytes());
+        match values {
+            None => self.out.push(0),
+            Some(values) => {
+                self.out.push(1);
+                self.out
+                    .extend_from_slice(&(values.len() as u16).to_le_bytes());
+                values.iter().for_each(|v| put_value(&mut self.out, *v));
+            }
+        }
+        self.count += 1;
+    }
+
+    /// Ends the rows; blobs added follow.
+    pub fn end_rows(&mut self) {
+        self.next_section();
+    }
+
+    pub fn blob_added(&mut self, blob_id: i64, data: &[u8]) {
+        self.out.extend_from_slice(&blob_id.to_le_bytes());
+        put_bytes(&mut self.out, data);
+        self.count += 1;
+    }
+
+    /// Ends the blobs added; blobs dropped follow.
+    pub fn end_blobs_added(&mut self) {
+        self.next_section();
+    }
+
+    pub fn blob_dropped(&mut self, blob_id: i64) {
+        self.out.extend_from_slice(&blob_id.to_le_bytes());
+        self.count += 1;
+    }
+
+    /// Ends the blobs dropped and adds the base.
+    pub fn finish(mut self, base_txid: Option<u64>) -> Vec<u8> {
+        self.close_section();
+        if let Some(base) = base_txid {
+            self.out.extend_from_slice(&base.to_le_bytes());
+        }
+        self.out
+    }
+
+    /// The bytes encoded so far.
+    pub fn encoded_bytes(&self) -> usize {
+        self.out.len()
+    }
+
+    fn close_section(&mut self) {
+        self.out[self.count_at..self.count_at + 4].copy_from_slice(&self.count.to_le_bytes());
+    }
+
+    fn next_section(&mut self) {
+        self.close_section();
+        self.count_at = self.out.len();
+        self.count = 0;
+        self.out.extend_from_slice(&[0; 4]);
+    }
+}
+
+/// The bytes a blob added takes in the encoding.
+pub fn blob_added_bytes(data_len: u64) -> u64 {
+    8 + 4 + data_len
 }
 
 fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
-    put_count(out, bytes.len());
+    out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
     out.extend_from_slice(bytes);
 }
 
-fn put_value(out: &mut Vec<u8>, value: &Value) {
+fn put_value(out: &mut Vec<u8>, value: ValueRef) {
     match value {
-        Value::Null => out.push(TAG_NULL),
-        Value::Integer(i) => {
+        ValueRef::Null => out.push(TAG_NULL),
+        ValueRef::Integer(i) => {
             out.push(TAG_INTEGER);
             out.extend_from_slice(&i.to_le_bytes());
         }
-        Value::Real(f) => {
+        ValueRef::Real(f) => {
             out.push(TAG_REAL);
             out.extend_from_slice(&f.to_le_bytes());
         }
-        Value::Text(s) => {
+        ValueRef::Text(s) => {
             out.push(TAG_TEXT);
-            put_bytes(out, s.as_bytes());
+            put_bytes(out, s);
         }
-        Value::Blob(b) => {
+        ValueRef::Blob(b) => {
             out.push(TAG_BLOB);
             put_bytes(out, b);
         }
@@ -243,19 +303,15 @@ mod tests {
     }
 
     #[test]
-    fn row_bytes_is_what_a_row_takes() {
-        let changes = ShardChanges {
-            blobs_added: vec![],
-            blobs_dropped: vec![],
-            base_txid: None,
-            ..sample()
-        };
-        let rows: usize = changes
-            .rows
-            .iter()
-            .map(|(_, r)| row_bytes(r.as_deref()))
-            .sum();
-        assert_eq!(changes.encode().len(), 3 * 4 + rows);
+    fn blob_added_bytes_is_what_a_blob_takes() {
+        let mut encoder = Encoder::default();
+        encoder.end_rows();
+        let before = encoder.encoded_bytes();
+        encoder.blob_added(3, &[7; 100]);
+        assert_eq!(
+            (encoder.encoded_bytes() - before) as u64,
+            blob_added_bytes(100)
+        );
     }
 
     #[test]

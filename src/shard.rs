@@ -29,12 +29,12 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::config::DbConfig;
 use rusqlite::types::Value;
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, ToSql};
 
 use crate::config::{Owner, UserColumn};
 use crate::error::{Error, Result};
 use crate::journal::TableId;
-use crate::redo::{ChangedRow, ShardChanges};
+use crate::redo::{self, Encoder, ShardChanges};
 
 pub const FORMAT_VERSION: i64 = 1;
 
@@ -162,6 +162,53 @@ pub struct Shard {
     /// The same, joined for SQL.
     columns_sql: String,
     user_column_count: usize,
+    sql: ShardSql,
+}
+
+/// The statements a shard runs on every row or commit, written out once from its columns.
+struct ShardSql {
+    get: String,
+    remember_before: String,
+    insert: String,
+    insert_or_replace: String,
+    changed_rows: String,
+}
+
+impl ShardSql {
+    fn new(columns: &[String]) -> ShardSql {
+        let columns_sql = columns.join(", ");
+        let of_i = columns
+            .iter()
+            .map(|c| format!("i.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let placeholders = (1..=1 + columns.len())
+            .map(|i| format!("?{i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let write =
+            |verb: &str| format!("{verb} INTO images(id, {columns_sql}) VALUES ({placeholders})");
+        ShardSql {
+            get: format!("SELECT id, {columns_sql} FROM images WHERE id = ?1"),
+            remember_before: format!(
+                "INSERT OR IGNORE INTO imagestore_undo(txid, id, existed, {columns_sql})
+                 SELECT ?1, ?2, i.id IS NOT NULL, {of_i} FROM (SELECT 1) LEFT JOIN images i ON i.id = ?2"
+            ),
+            insert: write("INSERT"),
+            insert_or_replace: write("INSERT OR REPLACE"),
+            // Each row the transaction touched, as it ended; the blob it added (its row did not
+            // exist before or had another blob), with the blob's length; the blob it dropped.
+            changed_rows: format!(
+                "SELECT u.id, i.id IS NOT NULL, b.blob_id, length(b.data),
+                     CASE WHEN u.existed AND i.blob_id IS NOT u.blob_id THEN u.blob_id END,
+                     i.id, {of_i}
+                 FROM imagestore_undo u LEFT JOIN images i ON i.id = u.id
+                 LEFT JOIN blobs b ON b.blob_id = i.blob_id
+                     AND (NOT u.existed OR i.blob_id IS NOT u.blob_id)
+                 WHERE u.txid = ?1"
+            ),
+        }
+    }
 }
 
 pub fn quote_ident(name: &str) -> String {
@@ -267,6 +314,7 @@ impl Shard {
             path: path.to_path_buf(),
             conn,
             columns_sql: columns.join(", "),
+            sql: ShardSql::new(&columns),
             columns,
             user_column_count: user_columns.len(),
         }
@@ -633,8 +681,10 @@ impl Shard {
     }
 
     pub fn get(&self, id: i64) -> Result<Option<StoredRow>> {
-        let sql = format!("SELECT id, {} FROM images WHERE id = ?1", self.columns_sql);
-        let mut stmt = self.conn.prepare_cached(&sql).map_err(self.err())?;
+        let mut stmt = self
+            .conn
+            .prepare_cached(&self.sql.get)
+            .map_err(self.err())?;
         stmt.query_row([id], |r| self.row_from(r))
             .optional()
             .map_err(self.err())
@@ -703,25 +753,10 @@ impl Shard {
         Ok(data)
     }
 
-    /// The columns of `images` after id, each qualified by `table`, joined for SQL.
-    fn columns_of(&self, table: &str) -> String {
-        self.columns
-            .iter()
-            .map(|c| format!("{table}.{c}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
-
     /// Records `id`'s state before transaction `txid` first touches it (no-op after the first).
     fn remember_before(&self, txid: u64, id: i64) -> Result<()> {
-        let sql = format!(
-            "INSERT OR IGNORE INTO imagestore_undo(txid, id, existed, {cols})
-             SELECT ?1, ?2, i.id IS NOT NULL, {icols} FROM (SELECT 1) LEFT JOIN images i ON i.id = ?2",
-            cols = self.columns_sql,
-            icols = self.columns_of("i"),
-        );
         self.conn
-            .prepare_cached(&sql)
+            .prepare_cached(&self.sql.remember_before)
             .and_then(|mut s| s.execute(params![txid as i64, id]))
             .map(|_| ())
             .map_err(self.err())
@@ -768,7 +803,7 @@ impl Shard {
     /// A second row with the same id is an error, not a replacement.
     pub fn insert_restored(&self, row: &NewRow, data: &[u8]) -> Result<()> {
         let blob_id = self.insert_blob(data)?;
-        self.write_row(row, blob_id, "INSERT")
+        self.write_row(row, blob_id, false)
     }
 
     /// Marks this shard as being restored from `dir`, in the open write transaction.
@@ -863,33 +898,31 @@ impl Shard {
     pub fn insert(&self, txid: u64, row: &NewRow, data: &[u8]) -> Result<()> {
         self.remember_before(txid, row.id)?;
         let blob_id = self.insert_blob(data)?;
-        self.write_row(row, blob_id, "INSERT OR REPLACE")
+        self.write_row(row, blob_id, true)
     }
 
-    /// Writes a row with `verb` (`INSERT`, or `INSERT OR REPLACE` for a row that may exist).
-    fn write_row(&self, row: &NewRow, blob_id: i64, verb: &str) -> Result<()> {
-        let placeholders: Vec<String> = (1..=8 + self.user_column_count)
-            .map(|i| format!("?{i}"))
-            .collect();
-        let sql = format!(
-            "{verb} INTO images(id, {}) VALUES ({})",
-            self.columns_sql,
-            placeholders.join(", ")
-        );
-        let mut values: Vec<Value> = vec![
-            Value::Integer(row.id),
-            row.name.clone(),
-            Value::Text(row.format.clone()),
-            Value::Integer(row.width),
-            Value::Integer(row.height),
-            Value::Integer(row.bytes),
-            Value::Text(row.hash.clone()),
-            Value::Integer(blob_id),
+    /// Writes a row (`replace`: one that may exist, with `INSERT OR REPLACE`).
+    fn write_row(&self, row: &NewRow, blob_id: i64, replace: bool) -> Result<()> {
+        let sql = match replace {
+            true => &self.sql.insert_or_replace,
+            false => &self.sql.insert,
+        };
+        let built_in: [&dyn ToSql; 8] = [
+            &row.id,
+            &row.name,
+            &row.format,
+            &row.width,
+            &row.height,
+            &row.bytes,
+            &row.hash,
+            &blob_id,
         ];
-        values.extend(row.user.iter().cloned());
+        let values = built_in
+            .into_iter()
+            .chain(row.user.iter().map(|v| v as &dyn ToSql));
         self.conn
-            .prepare_cached(&sql)
-            .and_then(|mut s| s.execute(rusqlite::params_from_iter(values.iter())))
+            .prepare_cached(sql)
+            .and_then(|mut s| s.execute(rusqlite::params_from_iter(values)))
             .map(|_| ())
             .map_err(self.err())
     }
@@ -911,7 +944,7 @@ impl Shard {
             }
             None => current.blob_id,
         };
-        self.write_row(row, blob_id, "INSERT OR REPLACE")
+        self.write_row(row, blob_id, true)
     }
 
     pub fn delete(&self, txid: u64, current: &StoredRow) -> Result<()> {
@@ -967,87 +1000,62 @@ impl Shard {
         self.commit()
     }
 
-    /// What the open transaction `txid` changed, for a logged commit: `None` if the images it
-    /// added and its rows come to more than `bytes_max` (then it is prepared instead).
-    pub fn changes(&self, txid: u64, bytes_max: u64) -> Result<Option<ShardChanges>> {
-        // A blob is new if its row did not exist before or had another blob.
-        const NEW_BLOBS: &str = "FROM imagestore_undo u JOIN images i ON i.id = u.id
-             JOIN blobs b ON b.blob_id = i.blob_id
-             WHERE u.txid = ?1 AND (NOT u.existed OR i.blob_id IS NOT u.blob_id)";
-        let t = txid as i64;
-        let blob_bytes: i64 = self
-            .conn
-            .prepare_cached(&format!(
-                "SELECT coalesce(sum(length(b.data)), 0) {NEW_BLOBS}"
-            ))
-            .and_then(|mut s| s.query_row([t], |r| r.get(0)))
-            .map_err(self.err())?;
-        if blob_bytes as u64 > bytes_max {
-            return Ok(None);
-        }
-        let Some(rows) = self.changed_rows(t, bytes_max - blob_bytes as u64)? else {
-            return Ok(None);
-        };
-        let blobs_added = self
-            .conn
-            .prepare_cached(&format!("SELECT b.blob_id, b.data {NEW_BLOBS}"))
-            .and_then(|mut s| {
-                s.query_map([t], |r| Ok((r.get(0)?, r.get(1)?)))?
-                    .collect::<rusqlite::Result<_>>()
-            })
-            .map_err(self.err())?;
-        let blobs_dropped = self
-            .conn
-            .prepare_cached(
-                "SELECT u.blob_id FROM imagestore_undo u LEFT JOIN images i ON i.id = u.id
-                 WHERE u.txid = ?1 AND u.existed AND i.blob_id IS NOT u.blob_id",
-            )
-            .and_then(|mut s| {
-                s.query_map([t], |r| r.get(0))?
-                    .collect::<rusqlite::Result<_>>()
-            })
-            .map_err(self.err())?;
-        Ok(Some(ShardChanges {
-            rows,
-            blobs_added,
-            blobs_dropped,
-            base_txid: Some(self.last_txid()?),
-        }))
-    }
-
-    /// The rows transaction `t` touched, as they are now, or `None` once they come to more than
-    /// `bytes_max` (a large UPDATE stops here rather than read every row).
-    fn changed_rows(&self, t: i64, bytes_max: u64) -> Result<Option<Vec<ChangedRow>>> {
+    /// What the open transaction `txid` changed, for a logged commit, encoded (`redo`): `None`
+    /// if its rows and the images it added come to more than `bytes_max` (then it is prepared
+    /// instead). The images are read only once the total is known to fit.
+    pub fn changes(&self, txid: u64, bytes_max: u64) -> Result<Option<Vec<u8>>> {
         let width = 1 + self.columns.len();
+        let mut encoder = Encoder::default();
+        let mut blobs_added: Vec<i64> = Vec::new();
+        let mut blobs_dropped: Vec<i64> = Vec::new();
+        let mut blob_bytes = 0u64;
         let mut stmt = self
             .conn
-            .prepare_cached(&format!(
-                "SELECT u.id, i.id IS NOT NULL, i.id, {}
-                 FROM imagestore_undo u LEFT JOIN images i ON i.id = u.id WHERE u.txid = ?1",
-                self.columns_of("i")
-            ))
+            .prepare_cached(&self.sql.changed_rows)
             .map_err(self.err())?;
-        let mut cursor = stmt.query([t]).map_err(self.err())?;
-        let mut rows = Vec::new();
-        let mut bytes = 0u64;
+        let mut cursor = stmt.query([txid as i64]).map_err(self.err())?;
         while let Some(r) = cursor.next().map_err(self.err())? {
-            let present: bool = r.get(1).map_err(self.err())?;
-            let values: Option<Vec<Value>> = match present {
+            let values = match r.get::<_, bool>(1).map_err(self.err())? {
                 true => Some(
-                    (2..2 + width)
-                        .map(|k| r.get(k))
-                        .collect::<rusqlite::Result<_>>()
+                    (5..5 + width)
+                        .map(|k| r.get_ref(k))
+                        .collect::<rusqlite::Result<Vec<_>>>()
                         .map_err(self.err())?,
                 ),
                 false => None,
             };
-            bytes += crate::redo::row_bytes(values.as_deref()) as u64;
-            if bytes > bytes_max {
+            encoder.row(r.get(0).map_err(self.err())?, values.as_deref());
+            let added: Option<(i64, i64)> = r
+                .get::<_, Option<i64>>(2)
+                .and_then(|id| Ok(id.zip(r.get(3)?)))
+                .map_err(self.err())?;
+            if let Some((blob_id, len)) = added {
+                blobs_added.push(blob_id);
+                blob_bytes += redo::blob_added_bytes(len as u64);
+            }
+            blobs_dropped.extend(r.get::<_, Option<i64>>(4).map_err(self.err())?);
+            if encoder.encoded_bytes() as u64 + blob_bytes > bytes_max {
                 return Ok(None);
             }
-            rows.push((r.get(0).map_err(self.err())?, values));
         }
-        Ok(Some(rows))
+        drop(cursor);
+        encoder.end_rows();
+        let mut blob = self
+            .conn
+            .prepare_cached("SELECT data FROM blobs WHERE blob_id = ?1")
+            .map_err(self.err())?;
+        for blob_id in blobs_added {
+            blob.query_row([blob_id], |r| {
+                encoder.blob_added(blob_id, r.get_ref(0)?.as_blob()?);
+                Ok(())
+            })
+            .map_err(self.err())?;
+        }
+        encoder.end_blobs_added();
+        blobs_dropped
+            .into_iter()
+            .for_each(|id| encoder.blob_dropped(id));
+        Ok(Some(encoder.finish(Some(self.last_txid()?))))
     }
 
     /// Recovery's redo of a logged commit on a shard that lost it (a power cut took its unsynced
