@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use rayon::ThreadPool;
 use rusqlite::types::Value;
 
-use crate::coordinator::Coordinator;
+use crate::commit::Coordinator;
 use crate::error::{catch_panic, Error, Result};
 use crate::imagefn::encode::{self, OutputFormat};
 use crate::imagefn::pool::image_pool;

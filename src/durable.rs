@@ -92,80 +92,100 @@ fn pool() -> Option<&'static Mutex<Sender<Job>>> {
     (*owner == std::process::id()).then_some(queue)
 }
 
+/// Work that makes commits durable (a shard's WAL fsync), run on the pool while the caller
+/// goes on. It touches files only, never a SQLite object.
+pub type SyncJob = Box<dyn FnOnce() -> Result<()> + Send>;
+
 /// fsyncs the WALs of all these shard databases, in parallel; the first error, if any.
 pub fn sync_wals(dbs: &[&Path]) -> Result<()> {
-    let Some((first, rest)) = dbs.split_first() else {
+    run_all(
+        dbs.iter()
+            .map(|db| {
+                let db = db.to_path_buf();
+                Box::new(move || sync_wal(&db)) as SyncJob
+            })
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Test builds: run this thread's sync jobs on the thread itself, in order, so that the
+    /// protocol's simulation (`commit::sim`) repeats exactly under a seed.
+    pub static RUN_INLINE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn inline() -> bool {
+    #[cfg(test)]
+    return RUN_INLINE.with(std::cell::Cell::get);
+    #[cfg(not(test))]
+    false
+}
+
+/// Runs these jobs in parallel (the first on the caller's thread); the first error, if any.
+pub fn run_all(jobs: Vec<SyncJob>) -> Result<()> {
+    let mut jobs = jobs.into_iter();
+    let Some(first) = jobs.next() else {
         return Ok(());
     };
-    let mut syncs = WalSyncs::new();
-    for db in rest {
-        syncs.start(db);
-    }
-    let here = sync_wal(first);
+    let mut syncs = Syncs::new();
+    jobs.for_each(|job| syncs.start(job));
+    let here = first();
     syncs.finish().and(here)
 }
 
-/// WAL syncs that run on the pool while the caller goes on (a commit prepares its next shard
+/// Sync jobs that run on the pool while the caller goes on (a commit prepares its next shard
 /// while the previous one's WAL is being synced); [`finish`](Self::finish) waits for them all.
-pub struct WalSyncs {
+pub struct Syncs {
     done: Sender<Result<()>>,
     results: Receiver<Result<()>>,
-    queued: usize,
-    /// The outcome of syncs that had to run on the caller's thread.
-    inline: Result<()>,
+    started: usize,
 }
 
-impl Default for WalSyncs {
-    fn default() -> WalSyncs {
-        WalSyncs::new()
+impl Default for Syncs {
+    fn default() -> Syncs {
+        Syncs::new()
     }
 }
 
-impl WalSyncs {
-    pub fn new() -> WalSyncs {
+impl Syncs {
+    pub fn new() -> Syncs {
         let (done, results) = channel();
-        WalSyncs {
+        Syncs {
             done,
             results,
-            queued: 0,
-            inline: Ok(()),
+            started: 0,
         }
     }
 
-    /// Starts syncing the WAL of the shard database at `db` (on the caller's thread when no
-    /// pool thread can take it).
-    pub fn start(&mut self, db: &Path) {
-        let owned = db.to_path_buf();
+    /// Starts `job` on the pool (on the caller's thread when no pool thread can take it).
+    pub fn start(&mut self, job: SyncJob) {
         let done = self.done.clone();
         let job: Job = Box::new(move || {
-            let _ = done.send(sync_wal(&owned));
+            let _ = done.send(job());
         });
-        let sent = pool()
-            .ok_or(())
-            .and_then(|p| p.lock().map_err(|_| ()))
-            .and_then(|p| p.send(job).map_err(|_| ()));
-        match sent {
-            Ok(()) => self.queued += 1,
-            Err(()) => {
-                let result = sync_wal(db);
-                self.inline = std::mem::replace(&mut self.inline, Ok(())).and(result);
-            }
+        let unsent = match pool().filter(|_| !inline()).map(Mutex::lock) {
+            Some(Ok(queue)) => queue.send(job).err().map(|unsent| unsent.0),
+            _ => Some(job),
+        };
+        if let Some(job) = unsent {
+            job();
         }
+        self.started += 1;
     }
 
-    /// Waits for every sync started; the first error, if any.
+    /// Waits for every job started; the first error, if any.
     pub fn finish(self) -> Result<()> {
-        let WalSyncs {
+        let Syncs {
             done,
             results,
-            queued,
-            inline,
+            started,
         } = self;
         // A job that dies without answering drops its sender; with ours gone too, the wait below
         // ends with an error instead of blocking for ever.
         drop(done);
-        let mut outcome = inline;
-        for _ in 0..queued {
+        let mut outcome = Ok(());
+        for _ in 0..started {
             let result = results
                 .recv()
                 .unwrap_or_else(|_| Err(Error::Internal("a sync thread died".into())));

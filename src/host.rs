@@ -24,7 +24,7 @@ use std::ffi::{c_int, c_void, CString};
 
 use rusqlite::{ffi, params, Connection, OpenFlags, OptionalExtension};
 
-use crate::coordinator::HostDecider;
+use crate::commit::HostDecider;
 use crate::error::{Error, Result};
 use crate::journal::TableId;
 use crate::table_name::quote;
@@ -213,7 +213,7 @@ fn recording(e: rusqlite::Error) -> Error {
 }
 
 /// Whether host database `path` committed the decision for `txid` of table `table_id`: the
-/// [`crate::coordinator::HostLookup`] that recovery uses.
+/// [`crate::commit::HostLookup`] that recovery uses.
 pub fn lookup(path: &str, table_id: &TableId, txid: u64) -> Result<bool> {
     let in_doubt = |why: String| {
         Error::InDoubt(format!(

@@ -68,7 +68,12 @@ const CHECKSUM_BYTES: usize = 8;
 /// A record's head: length, kind, transaction id, number of shards.
 const HEAD_BYTES: usize = 4 + 1 + 8 + 2;
 /// How much the file grows at a time (zeros written), so that appends change no file size.
+#[cfg(not(test))]
 const PREALLOCATE_BYTES: u64 = 1 << 20;
+/// Unit tests make thousands of journals (the protocol's simulation): a smaller step, which
+/// also has them grow the file more often.
+#[cfg(test)]
+const PREALLOCATE_BYTES: u64 = 8 << 10;
 const KIND_COMMIT: u8 = 1;
 const KIND_LOGGED: u8 = 2;
 const KIND_ABORT: u8 = 3;

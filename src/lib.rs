@@ -13,15 +13,15 @@
 //! - `vtab`: the virtual table (SQLite's callbacks; the only SQLite-facing code but this file).
 //! - `after_commit`: work that waits for the host's commit (deleting a dropped table's files).
 //! - `read_transaction`: one snapshot for every read of an explicit transaction.
-//! - `coordinator`: the commit protocol, described in full in its module comment.
+//! - `commit`: the commit protocol, described in full in its folder's front page: the
+//!   coordinator, the `Participant` steps it drives shards through, the locks.
 //! - `host`: the host database: whether a transaction also wrote its tables, and the decisions
 //!   that then ride on its commit.
 //! - `journal`: the coordinator's durable decision log. `redo`: a shard's changes, as a logged
 //!   commit's journal record carries them.
-//! - `locks`: the cross-process writer and publish locks.
 //! - `durable`: parallel fsync of shard WAL files, and plain-file sync and removal.
 //! - `shard`: one shard file: schema, rows, and the protocol's per-shard steps.
-//! - `placement`: which shard holds an id.
+//! - `placement`: which shard holds an id. `row_ids`: ids for rows inserted without one.
 //! - `probe`: the image header probe that derives format, size and hash.
 //! - `maintenance`: the operating SQL functions (check, transactions, resolve, derive, backup).
 //! - `backup`: consistent online backup, full or incremental. `backup_folder`: a backup's layout,
@@ -35,8 +35,8 @@
 pub mod after_commit;
 pub mod backup;
 pub mod backup_folder;
+pub mod commit;
 pub mod config;
-pub mod coordinator;
 pub mod derive;
 pub mod durable;
 pub mod error;
@@ -44,13 +44,13 @@ pub mod fault;
 pub mod host;
 pub mod imagefn;
 pub mod journal;
-pub mod locks;
 pub mod maintenance;
 pub mod placement;
 pub mod probe;
 pub mod read_transaction;
 pub mod redo;
 pub mod restore;
+pub mod row_ids;
 pub mod shard;
 pub mod sqlfn;
 pub mod table_name;

@@ -20,8 +20,8 @@ use rusqlite::Connection;
 
 use rusqlite::types::Value;
 
+use crate::commit::{accept_lost_commits, resolve_in_doubt, Resolution};
 use crate::config::module_arguments;
-use crate::coordinator::{accept_lost_commits, resolve_in_doubt, Resolution};
 use crate::derive::Operation;
 use crate::error::{Error, Result};
 use crate::placement::shard_of;
@@ -49,10 +49,10 @@ pub(crate) fn on_snapshot<T>(
 /// be checked.
 fn check(core: &TableCore) -> Result<String> {
     on_snapshot(core, |core| {
-        let shards = core.shards.borrow();
+        let mut shards = core.shards.borrow_mut();
         let count = shards.len();
         let (mut rows, mut bytes, mut problems) = (0u64, 0u64, Vec::new());
-        for (txid, index) in core.coordinator.borrow_mut().lost_commits(&shards)? {
+        for (txid, index) in core.coordinator.borrow_mut().lost_commits(&mut shards)? {
             problems.push(format!(
                 "shard {index} ({}): transaction {txid}, which the journal committed, is missing: the shard lost commits after they were made durable (its file or WAL was damaged or replaced); restore the shard from a backup",
                 shards[index].path.display()
@@ -209,12 +209,16 @@ fn resolve(call: &Call<'_>) -> Result<String> {
     let args = module_arguments(&table.sql).unwrap_or_default();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let config = table_config(call.handle(), &table.schema, &table.table, &args)?;
-    let (table_id, shards, _) = open_shards(&config, false)?;
+    let (table_id, mut shards, _) = open_shards(&config, false)?;
     let resolved = match resolution {
-        Some(resolution) => {
-            resolve_in_doubt(&config, table_id, &shards, resolution, crate::host::lookup)?
-        }
-        None => accept_lost_commits(&config, table_id, &shards)?,
+        Some(resolution) => resolve_in_doubt(
+            &config,
+            table_id,
+            &mut shards,
+            resolution,
+            crate::host::lookup,
+        )?,
+        None => accept_lost_commits(&config, table_id, &mut shards)?,
     };
     Ok(
         serde_json::json!({"decision": decision.to_ascii_lowercase(), "transactions": resolved})

@@ -31,7 +31,9 @@ use rusqlite::config::DbConfig;
 use rusqlite::types::Value;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, ToSql};
 
+use crate::commit::{Participant, PrepareRecord, Replayed};
 use crate::config::{Owner, UserColumn};
+use crate::durable::SyncJob;
 use crate::error::{Error, Result};
 use crate::journal::TableId;
 use crate::redo::{self, Encoder, ShardChanges};
@@ -1060,8 +1062,8 @@ impl Shard {
 
     /// Recovery's redo of a logged commit on a shard that lost it (a power cut took its unsynced
     /// commit): applies `changes` and raises `last_txid`, in one transaction, unless `last_txid`
-    /// shows the shard has it already.
-    pub fn replay(&self, txid: u64, changes: &ShardChanges) -> Result<()> {
+    /// shows the shard has it already, or lacks the commits the changes build on.
+    pub fn replay(&self, txid: u64, changes: &ShardChanges) -> Result<Replayed> {
         let width = 1 + self.columns.len();
         if let Some((id, _)) = changes
             .rows
@@ -1078,8 +1080,15 @@ impl Shard {
             self.columns_sql,
             vec!["?"; width].join(", ")
         );
+        let mut outcome = Replayed::Applied;
         self.in_own_transaction(|s| {
-            if s.last_txid()? >= txid {
+            let last = s.last_txid()?;
+            if last >= txid {
+                outcome = Replayed::Present;
+                return Ok(());
+            }
+            if let Some(base) = changes.base_txid.filter(|&base| last < base) {
+                outcome = Replayed::Gap { base };
                 return Ok(());
             }
             let run = |sql: &str, values: &[&dyn rusqlite::ToSql]| {
@@ -1108,7 +1117,8 @@ impl Shard {
                 }
             }
             s.set_last_txid(txid)
-        })
+        })?;
+        Ok(outcome)
     }
 
     /// Deletes the before-states of `txid` and the blobs only they referenced.
@@ -1370,5 +1380,86 @@ impl Shard {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .map_err(self.err())
+    }
+}
+
+/// The local SQLite shard as a participant of the commit protocol: each step is one SQLite
+/// transaction on the shard file (or a statement in the open one), and durability is the WAL's
+/// fsync, run on the sync pool (`durable`).
+impl Participant for Shard {
+    fn name(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    fn begin_read(&mut self) -> Result<Vec<u64>> {
+        Shard::begin_read(self)
+    }
+
+    fn end(&mut self) {
+        let _ = self.rollback();
+    }
+
+    fn begin_write(&mut self) -> Result<()> {
+        Shard::begin_write(self)
+    }
+
+    fn savepoint(&mut self, level: i32) -> Result<()> {
+        Shard::savepoint(self, level)
+    }
+
+    fn release(&mut self, level: i32) -> Result<()> {
+        Shard::release(self, level)
+    }
+
+    fn rollback_to(&mut self, level: i32) -> Result<()> {
+        Shard::rollback_to(self, level)
+    }
+
+    fn rollback_to_start(&mut self) -> Result<()> {
+        Shard::rollback_to_start(self)
+    }
+
+    fn last_txid(&mut self) -> Result<u64> {
+        Shard::last_txid(self)
+    }
+
+    fn prepared(&mut self) -> Result<Vec<PrepareRecord>> {
+        Ok(self
+            .prepared_deciders()?
+            .into_iter()
+            .map(|(txid, decided_by)| PrepareRecord { txid, decided_by })
+            .collect())
+    }
+
+    fn changes(&mut self, txid: u64, bytes_max: u64) -> Result<Option<Vec<u8>>> {
+        Shard::changes(self, txid, bytes_max)
+    }
+
+    fn commit_logged(&mut self, txid: u64) -> Result<()> {
+        Shard::commit_logged(self, txid)
+    }
+
+    fn replay(&mut self, txid: u64, changes: &[u8]) -> Result<Replayed> {
+        match ShardChanges::decode(changes) {
+            Ok(changes) => Shard::replay(self, txid, &changes),
+            Err(detail) => Ok(Replayed::Unreadable(detail)),
+        }
+    }
+
+    fn prepare(&mut self, txid: u64, participants: &[u16], decided_by: Option<&str>) -> Result<()> {
+        Shard::prepare(self, txid, participants, decided_by)
+    }
+
+    fn finalize(&mut self, txid: u64) -> Result<()> {
+        Shard::finalize(self, txid)
+    }
+
+    fn abort_prepared(&mut self, txid: u64) -> Result<()> {
+        Shard::abort_prepared(self, txid)
+    }
+
+    fn sync_job(&self) -> Option<SyncJob> {
+        let path = self.path.clone();
+        Some(Box::new(move || crate::durable::sync_wal(&path)))
     }
 }

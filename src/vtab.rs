@@ -26,14 +26,15 @@ use rusqlite::vtab::{
 };
 use rusqlite::{ffi, Connection};
 
+use crate::commit::locks::{LockFile, LockGuard};
+use crate::commit::Coordinator;
 use crate::config::{HostDatabase, Owner, TableConfig};
-use crate::coordinator::Coordinator;
 use crate::durable::remove_files;
 use crate::error::{catch_panic, type_name, Error, Result};
 use crate::journal::TableId;
-use crate::locks::{LockFile, LockGuard};
 use crate::placement::shard_of;
 use crate::probe::{probe, ProbeError};
+use crate::row_ids::RowIds;
 use crate::shard::{quote_ident, Lifecycle, NewRow, ScanFilter, Shard, ShardIdentity, StoredRow};
 
 // Column numbers, as declared by `TableConfig::declaration`.
@@ -78,6 +79,8 @@ pub struct TableCore {
     pub(crate) config: TableConfig,
     pub(crate) shards: RefCell<Vec<Shard>>,
     pub(crate) coordinator: RefCell<Coordinator>,
+    /// Ids for rows inserted without one, in the open write transaction.
+    row_ids: RefCell<RowIds>,
     pub(crate) open_cursors: Cell<usize>,
     /// While the CREATE that made this table's files has not committed: the writer lock, held
     /// so that no other database takes the files for leftovers meanwhile.
@@ -562,6 +565,7 @@ fn open_core(
             open_cursors: Cell::new(0),
             creation: RefCell::new(creation),
             host_at_begin: RefCell::default(),
+            row_ids: RefCell::default(),
             host_db: std::ptr::null_mut(),
         }),
         Err(e) => Err((e, Box::new(config))),
@@ -766,7 +770,7 @@ impl ImageTable {
             self.delete_row(row.id)?;
         }
         let core = self.core()?;
-        core.coordinator.borrow_mut().note_inserted_id(row.id);
+        core.row_ids.borrow_mut().inserted(row.id);
         core.shards.borrow()[index].insert(txid, row, data)
     }
 
@@ -791,7 +795,7 @@ impl ImageTable {
         match shards[index].get(id)? {
             Some(current) => {
                 shards[index].delete(txid, &current)?;
-                core.coordinator.borrow_mut().note_deleted_id(id);
+                core.row_ids.borrow_mut().deleted(id);
                 Ok(())
             }
             None => Ok(()),
@@ -1110,7 +1114,7 @@ impl UpdateVTab<'_> for ImageTable {
                     self.ensure_writing()?;
                     let core = self.core()?;
                     let shards = core.shards.borrow();
-                    core.coordinator.borrow_mut().assign_id(&shards)?
+                    core.row_ids.borrow_mut().assign(&shards)?
                 }
             };
             let data = image_bytes(
@@ -1218,8 +1222,7 @@ impl TransactionVTab<'_> for ImageTable {
             };
             core.coordinator.borrow_mut().sync(
                 &mut core.shards.borrow_mut(),
-                host.as_ref()
-                    .map(|h| h as &dyn crate::coordinator::HostDecider),
+                host.as_ref().map(|h| h as &dyn crate::commit::HostDecider),
             )
         })?)
     }
@@ -1231,6 +1234,7 @@ impl TransactionVTab<'_> for ImageTable {
             };
             let mut coordinator = core.coordinator.borrow_mut();
             coordinator.commit(&mut core.shards.borrow_mut());
+            core.row_ids.borrow_mut().forget();
             core.creation_committed();
             core.resume_open_cursors(&mut coordinator)
         })?)
@@ -1243,6 +1247,7 @@ impl TransactionVTab<'_> for ImageTable {
             };
             let mut coordinator = core.coordinator.borrow_mut();
             coordinator.rollback(&mut core.shards.borrow_mut());
+            core.row_ids.borrow_mut().forget();
             core.creation_rolled_back();
             core.resume_open_cursors(&mut coordinator)
         })?)
@@ -1759,7 +1764,7 @@ unsafe extern "C" fn x_savepoint(vtab: *mut sqlite3_vtab, level: c_int) -> c_int
         with_table(vtab, |t| {
             let core = t.core()?;
             let mut coordinator = core.coordinator.borrow_mut();
-            coordinator.savepoint(&core.shards.borrow(), level)
+            coordinator.savepoint(&mut core.shards.borrow_mut(), level)
         })
     }
 }
@@ -1770,7 +1775,7 @@ unsafe extern "C" fn x_release(vtab: *mut sqlite3_vtab, level: c_int) -> c_int {
         with_table(vtab, |t| {
             let core = t.core()?;
             let mut coordinator = core.coordinator.borrow_mut();
-            coordinator.release(&core.shards.borrow(), level)
+            coordinator.release(&mut core.shards.borrow_mut(), level)
         })
     }
 }
@@ -1781,7 +1786,8 @@ unsafe extern "C" fn x_rollback_to(vtab: *mut sqlite3_vtab, level: c_int) -> c_i
         with_table(vtab, |t| {
             let core = t.core()?;
             let mut coordinator = core.coordinator.borrow_mut();
-            coordinator.rollback_to(&core.shards.borrow(), level)
+            core.row_ids.borrow_mut().forget();
+            coordinator.rollback_to(&mut core.shards.borrow_mut(), level)
         })
     }
 }

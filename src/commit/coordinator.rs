@@ -1,206 +1,12 @@
-//! The two-phase-commit coordinator: how a transaction on a sharded table commits on every shard
-//! or on none, across crashes, kills and power cuts. This comment is the protocol's one
-//! description; the code below follows it step by step.
-//!
-//! # Why a coordinator
-//! SQLite has no durable "prepared" state, and in WAL mode a transaction over several attached
-//! files is not atomic (its super-journal works only with rollback journals). Each shard is an
-//! ordinary WAL-mode SQLite file; this module makes a transaction over several of them atomic.
-//!
-//! # Pieces
-//! - Shards (`shard`): each records, inside the transaction itself, every touched row's state
-//!   before the transaction (its *before-state*), so a transaction committed in the shard's own
-//!   SQLite sense can still be undone. A *prepare record* marks such a transaction. Shards run
-//!   with `synchronous=NORMAL`: a WAL-mode file then keeps, after a power cut, a prefix of its
-//!   commits (never a torn one), and this module syncs WAL files itself where a step needs it.
-//! - The journal (`journal`): checksummed decision records, synced. A COMMIT record says the
-//!   shards it names hold the transaction prepared; a LOGGED record carries each shard's changes
-//!   itself (`redo`). Nothing else is ever written there.
-//! - Two locks (`locks`): the writer lock (one writer at a time, across processes) and the
-//!   publish lock (readers open snapshots only outside a commit's undecided window). The publish
-//!   lock's file holds the *logged-commit mark*, set while a logged commit's shards commit.
-//!
-//! # States of a transaction
-//! ```text
-//! Idle -> Writing --sync: small--> LOGGED synced --xCommit: every shard commits---------> Idle
-//!            |     --sync: large--> Prepared (every shard) -> COMMIT synced --xCommit: finalize-> Idle
-//!            |                        \-> any shard says no -> Aborted --------------------> Idle
-//!            |      (decided) --xRollback: SQLite's own commit failed--> ABORT synced, undo -> Idle
-//!            \--rollback--> Idle
-//! ```
-//!
-//! # Commit steps (at SQLite's xSync; xCommit's result is ignored by SQLite, so the decision must
-//! be durable before xSync returns; and SQLite commits its own files between xSync and xCommit,
-//! which can still fail, so a decision must be undoable until xCommit)
-//! 1. *Begin* (first write): take the writer lock; BEGIN IMMEDIATE on every shard; if any shard
-//!    holds a prepare record, or the logged-commit mark is set, a writer died mid-commit: roll
-//!    back and run recovery first. The transaction id is 1 + the largest `last_txid` of all
-//!    shards.
-//! 2. *Write*: each row change goes to its shard's open SQLite transaction, after its
-//!    before-state is recorded. The connection reads its own writes through the same shards.
-//! 3. *Choose* (xSync): take the publish lock exclusively. If the changes (rows as they end, and
-//!    the images they add) come to at most `logged_commit_max` bytes, the logged path (4)
-//!    decides them with one sync in all, however many shards they touch (one included); a
-//!    larger transaction is prepared (5, 6), so that its images are not written twice.
-//! 4. *Logged path*: read each written shard's changes from its still-open SQLite transaction.
-//!    Set the mark; append LOGGED(txid, shards, changes) to the journal and fdatasync it. **That
-//!    sync is the commit point.** (If the append or sync fails, the record is cut off as in 6 and
-//!    the shards roll back: nothing of it was committed anywhere.) The shards' SQLite
-//!    transactions stay open: they commit at xCommit (7).
-//! 5. *Prepare*: each written shard adds a prepare record and commits, and its WAL fsync starts
-//!    on a pool thread while the next shard prepares (`durable`); all are waited for. So the
-//!    prepare costs about one sync however many shards it touches. A shard that fails votes no;
-//!    then every prepared shard is undone from its before-states and the statement fails. All
-//!    votes must be yes: a majority would commit on some shards what another shard refused (say
-//!    a constraint failure), so the transaction would be neither whole nor absent.
-//! 6. *Decide*: append COMMIT(txid, shards) to the journal and fdatasync it. **That sync is the
-//!    commit point.** If the append or sync fails, the record is cut off (and synced) before the
-//!    shards are undone, so a failed COMMIT leaves nothing; if even the cut fails, the table is
-//!    poisoned and recovery, reading the file, decides. Release the publish lock.
-//!
-//!    6h. *Decide in the host* (a transaction that also wrote the host database's own tables,
-//!    see below): always prepared (5, every prepare record naming the host database), then the
-//!    decision is a row inserted into the host's `imagestore_decisions` inside the host's own
-//!    transaction. **The host's commit is the commit point**, of its tables and of this one.
-//!    The publish lock is released before it. Rows of earlier transactions stay until their
-//!    finalizes (7, not synced) are durable on every shard: once the host holds more than 64,
-//!    every shard's WAL is synced and the older rows are deleted in the same host transaction.
-//! 7. *Finish* (xCommit, after SQLite committed its own files): on the logged path, take the
-//!    publish lock again and commit every written shard, not synced, then clear the mark (a
-//!    shard whose commit fails is rolled back and the mark stays: the next reader or writer
-//!    runs recovery, which replays it from the journal); on the prepared path, each shard drops
-//!    its before-states and prepare record in a transaction of its own, not synced (until that
-//!    is durable the journal keeps the decision, and recovery finalizes again). Release the
-//!    writer lock.
-//! 8. *Take back* (xRollback after a decided xSync: SQLite's commit of its own files failed,
-//!    with SQLITE_BUSY on the host file or a commit hook's veto, and SQLite rolls back): append
-//!    ABORT(txid) and fdatasync it, so that the journal no longer decides the transaction; then,
-//!    under the publish lock, roll back the logged path's open shard transactions, or undo the
-//!    prepared shards from their before-states. So the host's tables and this table agree: the
-//!    transaction is in neither. (If the ABORT cannot be written, the decision stands, the
-//!    transaction is finished as in 7, and the table is poisoned.)
-//! 9. *Trim*: at a later begin, if the journal is larger than `journal_limit` (or is version 1) and no shard holds a
-//!    prepare record, fsync every shard's WAL (making every finalize and every logged shard
-//!    commit durable) and reset the journal. Only then may a record be forgotten: presumed abort
-//!    would otherwise turn an acknowledged commit into an abort.
-//!
-//! # Crash walk-through (what recovery finds after a crash at each step)
-//! - Before 4 or 5, or during 2: shard transactions were never committed; SQLite rolls them back.
-//! - During 4, before the LOGGED sync: the record is absent or torn (checksum): abort. Nothing
-//!   was committed on a shard; the mark only makes the next reader run recovery. A record
-//!   written whole but not yet synced is valid: recovery syncs it and replays it (a commit the
-//!   caller never saw acknowledged; whole either way).
-//! - During 4, after the sync: some shards committed, some not (or, after a power cut, lost
-//!   their unsynced commits): recovery replays the record's changes on each shard whose
-//!   `last_txid` is below the transaction's. Whole.
-//! - During 5: some shards hold a prepare record, the journal has no COMMIT: recovery aborts
-//!   (presumed abort) from the before-states. The COMMIT statement never returned.
-//! - During 6: a torn or unsynced record fails its checksum and is ignored: abort. A synced one
-//!   commits. The caller may not have seen the answer; either outcome is whole.
-//! - During 7: prepare records remain with a COMMIT in the journal: recovery finalizes them; or
-//!   a logged commit's shards have committed in part: the mark is set and recovery replays.
-//! - During 6h, or between it and the host's commit: the host's decision row is not committed:
-//!   recovery, asking the host database the prepare records name, aborts. After the host's
-//!   commit: it finalizes. Both tables agree either way.
-//! - During 8, before the ABORT is durable: the decision stands and recovery commits (the caller
-//!   never heard an answer: whole either way). After it: recovery aborts what is prepared; a
-//!   logged commit was never on a shard.
-//! - During 9: the journal is replaced atomically (rename) only after the shards are synced.
-//!
-//! # Recovery (at open, and whenever a reader or writer finds a prepare record that no live
-//! writer owns, or the mark set): under the writer lock and the publish lock,
-//! - for each prepare record on each shard, finalize it if the journal holds its COMMIT (and no
-//!   ABORT after it), or if the host database it names holds its decision row; else abort it;
-//! - then replay every LOGGED record, in journal order, on each of its shards whose
-//!   `last_txid` is below it (a shard keeps a prefix of its commits, so `last_txid` says which
-//!   it has), provided the shard is at the state the record's changes apply to (each carries
-//!   the shard's `last_txid` when the transaction began): a shard below it lost commits (an
-//!   old copy put back after the journal was trimmed), and replaying over the gap would bring
-//!   back rows without their images, so the table is refused instead, naming the shard;
-//! - clear the mark.
-//!
-//! The order matters. A finalize or abort is not synced, and a logged commit does not sync its
-//! shards, so a power cut can take both from a shard, leaving the prepare record that came
-//! before them. Settling that record first gives back the state the logged commit started from
-//! (blob ids included); replaying first would write over it and then undo the replay. The other
-//! order cannot arise: a prepare syncs its shard, and with it every logged commit before it.
-//!
-//! Each step is one SQLite transaction on one shard, so recovery interrupted at any point is
-//! simply run again. A journal that is missing, or cannot be read, while shards hold prepare
-//! records (or the mark is set) cannot decide them: the table is unusable (in doubt) rather
-//! than guess, and says how to decide (`imagestore_resolve`). A journal that cannot be read
-//! while nothing is in doubt is moved aside (kept) and replaced.
-//!
-//! # Readers
-//! A reader takes the publish lock shared, checks the mark, opens a read transaction on every
-//! shard (pinning every snapshot), reads the prepare records they hold, and releases the lock.
-//! Writers hold the lock exclusively from the choice in 3 to the end of 4 or 6, and again while
-//! 7 commits a logged transaction's shards or 8 undoes one: so every snapshot of one query is
-//! taken before a transaction's first shard commit or after all of them: no fractured reads,
-//! and no undecided data. A prepare record that is not decided (no COMMIT in the journal) was
-//! left by a dead writer: the reader runs recovery and opens its snapshots again. So does a
-//! mark set while no writer is alive (the writer lock is free), or one that some shard's
-//! `last_txid` has reached (a commit half applied). A mark set by a live writer whose logged
-//! commit is on no shard yet (between its xSync and its xCommit) is left alone: the snapshots
-//! are a consistent cut from before that transaction, and waiting could deadlock (that writer
-//! may be waiting for this reader's statement to end, to commit the host file). A decided
-//! prepare record's data is committed data whose finalize is pending.
-//!
-//! Inside the host's explicit transaction the snapshots are kept for all its reads until it
-//! ends (`read_transaction`), with the publish lock's publication counter as it was when they
-//! were taken. A write of that transaction (step 1, under the writer lock, so nothing can be
-//! published meanwhile) first checks the counter and the mark: if either says that another
-//! connection published since, the write is refused with SQLITE_BUSY_SNAPSHOT and the snapshots
-//! stay, as SQLite does for an ordinary WAL table; else they end and step 1 goes on. Reads and
-//! writes of one transaction thus see one state of the table.
-//!
-//! After recovery, a prepared commit that the journal decided and a shard's `last_txid` does not
-//! reach was lost by that shard after it was durable (a damaged WAL, an old copy put back): the
-//! table refuses to be used, naming shard and transaction, until a backup is restored or a
-//! person accepts the shards as they are (`accept_lost_commits`).
-//!
-//! # Transactions that also write ordinary tables
-//! SQLite calls xSync before it commits its own files, and xRollback if that commit then fails
-//! (SQLITE_BUSY, a commit hook's veto): step 8 takes the decision back, so the two commit
-//! together or not at all. Across a crash between xSync and SQLite's commit, atomicity needs one
-//! commit point for both: when xSync finds that the transaction also wrote the host's tables
-//! (`host::also_wrote`), the decision rides on the host's commit (6h). A reader that meets such
-//! a transaction's undecided prepare records while its writer is alive is answered SQLITE_BUSY
-//! at once: waiting could hold up the host commit it waits for (the writer may be waiting for
-//! that reader's statement to end). A transaction that wrote only this table is decided in the
-//! journal as before: it costs no host commit.
-//!
-//! Where the decision cannot ride: a `:memory:` or temp host database has nothing durable, so a
-//! transaction there is decided in the journal at xSync (a crash loses the host's part anyway).
-//! Shards shared by several host databases: a transaction rides on the host database of the
-//! connection that wrote it; its prepare records name that database's file, so recovery from
-//! any other database opens that file to read the decision (if it is gone, the transaction is
-//! in doubt and the table says which database it needs).
-//!
-//! # What the protocol assumes of the disk, and which test shows it needed
-//! - A synced write survives a power cut; an unsynced one may not, in whole or in part (each
-//!   file keeping a prefix of its writes).
-//! - A WAL-mode file at `synchronous=NORMAL` keeps a prefix of its commits (SQLite's own rule):
-//!   so `last_txid` says which commits a shard kept, and replay gives back the rest.
-//! - A name created, removed or renamed is durable only once its folder is synced: after making
-//!   or replacing the journal, and after a new shard WAL (`durable::sync_wal`).
-//!
-//! `tests/test_power_cut.py` runs the table on a file system that drops, at each cut, what was
-//! not synced, and leaves out, in the test build (`fault::skips_sync`), in turn the LOGGED
-//! record's fdatasync (4), a prepare's WAL fsync (5) and the journal folder's sync (9): each time
-//! the cuts lose acknowledged commits, or the table refuses to open (commits lost).
-//!
-//! # Transaction ids
-//! Every prepare, logged shard commit and replay raises its shards'
-//! `last_txid` in the same SQLite transaction, and a new id is above every shard's `last_txid`,
-//! so ids never repeat: not after a crash, and not after the journal is reset.
+//! The coordinator of one table in one connection: the protocol of this folder's front page,
+//! step by step, over any [`Participant`]s.
 
+use super::locks::{LockFile, LockGuard, PublishState, Publishing};
+use super::participant::{Participant, PrepareRecord, Replayed};
 use crate::config::TableConfig;
+use crate::durable::Syncs;
 use crate::error::{Error, Result};
 use crate::journal::{Journal, Record, TableId};
-use crate::locks::{LockFile, LockGuard, PublishState, Publishing};
-use crate::redo::ShardChanges;
-use crate::shard::Shard;
 
 /// How often a reader or writer retries after running recovery itself.
 const RECOVERY_ATTEMPTS_MAX: usize = 3;
@@ -213,8 +19,6 @@ struct WriteTxn {
     dirty: Vec<bool>,
     /// Open savepoints: SQLite's level, and `dirty` as it was when the savepoint began.
     savepoints: Vec<(i32, Vec<bool>)>,
-    /// The next id to assign to a row inserted without one.
-    next_id: Option<i64>,
     /// How xSync decided this transaction, once it has: what xCommit then finishes, or
     /// xRollback takes back.
     decided: Option<Decided>,
@@ -287,10 +91,10 @@ pub struct Coordinator {
 
 impl Coordinator {
     /// Opens the journal (creating it if `create`) and runs recovery if no writer is active.
-    pub fn open(
+    pub fn open<P: Participant>(
         config: &TableConfig,
         table_id: TableId,
-        shards: &mut [Shard],
+        shards: &mut [P],
         create: bool,
         host_lookup: HostLookup,
     ) -> Result<Coordinator> {
@@ -313,7 +117,7 @@ impl Coordinator {
                              their outcome cannot be known. Restore the journal, or decide: \
                              SELECT imagestore_resolve('{}', 'commit' or 'abort')",
                             config.journal_path.display(),
-                            shard.display(),
+                            shard,
                             config.table_name
                         )));
                     }
@@ -364,7 +168,7 @@ impl Coordinator {
     /// and clears the mark; an error says that recovery is pending (and keeps its cause's code,
     /// SQLITE_FULL for a full disk). The caller holds the writer lock and has no transaction open
     /// on the shards.
-    fn recover(&mut self, shards: &mut [Shard]) -> Result<()> {
+    fn recover<P: Participant>(&mut self, shards: &mut [P]) -> Result<()> {
         self.recover_now(shards).map_err(|e| match e {
             Error::InDoubt(_)
             | Error::JournalCorrupt { .. }
@@ -377,7 +181,7 @@ impl Coordinator {
         })
     }
 
-    fn recover_now(&mut self, shards: &mut [Shard]) -> Result<()> {
+    fn recover_now<P: Participant>(&mut self, shards: &mut [P]) -> Result<()> {
         let mut publish = self.publish_lock.publishing(self.busy_timeout_ms)?;
         if self.journal.rescan()? {
             self.journal.cut_torn_tail()?;
@@ -387,13 +191,13 @@ impl Coordinator {
         self.journal.sync()?;
         // Prepared transactions first: on any one shard they are older than every logged commit
         // it lacks (see "Recovery" above).
-        for shard in shards.iter() {
-            for (txid, decided_by) in shard.prepared_deciders()? {
+        for shard in shards.iter_mut() {
+            for record in shard.prepared()? {
                 crate::fault::check("recovery_shard")?;
-                if self.decided(txid, decided_by.as_deref())? {
-                    shard.finalize(txid)?;
+                if self.decided(record.txid, record.decided_by.as_deref())? {
+                    shard.finalize(record.txid)?;
                 } else {
-                    shard.abort_prepared(txid)?;
+                    shard.abort_prepared(record.txid)?;
                 }
             }
         }
@@ -406,7 +210,7 @@ impl Coordinator {
     /// `last_txid` does not reach (the shard lost it after it was durable) makes the table
     /// unusable, naming the shard and the transaction, until a backup is restored or a person
     /// accepts the shards as they are (`accept_lost_commits`).
-    fn refuse_lost_commits(&mut self, shards: &[Shard]) -> Result<()> {
+    fn refuse_lost_commits<P: Participant>(&mut self, shards: &mut [P]) -> Result<()> {
         let lost = self.lost_commits(shards)?;
         if lost.is_empty() {
             return Ok(());
@@ -430,7 +234,7 @@ impl Coordinator {
     }
 
     /// Replays each LOGGED record on every shard it names whose `last_txid` is below it.
-    fn replay_logged(&self, shards: &[Shard]) -> Result<()> {
+    fn replay_logged<P: Participant>(&self, shards: &mut [P]) -> Result<()> {
         if self.journal.logged().is_empty() {
             return Ok(());
         }
@@ -448,31 +252,33 @@ impl Coordinator {
                 if !lacks(&applied, s, at.txid) {
                     continue;
                 }
-                let shard = shards.get(s as usize).ok_or_else(|| {
+                let shard = shards.get_mut(s as usize).ok_or_else(|| {
                     Error::InDoubt(format!(
                         "table {}: the journal's transaction {} wrote shard {s}, which the table does not have",
                         self.table_name, at.txid
                     ))
                 })?;
-                let changes =
-                    ShardChanges::decode(changes).map_err(|detail| Error::JournalCorrupt {
-                        path: self.journal.path().to_path_buf(),
-                        detail: format!("transaction {}, shard {s}: {detail}", at.txid),
-                    })?;
-                if let Some(base) = changes.base_txid.filter(|&base| applied[s as usize] < base) {
-                    return Err(Error::LostCommits {
-                        table: self.table_name.clone(),
-                        lost: format!(
-                            "shard {s} ({}) lacks its commits after transaction {} up to {base}, on which the journal's transaction {} builds",
-                            shard.path.display(),
-                            applied[s as usize],
-                            at.txid
-                        ),
-                    });
-                }
                 crate::fault::check("recovery_replay")?;
-                shard.replay(at.txid, &changes)?;
-                applied[s as usize] = at.txid;
+                match shard.replay(at.txid, changes)? {
+                    Replayed::Applied | Replayed::Present => applied[s as usize] = at.txid,
+                    Replayed::Gap { base } => {
+                        return Err(Error::LostCommits {
+                            table: self.table_name.clone(),
+                            lost: format!(
+                                "shard {s} ({}) lacks its commits after transaction {} up to {base}, on which the journal's transaction {} builds",
+                                shard.name(),
+                                applied[s as usize],
+                                at.txid
+                            ),
+                        })
+                    }
+                    Replayed::Unreadable(detail) => {
+                        return Err(Error::JournalCorrupt {
+                            path: self.journal.path().to_path_buf(),
+                            detail: format!("transaction {}, shard {s}: {detail}", at.txid),
+                        })
+                    }
+                }
             }
         }
         Ok(())
@@ -482,7 +288,11 @@ impl Coordinator {
 
     /// Opens one consistent snapshot over every shard, unless this connection already has a
     /// transaction open on them (then reads see that transaction).
-    pub fn begin_read(&mut self, shards: &mut [Shard], whole_transaction: bool) -> Result<()> {
+    pub fn begin_read<P: Participant>(
+        &mut self,
+        shards: &mut [P],
+        whole_transaction: bool,
+    ) -> Result<()> {
         match &mut self.activity {
             Activity::Idle => {}
             Activity::Reading {
@@ -518,13 +328,13 @@ impl Coordinator {
     /// Pins a snapshot on every shard and returns the publication counter it matches; `None`
     /// (snapshots perhaps still open) if the mark is set or a shard holds an undecided prepare
     /// record, which only a dead writer leaves behind.
-    fn open_snapshots(&mut self, shards: &mut [Shard]) -> Result<Option<u64>> {
+    fn open_snapshots<P: Participant>(&mut self, shards: &mut [P]) -> Result<Option<u64>> {
         let _publish = self
             .publish_lock
             .shared("publish lock", self.busy_timeout_ms)?;
         let PublishState { mark, publication } = self.publish_lock.state()?;
         let mut prepared = Vec::new();
-        for shard in shards.iter() {
+        for shard in shards.iter_mut() {
             match shard.begin_read() {
                 Ok(txids) => prepared.extend(txids),
                 Err(e) => {
@@ -572,11 +382,11 @@ impl Coordinator {
     /// commit (between its xSync and xCommit) and is on no shard yet: then the snapshots are a
     /// consistent cut from before it, and waiting for it could deadlock (the writer may be
     /// waiting for this reader's statement to end, to commit the host file).
-    fn pending_on_no_shard(&self, shards: &[Shard], mark: u64) -> Result<bool> {
+    fn pending_on_no_shard<P: Participant>(&self, shards: &mut [P], mark: u64) -> Result<bool> {
         if !self.writer_alive() {
             return Ok(false); // recovery
         }
-        for shard in shards {
+        for shard in shards.iter_mut() {
             if shard.last_txid()? >= mark {
                 return Ok(false);
             }
@@ -591,7 +401,7 @@ impl Coordinator {
 
     /// Ends a query's snapshot opened by [`begin_read`](Self::begin_read) (a transaction's
     /// stays until [`end_transaction_read`](Self::end_transaction_read)).
-    pub fn end_read(&mut self, shards: &mut [Shard]) {
+    pub fn end_read<P: Participant>(&mut self, shards: &mut [P]) {
         if let Activity::Reading {
             whole_transaction: false,
             ..
@@ -604,7 +414,11 @@ impl Coordinator {
 
     /// The host's transaction ended: its snapshot ends too, or, while a query of this
     /// connection still reads from it (`queries_reading`), becomes that query's.
-    pub fn end_transaction_read(&mut self, shards: &mut [Shard], queries_reading: bool) {
+    pub fn end_transaction_read<P: Participant>(
+        &mut self,
+        shards: &mut [P],
+        queries_reading: bool,
+    ) {
         if let Activity::Reading {
             whole_transaction, ..
         } = &mut self.activity
@@ -632,7 +446,7 @@ impl Coordinator {
     /// published since it was taken (else its reads and its writes would see different states
     /// of the table: SQLITE_BUSY_SNAPSHOT, as SQLite answers for an ordinary WAL table). The
     /// caller holds the writer lock, so nothing can be published meanwhile.
-    fn end_read_for_write(&mut self, shards: &mut [Shard]) -> Result<()> {
+    fn end_read_for_write<P: Participant>(&mut self, shards: &mut [P]) -> Result<()> {
         let Activity::Reading {
             whole_transaction,
             publication,
@@ -652,7 +466,7 @@ impl Coordinator {
     // ---- writers: begin and write -------------------------------------------------------
 
     /// Step 1: starts a write transaction (xBegin).
-    pub fn begin_write(&mut self, shards: &mut [Shard]) -> Result<()> {
+    pub fn begin_write<P: Participant>(&mut self, shards: &mut [P]) -> Result<()> {
         if matches!(self.activity, Activity::Writing(_)) {
             return Ok(());
         }
@@ -669,10 +483,10 @@ impl Coordinator {
             begin_all(shards)?;
             let mut last_txid = 0;
             let mut prepared = false;
-            for shard in shards.iter() {
+            for shard in shards.iter_mut() {
                 let state = shard
                     .last_txid()
-                    .and_then(|t| Ok((t, !shard.prepared_txids()?.is_empty())));
+                    .and_then(|t| Ok((t, !shard.prepared()?.is_empty())));
                 match state {
                     Ok((t, p)) => {
                         last_txid = last_txid.max(t);
@@ -701,7 +515,6 @@ impl Coordinator {
                 _writer: writer,
                 dirty: vec![false; shards.len()],
                 savepoints: Vec::new(),
-                next_id: None,
                 decided: None,
             });
             return Ok(());
@@ -714,9 +527,9 @@ impl Coordinator {
 
     /// Step 9: every shard is synced, then the journal forgets its decisions. The caller holds
     /// the writer lock and has checked that no shard holds a prepare record.
-    fn trim_journal(&mut self, shards: &[Shard]) -> Result<()> {
+    fn trim_journal<P: Participant>(&mut self, shards: &mut [P]) -> Result<()> {
         let last_txids = last_txids(shards)?;
-        crate::durable::sync_wals(&shards.iter().map(|s| s.path.as_path()).collect::<Vec<_>>())?;
+        make_durable(shards)?;
         let _publish = self.publish_lock.publishing(self.busy_timeout_ms)?;
         self.journal.reset(&last_txids)
     }
@@ -742,49 +555,6 @@ impl Coordinator {
         Ok(txn.txid)
     }
 
-    /// An id for a row inserted without one, as SQLite assigns a rowid: one above the largest id
-    /// of every shard (this transaction's writes included), or 1 in an empty table; once the
-    /// largest is `i64::MAX`, a random unused positive id (SQLite's rule too).
-    pub fn assign_id(&mut self, shards: &[Shard]) -> Result<i64> {
-        let txn = self.write_txn()?;
-        let next = match txn.next_id {
-            Some(next) => Some(next),
-            None => {
-                let mut max = None;
-                for shard in shards {
-                    max = max.max(shard.max_id()?);
-                }
-                max.map_or(Some(1), |max: i64| max.checked_add(1))
-            }
-        };
-        match next {
-            Some(next) => {
-                txn.next_id = next.checked_add(1);
-                Ok(next)
-            }
-            None => random_unused_id(shards),
-        }
-    }
-    /// Tells the coordinator that a row with this id was inserted, so assigned ids stay above it.
-    pub fn note_inserted_id(&mut self, id: i64) {
-        if let Activity::Writing(txn) = &mut self.activity {
-            if let Some(next) = txn.next_id {
-                // Above `i64::MAX`, nothing: the next id is looked up again (and drawn).
-                txn.next_id = id.checked_add(1).map(|after| next.max(after));
-            }
-        }
-    }
-
-    /// Tells the coordinator that the row with this id was deleted: if it may have been the
-    /// largest, the next assigned id is looked up again (SQLite reuses a freed largest rowid).
-    pub fn note_deleted_id(&mut self, id: i64) {
-        if let Activity::Writing(txn) = &mut self.activity {
-            if txn.next_id.is_some_and(|next| id >= next.saturating_sub(1)) {
-                txn.next_id = None;
-            }
-        }
-    }
-
     // ---- writers: savepoints ------------------------------------------------------------
 
     /// The open, undecided write transaction, if any (savepoint calls after a decided xSync,
@@ -797,11 +567,11 @@ impl Coordinator {
     }
 
     /// xSavepoint: SQLite's savepoint `level` begins.
-    pub fn savepoint(&mut self, shards: &[Shard], level: i32) -> Result<()> {
+    pub fn savepoint<P: Participant>(&mut self, shards: &mut [P], level: i32) -> Result<()> {
         let Some(txn) = self.undecided_txn() else {
             return Ok(());
         };
-        for shard in shards {
+        for shard in shards.iter_mut() {
             shard.savepoint(level)?;
         }
         txn.savepoints.push((level, txn.dirty.clone()));
@@ -809,7 +579,7 @@ impl Coordinator {
     }
 
     /// xRelease: savepoint `level` and every later one end, keeping their changes.
-    pub fn release(&mut self, shards: &[Shard], level: i32) -> Result<()> {
+    pub fn release<P: Participant>(&mut self, shards: &mut [P], level: i32) -> Result<()> {
         let Some(txn) = self.undecided_txn() else {
             return Ok(());
         };
@@ -817,7 +587,7 @@ impl Coordinator {
             return Ok(());
         };
         let outermost = txn.savepoints[pos].0;
-        for shard in shards {
+        for shard in shards.iter_mut() {
             shard.release(outermost)?;
         }
         txn.savepoints.truncate(pos);
@@ -828,7 +598,7 @@ impl Coordinator {
     /// savepoints that begin after the table joined the transaction, and those end (are
     /// released) with their statements, so a `level` this coordinator does not hold began before
     /// the table's first write: the rollback goes back to the transaction's start.
-    pub fn rollback_to(&mut self, shards: &[Shard], level: i32) -> Result<()> {
+    pub fn rollback_to<P: Participant>(&mut self, shards: &mut [P], level: i32) -> Result<()> {
         let Some(txn) = self.undecided_txn() else {
             return Ok(());
         };
@@ -849,7 +619,6 @@ impl Coordinator {
                 txn.savepoints.clear();
             }
         }
-        txn.next_id = None;
         Ok(())
     }
 
@@ -858,7 +627,11 @@ impl Coordinator {
     /// Steps 3 to 6 (xSync): decides the transaction, or aborts it everywhere and fails. With
     /// `host`, the transaction also wrote the host's tables: its decision rides on the host's
     /// commit (step 6h).
-    pub fn sync(&mut self, shards: &mut [Shard], host: Option<&dyn HostDecider>) -> Result<()> {
+    pub fn sync<P: Participant>(
+        &mut self,
+        shards: &mut [P],
+        host: Option<&dyn HostDecider>,
+    ) -> Result<()> {
         let (txid, dirty) = match &self.activity {
             Activity::Writing(txn) if txn.decided.is_some() => return Ok(()), // again after BUSY
             Activity::Writing(txn) => (txn.txid, txn.dirty.clone()),
@@ -906,18 +679,18 @@ impl Coordinator {
         }
     }
 
-    fn end_clean_shards(&self, shards: &[Shard], dirty: &[bool]) -> Result<()> {
-        for (shard, _) in shards.iter().zip(dirty).filter(|(_, d)| !**d) {
-            shard.rollback()?;
+    fn end_clean_shards<P: Participant>(&self, shards: &mut [P], dirty: &[bool]) -> Result<()> {
+        for (shard, _) in shards.iter_mut().zip(dirty).filter(|(_, d)| !**d) {
+            shard.end();
         }
         Ok(())
     }
 
     /// Decides a transaction (the caller holds the publish lock): logged if its changes are
     /// small, else prepared.
-    fn decide_written(
+    fn decide_written<P: Participant>(
         &mut self,
-        shards: &mut [Shard],
+        shards: &mut [P],
         txid: u64,
         written: &[usize],
         publish: &mut Publishing,
@@ -938,9 +711,9 @@ impl Coordinator {
 
     /// Each written shard's encoded changes, or `None` if together they come to more than
     /// `logged_commit_max`.
-    fn logged_changes(
+    fn logged_changes<P: Participant>(
         &self,
-        shards: &[Shard],
+        shards: &mut [P],
         txid: u64,
         written: &[usize],
     ) -> Result<Option<Vec<Vec<u8>>>> {
@@ -961,9 +734,9 @@ impl Coordinator {
 
     /// Step 4, the logged path: the LOGGED record's sync is the commit point. The shards commit
     /// at xCommit, once the host has committed too ([`finish_logged`](Self::finish_logged)).
-    fn decide_logged(
+    fn decide_logged<P: Participant>(
         &mut self,
-        shards: &mut [Shard],
+        shards: &mut [P],
         txid: u64,
         written: &[usize],
         changes: Vec<Vec<u8>>,
@@ -986,15 +759,15 @@ impl Coordinator {
     /// Step 7 on the logged path: under the publish lock, every written shard commits, not
     /// synced. A shard whose commit fails (or all, if the lock cannot be had) is rolled back and
     /// the mark stays: the next reader or writer replays it from the journal.
-    fn finish_logged(&self, shards: &[Shard], txn: &WriteTxn) {
+    fn finish_logged<P: Participant>(&self, shards: &mut [P], txn: &WriteTxn) {
         let Ok(mut publish) = self.publish_lock.publishing(self.busy_timeout_ms) else {
             end_all(shards);
             return;
         };
         let mut all_committed = true;
-        for (shard, _) in shards.iter().zip(&txn.dirty).filter(|(_, d)| **d) {
+        for (shard, _) in shards.iter_mut().zip(&txn.dirty).filter(|(_, d)| **d) {
             if shard.commit_logged(txn.txid).is_err() {
-                let _ = shard.rollback();
+                shard.end();
                 all_committed = false;
             }
         }
@@ -1015,9 +788,9 @@ impl Coordinator {
     }
 
     /// Steps 5 and 6, the prepared path; with `host`, 5 and 6h.
-    fn commit_two_phase(
+    fn commit_two_phase<P: Participant>(
         &mut self,
-        shards: &mut [Shard],
+        shards: &mut [P],
         txid: u64,
         written: &[usize],
         host: Option<&dyn HostDecider>,
@@ -1026,16 +799,21 @@ impl Coordinator {
         // Phase 1: every written shard votes.
         // Each prepared shard's WAL sync starts at once and runs while the next shard prepares.
         let mut prepared = Vec::new();
-        let mut syncs = crate::durable::WalSyncs::new();
+        let mut syncs = Syncs::new();
         let mut refusal = None;
         for &i in written {
             match shards[i].prepare(txid, &names, host.map(|h| h.path())) {
                 Ok(()) => {
                     prepared.push(i);
-                    syncs.start(&shards[i].path);
+                    if let Some(job) = shards[i].sync_job() {
+                        syncs.start(job);
+                    }
                 }
                 Err(e) => {
+                    // A no; but a call that broke off may have prepared it all the same: it is
+                    // undone with the others (undoing what is not prepared does nothing).
                     refusal = Some(e);
+                    prepared.push(i);
                     break;
                 }
             }
@@ -1063,18 +841,20 @@ impl Coordinator {
         Ok(())
     }
 
-    /// Undoes a transaction that did not reach its decision: shards still in their SQLite
-    /// transaction roll back; prepared ones are undone from their before-states. A shard that
+    /// Undoes a transaction that did not reach its decision: every shard's open transaction
+    /// ends (rolled back); prepared ones are undone from their before-states. A shard that
     /// cannot be undone now keeps its prepare record, and recovery aborts it later (there is no
     /// COMMIT record).
-    fn abort_everywhere(&mut self, shards: &mut [Shard], txid: u64, prepared: &[usize]) {
-        for (i, shard) in shards.iter().enumerate() {
-            if prepared.contains(&i) {
-                if shard.abort_prepared(txid).is_err() {
-                    self.poisoned = true;
-                }
-            } else {
-                let _ = shard.rollback();
+    fn abort_everywhere<P: Participant>(
+        &mut self,
+        shards: &mut [P],
+        txid: u64,
+        prepared: &[usize],
+    ) {
+        for (i, shard) in shards.iter_mut().enumerate() {
+            shard.end();
+            if prepared.contains(&i) && shard.abort_prepared(txid).is_err() {
+                self.poisoned = true;
             }
         }
     }
@@ -1082,7 +862,7 @@ impl Coordinator {
     /// Step 7 (xCommit): the host has committed too; finishes the decided transaction (the
     /// logged path's shard commits, or the prepared path's finalize) and ends it, releasing its
     /// locks. Errors are not reported (SQLite ignores them): recovery finishes what is left.
-    pub fn commit(&mut self, shards: &mut [Shard]) {
+    pub fn commit<P: Participant>(&mut self, shards: &mut [P]) {
         let Activity::Writing(txn) = std::mem::replace(&mut self.activity, Activity::Idle) else {
             return;
         };
@@ -1092,7 +872,7 @@ impl Coordinator {
             Some(Decided::Nothing) => {}
             Some(Decided::Logged) => self.finish_logged(shards, &txn),
             Some(Decided::Prepared | Decided::Hosted) => {
-                for (shard, _) in shards.iter().zip(&txn.dirty).filter(|(_, d)| **d) {
+                for (shard, _) in shards.iter_mut().zip(&txn.dirty).filter(|(_, d)| **d) {
                     let _ = shard.finalize(txn.txid);
                 }
             }
@@ -1102,7 +882,7 @@ impl Coordinator {
     /// xRollback: abandons an undecided transaction. After xSync decided it, SQLite's own commit
     /// failed (SQLITE_BUSY on the host file, a commit hook's veto): see
     /// [`take_back`](Self::take_back).
-    pub fn rollback(&mut self, shards: &mut [Shard]) {
+    pub fn rollback<P: Participant>(&mut self, shards: &mut [P]) {
         let decided = match &self.activity {
             Activity::Writing(txn) => txn.decided,
             Activity::Aborted => None,
@@ -1122,7 +902,7 @@ impl Coordinator {
     /// synced ABORT record, then the shards undone, so that the host's tables and this table
     /// agree. If even the ABORT cannot be written, the decision stands: the transaction is
     /// finished as committed, and the table is poisoned (recovery runs at the next open).
-    fn take_back(&mut self, shards: &mut [Shard]) {
+    fn take_back<P: Participant>(&mut self, shards: &mut [P]) {
         let Activity::Writing(txn) = std::mem::replace(&mut self.activity, Activity::Idle) else {
             return;
         };
@@ -1162,7 +942,7 @@ impl Coordinator {
     /// replaced), as (transaction, shard) pairs: see [`lost_commits`]. Logged commits are not
     /// listed: recovery replays them on a shard that lacks them (or refuses, if the shard lacks
     /// what they build on).
-    pub fn lost_commits(&mut self, shards: &[Shard]) -> Result<Vec<(u64, usize)>> {
+    pub fn lost_commits<P: Participant>(&mut self, shards: &mut [P]) -> Result<Vec<(u64, usize)>> {
         self.journal.refresh()?;
         Ok(lost_commits(&self.journal, &last_txids(shards)?))
     }
@@ -1201,10 +981,10 @@ pub enum Resolution {
 /// with a journal, those that rode on a host database's commit that cannot be read (gone,
 /// damaged: `host_lookup` fails) and that the journal does not commit. Returns the transactions
 /// resolved; refuses if there are none (recovery decides then).
-pub fn resolve_in_doubt(
+pub fn resolve_in_doubt<P: Participant>(
     config: &TableConfig,
     table_id: TableId,
-    shards: &[Shard],
+    shards: &mut [P],
     resolution: Resolution,
     host_lookup: HostLookup,
 ) -> Result<Vec<u64>> {
@@ -1228,8 +1008,12 @@ pub fn resolve_in_doubt(
     let publish_lock = LockFile::open(&config.publish_lock_path)?;
     let mut publish = publish_lock.publishing(config.busy_timeout_ms)?;
     let mut resolved = Vec::new();
-    for shard in shards {
-        for (txid, host) in shard.prepared_deciders()? {
+    for shard in shards.iter_mut() {
+        for PrepareRecord {
+            txid,
+            decided_by: host,
+        } in shard.prepared()?
+        {
             if !undecidable(txid, host.as_deref()) {
                 continue;
             }
@@ -1246,7 +1030,7 @@ pub fn resolve_in_doubt(
             config.journal_path.display()
         )));
     }
-    crate::durable::sync_wals(&shards.iter().map(|s| s.path.as_path()).collect::<Vec<_>>())?;
+    make_durable(shards)?;
     if journal.is_none() {
         Journal::create(&config.journal_path, table_id)?;
         publish.set_mark(0)?;
@@ -1283,28 +1067,8 @@ fn lost_commits(journal: &Journal, last_txids: &[u64]) -> Vec<(u64, usize)> {
     lost
 }
 
-/// A random positive id no row has, for when the largest id is `i64::MAX`: a few tries, as
-/// SQLite makes, then an error.
-fn random_unused_id(shards: &[Shard]) -> Result<i64> {
-    use std::hash::{BuildHasher, Hasher};
-    const TRIES: u64 = 100;
-    for attempt in 0..TRIES {
-        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-        hasher.write_u64(attempt);
-        let id = (hasher.finish() >> 1).max(1) as i64;
-        let shard = &shards[crate::placement::shard_of(id, shards.len())];
-        if shard.get(id)?.is_none() {
-            return Ok(id);
-        }
-    }
-    Err(Error::BadArgument(format!(
-        "no free id: the largest id is {} and {TRIES} random ids were all taken; give the row an id",
-        i64::MAX
-    )))
-}
-
 /// Lists lost commits as `shard 1 (path): transactions [17, 18]`.
-fn describe_lost(shards: &[Shard], lost: &[(u64, usize)]) -> String {
+fn describe_lost<P: Participant>(shards: &[P], lost: &[(u64, usize)]) -> String {
     let mut by_shard: std::collections::BTreeMap<usize, Vec<u64>> = Default::default();
     for &(txid, shard) in lost {
         by_shard.entry(shard).or_default().push(txid);
@@ -1312,7 +1076,7 @@ fn describe_lost(shards: &[Shard], lost: &[(u64, usize)]) -> String {
     by_shard
         .iter()
         .map(|(&shard, txids)| {
-            let path = shards.get(shard).map(|s| s.path.display().to_string());
+            let path = shards.get(shard).map(P::name);
             format!(
                 "shard {shard} ({}) lacks transactions {txids:?}",
                 path.unwrap_or_default()
@@ -1327,10 +1091,10 @@ fn describe_lost(shards: &[Shard], lost: &[(u64, usize)]) -> String {
 /// records name them, is set aside (kept as `<journal>.accepted-<nanoseconds>`) and replaced,
 /// and the mark cleared. Refused while a shard holds a prepare record (recovery settles those
 /// before it looks for lost commits). Returns the lost prepared commits.
-pub fn accept_lost_commits(
+pub fn accept_lost_commits<P: Participant>(
     config: &TableConfig,
     table_id: TableId,
-    shards: &[Shard],
+    shards: &mut [P],
 ) -> Result<Vec<u64>> {
     let writer_lock = LockFile::open(&config.lock_path)?;
     let _writer = writer_lock.exclusive("writer lock", config.busy_timeout_ms)?;
@@ -1353,7 +1117,7 @@ pub fn accept_lost_commits(
         .collect();
     lost.dedup();
     // The shards' commits must be durable before the records that decided them go.
-    crate::durable::sync_wals(&shards.iter().map(|s| s.path.as_path()).collect::<Vec<_>>())?;
+    make_durable(shards)?;
     drop(journal);
     move_aside(&config.journal_path, "accepted")?;
     Journal::create(&config.journal_path, table_id)?;
@@ -1366,10 +1130,10 @@ pub fn accept_lost_commits(
 /// unfinished) it is moved aside, kept for inspection, and `None` is returned (a new one is
 /// made); else the error names what is in doubt and how to decide it. The caller holds the
 /// writer lock.
-fn set_aside_damaged(
+fn set_aside_damaged<P: Participant>(
     config: &TableConfig,
     table_id: TableId,
-    shards: &[Shard],
+    shards: &mut [P],
     publish_lock: &LockFile,
     detail: &str,
 ) -> Result<Option<Journal>> {
@@ -1385,7 +1149,7 @@ fn set_aside_damaged(
             "the journal {journal} is damaged ({detail}) while shard {} holds prepared transactions {txids:?}; \
              their outcome cannot be known. Restore the journal, or decide: \
              SELECT imagestore_resolve('{table}', 'commit' or 'abort') (it sets the damaged journal aside)",
-            shard.display()
+            shard
         )));
     }
     let mark = publish_lock.mark()?;
@@ -1419,8 +1183,8 @@ fn move_aside(journal: &std::path::Path, why: &str) -> Result<()> {
 /// holds more than [`HOST_DECISIONS_KEPT_MAX`], every shard's WAL is synced, which makes all
 /// those finalizes durable (each committed before this transaction began), and the older rows
 /// are deleted with this transaction's own.
-fn forget_settled_decisions(
-    shards: &[Shard],
+fn forget_settled_decisions<P: Participant>(
+    shards: &mut [P],
     host: &dyn HostDecider,
     txid: u64,
     kept: u64,
@@ -1428,7 +1192,7 @@ fn forget_settled_decisions(
     if kept <= HOST_DECISIONS_KEPT_MAX {
         return Ok(());
     }
-    crate::durable::sync_wals(&shards.iter().map(|s| s.path.as_path()).collect::<Vec<_>>())?;
+    make_durable(shards)?;
     host.forget_before(txid)
 }
 
@@ -1438,14 +1202,19 @@ fn participants(written: &[usize]) -> Vec<u16> {
 }
 
 /// Every shard's `last_txid`, in shard order.
-fn last_txids(shards: &[Shard]) -> Result<Vec<u64>> {
-    shards.iter().map(Shard::last_txid).collect()
+fn last_txids<P: Participant>(shards: &mut [P]) -> Result<Vec<u64>> {
+    shards.iter_mut().map(P::last_txid).collect()
 }
 
-fn begin_all(shards: &[Shard]) -> Result<()> {
-    for (i, shard) in shards.iter().enumerate() {
+/// Makes every shard's commits so far durable, the shards' syncs in parallel.
+fn make_durable<P: Participant>(shards: &[P]) -> Result<()> {
+    crate::durable::run_all(shards.iter().filter_map(P::sync_job).collect())
+}
+
+fn begin_all<P: Participant>(shards: &mut [P]) -> Result<()> {
+    for (i, shard) in shards.iter_mut().enumerate() {
         if let Err(e) = shard.begin_write() {
-            end_all(&shards[..i]);
+            end_all(&mut shards[..i]);
             return Err(e);
         }
     }
@@ -1453,18 +1222,18 @@ fn begin_all(shards: &[Shard]) -> Result<()> {
 }
 
 /// Rolls back whatever is open on every shard (read snapshots end the same way).
-fn end_all(shards: &[Shard]) {
-    for shard in shards {
-        let _ = shard.rollback();
+fn end_all<P: Participant>(shards: &mut [P]) {
+    for shard in shards.iter_mut() {
+        shard.end();
     }
 }
 
 /// The first shard holding prepare records, with them.
-fn first_prepared(shards: &[Shard]) -> Result<Option<(std::path::PathBuf, Vec<u64>)>> {
-    for shard in shards {
-        let txids = shard.prepared_txids()?;
+fn first_prepared<P: Participant>(shards: &mut [P]) -> Result<Option<(String, Vec<u64>)>> {
+    for shard in shards.iter_mut() {
+        let txids: Vec<u64> = shard.prepared()?.iter().map(|r| r.txid).collect();
         if !txids.is_empty() {
-            return Ok(Some((shard.path.clone(), txids)));
+            return Ok(Some((shard.name(), txids)));
         }
     }
     Ok(None)
