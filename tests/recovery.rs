@@ -1,17 +1,28 @@
-//! Recovery after a crash at each step of the commit protocol, driven below the SQL layer.
+//! Recovery after a crash at each step of the commit protocol, on real shard files, driven
+//! below the SQL layer.
 //!
-//! Each test commits a baseline through SQL, then plays a writer that stops ("crashes") after a
-//! given protocol step by calling the shard and journal steps directly and dropping its handles.
-//! A fresh connection then opens the table (which runs recovery) and the test checks the oracle:
-//! the transaction is whole (decision made) or absent (no decision), and no shard keeps prepare
-//! records, before-states or orphan blobs.
+//! Each test commits a baseline through SQL; then a writer runs the real coordinator over the
+//! real shards, each wrapped so that the writer dies (a panic unwinds out of the coordinator, and
+//! nothing more of it runs) at a chosen call: the `n`th of a named protocol step, before or after
+//! the shard acts, or, in the sweeps, every call in turn. A fresh connection then opens the table
+//! (which runs recovery) and the test checks the oracle: the transaction is whole or absent
+//! (whole if its xSync had returned), and no shard keeps prepare records, before-states or orphan
+//! blobs.
 //!
 //! Run with `cargo test --no-default-features --features bundled` (links SQLite into the test).
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::io::Cursor;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
-use imagestore::journal::{Journal, Record};
+use imagestore::commit::{Coordinator, Participant, PrepareRecord, Replayed};
+use imagestore::config::{HostDatabase, TableConfig};
+use imagestore::durable::SyncJob;
+use imagestore::error::Result;
+use imagestore::journal::{Journal, Record, TableId};
 use imagestore::placement::shard_of;
 use imagestore::shard::{NewRow, Shard};
 use rusqlite::Connection;
@@ -27,6 +38,8 @@ fn png(side: u32) -> Vec<u8> {
 struct Fixture {
     _dir: tempfile::TempDir,
     db: PathBuf,
+    /// The table's arguments.
+    args: Vec<String>,
 }
 
 impl Fixture {
@@ -37,7 +50,12 @@ impl Fixture {
 
     /// The same, with more table arguments.
     fn with_options(options: &str) -> Fixture {
-        let dir = tempfile::tempdir().expect("tempdir");
+        // On a RAM disk where there is one: the sweeps make hundreds of tables.
+        let dir = match Path::new("/dev/shm").is_dir() {
+            true => tempfile::tempdir_in("/dev/shm"),
+            false => tempfile::tempdir(),
+        }
+        .expect("tempdir");
         let db = dir.path().join("lib.db");
         let conn = open(&db);
         conn.execute_batch(&format!(
@@ -51,7 +69,20 @@ impl Fixture {
             )
             .expect("insert");
         }
-        Fixture { _dir: dir, db }
+        let args = std::iter::once("shards=2".to_string())
+            .chain(
+                options
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|a| !a.is_empty())
+                    .map(str::to_string),
+            )
+            .collect();
+        Fixture {
+            _dir: dir,
+            db,
+            args,
+        }
     }
 
     fn shard_path(&self, i: usize) -> PathBuf {
@@ -131,55 +162,283 @@ fn old_id_on(shard: usize) -> i64 {
     (1..=8).find(|&id| shard_of(id, 2) == shard).expect("an id")
 }
 
-/// Plays a writer up to the end of phase 1 on both shards: on shard 0 it inserts a new row and
-/// renames an old one with a new image; on shard 1 it deletes an old row. Returns the txid and
-/// the rows the transaction would leave.
-fn prepare_both(shards: &[Shard]) -> (u64, Vec<(i64, String)>) {
-    let txid = shards.iter().map(|s| s.last_txid().unwrap()).max().unwrap() + 1;
-    for s in shards {
-        s.begin_write().unwrap();
+// ---- a writer that dies at a chosen call ----------------------------------------------------
+
+/// The panic payload of a writer's death.
+struct WriterDied;
+
+/// Where the writer dies: at the `nth` call (1-based) of step `step` (a `Participant` method),
+/// or at call number `nth` of any step (`step` empty); before the shard acts, or after.
+#[derive(Clone, Copy, Debug)]
+struct Death {
+    step: &'static str,
+    nth: u32,
+    after: bool,
+}
+
+fn before(step: &'static str, nth: u32) -> Death {
+    Death {
+        step,
+        nth,
+        after: false,
     }
+}
+
+fn after(step: &'static str, nth: u32) -> Death {
+    Death {
+        step,
+        nth,
+        after: true,
+    }
+}
+
+/// The calls the writer's shards have taken, and where it dies.
+#[derive(Default)]
+struct Calls {
+    total: u32,
+    per_step: HashMap<&'static str, u32>,
+    death: Option<Death>,
+}
+
+impl Calls {
+    /// Counts a call of `step`: whether the writer dies before it, and after it.
+    fn tick(&mut self, step: &'static str) -> (bool, bool) {
+        self.total += 1;
+        let nth = self.per_step.entry(step).or_insert(0);
+        *nth += 1;
+        let hit = match self.death {
+            Some(d) if d.step.is_empty() => d.nth == self.total,
+            Some(d) => d.step == step && d.nth == *nth,
+            None => false,
+        };
+        let after = self.death.is_some_and(|d| d.after);
+        (hit && !after, hit && after)
+    }
+}
+
+/// A real shard whose writer dies at the planned call.
+struct Mortal {
+    shard: Shard,
+    calls: Rc<RefCell<Calls>>,
+}
+
+impl Mortal {
+    fn call<T>(&mut self, step: &'static str, body: impl FnOnce(&mut Shard) -> T) -> T {
+        let (before, after) = self.calls.borrow_mut().tick(step);
+        if before {
+            std::panic::panic_any(WriterDied);
+        }
+        let out = body(&mut self.shard);
+        if after {
+            std::panic::panic_any(WriterDied);
+        }
+        out
+    }
+}
+
+impl Participant for Mortal {
+    fn name(&self) -> String {
+        self.shard.name()
+    }
+    fn begin_read(&mut self) -> Result<Vec<u64>> {
+        self.call("begin_read", |s| Participant::begin_read(s))
+    }
+    fn end(&mut self) {
+        self.call("end", |s| Participant::end(s))
+    }
+    fn begin_write(&mut self) -> Result<()> {
+        self.call("begin_write", |s| Participant::begin_write(s))
+    }
+    fn savepoint(&mut self, level: i32) -> Result<()> {
+        self.call("savepoint", |s| Participant::savepoint(s, level))
+    }
+    fn release(&mut self, level: i32) -> Result<()> {
+        self.call("release", |s| Participant::release(s, level))
+    }
+    fn rollback_to(&mut self, level: i32) -> Result<()> {
+        self.call("rollback_to", |s| Participant::rollback_to(s, level))
+    }
+    fn rollback_to_start(&mut self) -> Result<()> {
+        self.call("rollback_to_start", |s| Participant::rollback_to_start(s))
+    }
+    fn last_txid(&mut self) -> Result<u64> {
+        self.call("last_txid", |s| Participant::last_txid(s))
+    }
+    fn prepared(&mut self) -> Result<Vec<PrepareRecord>> {
+        self.call("prepared", |s| Participant::prepared(s))
+    }
+    fn changes(&mut self, txid: u64, bytes_max: u64) -> Result<Option<Vec<u8>>> {
+        self.call("changes", |s| Participant::changes(s, txid, bytes_max))
+    }
+    fn commit_logged(&mut self, txid: u64) -> Result<()> {
+        self.call("commit_logged", |s| Participant::commit_logged(s, txid))
+    }
+    fn replay(&mut self, txid: u64, changes: &[u8]) -> Result<Replayed> {
+        self.call("replay", |s| Participant::replay(s, txid, changes))
+    }
+    fn prepare(&mut self, txid: u64, shards: &[u16], decided_by: Option<&str>) -> Result<()> {
+        self.call("prepare", |s| {
+            Participant::prepare(s, txid, shards, decided_by)
+        })
+    }
+    fn finalize(&mut self, txid: u64) -> Result<()> {
+        self.call("finalize", |s| Participant::finalize(s, txid))
+    }
+    fn abort_prepared(&mut self, txid: u64) -> Result<()> {
+        self.call("abort_prepared", |s| Participant::abort_prepared(s, txid))
+    }
+    fn sync_job(&self) -> Option<SyncJob> {
+        // Counted as a call: a writer that dies here never started this sync.
+        let (before, after) = self.calls.borrow_mut().tick("sync_job");
+        if before || after {
+            std::panic::panic_any(WriterDied);
+        }
+        self.shard.sync_job()
+    }
+}
+
+/// Silences the panics of a writer's planned death, keeping every other.
+fn quiet_deaths() {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !info.payload().is::<WriterDied>() {
+                default(info);
+            }
+        }));
+    });
+}
+
+/// What a writer's run showed.
+struct Run {
+    /// The rows the transaction leaves if it commits.
+    after: Vec<(i64, String)>,
+    /// Whether its xSync returned Ok (the commit was acknowledged).
+    acknowledged: bool,
+    died: bool,
+    /// The calls the shards took.
+    calls: u32,
+}
+
+/// The shards of `f`, each mortal under `calls`.
+fn mortal_shards(f: &Fixture, calls: &Rc<RefCell<Calls>>) -> Vec<Mortal> {
+    f.shards()
+        .into_iter()
+        .map(|shard| Mortal {
+            shard,
+            calls: Rc::clone(calls),
+        })
+        .collect()
+}
+
+fn config(f: &Fixture) -> TableConfig {
+    let args: Vec<&str> = f.args.iter().map(String::as_str).collect();
+    TableConfig::parse("t", &args, HostDatabase { file: Some(&f.db) }).expect("config")
+}
+
+/// A transaction on both shards, run by the real coordinator: on shard 0 it inserts a new row
+/// and renames an old one with a new image; on shard 1 it deletes an old row. The writer dies
+/// at `death`, if given.
+fn write(f: &Fixture, death: Option<Death>) -> Run {
+    write_on(f, death, false)
+}
+
+/// [`write`], on the prepared path if `prepared` whatever the table's `logged_commit_max`.
+fn write_on(f: &Fixture, death: Option<Death>, prepared: bool) -> Run {
+    quiet_deaths();
+    let calls = Rc::new(RefCell::new(Calls {
+        death,
+        ..Calls::default()
+    }));
     let (new_id, renamed, deleted) = (new_id_on(0), old_id_on(0), old_id_on(1));
-    let data = png(20);
-    let info =
-        imagestore::probe::probe(&data, 1 << 30, imagestore::probe::Verify::Structure).unwrap();
-    let row = |id: i64, name: &str| NewRow {
-        id,
-        name: name.to_string().into(),
-        format: info.format.clone(),
-        width: 20,
-        height: 20,
-        bytes: data.len() as i64,
-        hash: info.hash.clone(),
-        user: vec![],
+    let mut acknowledged = false;
+    let ran = catch_unwind(AssertUnwindSafe(|| {
+        let mut shards = mortal_shards(f, &calls);
+        let mut config = config(f);
+        if prepared {
+            config.logged_commit_max_bytes = 0;
+        }
+        let mut c = Coordinator::open(
+            &config,
+            table_id(f),
+            &mut shards,
+            false,
+            imagestore::host::lookup,
+        )
+        .expect("open");
+        c.begin_write(&mut shards).expect("begin");
+        let data = png(20);
+        let info = imagestore::probe::probe(&data, 1 << 30, imagestore::probe::Verify::Structure)
+            .expect("probe");
+        let row = |id: i64, name: &str| NewRow {
+            id,
+            name: name.to_string().into(),
+            format: info.format.clone(),
+            width: 20,
+            height: 20,
+            bytes: data.len() as i64,
+            hash: info.hash.clone(),
+            user: vec![],
+        };
+        let txid = c.record_write(0).expect("write 0");
+        let s0 = &shards[0].shard;
+        s0.insert(txid, &row(new_id, "new"), &data).expect("insert");
+        let current = s0.get(renamed).expect("get").expect("row");
+        s0.update(txid, &current, &row(renamed, "renamed"), Some(&data))
+            .expect("update");
+        c.record_write(1).expect("write 1");
+        let s1 = &shards[1].shard;
+        let current = s1.get(deleted).expect("get").expect("row");
+        s1.delete(txid, &current).expect("delete");
+        match c.sync(&mut shards, None) {
+            Ok(()) => {
+                acknowledged = true;
+                c.commit(&mut shards);
+            }
+            Err(_) => c.rollback(&mut shards),
+        }
+    }));
+    let died = match ran {
+        Ok(()) => false,
+        Err(payload) if payload.is::<WriterDied>() => true,
+        Err(payload) => std::panic::resume_unwind(payload),
     };
-    shards[0].insert(txid, &row(new_id, "new"), &data).unwrap();
-    let current = shards[0].get(renamed).unwrap().unwrap();
-    shards[0]
-        .update(txid, &current, &row(renamed, "renamed"), Some(&data))
-        .unwrap();
-    let current = shards[1].get(deleted).unwrap().unwrap();
-    shards[1].delete(txid, &current).unwrap();
-    for s in shards {
-        s.prepare(txid, &[0, 1], None).unwrap();
-    }
     let mut after: Vec<(i64, String)> = baseline()
         .into_iter()
         .filter(|(id, _)| *id != deleted)
-        .map(|(id, name)| {
-            if id == renamed {
-                (id, "renamed".into())
-            } else {
-                (id, name)
-            }
+        .map(|(id, name)| match id == renamed {
+            true => (id, "renamed".into()),
+            false => (id, name),
         })
         .collect();
     after.push((new_id, "new".into()));
     after.sort();
-    (txid, after)
+    let calls = calls.borrow().total;
+    Run {
+        after,
+        acknowledged,
+        died,
+        calls,
+    }
 }
 
-fn journal(f: &Fixture) -> Journal {
+/// The writer dies at `death`; returns the rows its transaction would leave.
+fn writer_dies(f: &Fixture, death: Death) -> Vec<(i64, String)> {
+    let run = write(f, Some(death));
+    assert!(run.died, "the writer did not reach {death:?}");
+    run.after
+}
+
+/// Prepared on both shards, no decision: the writer dies after the second shard's prepare.
+/// Returns the rows the transaction would leave.
+fn prepared_on_both(f: &Fixture) -> Vec<(i64, String)> {
+    let run = write_on(f, Some(PREPARED_BOTH), true);
+    assert!(run.died);
+    run.after
+}
+
+fn table_id(f: &Fixture) -> TableId {
     let conn = Connection::open(f.shard_path(0)).unwrap();
     let hex: String = conn
         .query_row(
@@ -192,81 +451,154 @@ fn journal(f: &Fixture) -> Journal {
     for (i, b) in id.iter_mut().enumerate() {
         *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap();
     }
-    Journal::open_existing(&f.journal_path(), id)
+    id
+}
+
+fn journal(f: &Fixture) -> Journal {
+    Journal::open_existing(&f.journal_path(), table_id(f))
         .unwrap()
         .expect("journal exists")
 }
 
-/// The COMMIT decision for a transaction on shards 0 and 1.
-fn commit_record(txid: u64) -> Record {
-    Record::commit(txid, vec![0, 1], None)
-}
-
-/// Step 6 of the protocol for the transaction `prepare_both` prepared.
-fn decide_commit(f: &Fixture, txid: u64) {
-    journal(f)
-        .append(&commit_record(txid))
-        .map_err(|e| e.0)
-        .unwrap();
-}
+/// Prepared on both shards, no decision: the writer dies after the second shard's prepare.
+const PREPARED_BOTH: Death = Death {
+    step: "prepare",
+    nth: 2,
+    after: true,
+};
 
 #[test]
 fn crash_after_prepare_without_decision_aborts_everywhere() {
     let f = Fixture::new();
-    let shards = f.shards();
-    prepare_both(&shards);
-    drop(shards);
+    prepared_on_both(&f);
     assert_eq!(f.rows(), baseline());
     f.assert_clean();
 }
 
 #[test]
 fn crash_after_decision_commits_everywhere() {
-    let f = Fixture::new();
-    let shards = f.shards();
-    let (txid, after) = prepare_both(&shards);
-    decide_commit(&f, txid);
-    drop(shards);
+    let f = Fixture::with_options(", logged_commit_max=0");
+    let after = writer_dies(&f, before("finalize", 1));
     assert_eq!(f.rows(), after);
     f.assert_clean();
 }
 
 #[test]
 fn crash_during_finalize_commits_everywhere() {
-    let f = Fixture::new();
-    let shards = f.shards();
-    let (txid, after) = prepare_both(&shards);
-    decide_commit(&f, txid);
-    shards[1].finalize(txid).unwrap();
-    drop(shards);
+    let f = Fixture::with_options(", logged_commit_max=0");
+    let after = writer_dies(&f, after("finalize", 1));
     assert_eq!(f.rows(), after);
     f.assert_clean();
 }
 
 #[test]
-fn crash_during_recovery_is_recovered() {
+fn crash_during_logged_commit_is_replayed() {
     let f = Fixture::new();
-    let shards = f.shards();
-    let (txid, _) = prepare_both(&shards);
-    // Recovery undid shard 0 and died before shard 1.
-    shards[0].abort_prepared(txid).unwrap();
-    drop(shards);
-    assert_eq!(f.rows(), baseline());
+    let after = writer_dies(&f, after("commit_logged", 1));
+    assert_eq!(f.rows(), after);
     f.assert_clean();
+}
+
+/// Every call of the writer in turn, before and after the shard acts, on both paths: whole or
+/// absent, whole if acknowledged, and clean; then recovery itself dies at each of its calls.
+fn die_at_every_call(options: &str) {
+    let clean = write(&Fixture::with_options(options), None);
+    assert!(clean.acknowledged && !clean.died);
+    for nth in 1..=clean.calls {
+        for after in [false, true] {
+            let f = Fixture::with_options(options);
+            let death = Death {
+                step: "",
+                nth,
+                after,
+            };
+            let run = write(&f, Some(death));
+            assert!(run.died, "{death:?}");
+            let rows = f.rows();
+            let allowed = match run.acknowledged {
+                true => vec![run.after.clone()],
+                false => vec![baseline(), run.after.clone()],
+            };
+            assert!(allowed.contains(&rows), "{death:?} {options}: {rows:?}");
+            f.assert_clean();
+        }
+    }
+}
+
+#[test]
+fn a_writer_dying_at_any_call_of_a_prepared_commit_leaves_it_whole_or_absent() {
+    die_at_every_call(", logged_commit_max=0");
+}
+
+#[test]
+fn a_writer_dying_at_any_call_of_a_logged_commit_leaves_it_whole_or_absent() {
+    die_at_every_call("");
+}
+
+/// Recovery run by the real coordinator over mortal shards, dying at its `nth` call; returns
+/// whether it died (else it finished).
+fn recovery_dies(f: &Fixture, nth: u32) -> bool {
+    quiet_deaths();
+    let calls = Rc::new(RefCell::new(Calls {
+        death: Some(Death {
+            step: "",
+            nth,
+            after: nth % 2 == 0,
+        }),
+        ..Calls::default()
+    }));
+    let ran = catch_unwind(AssertUnwindSafe(|| {
+        let mut shards = mortal_shards(f, &calls);
+        let _ = Coordinator::open(
+            &config(f),
+            table_id(f),
+            &mut shards,
+            false,
+            imagestore::host::lookup,
+        );
+    }));
+    match ran {
+        Ok(()) => false,
+        Err(payload) if payload.is::<WriterDied>() => true,
+        Err(payload) => std::panic::resume_unwind(payload),
+    }
+}
+
+#[test]
+fn crash_during_recovery_is_recovered() {
+    // Recovery dies at each of its calls in turn, after writers died undecided, decided, and
+    // half-way through a logged commit; the next open finishes it.
+    let cases = [
+        (PREPARED_BOTH, false),
+        (before("finalize", 1), true),
+        (after("commit_logged", 1), true),
+    ];
+    for (death, commits) in cases {
+        let prepared = death.step != "commit_logged";
+        for nth in 1.. {
+            let f = Fixture::new();
+            let after = write_on(&f, Some(death), prepared).after;
+            if !recovery_dies(&f, nth) {
+                break;
+            }
+            let expected = if commits { after } else { baseline() };
+            assert_eq!(f.rows(), expected, "{death:?}, recovery died at call {nth}");
+            f.assert_clean();
+        }
+    }
 }
 
 #[test]
 fn a_torn_decision_record_aborts() {
     let f = Fixture::new();
-    let shards = f.shards();
-    let (txid, _) = prepare_both(&shards);
-    let record = journal(&f).encode(&commit_record(txid));
+    prepared_on_both(&f);
+    let txid = f.shards()[0].last_txid().unwrap();
+    let record = journal(&f).encode(&Record::commit(txid, vec![0, 1], None));
     let mut file = std::fs::OpenOptions::new()
         .append(true)
         .open(f.journal_path())
         .unwrap();
     std::io::Write::write_all(&mut file, &record[..record.len() - 3]).unwrap();
-    drop(shards);
     assert_eq!(f.rows(), baseline());
     f.assert_clean();
 }
@@ -274,9 +606,7 @@ fn a_torn_decision_record_aborts() {
 #[test]
 fn a_missing_journal_with_prepared_shards_is_refused_not_guessed() {
     let f = Fixture::new();
-    let shards = f.shards();
-    prepare_both(&shards);
-    drop(shards);
+    prepared_on_both(&f);
     std::fs::remove_file(f.journal_path()).unwrap();
     let conn = Connection::open(&f.db).unwrap();
     imagestore::register(&conn).unwrap();
@@ -350,9 +680,7 @@ fn transaction_ids_grow_across_reopen() {
 /// A person decides what recovery cannot: the prepared transaction, with its journal gone.
 fn resolve_after_losing_the_journal(decision: &str) -> (Fixture, Vec<(i64, String)>) {
     let f = Fixture::new();
-    let shards = f.shards();
-    let (_, after) = prepare_both(&shards);
-    drop(shards);
+    let after = prepared_on_both(&f);
     std::fs::remove_file(f.journal_path()).unwrap();
     let conn = Connection::open(&f.db).unwrap();
     imagestore::register(&conn).unwrap();
@@ -593,9 +921,7 @@ fn a_lost_journal_with_a_logged_commit_under_way_is_refused_until_resolved() {
 fn a_power_cut_that_takes_an_abort_and_a_logged_commit_gets_both_back_in_order() {
     let f = Fixture::new();
     // A writer prepared both shards and died before its decision (prepares are synced).
-    let shards = f.shards();
-    prepare_both(&shards);
-    drop(shards);
+    prepared_on_both(&f);
     let saved = tempfile::tempdir().unwrap();
     for i in 0..2 {
         save_shard(&f, i, saved.path());
