@@ -241,13 +241,13 @@ impl Participant for Mortal {
         self.shard.name()
     }
     fn begin_read(&mut self) -> Result<Vec<u64>> {
-        self.call("begin_read", |s| Participant::begin_read(s))
+        self.call("begin_read", Participant::begin_read)
     }
     fn end(&mut self) {
-        self.call("end", |s| Participant::end(s))
+        self.call("end", Participant::end)
     }
     fn begin_write(&mut self) -> Result<()> {
-        self.call("begin_write", |s| Participant::begin_write(s))
+        self.call("begin_write", Participant::begin_write)
     }
     fn savepoint(&mut self, level: i32) -> Result<()> {
         self.call("savepoint", |s| Participant::savepoint(s, level))
@@ -259,13 +259,13 @@ impl Participant for Mortal {
         self.call("rollback_to", |s| Participant::rollback_to(s, level))
     }
     fn rollback_to_start(&mut self) -> Result<()> {
-        self.call("rollback_to_start", |s| Participant::rollback_to_start(s))
+        self.call("rollback_to_start", Participant::rollback_to_start)
     }
     fn last_txid(&mut self) -> Result<u64> {
-        self.call("last_txid", |s| Participant::last_txid(s))
+        self.call("last_txid", Participant::last_txid)
     }
     fn prepared(&mut self) -> Result<Vec<PrepareRecord>> {
-        self.call("prepared", |s| Participant::prepared(s))
+        self.call("prepared", Participant::prepared)
     }
     fn changes(&mut self, txid: u64, bytes_max: u64) -> Result<Option<Vec<u8>>> {
         self.call("changes", |s| Participant::changes(s, txid, bytes_max))
@@ -543,7 +543,7 @@ fn recovery_dies(f: &Fixture, nth: u32) -> bool {
         death: Some(Death {
             step: "",
             nth,
-            after: nth % 2 == 0,
+            after: nth.is_multiple_of(2),
         }),
         ..Calls::default()
     }));
