@@ -45,7 +45,7 @@ def test_power_cuts_during_writes(tmp_path, capsys, path):
         summary, partial, lost, problems = run_crash_loop(
             tmp_path, cuts, seconds, seed, crash=lambda proc: fs.cut_at_random(rng, kill=[proc]),
             db_dir=Path(fs.mountpoint),
-            options=PATHS[path])
+            options=PATHS[path], min_kills=min(cuts, 10))
     with capsys.disabled():
         print(f"\n{path}: {summary.replace('kills', 'power cuts')} (seed {seed})")
     assert partial == 0 and lost == 0, summary + "\n" + "\n".join(problems)
