@@ -1395,8 +1395,8 @@ impl Participant for Shard {
         Shard::begin_read(self)
     }
 
-    fn end(&mut self) {
-        let _ = self.rollback();
+    fn end(&mut self) -> Result<()> {
+        self.rollback()
     }
 
     fn begin_write(&mut self) -> Result<()> {

@@ -243,7 +243,7 @@ impl Participant for Mortal {
     fn begin_read(&mut self) -> Result<Vec<u64>> {
         self.call("begin_read", Participant::begin_read)
     }
-    fn end(&mut self) {
+    fn end(&mut self) -> Result<()> {
         self.call("end", Participant::end)
     }
     fn begin_write(&mut self) -> Result<()> {

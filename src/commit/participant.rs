@@ -58,9 +58,9 @@ pub trait Participant {
     fn begin_read(&mut self) -> Result<Vec<u64>>;
 
     /// Ends whatever is open: a read snapshot, or a write transaction not yet prepared or
-    /// committed (its writes are discarded). Never fails: a participant that cannot end it
-    /// cleanly ends it by closing.
-    fn end(&mut self);
+    /// committed (its writes are discarded). Nothing to do if nothing is open. Most callers are
+    /// already failing and ignore its error; a commit does not go ahead past one.
+    fn end(&mut self) -> Result<()>;
 
     // ---- writing --------------------------------------------------------------------
 

@@ -15,20 +15,30 @@
 //!   (a no), *time out*: the call returns an error; the run goes on as SQLite would (rolling the
 //!   transaction back), then reopens the table.
 //!
-//! After each run the checks: every transaction whole or absent; every acknowledged one (its
-//! xSync returned Ok) present; every refused or failed one absent; nothing left prepared; the
-//! table then takes a new transaction. A run repeats exactly under its seed: sync jobs run in
+//! Some transactions also write the host database, so that their decision rides on the host's
+//! commit (step 6h; the host is in memory too, its commits durable, its open transaction lost
+//! at a crash); in some, SQLite's own commit then fails after xSync, and xRollback takes the
+//! decision back (step 8).
+//!
+//! After each run the checks: every transaction whole or absent; every acknowledged one (xSync
+//! returned Ok and SQLite's own commit went through) present; every refused, failed or taken
+//! back one absent; nothing left prepared; the table then takes a new transaction.
+//!
+//! Not simulated: the journal is a real file, and all its writes survive a crash (its own syncs
+//! are shown needed by the power-cut tests, `tests/test_power_cut.py`); and the unwinding of a
+//! crash runs drops (the publish lock's guard raises the publication counter), which a killed
+//! process would not: it only makes a reader's snapshot look older. A run repeats exactly under its seed: sync jobs run in
 //! order on the calling thread (`durable::RUN_INLINE`). To replay one failing case call by call:
 //! `SIM_ONLY=<participants> SIM_AT=<call> SIM_TRACE=1 cargo test --no-default-features
 //! --features bundled --lib sim`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, Once};
 
 use super::participant::{Participant, PrepareRecord, Replayed};
-use super::Coordinator;
+use super::{Coordinator, HostDecider};
 use crate::config::{HostDatabase, TableConfig};
 use crate::durable::SyncJob;
 use crate::error::{Error, Result};
@@ -265,15 +275,12 @@ impl Participant for SimParticipant {
         })
     }
 
-    fn end(&mut self) {
-        let _ = self.call("end", |p| {
+    fn end(&mut self) -> Result<()> {
+        self.call("end", |p| {
             p.open = None;
             p.snapshot = None;
             Ok(())
-        });
-        // An end that fails still ends (the connection closes).
-        self.open = None;
-        self.snapshot = None;
+        })
     }
 
     fn begin_write(&mut self) -> Result<()> {
@@ -458,6 +465,78 @@ impl Participant for SimParticipant {
     }
 }
 
+/// The host database's decision rows: committed (durable: the host commits at synchronous
+/// FULL or in WAL), and those of its open transaction.
+#[derive(Default)]
+struct HostRows {
+    committed: BTreeSet<u64>,
+    open: Option<BTreeSet<u64>>,
+}
+
+/// The host database of a run's table, deciding the transactions that also wrote it.
+struct SimHost {
+    path: String,
+    rows: Arc<Mutex<HostRows>>,
+    world: Arc<Mutex<World>>,
+}
+
+impl SimHost {
+    /// SQLite's own commit of the host database: its decision rows become durable.
+    fn commit(&self) {
+        let mut rows = lock(&self.rows);
+        if let Some(open) = rows.open.take() {
+            rows.committed = open;
+        }
+    }
+
+    /// SQLite's own commit failed (or a crash): the open transaction's rows are gone.
+    fn roll_back(&self) {
+        lock(&self.rows).open = None;
+    }
+}
+
+impl HostDecider for SimHost {
+    fn path(&self) -> &str {
+        &self.path
+    }
+
+    fn record(&self, txid: u64) -> Result<u64> {
+        faulted(&self.world, "host record", || {
+            let mut rows = lock(&self.rows);
+            let mut open = rows.open.take().unwrap_or_else(|| rows.committed.clone());
+            open.insert(txid);
+            let kept = open.len() as u64;
+            rows.open = Some(open);
+            Ok(kept)
+        })
+    }
+
+    fn forget_before(&self, txid: u64) -> Result<()> {
+        faulted(&self.world, "host forget_before", || {
+            if let Some(open) = lock(&self.rows).open.as_mut() {
+                open.retain(|&t| t >= txid);
+            }
+            Ok(())
+        })
+    }
+}
+
+/// A host's rows and the world its calls are faulted in.
+type HostHandle = (Arc<Mutex<HostRows>>, Arc<Mutex<World>>);
+
+/// The runs' hosts by path, for recovery's lookup (a plain function).
+static HOSTS: Mutex<BTreeMap<String, HostHandle>> = Mutex::new(BTreeMap::new());
+
+fn host_lookup(path: &str, _table: &TableId, txid: u64) -> Result<bool> {
+    let (rows, world) = lock(&HOSTS)
+        .get(path)
+        .cloned()
+        .ok_or_else(|| Error::Internal(format!("sim: no host {path}")))?;
+    faulted(&world, "host lookup", || {
+        Ok(lock(&rows).committed.contains(&txid))
+    })
+}
+
 /// SplitMix64: the runs' only source of chance.
 struct Rng(u64);
 
@@ -482,13 +561,18 @@ struct TxnPlan {
     writes: Vec<(usize, i64, Option<i64>, bool)>,
     /// Whether the savepoint rolls back (else it is released).
     savepoint_rolls_back: bool,
+    /// Whether it also writes the host database (its decision rides on the host's commit).
+    hosted: bool,
+    /// Whether SQLite's own commit fails after xSync (xRollback takes the decision back).
+    host_commit_fails: bool,
 }
 
 /// Every participant's rows, as the oracle expects them.
 type Rows = Vec<BTreeMap<i64, i64>>;
 
 impl TxnPlan {
-    fn random(rng: &mut Rng, participants: usize, k: i64) -> TxnPlan {
+    /// A random transaction `k` of a run of `mix`.
+    fn random(rng: &mut Rng, participants: usize, k: i64, mix: Mix) -> TxnPlan {
         let count = 1 + rng.below(4) as usize;
         let mut writes: Vec<_> = (0..count)
             .map(|j| {
@@ -504,6 +588,8 @@ impl TxnPlan {
         TxnPlan {
             writes,
             savepoint_rolls_back: rng.below(2) == 0,
+            hosted: mix == Mix::Hosted || rng.below(3) == 0,
+            host_commit_fails: rng.below(4) == 0,
         }
     }
 
@@ -529,6 +615,13 @@ struct Table {
     config: TableConfig,
     world: Arc<Mutex<World>>,
     disks: Vec<Arc<Mutex<Disk>>>,
+    host: SimHost,
+}
+
+impl Drop for Table {
+    fn drop(&mut self) {
+        lock(&HOSTS).remove(&self.host.path);
+    }
 }
 
 impl Table {
@@ -548,11 +641,22 @@ impl Table {
             .expect("a valid configuration");
         // Below what a user may set: runs trim the journal every transaction or two.
         config.journal_limit_bytes = 200;
+        let world: Arc<Mutex<World>> = Arc::default();
+        let host = SimHost {
+            path: host.to_string_lossy().into_owned(),
+            rows: Arc::default(),
+            world: Arc::clone(&world),
+        };
+        lock(&HOSTS).insert(
+            host.path.clone(),
+            (Arc::clone(&host.rows), Arc::clone(&world)),
+        );
         Table {
             _dir: dir,
             config,
-            world: Arc::default(),
+            world,
             disks: (0..participants).map(|_| Arc::default()).collect(),
+            host,
         }
     }
 
@@ -572,12 +676,8 @@ impl Table {
     }
 
     fn open(&self, parts: &mut [SimParticipant], create: bool) -> Result<Coordinator> {
-        Coordinator::open(&self.config, TABLE_ID, parts, create, no_host)
+        Coordinator::open(&self.config, TABLE_ID, parts, create, host_lookup)
     }
-}
-
-fn no_host(_path: &str, _table: &TableId, _txid: u64) -> Result<bool> {
-    Ok(false)
 }
 
 /// What a run showed.
@@ -602,20 +702,19 @@ fn run_transactions(table: &Table, plans: &[TxnPlan]) -> Outcome {
         let mut parts = table.participants();
         let mut coordinator = table.open(&mut parts, true).ok();
         for plan in plans {
-            let before = outcome.states.last().cloned().unwrap_or_default();
-            outcome.states.push(plan.applied(&before));
-            outcome.acknowledged.push(false);
             if coordinator.is_none() {
                 parts = table.participants();
                 coordinator = table.open(&mut parts, false).ok();
             }
+            let before = outcome.states.last().cloned().unwrap_or_default();
+            outcome.states.push(plan.applied(&before));
+            outcome.acknowledged.push(false);
+            let acknowledged = outcome.acknowledged.last_mut().expect("pushed above");
             // A table that cannot be opened takes no transaction.
-            let acknowledged = coordinator
+            let committed = coordinator
                 .as_mut()
-                .is_some_and(|c| run_one(c, &mut parts, plan));
-            if acknowledged {
-                *outcome.acknowledged.last_mut().expect("pushed above") = true;
-            } else {
+                .is_some_and(|c| run_one(c, &mut parts, plan, &table.host, acknowledged));
+            if !committed {
                 // Gone: the oracle's next state is the one before; a new connection goes on.
                 *outcome.states.last_mut().expect("pushed above") = before;
                 coordinator = None;
@@ -630,10 +729,18 @@ fn run_transactions(table: &Table, plans: &[TxnPlan]) -> Outcome {
     outcome
 }
 
-/// One transaction: begin, writes (some in a savepoint), xSync, then xCommit or xRollback.
-/// Returns whether it was acknowledged.
-fn run_one(c: &mut Coordinator, parts: &mut [SimParticipant], plan: &TxnPlan) -> bool {
-    let written = (|| -> Result<()> {
+/// One transaction as SQLite runs it: begin, writes (some in a savepoint), xSync, SQLite's own
+/// commit of the host database, then xCommit, or xRollback if either failed. Sets
+/// `acknowledged` once the commit is the caller's (before xCommit: a crash there keeps it);
+/// returns whether it committed.
+fn run_one(
+    c: &mut Coordinator,
+    parts: &mut [SimParticipant],
+    plan: &TxnPlan,
+    host: &SimHost,
+    acknowledged: &mut bool,
+) -> bool {
+    let decided = (|| -> Result<()> {
         c.begin_write(parts)?;
         let mut in_savepoint = false;
         for &(p, id, value, savepointed) in &plan.writes {
@@ -650,23 +757,23 @@ fn run_one(c: &mut Coordinator, parts: &mut [SimParticipant], plan: &TxnPlan) ->
                 false => c.release(parts, 1),
             }?;
         }
-        c.sync(parts, None)
+        c.sync(parts, plan.hosted.then_some(host as &dyn HostDecider))
     })();
-    match written {
-        Ok(()) => {
-            c.commit(parts);
-            true
-        }
-        Err(_) => {
-            c.rollback(parts);
-            false
-        }
+    if decided.is_err() || plan.host_commit_fails {
+        host.roll_back();
+        c.rollback(parts);
+        return false;
     }
+    host.commit();
+    *acknowledged = true;
+    c.commit(parts);
+    true
 }
 
 /// After a crash: a kill (every participant keeps its commits) or a power cut (each keeps its
 /// durable image and a random prefix of the commits since).
 fn crash(table: &Table, rng: &mut Rng) {
+    table.host.roll_back();
     if rng.below(2) == 0 {
         return;
     }
@@ -718,8 +825,10 @@ fn check(table: &Table, outcome: &Outcome) -> std::result::Result<(), String> {
     let plan = TxnPlan {
         writes: (0..parts.len()).map(|p| (p, 99, Some(99), false)).collect(),
         savepoint_rolls_back: false,
+        hosted: false,
+        host_commit_fails: false,
     };
-    match run_one(&mut c, &mut parts, &plan) {
+    match run_one(&mut c, &mut parts, &plan, &table.host, &mut false) {
         true => Ok(()),
         false => Err("a new transaction fails after recovery".into()),
     }
@@ -740,20 +849,20 @@ fn quiet_crashes() {
 
 /// Every fault at every call of a seeded run of `transactions` on `participants`, logged or
 /// prepared; returns how many faulted runs fired.
-fn every_fault_at_every_call(participants: usize, logged: bool, seed: u64) -> usize {
+fn every_fault_at_every_call(participants: usize, mix: Mix, seed: u64) -> usize {
     quiet_crashes();
     crate::durable::RUN_INLINE.with(|inline| inline.set(true));
+    let logged = mix == Mix::Logged;
     let mut rng = Rng(seed);
-    let plans: Vec<TxnPlan> = (1..=4)
-        .map(|k| TxnPlan::random(&mut rng, participants, k))
+    let transactions = if mix == Mix::Hosted { 6 } else { 4 };
+    let plans: Vec<TxnPlan> = (1..=transactions)
+        .map(|k| TxnPlan::random(&mut rng, participants, k, mix))
         .collect();
     // A run without faults counts the calls, and must hold by itself.
     let clean = Table::new(participants, logged);
     let outcome = run_transactions(&clean, &plans);
-    assert!(
-        outcome.acknowledged.iter().all(|&a| a),
-        "a clean run failed"
-    );
+    let expected: Vec<bool> = plans.iter().map(|p| !p.host_commit_fails).collect();
+    assert_eq!(outcome.acknowledged, expected, "a clean run");
     check(&clean, &outcome).unwrap_or_else(|e| panic!("clean run: {e}"));
     let calls = lock(&clean.world).calls;
     let mut fired = 0;
@@ -776,8 +885,7 @@ fn every_fault_at_every_call(participants: usize, logged: bool, seed: u64) -> us
             }
             if let Err(problem) = check(&table, &outcome) {
                 panic!(
-                    "{participants} participants, {}, seed {seed}: {fault:?} at call {at} of {calls}: {problem}",
-                    if logged { "logged" } else { "prepared" }
+                    "{participants} participants, {mix:?}, seed {seed}: {fault:?} at call {at} of {calls}: {problem}"
                 );
             }
         }
@@ -785,14 +893,40 @@ fn every_fault_at_every_call(participants: usize, logged: bool, seed: u64) -> us
     fired
 }
 
+/// Which transactions a run makes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mix {
+    /// Four transactions, small enough to be logged; a third of them also write the host.
+    Logged,
+    /// The same on a table that prepares every transaction (`logged_commit_max=0`).
+    Prepared,
+    /// Six transactions that all write the host: their decisions ride on its commits, and the
+    /// host's older decisions are deleted once it holds more than two.
+    Hosted,
+}
+
+/// `SIM_ONLY=n` runs the cases of `n` participants only.
+fn participant_counts(most: usize) -> impl Iterator<Item = usize> {
+    let only: Option<usize> = std::env::var("SIM_ONLY").ok().and_then(|v| v.parse().ok());
+    (1..=most).filter(move |p| only.is_none_or(|o| o == *p))
+}
+
 #[test]
 fn every_fault_at_every_step_leaves_each_transaction_whole_or_absent() {
-    let only: Option<usize> = std::env::var("SIM_ONLY").ok().and_then(|v| v.parse().ok());
-    for participants in (1..=8).filter(|p| only.is_none_or(|o| o == *p)) {
-        for logged in [true, false] {
-            let seed = 1000 + participants as u64 * 2 + logged as u64;
-            let fired = every_fault_at_every_call(participants, logged, seed);
+    for participants in participant_counts(8) {
+        for (k, mix) in [Mix::Logged, Mix::Prepared].into_iter().enumerate() {
+            let seed = 1000 + participants as u64 * 2 + k as u64;
+            let fired = every_fault_at_every_call(participants, mix, seed);
             assert!(fired > 0, "{participants} participants: no fault fired");
         }
+    }
+}
+
+#[test]
+fn every_fault_at_every_step_of_transactions_decided_by_the_host() {
+    for participants in participant_counts(4) {
+        let fired =
+            every_fault_at_every_call(participants, Mix::Hosted, 2000 + participants as u64);
+        assert!(fired > 0, "{participants} participants: no fault fired");
     }
 }
