@@ -294,9 +294,30 @@ fn decode(data: &[u8], max_pixels: u64) -> Result<(), String> {
     reader.decode().map(drop).map_err(|e| e.to_string())
 }
 
-/// The lowercase name the table reports for a format (`jpeg`, not `jpg`).
+/// The lowercase name the table stores and reports for a format (`jpeg`, not `jpg`). Written
+/// out, not taken from the image crate's names for its formats: an upgrade that renamed one
+/// must not change what is stored. A format a newer crate adds is named by its first file
+/// extension until it is written out here.
 pub fn format_name(format: ImageFormat) -> String {
-    format!("{format:?}").to_lowercase()
+    let name = match format {
+        ImageFormat::Png => "png",
+        ImageFormat::Jpeg => "jpeg",
+        ImageFormat::Gif => "gif",
+        ImageFormat::WebP => "webp",
+        ImageFormat::Pnm => "pnm",
+        ImageFormat::Tiff => "tiff",
+        ImageFormat::Tga => "tga",
+        ImageFormat::Dds => "dds",
+        ImageFormat::Bmp => "bmp",
+        ImageFormat::Ico => "ico",
+        ImageFormat::Hdr => "hdr",
+        ImageFormat::OpenExr => "openexr",
+        ImageFormat::Farbfeld => "farbfeld",
+        ImageFormat::Avif => "avif",
+        ImageFormat::Qoi => "qoi",
+        other => other.extensions_str().first().copied().unwrap_or("unknown"),
+    };
+    name.to_string()
 }
 
 impl std::fmt::Display for ProbeError {
@@ -321,6 +342,19 @@ mod tests {
             .write_to(&mut Cursor::new(&mut out), ImageFormat::Png)
             .expect("encode");
         out
+    }
+
+    #[test]
+    fn stored_format_names_are_what_earlier_versions_stored() {
+        // 0.2 stored the image crate's variant name in lowercase: the written-out names must
+        // agree with it for every format, or stored tables would change meaning.
+        for format in ImageFormat::all() {
+            assert_eq!(
+                format_name(format),
+                format!("{format:?}").to_lowercase(),
+                "{format:?}"
+            );
+        }
     }
 
     #[test]

@@ -12,7 +12,10 @@ Tiles: the corpus's smallest image (4.4 KB GIF), at z = 14 on a square grid. Tab
 Each looks up the same random tiles; the times are medians over rounds, in microseconds a lookup.
 
 Usage: python3 tests/bench/tile_lookup.py [--tiles 40000] [--lookups 2000] [--csv out.csv]
-Not part of the test run.
+    [--against OLD.so]
+With --against, another build of the extension (say the last release's) answers the same lookups
+on tables of its own in the same run, the two builds' rounds interleaved, and the table gives
+this build's time over that one's. Not part of the test run.
 """
 import argparse
 import os
@@ -46,10 +49,10 @@ def plain(folder, cells):
     return con, "SELECT tile_data FROM tiles WHERE zoom_level = ? AND tile_column = ? AND tile_row = ?"
 
 
-def imagestore(folder, cells, layout):
-    con = apsw.Connection(os.path.join(folder, f"imagestore-{layout}.db"))
+def imagestore(folder, cells, layout, lib=LIB):
+    con = apsw.Connection(os.path.join(folder, f"imagestore-{layout}-{abs(hash(lib))}.db"))
     con.enable_load_extension(True)
-    con.load_extension(LIB)
+    con.load_extension(lib)
     index = ", index(z, x, y)" if layout == "index" else ""
     con.execute(f"CREATE VIRTUAL TABLE tiles USING imagestore(shards=8, z INTEGER, x INTEGER, y INTEGER{index})")
     with con:
@@ -65,14 +68,23 @@ def tile_id(z, x, y):
 
 
 def per_lookup_us(con, query, wanted, rounds=5):
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        for cell in wanted:
-            (data,) = con.execute(query, cell).fetchone()
-            assert data == TILE
-        times.append((time.perf_counter() - start) / len(wanted))
-    return statistics.median(times) * 1e6
+    return per_lookup_us_together([(con, query)], wanted, rounds)[0]
+
+
+def per_lookup_us_together(tables, wanted, rounds=5):
+    """`per_lookup_us` of several (connection, query) pairs, their rounds interleaved (which goes
+    first alternates), so that the machine's drift weighs on each alike."""
+    times = [[] for _ in tables]
+    for r in range(rounds):
+        order = range(len(tables)) if r % 2 == 0 else reversed(range(len(tables)))
+        for i in order:
+            con, query = tables[i]
+            start = time.perf_counter()
+            for cell in wanted:
+                (data,) = con.execute(query, cell).fetchone()
+                assert data == TILE
+            times[i].append((time.perf_counter() - start) / len(wanted))
+    return [statistics.median(t) * 1e6 for t in times]
 
 
 def main():
@@ -80,20 +92,26 @@ def main():
     parser.add_argument("--tiles", type=int, default=40000)
     parser.add_argument("--lookups", type=int, default=2000)
     parser.add_argument("--csv")
+    parser.add_argument("--against", help="another build of libimagestore.so to compare with")
     args = parser.parse_args()
     cells = grid(args.tiles)
     wanted = random.Random(7).sample(cells, args.lookups)
+    layouts = [("index", "imagestore, index(z, x, y)", wanted, 5),
+               ("key", "imagestore, id = (z << 40) | (x << 20) | y", wanted, 5),
+               # Without an index every lookup scans every shard: a few lookups are enough.
+               ("none", "imagestore, no index (pushed-down scan)", wanted[:20], 3)]
+    rows = []
     with tempfile.TemporaryDirectory(dir=os.environ.get("IMAGESTORE_BENCH_DIR", ROOT + "/target")) as folder:
         base = per_lookup_us(*plain(folder, cells), wanted)
-        indexed = per_lookup_us(*imagestore(folder, cells, "index"), wanted)
-        keyed = per_lookup_us(*imagestore(folder, cells, "key"), wanted)
-        # Without an index every lookup scans every shard: a few lookups are enough.
-        scanned = per_lookup_us(*imagestore(folder, cells, "none"), wanted[:20], rounds=3)
-    rows = [("imagestore, index(z, x, y)", indexed, base, indexed / base),
-            ("imagestore, id = (z << 40) | (x << 20) | y", keyed, base, keyed / base),
-            ("imagestore, no index (pushed-down scan)", scanned, base, scanned / base)]
+        for layout, label, lookups, rounds in layouts:
+            libs = [LIB] + ([args.against] if args.against else [])
+            times = per_lookup_us_together([imagestore(folder, cells, layout, lib) for lib in libs],
+                                           lookups, rounds)
+            row = (label, times[0], base, times[0] / base)
+            rows.append(row + ((times[1], times[0] / times[1]) if args.against else ()))
+    columns = ("table", "imagestore us", "MBTiles us", "ratio")
     report(f"tile lookup by (z, x, y), {len(cells)} tiles, median us a lookup",
-           ("table", "imagestore us", "MBTiles us", "ratio"), rows, args.csv)
+           columns + (("other build us", "/ other build") if args.against else ()), rows, args.csv)
 
 if __name__ == "__main__":
     main()
