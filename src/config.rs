@@ -11,7 +11,7 @@
 //! journal_limit=BYTES      -- the journal is emptied when it grows past this. Default 1048576.
 //! logged_commit_max=BYTES  -- a commit over several shards whose changes (rows and new images)
 //!                             come to at most this is written whole into the journal: one sync
-//!                             instead of one per shard (see `coordinator`). Default 262144; 0
+//!                             instead of one per shard (see `commit`). Default 262144; 0
 //!                             turns it off.
 //! restore_from='DIR'       -- CREATE fills the new table from the backup in DIR (see `restore`);
 //!                             its columns are the backup's unless declared (then they must match)

@@ -95,7 +95,7 @@ pub struct Record {
     /// `None` for a COMMIT record.
     pub changes: Option<Vec<Vec<u8>>>,
     /// An ABORT record (no shards, no changes): the decision recorded before it for `txid` was
-    /// taken back, because the host database's own commit failed after it (see `coordinator`).
+    /// taken back, because the host database's own commit failed after it (see `commit`).
     pub abort: bool,
     /// A FLOOR record: `changes` holds each shard's `last_txid` at a trim (u64 LE); `txid` 0.
     pub floor: bool,
