@@ -36,7 +36,7 @@ use crate::durable::{remove_files, sync_dir, sync_file, with_sqlite_files};
 use crate::error::{Error, Result};
 use crate::maintenance::on_snapshot;
 use crate::shard::Shard;
-use crate::vtab::TableCore;
+use crate::table::TableCore;
 
 /// What `imagestore_backup` returns.
 #[derive(Serialize)]

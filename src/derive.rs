@@ -30,7 +30,7 @@ use crate::imagefn::encode::{self, OutputFormat};
 use crate::imagefn::pool::image_pool;
 use crate::imagefn::{decode, perceptual_hash, phash, thumbnail};
 use crate::shard::{NewRow, Shard};
-use crate::vtab::TableCore;
+use crate::table::TableCore;
 
 /// Images read into memory at most at once, before they are processed and written.
 const BATCH_BYTES_MAX: usize = 256 << 20;

@@ -20,7 +20,7 @@
 //! schema: `PRAGMA user_version` alone) or whose pages were spilled before this table's first
 //! write.
 
-use std::ffi::{c_int, c_void, CString};
+use std::ffi::{c_int, c_void, CStr, CString};
 
 use rusqlite::{ffi, params, Connection, OpenFlags, OptionalExtension};
 
@@ -262,4 +262,20 @@ pub fn lookup(path: &str, table_id: &TableId, txid: u64) -> Result<bool> {
 
 fn internal(e: rusqlite::Error) -> Error {
     Error::Internal(e.to_string())
+}
+
+/// The file of the database `schema` of connection `db`, or `None` for :memory: and temp.
+pub(crate) fn host_filename(db: *mut ffi::sqlite3, schema: &str) -> Option<String> {
+    let schema = CString::new(schema).ok()?;
+    // SAFETY: db is a valid handle; the returned string is owned by SQLite and valid while the
+    // database stays attached; it is copied at once.
+    let name = unsafe { ffi::sqlite3_db_filename(db, schema.as_ptr()) };
+    if name.is_null() {
+        return None;
+    }
+    // SAFETY: non-null, NUL-terminated, as documented for sqlite3_db_filename.
+    let name = unsafe { CStr::from_ptr(name) }
+        .to_string_lossy()
+        .into_owned();
+    (!name.is_empty()).then_some(name)
 }

@@ -10,7 +10,9 @@
 //! ```
 //!
 //! Modules, from SQLite's side inward:
-//! - `vtab`: the virtual table (SQLite's callbacks; the only SQLite-facing code but this file).
+//! - `vtab`: the virtual table: SQLite's callbacks, the planner, the cursor, the module.
+//! - `table`: a table apart from the callbacks: its handle (shards, coordinator, open tables of a
+//!   connection) and its shard set on disk (make, open, own, leftovers, what DROP deletes).
 //! - `after_commit`: work that waits for the host's commit (deleting a dropped table's files).
 //! - `read_transaction`: one snapshot for every read of an explicit transaction.
 //! - `commit`: the commit protocol, described in full in its folder's front page: the
@@ -53,6 +55,7 @@ pub mod restore;
 pub mod row_ids;
 pub mod shard;
 pub mod sqlfn;
+pub mod table;
 pub mod table_name;
 pub mod vtab;
 

@@ -26,8 +26,8 @@ use crate::derive::Operation;
 use crate::error::{Error, Result};
 use crate::placement::shard_of;
 use crate::sqlfn::{self, Call, Kind};
+use crate::table::{open_shards, table_config, with_open_table, TableCore};
 use crate::table_name::{self, quote, TableName};
-use crate::vtab::{open_shards, table_config, with_open_table, TableCore};
 
 /// Runs `body` on one consistent snapshot of every shard of the table.
 pub(crate) fn on_snapshot<T>(

@@ -7,7 +7,7 @@
 //! `DELETE FROM temp.imagestore_transaction WHERE 0`, a write of no rows to a table of this
 //! module in the connection's temp database, which makes SQLite add that table to the
 //! transaction. Its xCommit and xRollback then tell every imagestore table the connection has
-//! open that the transaction ended (`vtab::transaction_ended`), and each lets its snapshot go.
+//! open that the transaction ended (`table::handle::transaction_ended`), and each lets its snapshot go.
 //! The temp database is the connection's own: joining takes no lock another connection could
 //! wait for, and the table itself is made once per connection (`CREATE VIRTUAL TABLE IF NOT
 //! EXISTS`), holds nothing and is gone when the connection closes.
@@ -60,7 +60,7 @@ pub(crate) fn is_explicit(db: *mut ffi::sqlite3) -> bool {
     !db.is_null() && unsafe { ffi::sqlite3_get_autocommit(db) } == 0
 }
 
-/// Makes the transaction open on `db` call [`crate::vtab::transaction_ended`] when it ends.
+/// Makes the transaction open on `db` call [`crate::table::handle::transaction_ended`] when it ends.
 pub(crate) fn join(db: *mut ffi::sqlite3) -> Result<()> {
     if is_joined(db as usize) {
         return Ok(());
@@ -101,7 +101,7 @@ impl TransactionEnd {
         if let Some(set) = joined().as_mut() {
             set.remove(&self.db);
         }
-        crate::vtab::transaction_ended(self.db as *mut ffi::sqlite3);
+        crate::table::handle::transaction_ended(self.db as *mut ffi::sqlite3);
     }
 }
 

@@ -1,0 +1,245 @@
+//! The table handle: one table as one connection has it open (its shards, coordinator and
+//! per-transaction state), and each connection's open tables, through which the SQL functions
+//! given a table name reach it.
+
+use std::cell::{Cell, RefCell};
+use std::ffi::c_int;
+use std::rc::Rc;
+
+use rusqlite::ffi;
+
+use super::shard_set::{open_shards, restore_new_table, settle_lifecycle};
+use crate::commit::locks::LockGuard;
+use crate::commit::Coordinator;
+use crate::config::TableConfig;
+use crate::durable::remove_files;
+use crate::error::{Error, Result};
+use crate::row_ids::RowIds;
+use crate::shard::{Lifecycle, Shard};
+
+/// One table as opened by one connection.
+pub struct TableCore {
+    pub(crate) config: TableConfig,
+    pub(crate) shards: RefCell<Vec<Shard>>,
+    pub(crate) coordinator: RefCell<Coordinator>,
+    /// Ids for rows inserted without one, in the open write transaction.
+    pub(crate) row_ids: RefCell<RowIds>,
+    pub(crate) open_cursors: Cell<usize>,
+    /// While the CREATE that made this table's files has not committed: the writer lock, held
+    /// so that no other database takes the files for leftovers meanwhile.
+    pub(crate) creation: RefCell<Option<LockGuard>>,
+    /// The host connection when this table's write transaction began (see `host::also_wrote`).
+    pub(crate) host_at_begin: RefCell<crate::host::HostAtBegin>,
+    /// The host connection.
+    pub(crate) host_db: *mut ffi::sqlite3,
+}
+
+impl TableCore {
+    /// The CREATE that made this table's files has committed: the files are the table's.
+    pub(crate) fn creation_committed(&self) {
+        if self.creation.borrow_mut().take().is_some() {
+            for shard in self.shards.borrow().iter() {
+                // Best effort: a mark left here is cleared by the table's next open.
+                let _ = shard.set_lifecycle(Lifecycle::Live);
+            }
+        }
+    }
+
+    /// The CREATE that made this table's files rolled back: close them and remove them, so that
+    /// nothing of it blocks a later CREATE. SQLite disconnects the table next.
+    pub(crate) fn creation_rolled_back(&self) {
+        let Some(writer) = self.creation.borrow_mut().take() else {
+            return;
+        };
+        // Closed first, so that no later close of these connections touches files of the
+        // same names made by a later CREATE.
+        drop(std::mem::take(&mut *self.shards.borrow_mut()));
+        // Best effort: files left here carry the creating mark (see `are_leftovers`).
+        let _ = remove_files(&self.config.files());
+        drop(writer);
+    }
+
+    /// After a write transaction ends, cursors this connection still has open (a query being
+    /// stepped while the same connection wrote) go on reading from a fresh consistent snapshot,
+    /// never from the shards unguarded.
+    pub(crate) fn resume_open_cursors(&self, coordinator: &mut Coordinator) -> Result<()> {
+        if self.open_cursors.get() > 0 {
+            coordinator.begin_read(&mut self.shards.borrow_mut(), false)?;
+        }
+        Ok(())
+    }
+
+    /// Opens the snapshot a query reads. Inside an explicit transaction that is the
+    /// transaction's, kept for all its reads until it ends, as an ordinary WAL table's is (see
+    /// `read_transaction`); else the query's own.
+    pub(crate) fn begin_read(&self) -> Result<()> {
+        let whole_transaction = crate::read_transaction::is_explicit(self.host_db);
+        if whole_transaction && self.coordinator.borrow().needs_transaction_read() {
+            crate::read_transaction::join(self.host_db)?;
+        }
+        self.coordinator
+            .borrow_mut()
+            .begin_read(&mut self.shards.borrow_mut(), whole_transaction)
+    }
+
+    /// The host's transaction ended (see `read_transaction`).
+    pub(crate) fn transaction_ended(&self) {
+        if let (Ok(mut coordinator), Ok(mut shards)) = (
+            self.coordinator.try_borrow_mut(),
+            self.shards.try_borrow_mut(),
+        ) {
+            coordinator.end_transaction_read(&mut shards, self.open_cursors.get() > 0);
+        }
+    }
+}
+
+/// The host transaction on connection `db` ended: every table it has open lets its
+/// transaction's snapshot go.
+pub(crate) fn transaction_ended(db: *mut ffi::sqlite3) {
+    for core in open_cores(db) {
+        // SAFETY: see `OpenTable`: SQLite calls this (xCommit, xRollback of the connection's
+        // transaction) on connection `db`, and the tables in the list are connected.
+        unsafe { &*core }.transaction_ended();
+    }
+}
+
+/// The tables each connection has open, so that SQL functions given a table name can reach it.
+pub(crate) struct OpenTable {
+    pub(crate) db: usize,
+    pub(crate) schema: String,
+    pub(crate) name: String,
+    /// The `ImageTable` that registered it (`ImageTable::key`).
+    pub(crate) key: u64,
+    /// The open table, or the code and message that make it unusable.
+    pub(crate) core: std::result::Result<*const TableCore, (c_int, String)>,
+}
+
+/// The next `ImageTable::key`.
+pub(crate) static NEXT_TABLE_KEY: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(1);
+
+// SAFETY: the pointer is only dereferenced on a call SQLite makes on the connection `db` (which
+// SQLite serializes), while the table is connected (an entry is removed when the `ImageTable`
+// that registered it, holding an `Rc<TableCore>` to it, is dropped).
+unsafe impl Send for OpenTable {}
+
+pub(crate) static OPEN_TABLES: std::sync::Mutex<Vec<OpenTable>> = std::sync::Mutex::new(Vec::new());
+
+pub(crate) fn open_tables() -> std::sync::MutexGuard<'static, Vec<OpenTable>> {
+    OPEN_TABLES
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The entry of table `table` of database `schema` in connection `db`'s open tables: the newest,
+/// since an older instance of the same name may wait to be disconnected.
+pub(crate) fn registered(
+    db: *mut ffi::sqlite3,
+    schema: &str,
+    table: &str,
+) -> Option<std::result::Result<*const TableCore, (c_int, String)>> {
+    open_tables()
+        .iter()
+        .rev()
+        .find(|t| {
+            t.db == db as usize
+                && t.name.eq_ignore_ascii_case(table)
+                && t.schema.eq_ignore_ascii_case(schema)
+        })
+        .map(|t| t.core.clone())
+}
+
+/// The usable tables connection `db` has open (a table shared by two instances, twice).
+pub(crate) fn open_cores(db: *mut ffi::sqlite3) -> Vec<*const TableCore> {
+    open_tables()
+        .iter()
+        .filter(|t| t.db == db as usize)
+        .filter_map(|t| t.core.as_ref().ok().copied())
+        .collect()
+}
+
+/// Runs `body` on table `table` of database `schema` (as `table_name` resolves them), connected
+/// on connection `db`.
+pub fn with_open_table<T>(
+    db: *mut ffi::sqlite3,
+    schema: &str,
+    table: &str,
+    body: impl FnOnce(&TableCore) -> Result<T>,
+) -> Result<T> {
+    let core = registered(db, schema, table)
+        .ok_or_else(|| {
+            Error::BadArgument(format!(
+                "no imagestore table named {schema}.{table} in this connection"
+            ))
+        })?
+        .map_err(|(code, message)| Error::Unusable { message, code })?;
+    // SAFETY: see `OpenTable`: we are inside a call on connection `db` and the table is connected.
+    body(unsafe { &*core })
+}
+
+/// The core of this table that connection `db` already has open and is using in a transaction
+/// (writing, or keeping a read snapshot), if any. SQLite connects a table again after it resets
+/// its schemas (say a schema change rolled back by `ROLLBACK TO`) while the earlier instance is
+/// still in the transaction, holding the writer lock: both must share one coordinator and one
+/// set of shard connections. An idle one is never shared: the table may have been dropped and
+/// made again, by another connection, under the same name and file names.
+pub(crate) fn connected_core(
+    db: *mut ffi::sqlite3,
+    schema: &str,
+    table: &str,
+    config: &TableConfig,
+) -> Option<Rc<TableCore>> {
+    let core = registered(db, schema, table)?.ok()?;
+    // SAFETY: `core` is `Rc::as_ptr` of the `Rc<TableCore>` a connected `ImageTable` holds (its
+    // entry is removed when it drops), so the allocation is live; raising the count first makes
+    // `from_raw` give a new owner without taking the existing one's.
+    let core = unsafe {
+        Rc::increment_strong_count(core);
+        Rc::from_raw(core)
+    };
+    let same_files = core.config.shard_paths == config.shard_paths
+        && core.config.journal_path == config.journal_path;
+    let in_use = core.coordinator.try_borrow().map_or(true, |c| !c.is_idle());
+    (same_files && in_use).then_some(core)
+}
+
+/// Opens (or, for a CREATE, makes) the table's shards and coordinator. On an error, gives the
+/// configuration back with it.
+pub(crate) fn open_core(
+    config: TableConfig,
+    create: bool,
+) -> std::result::Result<TableCore, (Error, Box<TableConfig>)> {
+    let opened = (|| {
+        // A restore checks its backup before it creates any file.
+        let backup = match (create, &config.restore_from) {
+            (true, Some(dir)) => Some((dir, crate::restore::trusted_manifest(dir, &config)?)),
+            _ => None,
+        };
+        let (table_id, mut shards, created) = open_shards(&config, create)?;
+        if let Some((dir, manifest)) = backup {
+            shards = restore_new_table(dir, &manifest, &config, shards, created)?;
+        }
+        let coordinator =
+            Coordinator::open(&config, table_id, &mut shards, created, crate::host::lookup)?;
+        let creation = if created {
+            Some(coordinator.lock_writer()?)
+        } else {
+            settle_lifecycle(&config, &shards, &coordinator)?;
+            None
+        };
+        Ok((shards, coordinator, creation))
+    })();
+    match opened {
+        Ok((shards, coordinator, creation)) => Ok(TableCore {
+            config,
+            shards: RefCell::new(shards),
+            coordinator: RefCell::new(coordinator),
+            open_cursors: Cell::new(0),
+            creation: RefCell::new(creation),
+            host_at_begin: RefCell::default(),
+            row_ids: RefCell::default(),
+            host_db: std::ptr::null_mut(),
+        }),
+        Err(e) => Err((e, Box::new(config))),
+    }
+}
