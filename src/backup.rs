@@ -34,7 +34,6 @@ use crate::backup_folder::{
 };
 use crate::durable::{remove_files, sync_dir, sync_file, with_sqlite_files};
 use crate::error::{Error, Result};
-use crate::maintenance::on_snapshot;
 use crate::shard::Shard;
 use crate::table::TableCore;
 
@@ -177,7 +176,7 @@ fn write_generation(
     };
     let snapshot_started = Instant::now();
     let mut writers_held_ms = 0.0;
-    let copied = on_snapshot(core, |core| {
+    let copied = core.with_snapshot(|core| {
         writers_held_ms = snapshot_started.elapsed().as_secs_f64() * 1000.0;
         copy_shards(core, new_files, &held)
     })?;

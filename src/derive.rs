@@ -211,20 +211,19 @@ pub fn derive(core: &TableCore, column: &str, operation: Operation) -> Result<Su
         coordinator.sync(&mut shards, None)?;
         Ok(rows)
     });
-    match outcome {
-        Ok(rows) => {
-            coordinator.commit(&mut shards);
-            Ok(Summary {
-                rows,
-                threads: pool.current_num_threads(),
-                seconds: started.elapsed().as_secs_f64(),
-            })
-        }
-        Err(e) => {
-            coordinator.rollback(&mut shards);
-            Err(e)
-        }
+    match &outcome {
+        Ok(_) => coordinator.commit(&mut shards),
+        Err(_) => coordinator.rollback(&mut shards),
     }
+    // A query of this connection may be reading the table (`SELECT imagestore_derive(...)
+    // FROM t`): its cursors go on from a fresh snapshot, as after any write transaction.
+    drop(shards);
+    core.resume_open_cursors(&mut coordinator)?;
+    outcome.map(|rows| Summary {
+        rows,
+        threads: pool.current_num_threads(),
+        seconds: started.elapsed().as_secs_f64(),
+    })
 }
 
 /// Computes a batch and stores each result in its row's `target` user column; returns how

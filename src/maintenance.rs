@@ -29,26 +29,11 @@ use crate::sqlfn::{self, Call, Kind};
 use crate::table::{open_shards, table_config, with_open_table, TableCore};
 use crate::table_name::{self, quote, TableName};
 
-/// Runs `body` on one consistent snapshot of every shard of the table.
-pub(crate) fn on_snapshot<T>(
-    core: &TableCore,
-    body: impl FnOnce(&TableCore) -> Result<T>,
-) -> Result<T> {
-    core.begin_read()?;
-    let result = body(core);
-    if core.open_cursors.get() == 0 {
-        core.coordinator
-            .borrow_mut()
-            .end_read(&mut core.shards.borrow_mut());
-    }
-    result
-}
-
 /// Verifies every shard's integrity, every blob against its BLAKE3 hash, placement, and that no
 /// blob is orphaned. Problems are reported, not raised: a damaged shard still lets the others
 /// be checked.
 fn check(core: &TableCore) -> Result<String> {
-    on_snapshot(core, |core| {
+    core.with_snapshot(|core| {
         let mut shards = core.shards.borrow_mut();
         let count = shards.len();
         let (mut rows, mut bytes, mut problems) = (0u64, 0u64, Vec::new());
@@ -110,7 +95,7 @@ fn check(core: &TableCore) -> Result<String> {
 /// Prepared transactions found on the shards, each with its shards and state: `committed`
 /// (decided; recovery finalizes it) or `undecided` (recovery aborts it).
 fn transactions(core: &TableCore) -> Result<String> {
-    on_snapshot(core, |core| {
+    core.with_snapshot(|core| {
         let shards = core.shards.borrow();
         let mut found: std::collections::BTreeMap<u64, (Vec<usize>, Option<String>)> =
             Default::default();

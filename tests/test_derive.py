@@ -148,3 +148,25 @@ def test_other_connections_decode_while_a_derivation_runs(tmp_path):
     spans["jpeg"] = time.perf_counter() - started
     worker.join()
     assert spans["derive"] > 0.4 and spans["jpeg"] < 0.25 * spans["derive"], spans
+
+
+def test_a_query_over_the_table_may_call_derive_on_it(tmp_path):
+    """`SELECT ..., imagestore_derive(...) FROM t`: each call commits a derivation while the
+    query's cursor is open (the cursor then reads on from a fresh snapshot, as after any write
+    of its connection); the query returns every row once, every call derives every row, and no
+    snapshot is left behind (another connection's delete is seen at once)."""
+    con = connect(tmp_path / "q.db")
+    con.execute("CREATE VIRTUAL TABLE t USING imagestore(shards=4, ph INTEGER)")
+    small = [p for p in IMAGES if p.stat().st_size < 20_000][:6]
+    with con:
+        for p in small:
+            con.execute("INSERT INTO t(name, data) VALUES (?, ?)", (p.name, p.read_bytes()))
+    rows = con.execute(
+        "SELECT id, json_extract(imagestore_derive('t', 'ph', 'phash'), '$.rows') FROM t").fetchall()
+    ids = [i for i, _ in rows]
+    assert len(ids) == len(small) == len(set(ids)), rows
+    assert all(n == len(small) for _, n in rows), rows
+    assert con.execute("SELECT count(*) FROM t WHERE ph IS NOT image_phash(data)").fetchone() == (0,)
+    other = connect(tmp_path / "q.db")
+    other.execute("DELETE FROM t WHERE id = ?", (ids[0],))
+    assert con.execute("SELECT count(*) FROM t").fetchone() == (len(small) - 1,)

@@ -59,6 +59,34 @@ impl TableCore {
         drop(writer);
     }
 
+    // The snapshot rule, in one place: a query reads from one consistent snapshot of every
+    // shard, opened by its first read (`begin_read`) and kept while any cursor of the connection
+    // is open (`end_read_if_unused`); a write transaction replaces it, and when that ends, open
+    // cursors get a fresh one (`resume_open_cursors`).
+
+    /// Runs `body` on one consistent snapshot of every shard of the table (the SQL functions
+    /// that read a whole table).
+    pub(crate) fn with_snapshot<T>(&self, body: impl FnOnce(&TableCore) -> Result<T>) -> Result<T> {
+        self.begin_read()?;
+        let result = body(self);
+        self.end_read_if_unused();
+        result
+    }
+
+    /// Ends a query's snapshot once no cursor of this connection reads from it (a transaction's
+    /// snapshot stays until the transaction ends).
+    pub(crate) fn end_read_if_unused(&self) {
+        if self.open_cursors.get() > 0 {
+            return;
+        }
+        if let (Ok(mut coordinator), Ok(mut shards)) = (
+            self.coordinator.try_borrow_mut(),
+            self.shards.try_borrow_mut(),
+        ) {
+            coordinator.end_read(&mut shards);
+        }
+    }
+
     /// After a write transaction ends, cursors this connection still has open (a query being
     /// stepped while the same connection wrote) go on reading from a fresh consistent snapshot,
     /// never from the shards unguarded.

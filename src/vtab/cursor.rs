@@ -70,14 +70,7 @@ impl Drop for ImageCursor {
     fn drop(&mut self) {
         let open = self.core.open_cursors.get().saturating_sub(1);
         self.core.open_cursors.set(open);
-        if open == 0 {
-            if let (Ok(mut coordinator), Ok(mut shards)) = (
-                self.core.coordinator.try_borrow_mut(),
-                self.core.shards.try_borrow_mut(),
-            ) {
-                coordinator.end_read(&mut shards);
-            }
-        }
+        self.core.end_read_if_unused();
     }
 }
 
