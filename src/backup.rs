@@ -32,8 +32,8 @@ use crate::backup_folder::{
     file_digest, file_name, prepare_destination, write_manifest, Destination, Manifest,
     ManifestColumn, ManifestFile, FORMAT, FORMAT_VERSION, IN_PROGRESS,
 };
-use crate::durable::{remove_files, sync_dir, sync_file, with_sqlite_files};
 use crate::error::{Error, Result};
+use crate::files::{remove_files, sync_dir, sync_file, with_sqlite_files};
 use crate::shard::Shard;
 use crate::table::TableCore;
 

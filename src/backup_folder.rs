@@ -30,8 +30,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{validated_user_columns, UserColumn, SHARD_COUNT_MAX};
-use crate::durable::remove_files;
 use crate::error::{Error, Result};
+use crate::files::remove_files;
 use crate::placement::shard_of;
 use crate::shard::{parse_hash, Shard};
 

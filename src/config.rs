@@ -27,6 +27,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::files::with_suffix;
 use crate::probe::Verify;
 
 /// Most shards a table may have (journal records store shard numbers as u16; a commit touches
@@ -437,7 +438,7 @@ impl TableConfig {
     pub fn shard_files(&self) -> Vec<PathBuf> {
         self.shard_paths
             .iter()
-            .flat_map(|shard| crate::durable::with_sqlite_files(shard))
+            .flat_map(|shard| crate::files::with_sqlite_files(shard))
             .collect()
     }
 
@@ -531,13 +532,6 @@ const COMPANION_SUFFIXES: [&str; 8] = [
     ".imagestore-publish",
     ".journal-new",
 ];
-
-/// `base` with `suffix` appended to its file name (`a.db` + `-wal` = `a.db-wal`).
-pub fn with_suffix(base: &Path, suffix: &str) -> PathBuf {
-    let mut name = base.as_os_str().to_owned();
-    name.push(suffix);
-    PathBuf::from(name)
-}
 
 /// `path` with its folder's symbolic links, and its own, resolved; as given where the folder
 /// does not exist (the error naming it comes when the shard is opened).

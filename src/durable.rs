@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use crate::config::with_suffix;
 use crate::error::{Error, Result};
+use crate::files::with_suffix;
 
 /// Threads that sync files; more shards than this are synced in several rounds.
 const SYNC_THREADS_MAX: usize = 8;
@@ -193,38 +193,4 @@ impl Syncs {
         }
         outcome
     }
-}
-
-// ---- plain files (backups, a table's own files) -------------------------------------------
-
-/// fsyncs a file's contents.
-pub fn sync_file(path: &Path) -> Result<()> {
-    std::fs::File::open(path)
-        .and_then(|f| f.sync_all())
-        .map_err(Error::file_io(path))
-}
-
-/// fsyncs a folder, so that the names created or removed in it survive a power cut.
-pub fn sync_dir(dir: &Path) -> Result<()> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(Error::file_io(dir))
-}
-
-/// A database file and the files SQLite keeps beside it (rollback journal, WAL, shared memory).
-pub fn with_sqlite_files(db: &Path) -> [PathBuf; 4] {
-    ["", "-journal", "-wal", "-shm"].map(|suffix| with_suffix(db, suffix))
-}
-
-/// Removes files; one that is already gone is not an error.
-pub fn remove_files(files: &[PathBuf]) -> Result<()> {
-    for file in files {
-        match std::fs::remove_file(file) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(Error::file_io(file)(e))
-            }
-            _ => {}
-        }
-    }
-    Ok(())
 }

@@ -21,7 +21,8 @@
 //!   that then ride on its commit.
 //! - `journal`: the coordinator's durable decision log. `redo`: a shard's changes, as a logged
 //!   commit's journal record carries them.
-//! - `durable`: parallel fsync of shard WAL files, and plain-file sync and removal.
+//! - `durable`: parallel fsync of shard WAL files (and any participant's sync jobs). `files`:
+//!   the names of the files beside a table's, plain-file sync and removal.
 //! - `shard`: one shard file: schema, rows, and the protocol's per-shard steps.
 //! - `placement`: which shard holds an id. `row_ids`: ids for rows inserted without one.
 //! - `probe`: the image header probe that derives format, size and hash.
@@ -43,6 +44,7 @@ pub mod derive;
 pub mod durable;
 pub mod error;
 pub mod fault;
+pub mod files;
 pub mod host;
 pub mod imagefn;
 pub mod journal;

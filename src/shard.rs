@@ -431,7 +431,7 @@ impl Shard {
                     self.path.display()
                 ))),
             })?;
-        crate::durable::sync_file(&self.path)
+        crate::files::sync_file(&self.path)
     }
 
     /// Creates the declared indexes this shard lacks (`index(...)` arguments); one it has

@@ -1177,12 +1177,12 @@ fn move_aside(journal: &std::path::Path, why: &str) -> Result<()> {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
-    let aside = crate::config::with_suffix(journal, &format!(".{why}-{nanos}"));
+    let aside = crate::files::with_suffix(journal, &format!(".{why}-{nanos}"));
     // A link never replaces a file; then the damaged journal's own name goes.
     std::fs::hard_link(journal, &aside)
         .and_then(|()| std::fs::remove_file(journal))
         .map_err(Error::file_io(journal))?;
-    crate::durable::sync_dir(journal.parent().unwrap_or(std::path::Path::new(".")))
+    crate::files::sync_dir(journal.parent().unwrap_or(std::path::Path::new(".")))
 }
 
 /// Step 6h's housekeeping: the host's decision rows of earlier transactions are needed until

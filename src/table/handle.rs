@@ -12,8 +12,8 @@ use super::shard_set::{open_shards, restore_new_table, settle_lifecycle};
 use crate::commit::locks::LockGuard;
 use crate::commit::Coordinator;
 use crate::config::TableConfig;
-use crate::durable::remove_files;
 use crate::error::{Error, Result};
+use crate::files::remove_files;
 use crate::row_ids::RowIds;
 use crate::shard::{Lifecycle, Shard};
 

@@ -9,8 +9,8 @@ use rusqlite::ffi;
 use crate::commit::locks::{LockFile, LockGuard};
 use crate::commit::Coordinator;
 use crate::config::{HostDatabase, Owner, TableConfig};
-use crate::durable::remove_files;
 use crate::error::{Error, Result};
+use crate::files::remove_files;
 use crate::journal::TableId;
 use crate::shard::{Lifecycle, Shard, ShardIdentity};
 
@@ -92,7 +92,7 @@ pub(crate) fn create_shards(config: &TableConfig) -> Result<(TableId, Vec<Shard>
                 drop(shards);
                 let mine: Vec<PathBuf> = config.shard_paths[..=shard_index]
                     .iter()
-                    .flat_map(|p| crate::durable::with_sqlite_files(p))
+                    .flat_map(|p| crate::files::with_sqlite_files(p))
                     .collect();
                 // Best effort: a file left behind carries this table's creating mark.
                 let _ = remove_files(&mine);
@@ -110,8 +110,8 @@ pub(crate) fn create_shard(
     path: &Path,
     identity: &ShardIdentity,
 ) -> Result<Shard> {
-    let staging = crate::config::with_suffix(path, ".creating");
-    remove_files(&crate::durable::with_sqlite_files(&staging))?;
+    let staging = crate::files::with_suffix(path, ".creating");
+    remove_files(&crate::files::with_sqlite_files(&staging))?;
     let shard = Shard::open(&staging, true, &config.user_columns, config.busy_timeout_ms)?;
     let made = shard
         .initialize(
@@ -126,10 +126,10 @@ pub(crate) fn create_shard(
     let linked = made.and_then(|()| {
         std::fs::hard_link(&staging, path).map_err(Error::file_io(path))?;
         remove_files(std::slice::from_ref(&staging))?;
-        crate::durable::sync_dir(path.parent().unwrap_or(Path::new(".")))
+        crate::files::sync_dir(path.parent().unwrap_or(Path::new(".")))
     });
     if let Err(e) = linked {
-        let _ = remove_files(&crate::durable::with_sqlite_files(&staging));
+        let _ = remove_files(&crate::files::with_sqlite_files(&staging));
         return Err(e);
     }
     Shard::open(path, false, &config.user_columns, config.busy_timeout_ms)
@@ -322,7 +322,7 @@ pub(crate) fn unusable_own_files(
             });
         if let Some(identity) = ours {
             table_id = Some(identity.table_id);
-            files.extend(crate::durable::with_sqlite_files(path));
+            files.extend(crate::files::with_sqlite_files(path));
         }
     }
     let Some(table_id) = table_id else {

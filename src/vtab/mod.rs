@@ -28,8 +28,8 @@ use rusqlite::vtab::{
 use rusqlite::{ffi, Connection};
 
 use crate::config::TableConfig;
-use crate::durable::remove_files;
 use crate::error::{catch_panic, type_name, Error, Result};
+use crate::files::remove_files;
 use crate::placement::shard_of;
 use crate::probe::{probe, ProbeError};
 use crate::shard::{quote_ident, Lifecycle, NewRow, ScanFilter, StoredRow};
