@@ -67,7 +67,7 @@ use rusqlite::Connection;
 pub fn register(conn: &Connection) -> rusqlite::Result<()> {
     vtab::register(conn)?;
     after_commit::register(conn)?;
-    read_transaction::register(conn)?;
+    read_transaction::register(conn, table::handle::transaction_ended)?;
     maintenance::register(conn)?;
     imagefn::register(conn)?;
     sqlfn::register(

@@ -7,7 +7,8 @@
 //! `DELETE FROM temp.imagestore_transaction WHERE 0`, a write of no rows to a table of this
 //! module in the connection's temp database, which makes SQLite add that table to the
 //! transaction. Its xCommit and xRollback then tell every imagestore table the connection has
-//! open that the transaction ended (`table::handle::transaction_ended`), and each lets its snapshot go.
+//! open that the transaction ended (the function `register` is given:
+//! `table::handle::transaction_ended`), and each lets its snapshot go.
 //! The temp database is the connection's own: joining takes no lock another connection could
 //! wait for, and the table itself is made once per connection (`CREATE VIRTUAL TABLE IF NOT
 //! EXISTS`), holds nothing and is gone when the connection closes.
@@ -60,7 +61,7 @@ pub(crate) fn is_explicit(db: *mut ffi::sqlite3) -> bool {
     !db.is_null() && unsafe { ffi::sqlite3_get_autocommit(db) } == 0
 }
 
-/// Makes the transaction open on `db` call [`crate::table::handle::transaction_ended`] when it ends.
+/// Makes the transaction open on `db` call the function given to [`register`] when it ends.
 pub(crate) fn join(db: *mut ffi::sqlite3) -> Result<()> {
     if is_joined(db as usize) {
         return Ok(());
@@ -94,24 +95,28 @@ pub struct TransactionEnd {
     /// SQLite's part; must come first.
     base: sqlite3_vtab,
     db: usize,
+    ended: TransactionEnded,
 }
+
+/// What to call on connection `db` when its transaction ends.
+pub type TransactionEnded = fn(db: *mut ffi::sqlite3);
 
 impl TransactionEnd {
     fn ended(&self) {
         if let Some(set) = joined().as_mut() {
             set.remove(&self.db);
         }
-        crate::table::handle::transaction_ended(self.db as *mut ffi::sqlite3);
+        (self.ended)(self.db as *mut ffi::sqlite3);
     }
 }
 
 unsafe impl<'vtab> VTab<'vtab> for TransactionEnd {
-    type Aux = ();
+    type Aux = TransactionEnded;
     type Cursor = NoRows;
 
     fn connect(
         db: &mut VTabConnection,
-        _aux: Option<&()>,
+        aux: Option<&TransactionEnded>,
         args: &[&[u8]],
     ) -> rusqlite::Result<(String, Self)> {
         if args
@@ -128,6 +133,7 @@ unsafe impl<'vtab> VTab<'vtab> for TransactionEnd {
                 base: sqlite3_vtab::default(),
                 // SAFETY: SQLite passes the live connection handle to xCreate/xConnect.
                 db: unsafe { db.handle() } as usize,
+                ended: aux.copied().unwrap_or(|_| {}),
             },
         ))
     }
@@ -148,7 +154,7 @@ impl CreateVTab<'_> for TransactionEnd {
     /// SQLite adds a table it has just made to the open transaction without calling xBegin.
     fn create(
         db: &mut VTabConnection,
-        aux: Option<&()>,
+        aux: Option<&TransactionEnded>,
         args: &[&[u8]],
     ) -> rusqlite::Result<(String, Self)> {
         let made = Self::connect(db, aux, args)?;
@@ -203,7 +209,12 @@ impl TransactionVTab<'_> for TransactionEnd {
     }
 }
 
-/// Registers the module on `conn`.
-pub fn register(conn: &Connection) -> rusqlite::Result<()> {
-    conn.create_module(MODULE, update_module_with_tx::<TransactionEnd>(), None)
+/// Registers the module on `conn`: `ended` is called on a connection whose transaction, which
+/// a read joined, ends.
+pub fn register(conn: &Connection, ended: TransactionEnded) -> rusqlite::Result<()> {
+    conn.create_module(
+        MODULE,
+        update_module_with_tx::<TransactionEnd>(),
+        Some(ended),
+    )
 }
