@@ -27,10 +27,11 @@
 //! Not simulated: the journal is a real file, and all its writes survive a crash (its own syncs
 //! are shown needed by the power-cut tests, `tests/test_power_cut.py`); and the unwinding of a
 //! crash runs drops (the publish lock's guard raises the publication counter), which a killed
-//! process would not: it only makes a reader's snapshot look older. A run repeats exactly under its seed: sync jobs run in
-//! order on the calling thread (`durable::RUN_INLINE`). To replay one failing case call by call:
-//! `SIM_ONLY=<participants> SIM_AT=<call> SIM_TRACE=1 cargo test --no-default-features
-//! --features bundled --lib sim`.
+//! process would not: it only makes a reader's snapshot look older.
+//!
+//! A run repeats exactly under its seed: sync jobs run in order on the calling thread
+//! (`durable::RUN_INLINE`). To replay one failing case call by call: `SIM_ONLY=<participants>
+//! SIM_AT=<call> SIM_TRACE=1 cargo test --no-default-features --features bundled --lib sim`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
