@@ -12,15 +12,31 @@
 //! touches exactly one shard. Changing the rule would strand every stored row, so it never changes;
 //! a table with another shard count is rebuilt by copying rows (restore places them anew).
 
+/// SplitMix64's increment (the golden ratio in 64 bits).
+const SPLITMIX64_GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
+
 /// The SplitMix64 finalizer.
 pub fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = x.wrapping_add(SPLITMIX64_GAMMA);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
 }
 
 /// The shard (0-based) that holds the row with this id in a table of `shard_count` shards.
+/// Sebastiano Vigna's SplitMix64 generator, seeded with its state: each number is the finalizer
+/// above of the state, which then moves on by the increment. A tiny, well-mixed generator any
+/// language reproduces (the image hash's projection directions, the protocol's simulation).
+pub struct SplitMix64(pub u64);
+
+impl SplitMix64 {
+    pub fn next_u64(&mut self) -> u64 {
+        let out = splitmix64(self.0);
+        self.0 = self.0.wrapping_add(SPLITMIX64_GAMMA);
+        out
+    }
+}
+
 pub fn shard_of(id: i64, shard_count: usize) -> usize {
     assert!(shard_count > 0, "a table has at least one shard");
     (splitmix64(id as u64) % shard_count as u64) as usize

@@ -44,6 +44,7 @@ use crate::config::{HostDatabase, TableConfig};
 use crate::durable::SyncJob;
 use crate::error::{Error, Result};
 use crate::journal::TableId;
+use crate::placement::SplitMix64;
 
 const TABLE_ID: TableId = [7; 16];
 
@@ -538,20 +539,16 @@ fn host_lookup(path: &str, _table: &TableId, txid: u64) -> Result<bool> {
     })
 }
 
-/// SplitMix64: the runs' only source of chance.
-struct Rng(u64);
+/// The runs' only source of chance, seeded.
+struct Rng(SplitMix64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+    fn new(seed: u64) -> Rng {
+        Rng(SplitMix64(seed))
     }
 
     fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
+        self.0.next_u64() % n.max(1)
     }
 }
 
@@ -854,7 +851,7 @@ fn every_fault_at_every_call(participants: usize, mix: Mix, seed: u64) -> usize 
     quiet_crashes();
     crate::durable::RUN_INLINE.with(|inline| inline.set(true));
     let logged = mix == Mix::Logged;
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let transactions = if mix == Mix::Hosted { 6 } else { 4 };
     let plans: Vec<TxnPlan> = (1..=transactions)
         .map(|k| TxnPlan::random(&mut rng, participants, k, mix))
@@ -881,7 +878,7 @@ fn every_fault_at_every_call(participants: usize, mix: Mix, seed: u64) -> usize 
                 world.fired as usize
             };
             if outcome.crashed {
-                let mut cut = Rng(seed ^ at.wrapping_mul(31) ^ fault as u64);
+                let mut cut = Rng::new(seed ^ at.wrapping_mul(31) ^ fault as u64);
                 crash(&table, &mut cut);
             }
             if let Err(problem) = check(&table, &outcome) {

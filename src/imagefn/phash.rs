@@ -33,6 +33,7 @@ use image::{DynamicImage, GrayImage};
 
 use super::transform::luma8;
 use crate::error::{Error, Result};
+use crate::placement::SplitMix64;
 
 const SIDE: usize = 32;
 const KEEP: usize = 8;
@@ -99,7 +100,7 @@ fn directions() -> &'static [[f64; SHAPE]; 64] {
         let mut normals = Vec::with_capacity(64 * SHAPE);
         while normals.len() < 64 * SHAPE {
             // Box-Muller: two normals from two uniforms, u1 in (0, 1] so that ln is finite.
-            let (u1, u2) = (1.0 - random.unit(), random.unit());
+            let (u1, u2) = (1.0 - unit(&mut random), unit(&mut random));
             let radius = (-2.0 * u1.ln()).sqrt();
             let angle = 2.0 * std::f64::consts::PI * u2;
             normals.extend([radius * angle.cos(), radius * angle.sin()]);
@@ -112,22 +113,9 @@ fn directions() -> &'static [[f64; SHAPE]; 64] {
     })
 }
 
-/// Sebastiano Vigna's SplitMix64: a tiny, well-mixed generator that any language reproduces.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1), 53 bits.
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-    }
+/// Uniform in [0, 1), 53 bits of `random`.
+fn unit(random: &mut SplitMix64) -> f64 {
+    (random.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
 }
 
 /// [`Method::Imagehash`].
@@ -380,7 +368,7 @@ mod tests {
     fn directions_come_from_splitmix64() {
         // The generator's published test vector (seed 1234567).
         let mut random = SplitMix64(1_234_567);
-        let first: Vec<u64> = (0..3).map(|_| random.next()).collect();
+        let first: Vec<u64> = (0..3).map(|_| random.next_u64()).collect();
         assert_eq!(
             first,
             [
