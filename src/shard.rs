@@ -177,8 +177,9 @@ struct ShardSql {
 }
 
 impl ShardSql {
-    fn new(columns: &[String]) -> ShardSql {
-        let columns_sql = columns.join(", ");
+    /// The statements for `columns` (the columns of `images` after id), `columns_sql` being
+    /// them joined for SQL.
+    fn new(columns: &[String], columns_sql: &str) -> ShardSql {
         let of_i = columns
             .iter()
             .map(|c| format!("i.{c}"))
@@ -312,11 +313,12 @@ impl Shard {
         .map(|s| s.to_string())
         .chain(user_columns.iter().map(|c| quote_ident(&c.name)))
         .collect();
+        let columns_sql = columns.join(", ");
         Shard {
             path: path.to_path_buf(),
             conn,
-            columns_sql: columns.join(", "),
-            sql: ShardSql::new(&columns),
+            sql: ShardSql::new(&columns, &columns_sql),
+            columns_sql,
             columns,
             user_column_count: user_columns.len(),
         }
@@ -1075,11 +1077,6 @@ impl Shard {
                 self.path.display()
             )));
         }
-        let insert_row = format!(
-            "INSERT INTO images(id, {}) VALUES ({})",
-            self.columns_sql,
-            vec!["?"; width].join(", ")
-        );
         let mut outcome = Replayed::Applied;
         self.in_own_transaction(|s| {
             let last = s.last_txid()?;
@@ -1111,7 +1108,7 @@ impl Shard {
                 run("DELETE FROM images WHERE id = ?1", &[id])?;
                 if let Some(values) = row {
                     s.conn
-                        .prepare_cached(&insert_row)
+                        .prepare_cached(&s.sql.insert)
                         .and_then(|mut st| st.execute(rusqlite::params_from_iter(values)))
                         .map_err(s.err())?;
                 }
