@@ -310,6 +310,17 @@ fn quiet_deaths() {
     });
 }
 
+/// Runs `body`, a writer or a recovery over mortal shards: whether it died as planned (any
+/// other panic goes on unwinding).
+fn dies(body: impl FnOnce()) -> bool {
+    quiet_deaths();
+    match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(()) => false,
+        Err(payload) if payload.is::<WriterDied>() => true,
+        Err(payload) => std::panic::resume_unwind(payload),
+    }
+}
+
 /// What a writer's run showed.
 struct Run {
     /// The rows the transaction leaves if it commits.
@@ -346,14 +357,13 @@ fn write(f: &Fixture, death: Option<Death>) -> Run {
 
 /// [`write`], on the prepared path if `prepared` whatever the table's `logged_commit_max`.
 fn write_on(f: &Fixture, death: Option<Death>, prepared: bool) -> Run {
-    quiet_deaths();
     let calls = Rc::new(RefCell::new(Calls {
         death,
         ..Calls::default()
     }));
     let (new_id, renamed, deleted) = (new_id_on(0), old_id_on(0), old_id_on(1));
     let mut acknowledged = false;
-    let ran = catch_unwind(AssertUnwindSafe(|| {
+    let died = dies(|| {
         let mut shards = mortal_shards(f, &calls);
         let mut config = config(f);
         if prepared {
@@ -398,12 +408,7 @@ fn write_on(f: &Fixture, death: Option<Death>, prepared: bool) -> Run {
             }
             Err(_) => c.rollback(&mut shards),
         }
-    }));
-    let died = match ran {
-        Ok(()) => false,
-        Err(payload) if payload.is::<WriterDied>() => true,
-        Err(payload) => std::panic::resume_unwind(payload),
-    };
+    });
     let mut after: Vec<(i64, String)> = baseline()
         .into_iter()
         .filter(|(id, _)| *id != deleted)
@@ -538,7 +543,6 @@ fn a_writer_dying_at_any_call_of_a_logged_commit_leaves_it_whole_or_absent() {
 /// Recovery run by the real coordinator over mortal shards, dying at its `nth` call; returns
 /// whether it died (else it finished).
 fn recovery_dies(f: &Fixture, nth: u32) -> bool {
-    quiet_deaths();
     let calls = Rc::new(RefCell::new(Calls {
         death: Some(Death {
             step: "",
@@ -547,7 +551,7 @@ fn recovery_dies(f: &Fixture, nth: u32) -> bool {
         }),
         ..Calls::default()
     }));
-    let ran = catch_unwind(AssertUnwindSafe(|| {
+    dies(|| {
         let mut shards = mortal_shards(f, &calls);
         let _ = Coordinator::open(
             &config(f),
@@ -556,12 +560,7 @@ fn recovery_dies(f: &Fixture, nth: u32) -> bool {
             false,
             imagestore::host::lookup,
         );
-    }));
-    match ran {
-        Ok(()) => false,
-        Err(payload) if payload.is::<WriterDied>() => true,
-        Err(payload) => std::panic::resume_unwind(payload),
-    }
+    })
 }
 
 #[test]
