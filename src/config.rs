@@ -7,13 +7,13 @@
 //! busy_timeout=MS          -- how long a writer waits for the table's locks. Default 5000.
 //! max_pixels=N             -- largest width*height accepted. Default 268435456 (16384^2).
 //! verify=LEVEL             -- header, structure or decode: how far data is checked before it
-//!                             is stored (see `probe`). Default structure.
+//!                             is stored (see `images::probe`). Default structure.
 //! journal_limit=BYTES      -- the journal is emptied when it grows past this. Default 1048576.
 //! logged_commit_max=BYTES  -- a commit over several shards whose changes (rows and new images)
 //!                             come to at most this is written whole into the journal: one sync
 //!                             instead of one per shard (see `commit`). Default 262144; 0
 //!                             turns it off.
-//! restore_from='DIR'       -- CREATE fills the new table from the backup in DIR (see `restore`);
+//! restore_from='DIR'       -- CREATE fills the new table from the backup in DIR (see `backup::restore`);
 //!                             its columns are the backup's unless declared (then they must match)
 //! <name> [TYPE]            -- a column of the user's own (TYPE: TEXT, INTEGER, REAL, BLOB,
 //!                             NUMERIC, or none), stored with the row and writable.
@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::files::with_suffix;
-use crate::probe::Verify;
+use crate::images::probe::Verify;
 
 /// Most shards a table may have (journal records store shard numbers as u16; a commit touches
 /// at most this many files).

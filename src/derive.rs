@@ -13,7 +13,7 @@
 //!
 //! How: the table's write transaction is opened (the writer lock excludes other writers, so the
 //! images cannot change underneath); images are read a batch at a time, bounded in bytes, and
-//! processed on the image threads, one per core (`imagefn::pool`; pure Rust: no SQLite object
+//! processed on the image threads, one per core (`images::pool`; pure Rust: no SQLite object
 //! crosses a thread); each result is written to its row through the same path as an UPDATE of
 //! that column. Any failure (a damaged image, a full disk, a panic) rolls the whole derivation
 //! back. It commits on its own, so it refuses to run inside a transaction the connection has
@@ -26,9 +26,9 @@ use rusqlite::types::Value;
 
 use crate::commit::Coordinator;
 use crate::error::{catch_panic, Error, Result};
-use crate::imagefn::encode::{self, OutputFormat};
-use crate::imagefn::pool::image_pool;
-use crate::imagefn::{decode, perceptual_hash, phash, thumbnail};
+use crate::images::encode::{self, OutputFormat};
+use crate::images::pool::image_pool;
+use crate::images::{decode, perceptual_hash, phash, thumbnail};
 use crate::shard::{NewRow, Shard};
 use crate::table::TableCore;
 

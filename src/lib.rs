@@ -12,32 +12,32 @@
 //! Modules, from SQLite's side inward:
 //! - `vtab`: the virtual table: SQLite's callbacks, the planner, the cursor, the module.
 //! - `table`: a table apart from the callbacks: its handle (shards, coordinator, open tables of a
-//!   connection) and its shard set on disk (make, open, own, leftovers, what DROP deletes).
+//!   connection), its shard set on disk (make, open, own, leftovers, what DROP deletes) and its
+//!   row-write rules.
 //! - `after_commit`: work that waits for the host's commit (deleting a dropped table's files).
 //! - `read_transaction`: one snapshot for every read of an explicit transaction.
 //! - `commit`: the commit protocol, described in full in its folder's front page: the
 //!   coordinator, the `Participant` steps it drives shards through, the locks.
 //! - `host`: the host database: whether a transaction also wrote its tables, and the decisions
 //!   that then ride on its commit.
-//! - `journal`: the coordinator's durable decision log. `redo`: a shard's changes, as a logged
-//!   commit's journal record carries them.
+//! - `journal`: the coordinator's durable decision log (`format`: its records, byte by byte).
+//! - `shard`: one shard file: schema, rows, the protocol's per-shard steps, a logged commit's
+//!   changes, checks and backup copy.
 //! - `durable`: parallel fsync of shard WAL files (and any participant's sync jobs). `files`:
 //!   the names of the files beside a table's, plain-file sync and removal.
-//! - `shard`: one shard file: schema, rows, and the protocol's per-shard steps.
 //! - `placement`: which shard holds an id. `row_ids`: ids for rows inserted without one.
-//! - `probe`: the image header probe that derives format, size and hash.
+//! - `images`: the image header probe that derives format, size and hash, and the per-image SQL
+//!   functions.
 //! - `maintenance`: the operating SQL functions (check, transactions, resolve, derive, backup).
-//! - `backup`: consistent online backup, full or incremental. `backup_folder`: a backup's layout,
-//!   manifest and verification. `restore`: a new table from a backup.
+//! - `backup`: consistent online backup, full or incremental; a backup folder's layout,
+//!   manifest and verification; restore into a new table.
 //! - `derive`: whole-table processing.
-//! - `imagefn`: the per-image SQL functions.
 //! - `table_name`: naming a table to the operating functions as SQL names it.
 //! - `sqlfn`: registering SQL functions so that their errors keep their SQLite codes.
 //! - `config`: the table's arguments. `error`: errors and their SQLite codes.
 
 pub mod after_commit;
 pub mod backup;
-pub mod backup_folder;
 pub mod commit;
 pub mod config;
 pub mod derive;
@@ -46,14 +46,11 @@ pub mod error;
 pub mod fault;
 pub mod files;
 pub mod host;
-pub mod imagefn;
+pub mod images;
 pub mod journal;
 pub mod maintenance;
 pub mod placement;
-pub mod probe;
 pub mod read_transaction;
-pub mod redo;
-pub mod restore;
 pub mod row_ids;
 pub mod shard;
 pub mod sqlfn;
@@ -69,7 +66,7 @@ pub fn register(conn: &Connection) -> rusqlite::Result<()> {
     after_commit::register(conn)?;
     read_transaction::register(conn, table::handle::transaction_ended)?;
     maintenance::register(conn)?;
-    imagefn::register(conn)?;
+    images::register(conn)?;
     sqlfn::register(
         conn,
         "imagestore_version",

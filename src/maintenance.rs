@@ -217,10 +217,10 @@ fn backup(call: &Call<'_>) -> Result<String> {
     with_table_argument(call, |core| crate::backup::backup(core, Path::new(&dest)))
 }
 
-/// `imagestore_verify(folder)`: see `backup_folder`.
+/// `imagestore_verify(folder)`: see `backup::folder`.
 fn verify(call: &Call<'_>) -> Result<String> {
     let dir = call.text(0, "give the backup folder as TEXT")?;
-    crate::backup_folder::verify_report(Path::new(&dir))
+    crate::backup::folder::verify_report(Path::new(&dir))
 }
 
 /// A function's body: its JSON result.

@@ -379,8 +379,12 @@ fn write_on(f: &Fixture, death: Option<Death>, prepared: bool) -> Run {
         .expect("open");
         c.begin_write(&mut shards).expect("begin");
         let data = png(20);
-        let info = imagestore::probe::probe(&data, 1 << 30, imagestore::probe::Verify::Structure)
-            .expect("probe");
+        let info = imagestore::images::probe::probe(
+            &data,
+            1 << 30,
+            imagestore::images::probe::Verify::Structure,
+        )
+        .expect("probe");
         let row = |id: i64, name: &str| NewRow {
             id,
             name: name.to_string().into(),

@@ -140,7 +140,7 @@ def test_non_image_and_bomb_are_errors(cur, function, bad):
         assert err.value.result == apsw.SQLITE_ERROR
 
 
-# One image of each format whose container tells truncation apart (probe.rs); the corpus has
+# One image of each format whose container tells truncation apart (src/images/probe.rs); the corpus has
 # no BMP, so Pillow writes one.
 TRUNCATABLE = {"png": "camera.png", "jpeg": "rocket.jpg", "gif": "no_time_for_that_tiny.gif",
                "webp": "wood-d.webp", "bmp": None}

@@ -21,7 +21,7 @@
 //!   commits (never a torn one), and this module syncs WAL files itself where a step needs it.
 //! - The journal (`journal`): checksummed decision records, synced. A COMMIT record says the
 //!   shards it names hold the transaction prepared; a LOGGED record carries each shard's changes
-//!   itself (`redo`). Nothing else is ever written there.
+//!   itself (`shard::changes`). Nothing else is ever written there.
 //! - Two locks (`locks`): the writer lock (one writer at a time, across processes) and the
 //!   publish lock (readers open snapshots only outside a commit's undecided window). The publish
 //!   lock's file holds the *logged-commit mark*, set while a logged commit's shards commit.

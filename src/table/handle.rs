@@ -121,6 +121,16 @@ impl TableCore {
     }
 }
 
+impl crate::backup::ConsistentRead for TableCore {
+    fn config(&self) -> &TableConfig {
+        &self.config
+    }
+
+    fn read_shards<T>(&self, body: impl FnOnce(&[Shard]) -> Result<T>) -> Result<T> {
+        self.with_snapshot(|core| body(&core.shards.borrow()))
+    }
+}
+
 /// The host transaction on connection `db` ended: every table it has open lets its
 /// transaction's snapshot go.
 pub(crate) fn transaction_ended(db: *mut ffi::sqlite3) {
@@ -240,7 +250,9 @@ pub(crate) fn open_core(
     let opened = (|| {
         // A restore checks its backup before it creates any file.
         let backup = match (create, &config.restore_from) {
-            (true, Some(dir)) => Some((dir, crate::restore::trusted_manifest(dir, &config)?)),
+            (true, Some(dir)) => {
+                Some((dir, crate::backup::restore::trusted_manifest(dir, &config)?))
+            }
             _ => None,
         };
         let (table_id, mut shards, created) = open_shards(&config, create)?;

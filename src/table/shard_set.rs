@@ -263,15 +263,15 @@ pub(crate) fn table_config(
         file: host_file.as_deref().map(Path::new),
     };
     let mut config = TableConfig::parse(table_name, args, host)?;
-    crate::restore::adopt_columns(&mut config)?;
+    crate::backup::restore::adopt_columns(&mut config)?;
     Ok(config)
 }
 
 /// Fills the shards CREATE just made from the backup in `dir`; on any error, closes them and
-/// removes the table's files again (see `restore`).
+/// removes the table's files again (see `backup::restore`).
 pub(crate) fn restore_new_table(
     dir: &Path,
-    manifest: &crate::backup_folder::Manifest,
+    manifest: &crate::backup::folder::Manifest,
     config: &TableConfig,
     shards: Vec<Shard>,
     created: bool,
@@ -282,7 +282,7 @@ pub(crate) fn restore_new_table(
             config.shard_paths[0].display()
         )));
     }
-    match crate::restore::restore(dir, manifest, config, &shards) {
+    match crate::backup::restore::restore(dir, manifest, config, &shards) {
         Ok(()) => Ok(shards),
         Err(e) => {
             drop(shards);

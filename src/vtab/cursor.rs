@@ -2,6 +2,7 @@
 //! at a time from each.
 
 use super::*;
+use crate::shard::StoredRow;
 
 /// The rows of one shard, a page at a time.
 pub(super) struct Lane {

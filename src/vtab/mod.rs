@@ -1,10 +1,11 @@
 //! The `imagestore` virtual table: SQLite's callbacks, translated to shards and the coordinator.
 //!
 //! This folder is the only code (with `lib.rs`) that knows SQLite's virtual-table interface:
-//! this file the table's callbacks and its row-write rules, `plan` the planner, `cursor` the
-//! merge cursor, `module` the registration with the version 2 callbacks. The table itself (its
-//! handle, its shard set) is `crate::table`. Every callback runs inside [`catch_panic`], so no
-//! panic crosses the FFI boundary.
+//! this file the table's callbacks (which turn SQLite's values into the row writes of
+//! `crate::table::write`), `plan` the planner, `cursor` the merge cursor, `module` the
+//! registration with the version 2 callbacks. The table itself (its handle, its shard set, its
+//! row-write rules) is `crate::table`. Every callback runs inside [`catch_panic`], so no panic
+//! crosses the FFI boundary.
 //!
 //! Columns: `id` (the rowid), `name`, `data`, the derived `format`, `width`, `height`, `bytes`,
 //! `hash`, the hidden `shard`, then the user's own columns. See `config` for the arguments.
@@ -31,12 +32,12 @@ use crate::config::TableConfig;
 use crate::error::{catch_panic, type_name, Error, Result};
 use crate::files::remove_files;
 use crate::placement::shard_of;
-use crate::probe::{probe, ProbeError};
-use crate::shard::{quote_ident, Lifecycle, NewRow, ScanFilter, StoredRow};
+use crate::shard::{quote_ident, Lifecycle, ScanFilter};
 use crate::table::handle::{
-    connected_core, open_core, open_cores, open_tables, OpenTable, TableCore, NEXT_TABLE_KEY,
+    connected_core, open_core, open_tables, OpenTable, TableCore, NEXT_TABLE_KEY,
 };
 use crate::table::shard_set::{owns, table_config, unusable_own_files};
+use crate::table::write::{describe_row, image_bytes, Host, ImageData, OnTakenId, RowUpdate};
 
 mod cursor;
 mod module;
@@ -206,149 +207,12 @@ impl ImageTable {
         }
     }
 
-    fn shard_count(&self) -> usize {
-        self.config().shard_paths.len()
-    }
-
-    fn describe_row(id: Option<i64>, name: &Value) -> String {
-        let id = id.map_or("(new)".to_string(), |i| i.to_string());
-        match name {
-            Value::Text(n) => format!("id {id} ('{n}')"),
-            _ => format!("id {id}"),
-        }
-    }
-
-    /// Validates `data` and derives the stored metadata.
-    fn derive(&self, id: i64, name: Value, data: &[u8], user: Vec<Value>) -> Result<NewRow> {
-        let config = &self.core()?.config;
-        let info = probe(data, config.max_pixels, config.verify).map_err(|e| {
-            let row = Self::describe_row(Some(id), &name);
-            match e {
-                ProbeError::NotAnImage(reason) => Error::NotAnImage { row, reason },
-                too_big => Error::TooBig {
-                    row,
-                    reason: too_big.to_string(),
-                },
-            }
-        })?;
-        Ok(NewRow {
-            id,
-            name,
-            format: info.format,
-            width: i64::from(info.width),
-            height: i64::from(info.height),
-            bytes: data.len() as i64,
-            hash: info.hash,
-            user,
-        })
-    }
-
-    /// Opens the write transaction if SQLite has not (it calls xBegin first, normally; not for
-    /// a table created in the same transaction).
-    fn ensure_writing(&self) -> Result<()> {
-        if !self.core()?.coordinator.borrow().is_writing() {
-            self.begin_write()?;
-        }
-        Ok(())
-    }
-
-    /// Step 1 of the protocol, noting the host connection's state then (`host::HostAtBegin`).
-    fn begin_write(&self) -> Result<()> {
-        let core = self.core()?;
-        *core.host_at_begin.borrow_mut() = crate::host::HostAtBegin::read(&self.host, &self.schema);
-        core.coordinator
-            .borrow_mut()
-            .begin_write(&mut core.shards.borrow_mut())
-    }
-
-    /// Whether another imagestore table of this connection is written in the same transaction:
-    /// then every one of them rides on the host's commit, their one commit point.
-    fn other_table_writing(&self) -> bool {
-        let Ok(me) = self.core().map(Rc::as_ptr) else {
-            return false;
-        };
-        open_cores(self.db)
-            .into_iter()
-            .filter(|&core| core != me)
-            // SAFETY: see `OpenTable`: a call on connection `db`, the table connected.
-            .any(|core| {
-                unsafe { &*core }
-                    .coordinator
-                    .try_borrow()
-                    .is_ok_and(|c| c.is_writing())
-            })
-    }
-
-    /// Where this transaction's decision rides, if it also wrote the host's own tables (or
-    /// another imagestore table) and the host is a database file (a `:memory:` or temp
-    /// database cannot make a decision durable).
-    fn host_decider(&self) -> Result<Option<crate::host::HostDecisions>> {
-        let core = self.core()?;
-        let Some(file) = crate::host::host_filename(self.db, &self.schema) else {
-            return Ok(None);
-        };
-        let rides = !self.schema.eq_ignore_ascii_case("temp")
-            && (self.other_table_writing()
-                || crate::host::also_wrote(self.db, &self.schema, &core.host_at_begin.borrow()));
-        if !rides {
-            return Ok(None);
-        }
-        Ok(Some(crate::host::HostDecisions::new(
-            self.db,
-            &self.schema,
-            &file,
-            core.coordinator.borrow().table_id(),
-        )))
-    }
-
-    fn write_shard(&self, shard: usize) -> Result<u64> {
-        self.ensure_writing()?;
-        self.core()?.coordinator.borrow_mut().record_write(shard)
-    }
-
-    fn get_row(&self, id: i64) -> Result<Option<StoredRow>> {
-        self.core()?.shards.borrow()[shard_of(id, self.shard_count())].get(id)
-    }
-
-    fn insert_row(&self, row: &NewRow, data: &[u8]) -> Result<()> {
-        let index = shard_of(row.id, self.shard_count());
-        let txid = self.write_shard(index)?;
-        if self.get_row(row.id)?.is_some() {
-            if self.on_conflict() != ffi::SQLITE_REPLACE {
-                return Err(self.duplicate_id(row.id));
-            }
-            self.delete_row(row.id)?;
-        }
-        let core = self.core()?;
-        core.row_ids.borrow_mut().inserted(row.id);
-        core.shards.borrow()[index].insert(txid, row, data)
-    }
-
-    /// The conflict clause of the statement running this xUpdate (`SQLITE_REPLACE`, ...).
-    fn on_conflict(&self) -> c_int {
-        // SAFETY: self.db is the connection that is running this xUpdate.
-        unsafe { ffi::sqlite3_vtab_on_conflict(self.db) }
-    }
-
-    fn duplicate_id(&self, id: i64) -> Error {
-        Error::DuplicateId {
-            table: self.config().table_name.clone(),
-            id,
-        }
-    }
-
-    fn delete_row(&self, id: i64) -> Result<()> {
-        let index = shard_of(id, self.shard_count());
-        let txid = self.write_shard(index)?;
-        let core = self.core()?;
-        let shards = core.shards.borrow();
-        match shards[index].get(id)? {
-            Some(current) => {
-                shards[index].delete(txid, &current)?;
-                core.row_ids.borrow_mut().deleted(id);
-                Ok(())
-            }
-            None => Ok(()),
+    /// The connection and database this table's writes run on.
+    fn host(&self) -> Host<'_> {
+        Host {
+            db: self.db,
+            conn: &self.host,
+            schema: &self.schema,
         }
     }
 
@@ -399,16 +263,11 @@ fn name_value(value: ValueRef<'_>) -> Result<Value> {
     }
 }
 
-fn image_bytes<'a>(value: ValueRef<'a>, row: &str) -> Result<&'a [u8]> {
+/// The value given for `data`, as the row-write rules take it.
+fn image_data(value: ValueRef<'_>) -> ImageData<'_> {
     match value {
         ValueRef::Blob(b) => Ok(b),
-        ValueRef::Null => Err(Error::WrongType(format!(
-            "row {row}: data is not an image but NULL; every row holds an image"
-        ))),
-        other => Err(Error::WrongType(format!(
-            "row {row}: data is not an image but {}; store the image file's bytes as a BLOB",
-            type_name(other)
-        ))),
+        other => Err(type_name(other)),
     }
 }
 
@@ -524,7 +383,7 @@ impl ImageTable {
 impl UpdateVTab<'_> for ImageTable {
     fn delete(&mut self, arg: ValueRef<'_>) -> rusqlite::Result<()> {
         Ok(catch_panic(|| match integer_id(arg, "id")? {
-            Some(id) => self.delete_row(id),
+            Some(id) => self.core()?.delete_row(&self.host(), id),
             None => Ok(()),
         })?)
     }
@@ -540,6 +399,7 @@ impl UpdateVTab<'_> for ImageTable {
                 }
             }
             let name = name_value(values[COL_NAME as usize])?;
+            let core = self.core()?;
             let id = match (column_id, rowid) {
                 (Some(a), Some(b)) if a != b => {
                     return Err(Error::BadArgument(format!(
@@ -547,19 +407,12 @@ impl UpdateVTab<'_> for ImageTable {
                     )))
                 }
                 (Some(id), _) | (None, Some(id)) => id,
-                (None, None) => {
-                    self.ensure_writing()?;
-                    let core = self.core()?;
-                    let shards = core.shards.borrow();
-                    core.row_ids.borrow_mut().assign(&shards)?
-                }
+                (None, None) => core.assign_id(&self.host())?,
             };
-            let data = image_bytes(
-                values[COL_DATA as usize],
-                &Self::describe_row(Some(id), &name),
-            )?;
-            let row = self.derive(id, name, data, self.user_values(&values)?)?;
-            self.insert_row(&row, data)?;
+            let data = image_data(values[COL_DATA as usize]);
+            let data = image_bytes(data, &describe_row(Some(id), &name))?;
+            let row = core.new_row(id, name, data, self.user_values(&values)?)?;
+            core.insert_row(&self.host(), &row, data, OnTakenId::of_statement(self.db))?;
             Ok(id)
         })?)
     }
@@ -582,86 +435,39 @@ impl UpdateVTab<'_> for ImageTable {
                 integer_id(all[1], "rowid")?
             }
             .ok_or_else(|| Error::WrongType("id cannot be set to NULL".into()))?;
-            let Some(current) = self.get_row(old_id)? else {
-                return Ok(());
+            let name = match changed(COL_NAME) {
+                true => Some(name_value(values[COL_NAME as usize])?),
+                false => None,
             };
-            let name = if changed(COL_NAME) {
-                name_value(values[COL_NAME as usize])?
-            } else {
-                current.name.clone()
-            };
-            let user: Vec<Value> = (0..self.core()?.config.user_columns.len())
+            let data = changed(COL_DATA).then(|| image_data(values[COL_DATA as usize]));
+            let core = self.core()?;
+            let user = (0..core.config.user_columns.len())
                 .map(|i| {
                     let col = COL_USER_FIRST + i as c_int;
-                    if changed(col) {
-                        owned(values[col as usize])
-                    } else {
-                        Ok(current.user[i].clone())
-                    }
+                    changed(col)
+                        .then(|| owned(values[col as usize]))
+                        .transpose()
                 })
                 .collect::<Result<_>>()?;
-            let new_data = if changed(COL_DATA) {
-                Some(image_bytes(
-                    values[COL_DATA as usize],
-                    &Self::describe_row(Some(new_id), &name),
-                )?)
-            } else {
-                None
+            let update = RowUpdate {
+                old_id,
+                new_id,
+                name,
+                data,
+                user,
             };
-            let row = match new_data {
-                Some(data) => self.derive(new_id, name, data, user)?,
-                None => NewRow {
-                    id: new_id,
-                    name,
-                    format: current.format.clone(),
-                    width: current.width,
-                    height: current.height,
-                    bytes: current.bytes,
-                    hash: current.hash.clone(),
-                    user,
-                },
-            };
-            if new_id == old_id {
-                let index = shard_of(old_id, self.shard_count());
-                let txid = self.write_shard(index)?;
-                return self.core()?.shards.borrow()[index].update(txid, &current, &row, new_data);
-            }
-            // A new id may live on another shard: move the row (its blob is copied). A taken id
-            // is refused before anything is deleted: under OR IGNORE and OR FAIL SQLite keeps
-            // whatever this call changed before it failed.
-            if self.get_row(new_id)?.is_some() && self.on_conflict() != ffi::SQLITE_REPLACE {
-                return Err(self.duplicate_id(new_id));
-            }
-            let data = match new_data {
-                Some(d) => d.to_vec(),
-                None => self.core()?.shards.borrow()[shard_of(old_id, self.shard_count())]
-                    .read_blob(current.blob_id)?,
-            };
-            // insert_row replaces the taken id under OR REPLACE.
-            self.delete_row(old_id)?;
-            self.insert_row(&row, &data)
+            core.update_row(&self.host(), update, OnTakenId::of_statement(self.db))
         })?)
     }
 }
 
 impl TransactionVTab<'_> for ImageTable {
     fn begin(&mut self) -> rusqlite::Result<()> {
-        Ok(catch_panic(|| self.begin_write())?)
+        Ok(catch_panic(|| self.core()?.begin_write(&self.host()))?)
     }
 
     fn sync(&mut self) -> rusqlite::Result<()> {
-        Ok(catch_panic(|| {
-            let core = self.core()?;
-            let host = if core.coordinator.borrow().is_writing() {
-                self.host_decider()?
-            } else {
-                None
-            };
-            core.coordinator.borrow_mut().sync(
-                &mut core.shards.borrow_mut(),
-                host.as_ref().map(|h| h as &dyn crate::commit::HostDecider),
-            )
-        })?)
+        Ok(catch_panic(|| self.core()?.decide(&self.host()))?)
     }
 
     fn commit(&mut self) -> rusqlite::Result<()> {

@@ -1,7 +1,7 @@
 //! Any bytes into the image probe, at every verify level: an error or an answer, never a panic,
 //! and never an answer beyond the pixel limit.
 #![no_main]
-use imagestore::probe::{probe, Verify};
+use imagestore::images::probe::{probe, Verify};
 use libfuzzer_sys::fuzz_target;
 
 const MAX_PIXELS: u64 = 1 << 22;
