@@ -57,9 +57,7 @@ pub fn queue(db: &Connection, action: Action) -> Result<()> {
     );
     if let Err(e) = inserted {
         take(token);
-        return Err(Error::Internal(format!(
-            "queueing work after the commit: {e}"
-        )));
+        return Err(Error::host("queueing work after the commit")(e));
     }
     Ok(())
 }

@@ -126,9 +126,10 @@ fn compute(operation: Operation, images: &[Job], pool: &ThreadPool) -> Result<Ve
             };
             let (_, id, data) = &images[i];
             crate::fault::check("derive_row")?;
-            let value = operation
-                .apply(data)
-                .map_err(|e| Error::BadArgument(format!("row {id}: {e}")))?;
+            let value = operation.apply(data).map_err(|e| Error::InRow {
+                row: *id,
+                source: Box::new(e),
+            })?;
             out.push((i, value));
             rayon::yield_now();
         }
@@ -178,8 +179,8 @@ pub fn derive(core: &TableCore, column: &str, operation: Operation) -> Result<Su
     let pool = image_pool()?;
     let mut coordinator = core.coordinator.borrow_mut();
     if coordinator.is_writing() {
-        return Err(Error::BadArgument(
-            "imagestore_derive commits on its own: run it outside BEGIN ... COMMIT".into(),
+        return Err(Error::InTransaction(
+            "imagestore_derive commits on its own".into(),
         ));
     }
     let mut shards = core.shards.borrow_mut();

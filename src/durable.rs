@@ -39,7 +39,7 @@ pub fn sync_wal(db: &Path) -> Result<()> {
     }
     static KNOWN_WALS: Mutex<Vec<(PathBuf, u64)>> = Mutex::new(Vec::new());
     let wal = wal_path(db);
-    let io = |e| Error::journal_io(&wal)(e);
+    let io = |e| Error::file_io(&wal)(e);
     let file = match std::fs::File::open(&wal) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),

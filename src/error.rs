@@ -16,25 +16,51 @@ const EFBIG: i32 = 27;
 /// Everything that can go wrong in the table, the coordinator, the journal or a shard.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A CREATE VIRTUAL TABLE argument is wrong (SQLITE_ERROR).
+    /// A wrong argument: to CREATE VIRTUAL TABLE, to a statement (an id and a rowid that
+    /// disagree), or to an SQL function (SQLITE_ERROR).
     #[error("imagestore: {0}")]
     BadArgument(String),
+
+    /// Something that commits on its own, or cannot be rolled back, was asked for inside an
+    /// open transaction (SQLITE_ERROR, as SQLite answers a VACUUM there).
+    #[error("imagestore: {0}: run it outside BEGIN ... COMMIT")]
+    InTransaction(String),
+
+    /// A write in a transaction whose decision is made and waits for SQLite's own commit,
+    /// which failed (SQLITE_ERROR).
+    #[error("imagestore: this transaction is decided and waits for SQLite's own commit, which returned SQLITE_BUSY: retry COMMIT, or ROLLBACK; nothing more can be written in it")]
+    Decided,
+
+    /// No id is left for a row inserted without one (SQLITE_FULL, as SQLite answers when no
+    /// rowid is free).
+    #[error("imagestore: no free id: the largest id is {} and {tries} random ids were all taken; give the row an id", i64::MAX)]
+    NoFreeId { tries: u64 },
 
     /// A value written to the table is of the wrong kind (SQLITE_MISMATCH).
     #[error("imagestore: {0}")]
     WrongType(String),
 
-    /// `data` is not an image the table can store (SQLITE_ERROR).
-    #[error("imagestore: row {row}: data is not an image: {reason}")]
-    NotAnImage { row: String, reason: String },
+    /// `data` is not an image (SQLITE_ERROR): a row's (`at` names it), or an image function's
+    /// argument (`at` names the function).
+    #[error("imagestore: {}data is not an image: {reason}", at.as_ref().map_or(String::new(), |at| format!("{at}: ")))]
+    NotAnImage { at: Option<String>, reason: String },
 
     /// An image is larger than the table's limits (SQLITE_TOOBIG).
     #[error("imagestore: row {row}: {reason}")]
     TooBig { row: String, reason: String },
 
-    /// An image a function was given is larger than it processes (SQLITE_TOOBIG).
+    /// An image a function was given, or would make, is larger than it processes
+    /// (SQLITE_TOOBIG).
     #[error("imagestore: {0}")]
     ImageTooBig(String),
+
+    /// An image function could not encode its result (SQLITE_ERROR).
+    #[error("imagestore: {0}")]
+    CannotEncode(String),
+
+    /// Whole-table processing failed on one row; the code is the cause's.
+    #[error("imagestore: row {row}: {}", without_prefix(source))]
+    InRow { row: i64, source: Box<Error> },
 
     /// A write to a column the table computes itself (SQLITE_CONSTRAINT).
     #[error(
@@ -66,6 +92,15 @@ pub enum Error {
     /// A shard file exists but is not this table's shard (SQLITE_CORRUPT_VTAB).
     #[error("imagestore: {path}: {detail}")]
     ShardForeign { path: PathBuf, detail: String },
+
+    /// SQLite reported an error on the host database (the one holding the table's schema), for
+    /// `what` imagestore asked of it; its code is kept.
+    #[error("imagestore: {what}: {source}")]
+    Host {
+        what: String,
+        #[source]
+        source: rusqlite::Error,
+    },
 
     /// SQLite reported an error on a shard file; its code is kept.
     #[error("imagestore: shard {path}: {source}")]
@@ -118,9 +153,15 @@ pub enum Error {
     #[error("imagestore: table {0} changed since this transaction first read it (another connection committed); roll back and retry the transaction")]
     SnapshotStale(String),
 
-    /// An earlier I/O failure left this connection unsure of the files' state (SQLITE_IOERR).
-    #[error("imagestore: an earlier I/O error left table {0} in an unknown state; close and reopen the database to run recovery")]
-    Poisoned(String),
+    /// An earlier failure to write or undo a decision (`cause`, its message) left this
+    /// connection unsure of the files' state (SQLITE_IOERR; SQLITE_FULL when the cause was a
+    /// full disk).
+    #[error("imagestore: an earlier error left table {table} in an unknown state ({cause}); close and reopen the database to run recovery")]
+    Poisoned {
+        table: String,
+        cause: String,
+        full: bool,
+    },
 
     /// Recovery of an interrupted commit is pending and could not run (say for a full disk):
     /// the table can be neither read nor written until it has; the code is the cause's.
@@ -133,6 +174,23 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Whether this is a full disk (or a file at its size limit).
+    pub fn is_full(&self) -> bool {
+        self.sqlite_code() & 0xff == ffi::SQLITE_FULL
+    }
+}
+
+/// An error's message without the `imagestore: ` every message starts with, to be put inside
+/// another's.
+fn without_prefix(error: &Error) -> String {
+    let message = error.to_string();
+    match message.strip_prefix("imagestore: ") {
+        Some(rest) => rest.to_string(),
+        None => message,
+    }
+}
 
 /// What a busy error tells the user to do: a lock that was waited for may be waited for longer;
 /// one not waited for (0 ms: waiting could deadlock) is to be retried.
@@ -148,7 +206,12 @@ impl Error {
     /// The (extended) SQLite result code this error is reported with.
     pub fn sqlite_code(&self) -> c_int {
         match self {
-            Error::BadArgument(_) | Error::NotAnImage { .. } => ffi::SQLITE_ERROR,
+            Error::BadArgument(_)
+            | Error::InTransaction(_)
+            | Error::Decided
+            | Error::NotAnImage { .. }
+            | Error::CannotEncode(_) => ffi::SQLITE_ERROR,
+            Error::NoFreeId { .. } => ffi::SQLITE_FULL,
             Error::WrongType(_) => ffi::SQLITE_MISMATCH,
             Error::TooBig { .. } | Error::ImageTooBig(_) => ffi::SQLITE_TOOBIG,
             Error::DerivedColumn(_) => ffi::SQLITE_CONSTRAINT,
@@ -157,18 +220,23 @@ impl Error {
             Error::ShardForeign { .. } | Error::JournalCorrupt { .. } | Error::InDoubt(_) => {
                 ffi::SQLITE_CORRUPT_VTAB
             }
-            Error::Shard { source, .. } => match source.sqlite_error() {
-                Some(e) => e.extended_code,
-                None => ffi::SQLITE_ERROR,
-            },
-            Error::Poisoned(_) => ffi::SQLITE_IOERR,
+            Error::Shard { source, .. } | Error::Host { source, .. } => {
+                match source.sqlite_error() {
+                    Some(e) => e.extended_code,
+                    None => ffi::SQLITE_ERROR,
+                }
+            }
             Error::JournalIo { source, .. } | Error::FileIo { source, .. } => {
                 match source.raw_os_error() {
                     Some(ENOSPC | EFBIG) => ffi::SQLITE_FULL,
                     _ => ffi::SQLITE_IOERR,
                 }
             }
-            Error::RecoveryPending { source, .. } => source.sqlite_code(),
+            Error::RecoveryPending { source, .. } | Error::InRow { source, .. } => {
+                source.sqlite_code()
+            }
+            Error::Poisoned { full: true, .. } => ffi::SQLITE_FULL,
+            Error::Poisoned { full: false, .. } => ffi::SQLITE_IOERR,
             Error::BadBackup { .. } | Error::LostCommits { .. } => ffi::SQLITE_CORRUPT_VTAB,
             Error::Unusable { code, .. } => *code,
             Error::Busy { .. } => ffi::SQLITE_BUSY,
@@ -191,6 +259,12 @@ impl Error {
             path: path.to_path_buf(),
             source,
         }
+    }
+
+    /// Wraps an error SQLite reported on the host database, doing `what`.
+    pub fn host(what: impl Into<String>) -> impl FnOnce(rusqlite::Error) -> Error {
+        let what = what.into();
+        move |source| Error::Host { what, source }
     }
 
     /// Wraps an I/O error on the journal at `path`.

@@ -22,7 +22,7 @@
 
 use std::ffi::{c_int, c_void, CStr, CString};
 
-use rusqlite::{ffi, params, Connection, OpenFlags, OptionalExtension};
+use rusqlite::{ffi, params, Connection, ErrorCode, OpenFlags, OptionalExtension};
 
 use crate::commit::HostDecider;
 use crate::error::{Error, Result};
@@ -207,9 +207,7 @@ impl HostDecisions {
 }
 
 fn recording(e: rusqlite::Error) -> Error {
-    Error::BadArgument(format!(
-        "recording the commit decision in the host database: {e}"
-    ))
+    Error::host("recording the commit decision in the host database")(e)
 }
 
 /// Whether host database `path` committed the decision for `txid` of table `table_id`: the
@@ -221,17 +219,26 @@ pub fn lookup(path: &str, table_id: &TableId, txid: u64) -> Result<bool> {
              its outcome cannot be known without it. Restore that database, or decide with imagestore_resolve"
         ))
     };
+    // Gone, or no longer a database: the decision cannot be known. Busy, or a full disk while
+    // a hot journal is rolled back: an error like any other, and recovery runs again later.
+    let unreadable = |e: rusqlite::Error| match e.sqlite_error_code() {
+        Some(ErrorCode::CannotOpen | ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => {
+            in_doubt(format!("cannot be read ({e})"))
+        }
+        _ => Error::host(format!(
+            "reading the decision of transaction {txid} in database {path}"
+        ))(e),
+    };
     // Opened read-write, never created: SQLite rolls back a hot journal a crash left there.
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn = Connection::open_with_flags(path, flags)
-        .map_err(|e| in_doubt(format!("cannot be opened ({e})")))?;
+    let conn = Connection::open_with_flags(path, flags).map_err(unreadable)?;
     let has_table: bool = conn
         .query_row(
             "SELECT count(*) FROM sqlite_schema WHERE name = ?1",
             [DECISIONS],
             |r| r.get::<_, c_int>(0),
         )
-        .map_err(|e| in_doubt(format!("cannot be read ({e})")))?
+        .map_err(unreadable)?
         > 0;
     if !has_table {
         // The first transaction that rode on this database made the table in its own
@@ -243,7 +250,7 @@ pub fn lookup(path: &str, table_id: &TableId, txid: u64) -> Result<bool> {
                 [],
                 |r| r.get::<_, c_int>(0),
             )
-            .map_err(|e| in_doubt(format!("cannot be read ({e})")))?
+            .map_err(unreadable)?
             > 0;
         if !holds_imagestore {
             return Err(in_doubt("holds no imagestore table any more".into()));
@@ -257,7 +264,7 @@ pub fn lookup(path: &str, table_id: &TableId, txid: u64) -> Result<bool> {
     )
     .optional()
     .map(|found| found.is_some())
-    .map_err(|e| in_doubt(format!("cannot be read ({e})")))
+    .map_err(unreadable)
 }
 
 fn internal(e: rusqlite::Error) -> Error {

@@ -134,7 +134,7 @@ pub(crate) fn with_table_argument<T>(
         quote(&table.schema),
         quote(&table.table)
     ))
-    .map_err(|e| Error::BadArgument(format!("{}.{}: {e}", table.schema, table.table)))?;
+    .map_err(Error::host(format!("{}.{}", table.schema, table.table)))?;
     with_open_table(call.handle(), &table.schema, &table.table, body)
 }
 

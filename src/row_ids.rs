@@ -73,8 +73,5 @@ fn random_unused_id(shards: &[Shard]) -> Result<i64> {
             return Ok(id);
         }
     }
-    Err(Error::BadArgument(format!(
-        "no free id: the largest id is {} and {TRIES} random ids were all taken; give the row an id",
-        i64::MAX
-    )))
+    Err(Error::NoFreeId { tries: TRIES })
 }

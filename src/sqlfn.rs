@@ -50,8 +50,8 @@ impl Call<'_> {
     /// or copies only what is committed (`what` names it in the message).
     pub fn outside_transaction(&self, what: &str) -> Result<()> {
         if in_transaction(self.db) {
-            return Err(Error::BadArgument(format!(
-                "{what} commits on its own and sees only what is committed: run it outside BEGIN ... COMMIT"
+            return Err(Error::InTransaction(format!(
+                "{what} commits on its own and sees only what is committed"
             )));
         }
         Ok(())

@@ -66,7 +66,7 @@ fn schemas_in_lookup_order(db: &Connection) -> Result<Vec<String>> {
             stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<rusqlite::Result<_>>()
         })
-        .map_err(|e| Error::Internal(format!("listing the databases: {e}")))?;
+        .map_err(Error::host("listing the databases"))?;
     // `temp` exists for every connection, listed or not (it is made at its first use).
     if !listed
         .iter()
@@ -103,7 +103,7 @@ fn find_in(db: &Connection, schema: &str, table: &str) -> Result<Option<TableNam
         },
     )
     .optional()
-    .map_err(|e| Error::Internal(format!("looking up {schema}.{table}: {e}")))
+    .map_err(Error::host(format!("looking up {schema}.{table}")))
 }
 
 /// `name` quoted as an SQL identifier.

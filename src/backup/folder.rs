@@ -154,11 +154,14 @@ fn untrusted(dir: &Path, detail: impl Into<String>) -> Error {
 
 /// Reads and parses the manifest of the backup in `dir`.
 pub fn read_manifest(dir: &Path) -> Result<Manifest> {
-    let text = fs::read_to_string(dir.join(MANIFEST)).map_err(|_| {
-        untrusted(
+    let path = dir.join(MANIFEST);
+    let text = fs::read_to_string(&path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => untrusted(
             dir,
             format!("it holds no {MANIFEST}: it is not a backup, or one that was interrupted"),
-        )
+        ),
+        std::io::ErrorKind::InvalidData => untrusted(dir, format!("{MANIFEST} is damaged ({e})")),
+        _ => Error::file_io(&path)(e),
     })?;
     let mut manifest: Manifest = serde_json::from_str(&text)
         .map_err(|e| untrusted(dir, format!("{MANIFEST} is damaged ({e})")))?;

@@ -283,10 +283,13 @@ fn lock_folder(dest: &Path) -> Result<File> {
     let folder = File::open(dest).map_err(Error::file_io(dest))?;
     match folder.try_lock() {
         Ok(()) => Ok(folder),
-        Err(std::fs::TryLockError::WouldBlock) => Err(Error::BadArgument(format!(
-            "another backup is writing into {}: wait for it to finish",
-            dest.display()
-        ))),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Busy {
+            what: format!(
+                "backup folder {} (another backup is writing into it)",
+                dest.display()
+            ),
+            timeout_ms: 0,
+        }),
         Err(std::fs::TryLockError::Error(e)) => Err(Error::file_io(dest)(e)),
     }
 }

@@ -88,7 +88,9 @@ pub struct Coordinator {
     writer_lock: LockFile,
     publish_lock: LockFile,
     activity: Activity,
-    poisoned: bool,
+    /// Set when a decision could not be written or undone: the message and whether the disk
+    /// was full (see [`Error::Poisoned`]). Only reopening (recovery) clears it.
+    poisoned: Option<(String, bool)>,
     table_id: TableId,
     host_lookup: HostLookup,
 }
@@ -147,7 +149,7 @@ impl Coordinator {
             writer_lock,
             publish_lock,
             activity: Activity::Idle,
-            poisoned: false,
+            poisoned: None,
             table_id,
             host_lookup,
         };
@@ -160,10 +162,23 @@ impl Coordinator {
     }
 
     fn check_not_poisoned(&self) -> Result<()> {
-        if self.poisoned {
-            return Err(Error::Poisoned(self.table_name.clone()));
+        match &self.poisoned {
+            Some((cause, full)) => Err(Error::Poisoned {
+                table: self.table_name.clone(),
+                cause: cause.clone(),
+                full: *full,
+            }),
+            None => Ok(()),
         }
-        Ok(())
+    }
+
+    /// Poisons the table with `cause` (see `poisoned`), keeping the first cause.
+    fn poison(&mut self, cause: &Error) {
+        if self.poisoned.is_none() {
+            let message = cause.to_string();
+            let message = message.strip_prefix("imagestore: ").unwrap_or(&message);
+            self.poisoned = Some((message.to_string(), cause.is_full()));
+        }
     }
 
     // ---- recovery -----------------------------------------------------------------------
@@ -541,11 +556,7 @@ impl Coordinator {
     fn write_txn(&mut self) -> Result<&mut WriteTxn> {
         match &mut self.activity {
             Activity::Writing(txn) if txn.decided.is_none() => Ok(txn),
-            Activity::Writing(_) => Err(Error::BadArgument(
-                "this transaction is decided and waits for SQLite's own commit, which returned SQLITE_BUSY: \
-                 retry COMMIT, or ROLLBACK; nothing more can be written in it"
-                    .into(),
-            )),
+            Activity::Writing(_) => Err(Error::Decided),
             _ => Err(Error::Internal(
                 "a write outside a write transaction".into(),
             )),
@@ -752,7 +763,7 @@ impl Coordinator {
             // Nothing is committed on a shard; if the decision is unknown (poisoned), the mark
             // stays and recovery reads it from the journal.
             self.abort_everywhere(shards, txid, &[]);
-            if !self.poisoned {
+            if self.poisoned.is_none() {
                 let _ = publish.set_mark(0);
             }
             return Err(e);
@@ -786,7 +797,9 @@ impl Coordinator {
     fn decide(&mut self, record: &Record) -> Result<()> {
         self.journal.refresh()?;
         self.journal.append(record).map_err(|(e, poisoned)| {
-            self.poisoned = poisoned;
+            if poisoned {
+                self.poison(&e);
+            }
             e
         })
     }
@@ -841,7 +854,7 @@ impl Coordinator {
             None => self.decide(&Record::commit(txid, names, None)),
         };
         if let Err(e) = decided {
-            if !self.poisoned {
+            if self.poisoned.is_none() {
                 self.abort_everywhere(shards, txid, &prepared);
             }
             return Err(e);
@@ -861,8 +874,10 @@ impl Coordinator {
     ) {
         for (i, shard) in shards.iter_mut().enumerate() {
             let _ = shard.end();
-            if prepared.contains(&i) && shard.abort_prepared(txid).is_err() {
-                self.poisoned = true;
+            if prepared.contains(&i) {
+                if let Err(e) = shard.abort_prepared(txid) {
+                    self.poison(&e);
+                }
             }
         }
     }
@@ -915,16 +930,20 @@ impl Coordinator {
             return;
         };
         // A hosted decision needs no record: the host's decision row rolled back with it.
-        if txn.decided != Some(Decided::Hosted) && self.decide(&Record::abort(txn.txid)).is_err() {
-            self.poisoned = true;
-            self.activity = Activity::Writing(txn);
-            return self.commit(shards);
+        if txn.decided != Some(Decided::Hosted) {
+            if let Err(e) = self.decide(&Record::abort(txn.txid)) {
+                self.poison(&e);
+                self.activity = Activity::Writing(txn);
+                return self.commit(shards);
+            }
         }
         // No reader may see the undo half done; a shard left prepared is aborted by recovery.
-        let Ok(mut publish) = self.publish_lock.publishing(self.busy_timeout_ms) else {
-            end_all(shards);
-            self.poisoned = true;
-            return;
+        let mut publish = match self.publish_lock.publishing(self.busy_timeout_ms) {
+            Ok(publish) => publish,
+            Err(e) => {
+                end_all(shards);
+                return self.poison(&e);
+            }
         };
         match txn.decided {
             // The shards never committed it: rolling back their SQLite transactions undoes it.
@@ -1006,12 +1025,17 @@ pub fn resolve_in_doubt<P: Participant>(
         }
         other => other?,
     };
+    // Only a decision that cannot be known is the person's to make: a host database that
+    // cannot be read for now (busy, a full disk) is an error, not a reason to guess.
     let undecidable = |txid: u64, host: Option<&str>| match (&journal, host) {
-        (None, _) => true,
-        (Some(journal), Some(host)) => {
-            !journal.is_committed(txid) && host_lookup(host, &table_id, txid).is_err()
-        }
-        (Some(_), None) => false,
+        (None, _) => Ok(true),
+        (Some(journal), Some(_)) if journal.is_committed(txid) => Ok(false),
+        (Some(_), Some(host)) => match host_lookup(host, &table_id, txid) {
+            Ok(_) => Ok(false),
+            Err(Error::InDoubt(_)) => Ok(true),
+            Err(e) => Err(e),
+        },
+        (Some(_), None) => Ok(false),
     };
     let publish_lock = LockFile::open(&config.publish_lock_path)?;
     let mut publish = publish_lock.publishing(config.busy_timeout_ms)?;
@@ -1022,7 +1046,7 @@ pub fn resolve_in_doubt<P: Participant>(
             decided_by: host,
         } in shard.prepared()?
         {
-            if !undecidable(txid, host.as_deref()) {
+            if !undecidable(txid, host.as_deref())? {
                 continue;
             }
             match resolution {

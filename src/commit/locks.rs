@@ -137,7 +137,7 @@ impl LockFile {
             .create(true)
             .truncate(false)
             .open(path)
-            .map_err(Error::journal_io(path))?;
+            .map_err(Error::file_io(path))?;
         refuse_link(path, &file)?;
         Ok(LockFile {
             file: Arc::new(file),
@@ -174,7 +174,7 @@ impl LockFile {
         let mut bytes = [0u8; STATE_BYTES];
         self.file
             .read_at(&mut bytes, 0)
-            .map_err(Error::journal_io(&self.path))?;
+            .map_err(Error::file_io(&self.path))?;
         Ok(PublishState {
             mark: u64_at(&bytes, MARK_AT),
             publication: u64_at(&bytes, PUBLICATION_AT),
@@ -192,7 +192,7 @@ impl LockFile {
         bytes[PUBLICATION_AT..PUBLICATION_AT + 8].copy_from_slice(&state.publication.to_le_bytes());
         self.file
             .write_all_at(&bytes, 0)
-            .map_err(Error::journal_io(&self.path))
+            .map_err(Error::file_io(&self.path))
     }
 
     fn acquire(
@@ -209,7 +209,7 @@ impl LockFile {
                         file: Arc::clone(&self.file),
                     })
                 }
-                Err(TryLockError::Error(e)) => return Err(Error::journal_io(&self.path)(e)),
+                Err(TryLockError::Error(e)) => return Err(Error::file_io(&self.path)(e)),
                 Err(TryLockError::WouldBlock) if Instant::now() >= deadline => break,
                 Err(TryLockError::WouldBlock) => std::thread::sleep(backoff(attempt)),
             }
@@ -225,8 +225,8 @@ impl LockFile {
 /// into whatever file the link names.
 fn refuse_link(path: &Path, file: &File) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
-    let named = std::fs::symlink_metadata(path).map_err(Error::journal_io(path))?;
-    let opened = file.metadata().map_err(Error::journal_io(path))?;
+    let named = std::fs::symlink_metadata(path).map_err(Error::file_io(path))?;
+    let opened = file.metadata().map_err(Error::file_io(path))?;
     if named.file_type().is_symlink() || (named.dev(), named.ino()) != (opened.dev(), opened.ino())
     {
         return Err(Error::BadArgument(format!(

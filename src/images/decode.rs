@@ -47,7 +47,10 @@ pub struct Header {
 }
 
 fn not_an_image(reason: impl std::fmt::Display) -> Error {
-    Error::BadArgument(format!("data is not an image: {reason}"))
+    Error::NotAnImage {
+        at: None,
+        reason: reason.to_string(),
+    }
 }
 
 fn limits() -> Limits {

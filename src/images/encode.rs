@@ -78,7 +78,10 @@ pub fn quality(value: i64) -> Result<u8> {
 }
 
 fn encode_error(format: OutputFormat) -> impl Fn(image::ImageError) -> Error {
-    move |e| Error::Internal(format!("encoding {format:?}: {e}"))
+    move |e| match e {
+        image::ImageError::Limits(_) => Error::ImageTooBig(format!("encoding {format:?}: {e}")),
+        e => Error::CannotEncode(format!("encoding {format:?}: {e}")),
+    }
 }
 
 /// JPEG with `jpeg-encoder` (AVX2 colour conversion and DCT where the CPU has it): 8-bit gray or
@@ -87,7 +90,7 @@ fn encode_error(format: OutputFormat) -> impl Fn(image::ImageError) -> Error {
 fn encode_jpeg(image: DynamicImage, quality: u8) -> Result<Vec<u8>> {
     let (width, height) = (image.width(), image.height());
     let too_large = || {
-        Error::BadArgument(format!(
+        Error::ImageTooBig(format!(
             "a {width}x{height} image is too large for JPEG (at most 65535 pixels a side)"
         ))
     };
@@ -107,7 +110,7 @@ fn encode_jpeg(image: DynamicImage, quality: u8) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     jpeg_encoder::Encoder::new(&mut out, quality)
         .encode(&pixels, w, h, color)
-        .map_err(|e| Error::Internal(format!("encoding Jpeg: {e}")))?;
+        .map_err(|e| Error::CannotEncode(format!("encoding Jpeg: {e}")))?;
     Ok(out)
 }
 

@@ -362,6 +362,11 @@ fn named(function: &str, error: Error) -> Error {
         Error::WrongType(m) => Error::WrongType(format!("{function}: {m}")),
         Error::Internal(m) => Error::Internal(format!("{function}: {m}")),
         Error::ImageTooBig(m) => Error::ImageTooBig(format!("{function}: {m}")),
+        Error::CannotEncode(m) => Error::CannotEncode(format!("{function}: {m}")),
+        Error::NotAnImage { at: None, reason } => Error::NotAnImage {
+            at: Some(function.to_string()),
+            reason,
+        },
         other => other,
     }
 }

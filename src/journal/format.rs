@@ -128,7 +128,7 @@ pub(super) fn header(table_id: &TableId) -> Result<[u8; HEADER_BYTES]> {
     out[8..24].copy_from_slice(table_id);
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut out[24..56]))
-        .map_err(Error::journal_io(Path::new("/dev/urandom")))?;
+        .map_err(Error::file_io(Path::new("/dev/urandom")))?;
     let sum = checksum(&None, &out[..56]);
     out[56..].copy_from_slice(&sum);
     Ok(out)

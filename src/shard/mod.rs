@@ -210,10 +210,10 @@ impl Shard {
                 })
             }
             (Ok(_), true) => {
-                return Err(Error::ShardForeign {
-                    path: path.to_path_buf(),
-                    detail: "already exists; choose a new file for a new shard".into(),
-                })
+                return Err(Error::BadArgument(format!(
+                    "{}: already exists; choose a new file for a new shard",
+                    path.display()
+                )))
             }
             (Ok(meta), false) if meta.nlink() > 1 => {
                 return Err(Error::ShardHardLinked {
@@ -221,11 +221,12 @@ impl Shard {
                     names: meta.nlink(),
                 })
             }
-            (Err(_), false) => {
+            (Err(e), false) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(Error::ShardMissing {
                     path: path.to_path_buf(),
                 })
             }
+            (Err(e), false) => return Err(Error::file_io(path)(e)),
             _ => {}
         }
         let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -250,10 +251,20 @@ impl Shard {
     /// Opens a shard file read-only, for checking or reading a backup's copy: no identity check;
     /// rows are read with `user_columns` (none to read only the built-in columns).
     pub fn open_read_only(path: &Path, user_columns: &[UserColumn]) -> Result<Shard> {
-        if !path.is_file() {
-            return Err(Error::ShardMissing {
-                path: path.to_path_buf(),
-            });
+        match std::fs::metadata(path) {
+            Ok(meta) if meta.is_file() => {}
+            Ok(_) => {
+                return Err(Error::ShardForeign {
+                    path: path.to_path_buf(),
+                    detail: "is not a regular file".into(),
+                })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::ShardMissing {
+                    path: path.to_path_buf(),
+                })
+            }
+            Err(e) => return Err(Error::file_io(path)(e)),
         }
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags).map_err(Error::shard(path))?;

@@ -136,7 +136,10 @@ impl TableCore {
         let info = probe(data, self.config.max_pixels, self.config.verify).map_err(|e| {
             let row = describe_row(Some(id), &name);
             match e {
-                ProbeError::NotAnImage(reason) => Error::NotAnImage { row, reason },
+                ProbeError::NotAnImage(reason) => Error::NotAnImage {
+                    at: Some(format!("row {row}")),
+                    reason,
+                },
                 too_big => Error::TooBig {
                     row,
                     reason: too_big.to_string(),

@@ -323,9 +323,8 @@ impl CreateVTab<'_> for ImageTable {
         Ok(catch_panic(|| {
             // SAFETY: self.db is the connection running this DROP TABLE.
             if unsafe { ffi::sqlite3_get_autocommit(self.db) } == 0 {
-                return Err(Error::BadArgument(
-                    "DROP TABLE deletes the shard files and cannot be rolled back: run it outside BEGIN ... COMMIT"
-                        .into(),
+                return Err(Error::InTransaction(
+                    "DROP TABLE deletes the shard files and cannot be rolled back".into(),
                 ));
             }
             let (files, writer) = match &self.state {
