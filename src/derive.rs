@@ -180,7 +180,7 @@ pub fn derive(core: &TableCore, column: &str, operation: Operation) -> Result<Su
     let mut coordinator = core.coordinator.borrow_mut();
     if coordinator.is_writing() {
         return Err(Error::InTransaction(
-            "imagestore_derive commits on its own".into(),
+            "imagestore_derive commits on its own, so it cannot run inside a transaction or a statement that writes the table".into(),
         ));
     }
     let mut shards = core.shards.borrow_mut();

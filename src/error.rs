@@ -102,6 +102,35 @@ pub enum Error {
         source: rusqlite::Error,
     },
 
+    /// A PostgreSQL server that is a participant failed `what`; the code follows the server's
+    /// SQLSTATE (see `server_code`): SQLITE_FULL for a full disk, SQLITE_BUSY for a lock or
+    /// serialization conflict, SQLITE_AUTH for a refused login, SQLITE_CANTOPEN for a server
+    /// or database that cannot be reached, SQLITE_IOERR for a connection lost.
+    #[error("imagestore: server {server}: {what}: {source}")]
+    Server {
+        server: String,
+        what: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+
+    /// A server's database does not hold this table's shard as the table names it
+    /// (SQLITE_CORRUPT_VTAB, as a file that is not this table's shard).
+    #[error("imagestore: server {server} {detail}")]
+    ServerForeign { server: String, detail: String },
+
+    /// A server cannot take part as configured (SQLITE_CANTOPEN).
+    #[error("imagestore: server {server} {detail}")]
+    ServerUnfit { server: String, detail: String },
+
+    /// A PostgreSQL server did not answer within the table's busy timeout (SQLITE_BUSY).
+    #[error("imagestore: server {server} did not answer ({what}) within {timeout_ms} ms, the table's busy_timeout=; its connection is dropped")]
+    ServerTimeout {
+        server: String,
+        what: String,
+        timeout_ms: u64,
+    },
+
     /// SQLite reported an error on a shard file; its code is kept.
     #[error("imagestore: shard {path}: {source}")]
     Shard {
@@ -165,7 +194,7 @@ pub enum Error {
 
     /// Recovery of an interrupted commit is pending and could not run (say for a full disk):
     /// the table can be neither read nor written until it has; the code is the cause's.
-    #[error("imagestore: table {table}: an interrupted commit must be finished before the table can be read or written, and finishing it failed: {source}. Free disk space (or remove the cause) and retry; nothing is lost meanwhile")]
+    #[error("imagestore: table {table}: an interrupted commit must be finished before the table can be read or written, and finishing it failed: {}. Free disk space (or remove the cause) and retry; nothing is lost meanwhile", without_prefix(source))]
     RecoveryPending { table: String, source: Box<Error> },
 
     /// A bug: a panic caught at the FFI boundary (SQLITE_INTERNAL).
@@ -176,6 +205,11 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// The message without its `imagestore: ` prefix, to be put inside another's.
+    pub fn detail(&self) -> String {
+        without_prefix(self)
+    }
+
     /// Whether this is a full disk (or a file at its size limit).
     pub fn is_full(&self) -> bool {
         self.sqlite_code() & 0xff == ffi::SQLITE_FULL
@@ -216,10 +250,13 @@ impl Error {
             Error::TooBig { .. } | Error::ImageTooBig(_) => ffi::SQLITE_TOOBIG,
             Error::DerivedColumn(_) => ffi::SQLITE_CONSTRAINT,
             Error::DuplicateId { .. } => ffi::SQLITE_CONSTRAINT_PRIMARYKEY,
-            Error::ShardMissing { .. } | Error::ShardHardLinked { .. } => ffi::SQLITE_CANTOPEN,
-            Error::ShardForeign { .. } | Error::JournalCorrupt { .. } | Error::InDoubt(_) => {
-                ffi::SQLITE_CORRUPT_VTAB
-            }
+            Error::ShardMissing { .. }
+            | Error::ShardHardLinked { .. }
+            | Error::ServerUnfit { .. } => ffi::SQLITE_CANTOPEN,
+            Error::ShardForeign { .. }
+            | Error::ServerForeign { .. }
+            | Error::JournalCorrupt { .. }
+            | Error::InDoubt(_) => ffi::SQLITE_CORRUPT_VTAB,
             Error::Shard { source, .. } | Error::Host { source, .. } => {
                 match source.sqlite_error() {
                     Some(e) => e.extended_code,
@@ -239,7 +276,8 @@ impl Error {
             Error::Poisoned { full: false, .. } => ffi::SQLITE_IOERR,
             Error::BadBackup { .. } | Error::LostCommits { .. } => ffi::SQLITE_CORRUPT_VTAB,
             Error::Unusable { code, .. } => *code,
-            Error::Busy { .. } => ffi::SQLITE_BUSY,
+            Error::Busy { .. } | Error::ServerTimeout { .. } => ffi::SQLITE_BUSY,
+            Error::Server { source, .. } => server_code(source),
             Error::SnapshotStale(_) => ffi::SQLITE_BUSY_SNAPSHOT,
             Error::Internal(_) => ffi::SQLITE_INTERNAL,
         }
@@ -273,6 +311,28 @@ impl Error {
             path: path.to_path_buf(),
             source,
         }
+    }
+}
+
+/// The SQLite code for an error of a PostgreSQL server, by its SQLSTATE class.
+fn server_code(error: &tokio_postgres::Error) -> c_int {
+    let Some(state) = error.code() else {
+        // No SQLSTATE: the connection failed or broke.
+        return match error.is_closed() {
+            true => ffi::SQLITE_IOERR,
+            false => ffi::SQLITE_CANTOPEN,
+        };
+    };
+    let state = state.code();
+    match &state[..2] {
+        "53" => ffi::SQLITE_FULL, // insufficient resources (53100 disk full)
+        "40" | "55" if state != "55000" => ffi::SQLITE_BUSY, // serialization, deadlock, lock
+        "23" => ffi::SQLITE_CONSTRAINT,
+        "28" => ffi::SQLITE_AUTH,            // invalid authorization
+        "3D" | "08" => ffi::SQLITE_CANTOPEN, // no such database, connection exception
+        "57" => ffi::SQLITE_IOERR,           // operator intervention (shutdown)
+        "XX" => ffi::SQLITE_CORRUPT_VTAB,    // internal error, data corrupted
+        _ => ffi::SQLITE_ERROR,
     }
 }
 

@@ -52,6 +52,7 @@ pub mod maintenance;
 pub mod placement;
 pub mod read_transaction;
 pub mod row_ids;
+pub mod server;
 pub mod shard;
 pub mod sqlfn;
 pub mod table;

@@ -77,7 +77,7 @@ fn check(core: &TableCore) -> Result<String> {
                 Ok(())
             };
             if let Err(e) = checked() {
-                problems.push(format!("shard {index} ({file}): {e}"));
+                problems.push(format!("shard {index} ({file}): {}", e.detail()));
             }
         }
         Ok(serde_json::json!({

@@ -17,6 +17,14 @@ pub struct RowIds {
 }
 
 impl RowIds {
+    /// Takes back `id`, the last one [`assign`](Self::assign) gave, for a row that was refused
+    /// before anything was written: the next row gets it, as SQLite would give it.
+    pub fn give_back(&mut self, id: i64) {
+        if self.next == id.checked_add(1) {
+            self.next = Some(id);
+        }
+    }
+
     /// The id for a row inserted without one.
     pub fn assign(&mut self, shards: &[Shard]) -> Result<i64> {
         let next = match self.next {

@@ -136,7 +136,7 @@ fn check_png(data: &[u8]) -> Result<(), String> {
         if crc32fast::hash(body).to_be_bytes() != crc {
             return Err(format!(
                 "chunk {} at byte {at} fails its CRC",
-                String::from_utf8_lossy(&body[..4])
+                body[..4].escape_ascii()
             ));
         }
         if &body[..4] == b"IEND" {

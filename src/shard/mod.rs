@@ -173,7 +173,7 @@ pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -182,7 +182,7 @@ pub fn parse_hash(hex: &str) -> Option<blake3::Hash> {
     blake3::Hash::from_hex(hex).ok()
 }
 
-fn unhex(s: &str) -> Option<TableId> {
+pub(crate) fn unhex(s: &str) -> Option<TableId> {
     if s.len() != 32 {
         return None;
     }

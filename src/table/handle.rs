@@ -32,6 +32,34 @@ pub struct TableCore {
     pub(crate) host_at_begin: RefCell<crate::host::HostAtBegin>,
     /// The host connection.
     pub(crate) host_db: *mut ffi::sqlite3,
+    /// Raised by every write and every new snapshot: a cursor that read a page at another
+    /// version reads it again from where it is, since the rows (and the places of their images)
+    /// may have changed under it.
+    pub(crate) data_version: Cell<u64>,
+    /// The rows an UPDATE's scan read without some of their columns (SQLite's "no change"), by
+    /// id, with what identifies their content: the row-write rules refuse to update a row that
+    /// the same statement changed after its scan read it (see `write::RowUpdate`).
+    pub(crate) scanned: RefCell<std::collections::HashMap<i64, RowContent>>,
+}
+
+/// What identifies a stored row's content: where its image is, and the image's hash.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct RowContent {
+    pub(crate) blob_id: i64,
+    pub(crate) hash: String,
+    pub(crate) name: rusqlite::types::Value,
+    pub(crate) user: Vec<rusqlite::types::Value>,
+}
+
+impl RowContent {
+    pub(crate) fn of(row: &crate::shard::StoredRow) -> RowContent {
+        RowContent {
+            blob_id: row.blob_id,
+            hash: row.hash.clone(),
+            name: row.name.clone(),
+            user: row.user.clone(),
+        }
+    }
 }
 
 impl TableCore {
@@ -73,6 +101,18 @@ impl TableCore {
         result
     }
 
+    /// The rows may have changed: cursors read their pages again (see `data_version`).
+    pub(crate) fn data_changed(&self) {
+        self.data_version
+            .set(self.data_version.get().wrapping_add(1));
+    }
+
+    /// A write transaction ended: what it kept about its rows goes.
+    pub(crate) fn transaction_finished(&self) {
+        self.row_ids.borrow_mut().forget();
+        self.scanned.borrow_mut().clear();
+    }
+
     /// Ends a query's snapshot once no cursor of this connection reads from it (a transaction's
     /// snapshot stays until the transaction ends).
     pub(crate) fn end_read_if_unused(&self) {
@@ -91,6 +131,7 @@ impl TableCore {
     /// stepped while the same connection wrote) go on reading from a fresh consistent snapshot,
     /// never from the shards unguarded.
     pub(crate) fn resume_open_cursors(&self, coordinator: &mut Coordinator) -> Result<()> {
+        self.data_changed();
         if self.open_cursors.get() > 0 {
             coordinator.begin_read(&mut self.shards.borrow_mut(), false)?;
         }
@@ -279,6 +320,8 @@ pub(crate) fn open_core(
             host_at_begin: RefCell::default(),
             row_ids: RefCell::default(),
             host_db: std::ptr::null_mut(),
+            data_version: Cell::new(0),
+            scanned: RefCell::default(),
         }),
         Err(e) => Err((e, Box::new(config))),
     }

@@ -14,7 +14,7 @@
 use rusqlite::types::Value;
 use rusqlite::{ffi, Connection};
 
-use super::handle::{open_cores, TableCore};
+use super::handle::{open_cores, RowContent, TableCore};
 use crate::error::{Error, Result};
 use crate::host::{HostAtBegin, HostDecisions};
 use crate::images::probe::{probe, ProbeError};
@@ -182,6 +182,7 @@ impl TableCore {
             self.delete_row(host, row.id)?;
         }
         self.row_ids.borrow_mut().inserted(row.id);
+        self.data_changed();
         self.shards.borrow()[index].insert(txid, row, data)
     }
 
@@ -191,6 +192,7 @@ impl TableCore {
         let txid = self.write_shard(host, index)?;
         let shards = self.shards.borrow();
         if let Some(current) = shards[index].get(id)? {
+            self.data_changed();
             shards[index].delete(txid, &current)?;
             self.row_ids.borrow_mut().deleted(id);
         }
@@ -204,6 +206,10 @@ impl TableCore {
         update: RowUpdate<'_>,
         on_taken: OnTakenId,
     ) -> Result<()> {
+        let Some(current) = self.get_row(update.old_id)? else {
+            return Ok(());
+        };
+        self.require_as_scanned(&current, &update)?;
         let RowUpdate {
             old_id,
             new_id,
@@ -211,9 +217,6 @@ impl TableCore {
             data,
             user,
         } = update;
-        let Some(current) = self.get_row(old_id)? else {
-            return Ok(());
-        };
         let name = name.unwrap_or_else(|| current.name.clone());
         let data = data
             .map(|data| image_bytes(data, &describe_row(Some(new_id), &name)))
@@ -235,6 +238,7 @@ impl TableCore {
         if new_id == old_id {
             let index = shard_of(old_id, self.shard_count());
             let txid = self.write_shard(host, index)?;
+            self.data_changed();
             return self.shards.borrow()[index].update(txid, &current, &row, data);
         }
         // A new id may live on another shard: move the row (its blob is copied). A taken id is
@@ -251,6 +255,40 @@ impl TableCore {
         // insert_row replaces the taken id under OR REPLACE.
         self.delete_row(host, old_id)?;
         self.insert_row(host, &row, &data, on_taken)
+    }
+
+    /// Refuses an update whose new values were computed from a row that is no longer there.
+    /// SQLite computes an UPDATE's new values for a virtual table from the rows as its scan read
+    /// them, before it writes any, and leaves the columns the statement does not set to the
+    /// table ("no change"). An UPDATE OR REPLACE that moves rows can overwrite a row before its
+    /// own turn comes; keeping the columns it does not set from the row there now is what an
+    /// ordinary table does (its moves chain), but a value it sets that differs from that row's
+    /// was computed from the overwritten one, and would make a row of two.
+    fn require_as_scanned(&self, current: &StoredRow, update: &RowUpdate<'_>) -> Result<()> {
+        let overwritten = self
+            .scanned
+            .borrow()
+            .get(&current.id)
+            .is_some_and(|scanned| *scanned != RowContent::of(current));
+        if !overwritten {
+            return Ok(());
+        }
+        let differs = update.name.as_ref().is_some_and(|n| *n != current.name)
+            || update
+                .user
+                .iter()
+                .zip(&current.user)
+                .any(|(new, old)| new.as_ref().is_some_and(|n| n != old))
+            || matches!(update.data, Some(Ok(d)) if blake3::hash(d).to_hex().as_str() != current.hash);
+        match differs {
+            true => Err(Error::BadArgument(format!(
+                "this UPDATE moved another row onto id {} before updating it, and the values it \
+                 sets there were computed from the row it overwrote, so they would mix two rows; \
+                 update those rows in separate statements",
+                current.id
+            ))),
+            false => Ok(()),
+        }
     }
 
     /// The decision step (xSync): where the decision rides, then the coordinator's choice.

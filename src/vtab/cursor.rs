@@ -23,6 +23,8 @@ pub struct ImageCursor {
     pub(super) lanes: Vec<Lane>,
     /// The lane whose first row is the current row.
     pub(super) current: Option<usize>,
+    /// The table's `data_version` when the lanes' pages were read.
+    pub(super) version: u64,
 }
 
 impl ImageCursor {
@@ -37,6 +39,23 @@ impl ImageCursor {
         l.page_rows = (l.page_rows * 2).min(PAGE_ROWS_MAX);
         l.last_id = page.last().map(|r| r.id).or(l.last_id);
         l.rows.extend(page);
+        Ok(())
+    }
+
+    /// After a write of this connection (or a new snapshot), the rows read ahead may be stale
+    /// (deleted, changed, their images moved): each lane reads again from after `after`, the
+    /// row the cursor is leaving.
+    fn reread_after(&mut self, after: Option<i64>) -> Result<()> {
+        self.version = self.core.data_version.get();
+        for lane in &mut self.lanes {
+            lane.rows.clear();
+            lane.last_id = after;
+            lane.page_rows = PAGE_ROWS_FIRST;
+            lane.exhausted = false;
+        }
+        for lane in 0..self.lanes.len() {
+            self.refill(lane)?;
+        }
         Ok(())
     }
 
@@ -84,6 +103,7 @@ unsafe impl VTabCursor for ImageCursor {
     ) -> rusqlite::Result<()> {
         Ok(catch_panic(|| {
             self.core.begin_read()?;
+            self.version = self.core.data_version.get();
             self.lanes.clear();
             self.current = None;
             let Some(filter) = scan_filter(&self.core.config, idx_num, idx_str, args) else {
@@ -116,8 +136,12 @@ unsafe impl VTabCursor for ImageCursor {
     fn next(&mut self) -> rusqlite::Result<()> {
         Ok(catch_panic(|| {
             if let Some(lane) = self.current {
-                self.lanes[lane].rows.pop_front();
-                self.refill(lane)?;
+                let leaving = self.lanes[lane].rows.pop_front().map(|r| r.id);
+                if self.version != self.core.data_version.get() {
+                    self.reread_after(leaving)?;
+                } else {
+                    self.refill(lane)?;
+                }
             }
             self.pick_current();
             Ok(())
@@ -130,12 +154,14 @@ unsafe impl VTabCursor for ImageCursor {
 
     fn column(&self, ctx: &mut Context, i: c_int) -> rusqlite::Result<()> {
         Ok(catch_panic(|| {
+            let (row, shard) = self.row()?;
             if ctx.no_change() {
                 // An UPDATE that does not set this column: leave it unread (xUpdate then sees
-                // it as unchanged), above all `data`.
+                // it as unchanged), above all `data`; note what the scan read of the row.
+                let content = crate::table::handle::RowContent::of(row);
+                self.core.scanned.borrow_mut().insert(row.id, content);
                 return Ok(());
             }
-            let (row, shard) = self.row()?;
             let set = |ctx: &mut Context, v: &dyn rusqlite::ToSql| {
                 ctx.set_result(&v)
                     .map_err(|e| Error::Internal(e.to_string()))

@@ -301,6 +301,7 @@ unsafe impl<'vtab> VTab<'vtab> for ImageTable {
             filter: ScanFilter::default(),
             lanes: Vec::new(),
             current: None,
+            version: 0,
         })
     }
 }
@@ -399,18 +400,30 @@ impl UpdateVTab<'_> for ImageTable {
             }
             let name = name_value(values[COL_NAME as usize])?;
             let core = self.core()?;
-            let id = match (column_id, rowid) {
+            let (id, assigned) = match (column_id, rowid) {
                 (Some(a), Some(b)) if a != b => {
                     return Err(Error::BadArgument(format!(
                         "id {a} and rowid {b} disagree; give one of them"
                     )))
                 }
-                (Some(id), _) | (None, Some(id)) => id,
-                (None, None) => core.assign_id(&self.host())?,
+                (Some(id), _) | (None, Some(id)) => (id, false),
+                (None, None) => (core.assign_id(&self.host())?, true),
             };
             let data = image_data(values[COL_DATA as usize]);
-            let data = image_bytes(data, &describe_row(Some(id), &name))?;
-            let row = core.new_row(id, name, data, self.user_values(&values)?)?;
+            let checked = image_bytes(data, &describe_row(Some(id), &name)).and_then(|data| {
+                let row = core.new_row(id, name, data, self.user_values(&values)?)?;
+                Ok((row, data))
+            });
+            let (row, data) = match checked {
+                Ok(checked) => checked,
+                Err(e) => {
+                    // Refused before anything was written: the next row gets the id.
+                    if assigned {
+                        core.row_ids.borrow_mut().give_back(id);
+                    }
+                    return Err(e);
+                }
+            };
             core.insert_row(&self.host(), &row, data, OnTakenId::of_statement(self.db))?;
             Ok(id)
         })?)
@@ -476,7 +489,7 @@ impl TransactionVTab<'_> for ImageTable {
             };
             let mut coordinator = core.coordinator.borrow_mut();
             coordinator.commit(&mut core.shards.borrow_mut());
-            core.row_ids.borrow_mut().forget();
+            core.transaction_finished();
             core.creation_committed();
             core.resume_open_cursors(&mut coordinator)
         })?)
@@ -489,7 +502,7 @@ impl TransactionVTab<'_> for ImageTable {
             };
             let mut coordinator = core.coordinator.borrow_mut();
             coordinator.rollback(&mut core.shards.borrow_mut());
-            core.row_ids.borrow_mut().forget();
+            core.transaction_finished();
             core.creation_rolled_back();
             core.resume_open_cursors(&mut coordinator)
         })?)

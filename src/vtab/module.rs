@@ -76,6 +76,7 @@ unsafe extern "C" fn x_rollback_to(vtab: *mut sqlite3_vtab, level: c_int) -> c_i
             let core = t.core()?;
             let mut coordinator = core.coordinator.borrow_mut();
             core.row_ids.borrow_mut().forget();
+            core.data_changed();
             coordinator.rollback_to(&mut core.shards.borrow_mut(), level)
         })
     }

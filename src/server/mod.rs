@@ -1,0 +1,30 @@
+//! PostgreSQL servers as participants: a table's shards on other machines.
+//!
+//! A server has what a participant needs and SQLite lacks, a durable prepared state of its own
+//! (`PREPARE TRANSACTION`, `COMMIT PREPARED`, `ROLLBACK PREPARED`, `pg_prepared_xacts`), so a
+//! server participant keeps no before-states: its prepared transaction is the server's. Each
+//! protocol step is one round trip (see the protocol document, "Participants behind a network
+//! connection"), and every call ends at the table's busy timeout, with the connection dropped, so
+//! that a server that stops answering fails the step instead of hanging the host.
+//!
+//! On each server, in the database the shard's URL names:
+//!
+//! ```sql
+//! imagestore_tables(name PRIMARY KEY, table_id, shard_index, shard_count, format_version,
+//!                   columns)                 -- each imagestore table this database holds
+//! "imagestore_<table id>".images(id bigint PRIMARY KEY, name, format, width, height, bytes,
+//!                   hash, data bytea STORAGE EXTERNAL, <user columns>)
+//! "imagestore_<table id>".state(last_txid)  -- one row
+//! ```
+//!
+//! A prepared transaction's identifier (gid) is `imagestore:<table id>:<txid>:<shard index>`,
+//! so that recovery finds a table's own among the server's (`pg_prepared_xacts`).
+//!
+//! Files: `address` the URL and its password (never kept, never shown); `shard` one server
+//! shard, its rows and its protocol steps.
+
+pub mod address;
+pub mod shard;
+
+pub use address::Address;
+pub use shard::ServerShard;

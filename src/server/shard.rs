@@ -1,0 +1,885 @@
+//! One shard on a PostgreSQL server: its place in the server's database, its rows, and the
+//! protocol's steps as the server's own transactions (see the folder's front page for the
+//! layout).
+//!
+//! Invariants:
+//! - At most one transaction is open on the connection: a read snapshot (REPEATABLE READ, taken
+//!   by its first statement), or a write transaction, which begins with a savepoint `start` so
+//!   that its writes can be undone while it stays open.
+//! - A write transaction ends by PREPARE TRANSACTION (the vote) or ROLLBACK; a prepared one only
+//!   by COMMIT PREPARED or ROLLBACK PREPARED, each of which does nothing for a transaction the
+//!   server no longer holds, so that recovery may repeat them.
+//! - `state.last_txid` is raised in the transaction it names, so it commits with it.
+//! - Every call ends within the busy timeout; one that does not drops the connection (which the
+//!   server then rolls back, or keeps prepared if the PREPARE got through: recovery settles it).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
+
+use rusqlite::types::Value;
+use tokio::runtime::Runtime;
+use tokio::task::JoinHandle;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, NoTls, Row, Statement};
+
+use super::Address;
+use crate::commit::{Participant, PrepareRecord, Replayed};
+use crate::config::UserColumn;
+use crate::durable::SyncJob;
+use crate::error::{Error, Result};
+use crate::journal::TableId;
+use crate::shard::{hex, quote_ident, unhex, NewRow, ScanFilter, ShardIdentity, StoredRow};
+
+/// The layout version this build writes and reads.
+const FORMAT_VERSION: i32 = 1;
+/// SQLSTATE of "prepared transaction with identifier ... does not exist".
+const UNDEFINED_OBJECT: &str = "42704";
+
+/// A parameter of a statement, in the type its column has on the server.
+type Param = Box<dyn ToSql + Sync + Send>;
+
+/// What a call to a server came to: its result, or the deadline passed.
+type Outcome<T> =
+    std::result::Result<Result<T, tokio_postgres::Error>, tokio::time::error::Elapsed>;
+
+/// The connection to one server: a runtime of its own, so that each call can end at a deadline.
+struct Link {
+    address: Address,
+    timeout: Duration,
+    runtime: Runtime,
+    client: Option<(Client, JoinHandle<()>)>,
+    statements: HashMap<String, Statement>,
+}
+
+impl Link {
+    fn new(address: Address, timeout_ms: u64) -> Result<Link> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Internal(format!("starting a server connection's runtime: {e}")))?;
+        Ok(Link {
+            address,
+            timeout: Duration::from_millis(timeout_ms.max(1)),
+            runtime,
+            client: None,
+            statements: HashMap::new(),
+        })
+    }
+
+    fn server_error(&self, what: &str) -> impl FnOnce(tokio_postgres::Error) -> Error + '_ {
+        let what = what.to_string();
+        move |source| Error::Server {
+            server: self.address.to_string(),
+            what,
+            source,
+        }
+    }
+
+    /// Runs `future` to its end or the deadline.
+    fn run<T>(&self, future: impl Future<Output = Result<T, tokio_postgres::Error>>) -> Outcome<T> {
+        // The timer is made inside the runtime, which it needs.
+        self.runtime
+            .block_on(async { tokio::time::timeout(self.timeout, future).await })
+    }
+
+    /// The result of a call; a call that broke the connection or ran past the deadline drops
+    /// it (the next call connects again).
+    fn outcome<T>(&mut self, what: &str, outcome: Outcome<T>) -> Result<T> {
+        match outcome {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => {
+                if e.is_closed() {
+                    self.disconnect();
+                }
+                Err(self.server_error(what)(e))
+            }
+            Err(_) => {
+                self.disconnect();
+                Err(Error::ServerTimeout {
+                    server: self.address.to_string(),
+                    what: what.to_string(),
+                    timeout_ms: self.timeout.as_millis() as u64,
+                })
+            }
+        }
+    }
+
+    /// Runs `call` on the connection (made first if there is none), within the deadline.
+    fn call<T>(
+        &mut self,
+        what: &str,
+        call: impl AsyncFnOnce(&Client) -> Result<T, tokio_postgres::Error>,
+    ) -> Result<T> {
+        self.connect()?;
+        let outcome = match &self.client {
+            Some((client, _)) => self.run(call(client)),
+            None => return Err(Error::Internal("a server connection vanished".into())),
+        };
+        self.outcome(what, outcome)
+    }
+
+    fn disconnect(&mut self) {
+        if let Some((_, connection)) = self.client.take() {
+            connection.abort();
+        }
+        self.statements.clear();
+    }
+
+    fn connect(&mut self) -> Result<()> {
+        if self.client.is_some() {
+            return Ok(());
+        }
+        let mut config = tokio_postgres::Config::new();
+        config
+            .user(&self.address.user)
+            .host(&self.address.host)
+            .port(self.address.port)
+            .dbname(&self.address.database)
+            .application_name("imagestore")
+            .connect_timeout(self.timeout);
+        if let Some(password) = self.address.password() {
+            config.password(password);
+        }
+        let connected = self.run(config.connect(NoTls));
+        let (client, connection) = self.outcome("connecting", connected)?;
+        let connection = self.runtime.spawn(async move {
+            // Ends when the client is dropped or the connection breaks; a call then fails.
+            let _ = connection.await;
+        });
+        self.client = Some((client, connection));
+        Ok(())
+    }
+
+    /// Statements without parameters, in one round trip (the simple query protocol).
+    fn batch(&mut self, what: &str, sql: &str) -> Result<()> {
+        self.call(what, async |client| client.batch_execute(sql).await)
+    }
+
+    fn statement(&mut self, sql: &str) -> Result<Statement> {
+        if let Some(statement) = self.statements.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self.call("preparing a statement", async |client| {
+            client.prepare(sql).await
+        })?;
+        self.statements.insert(sql.to_string(), statement.clone());
+        Ok(statement)
+    }
+
+    fn query(&mut self, what: &str, sql: &str, params: &[Param]) -> Result<Vec<Row>> {
+        let statement = self.statement(sql)?;
+        let params: Vec<&(dyn ToSql + Sync)> = params
+            .iter()
+            .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+            .collect();
+        self.call(what, async |client| client.query(&statement, &params).await)
+    }
+
+    fn execute(&mut self, what: &str, sql: &str, params: &[Param]) -> Result<u64> {
+        let statement = self.statement(sql)?;
+        let params: Vec<&(dyn ToSql + Sync)> = params
+            .iter()
+            .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+            .collect();
+        self.call(what, async |client| {
+            client.execute(&statement, &params).await
+        })
+    }
+
+    /// A statement that may name a prepared transaction the server no longer holds.
+    fn settle(&mut self, what: &str, sql: &str) -> Result<()> {
+        match self.batch(what, sql) {
+            Err(Error::Server { source, .. })
+                if source.code().map(|c| c.code()) == Some(UNDEFINED_OBJECT) =>
+            {
+                Ok(())
+            }
+            other => other,
+        }
+    }
+}
+
+/// What the connection has open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Open {
+    Nothing,
+    Reading,
+    Writing,
+}
+
+/// An open shard on a PostgreSQL server.
+pub struct ServerShard {
+    link: Link,
+    table_id: TableId,
+    shard_index: usize,
+    shard_count: usize,
+    user_columns: Vec<UserColumn>,
+    /// The quoted schema that holds this table on the server.
+    schema: String,
+    /// `id, name, ..., hash, id AS blob_id, <user columns>`: a row as `StoredRow` reads it.
+    select_columns: String,
+    open: Open,
+}
+
+/// The name of the schema that holds table `table_id` on a server.
+fn schema_name(table_id: &TableId) -> String {
+    quote_ident(&format!("imagestore_{}", hex(table_id)))
+}
+
+/// The server's type for a user column of SQLite's declared type.
+fn server_type(decl_type: &str) -> &'static str {
+    match decl_type.to_ascii_uppercase().as_str() {
+        "INTEGER" => "bigint",
+        "REAL" | "NUMERIC" => "double precision",
+        "BLOB" => "bytea",
+        _ => "text",
+    }
+}
+
+impl ServerShard {
+    /// Connects to the server at `address` and makes shard `shard_index` of `shard_count` of
+    /// a new table `name` (`table_id`) there. Refuses a server that cannot prepare
+    /// transactions, and a database that already holds a table of that name.
+    pub fn create(
+        address: Address,
+        name: &str,
+        table_id: TableId,
+        shard_index: usize,
+        shard_count: usize,
+        user_columns: &[UserColumn],
+        timeout_ms: u64,
+    ) -> Result<ServerShard> {
+        let mut shard = ServerShard::connect(
+            address,
+            table_id,
+            shard_index,
+            shard_count,
+            user_columns,
+            timeout_ms,
+        )?;
+        shard.require_prepared_transactions()?;
+        let user_sql: String = user_columns
+            .iter()
+            .map(|c| format!(", {} {}", quote_ident(&c.name), server_type(&c.decl_type)))
+            .collect();
+        let columns_text = serde_json::to_string(
+            &user_columns
+                .iter()
+                .map(|c| (c.name.as_str(), c.decl_type.as_str()))
+                .collect::<Vec<_>>(),
+        )
+        .map_err(|e| Error::Internal(e.to_string()))?;
+        let schema = shard.schema.clone();
+        let made = shard.link.batch(
+            "making the table",
+            &format!(
+                "BEGIN;
+                 -- Two hosts making tables at once would race to make the registry.
+                 SELECT pg_advisory_xact_lock(hashtext('imagestore_tables'));
+                 CREATE TABLE IF NOT EXISTS imagestore_tables(
+                     name text PRIMARY KEY, table_id text NOT NULL UNIQUE,
+                     shard_index integer NOT NULL, shard_count integer NOT NULL,
+                     format_version integer NOT NULL, columns text NOT NULL);
+                 CREATE SCHEMA {schema};
+                 CREATE TABLE {schema}.images(id bigint PRIMARY KEY, name text, format text NOT NULL,
+                     width bigint NOT NULL, height bigint NOT NULL, bytes bigint NOT NULL,
+                     hash text NOT NULL, data bytea NOT NULL{user_sql});
+                 ALTER TABLE {schema}.images ALTER COLUMN data SET STORAGE EXTERNAL;
+                 CREATE TABLE {schema}.state(last_txid bigint NOT NULL);
+                 INSERT INTO {schema}.state VALUES (0);"
+            ),
+        );
+        if let Err(e) = made {
+            let _ = shard.link.batch("making the table", "ROLLBACK");
+            return Err(e);
+        }
+        let registered = shard.link.execute(
+            "registering the table",
+            "INSERT INTO imagestore_tables VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+            &[
+                Box::new(name.to_string()),
+                Box::new(hex(&table_id)),
+                Box::new(shard_index as i32),
+                Box::new(shard_count as i32),
+                Box::new(FORMAT_VERSION),
+                Box::new(columns_text),
+            ],
+        );
+        match registered {
+            Ok(1) => shard.link.batch("making the table", "COMMIT")?,
+            Ok(_) => {
+                let _ = shard.link.batch("making the table", "ROLLBACK");
+                return Err(shard.foreign(&format!(
+                    "already holds an imagestore table named {name}; drop it there, or name this table otherwise"
+                )));
+            }
+            Err(e) => {
+                let _ = shard.link.batch("making the table", "ROLLBACK");
+                return Err(e);
+            }
+        }
+        Ok(shard)
+    }
+
+    /// Connects to the server at `address` and opens shard `shard_index` of `shard_count` of
+    /// table `name`, checking that the server holds it, as that shard, with these columns.
+    pub fn open(
+        address: Address,
+        name: &str,
+        shard_index: usize,
+        shard_count: usize,
+        user_columns: &[UserColumn],
+        timeout_ms: u64,
+    ) -> Result<ServerShard> {
+        let mut link = Link::new(address.clone(), timeout_ms)?;
+        let registered = link.query(
+            "looking up the table",
+            "SELECT table_id, shard_index, shard_count, format_version, columns
+             FROM imagestore_tables WHERE name = $1",
+            &[Box::new(name.to_string())],
+        );
+        let foreign = |detail: String| Error::ServerForeign {
+            server: address.to_string(),
+            detail,
+        };
+        let row = match registered {
+            // 42P01: no imagestore_tables at all.
+            Err(Error::Server { source, .. })
+                if source.code().map(|c| c.code()) == Some("42P01") =>
+            {
+                None
+            }
+            other => other?.into_iter().next(),
+        }
+        .ok_or_else(|| foreign(format!("holds no imagestore table named {name}")))?;
+        let identity = (|| -> std::result::Result<_, tokio_postgres::Error> {
+            Ok((
+                row.try_get::<_, String>(0)?,
+                row.try_get::<_, i32>(1)?,
+                row.try_get::<_, i32>(2)?,
+                row.try_get::<_, i32>(3)?,
+                row.try_get::<_, String>(4)?,
+            ))
+        })()
+        .map_err(|e| foreign(format!("has a damaged entry for table {name} ({e})")))?;
+        let (table_id, index, count, version, columns) = identity;
+        let table_id = unhex(&table_id)
+            .ok_or_else(|| foreign(format!("has a damaged table id for {name}")))?;
+        if version != FORMAT_VERSION {
+            return Err(foreign(format!(
+                "holds table {name} in layout {version}; this build reads layout {FORMAT_VERSION}"
+            )));
+        }
+        if (index as usize, count as usize) != (shard_index, shard_count) {
+            return Err(foreign(format!(
+                "holds shard {index} of {count} of table {name}, but the table lists it as shard {shard_index} of {shard_count}"
+            )));
+        }
+        let declared = serde_json::to_string(
+            &user_columns
+                .iter()
+                .map(|c| (c.name.as_str(), c.decl_type.as_str()))
+                .collect::<Vec<_>>(),
+        )
+        .map_err(|e| Error::Internal(e.to_string()))?;
+        if declared != columns {
+            return Err(foreign(format!(
+                "holds table {name} with columns {columns}, but the table declares {declared}"
+            )));
+        }
+        let mut shard =
+            ServerShard::with_link(link, table_id, shard_index, shard_count, user_columns);
+        shard.require_prepared_transactions()?;
+        Ok(shard)
+    }
+
+    fn connect(
+        address: Address,
+        table_id: TableId,
+        shard_index: usize,
+        shard_count: usize,
+        user_columns: &[UserColumn],
+        timeout_ms: u64,
+    ) -> Result<ServerShard> {
+        let mut link = Link::new(address, timeout_ms)?;
+        link.connect()?;
+        Ok(ServerShard::with_link(
+            link,
+            table_id,
+            shard_index,
+            shard_count,
+            user_columns,
+        ))
+    }
+
+    fn with_link(
+        link: Link,
+        table_id: TableId,
+        shard_index: usize,
+        shard_count: usize,
+        user_columns: &[UserColumn],
+    ) -> ServerShard {
+        let user: String = user_columns
+            .iter()
+            .map(|c| format!(", {}", quote_ident(&c.name)))
+            .collect();
+        ServerShard {
+            link,
+            table_id,
+            shard_index,
+            shard_count,
+            user_columns: user_columns.to_vec(),
+            schema: schema_name(&table_id),
+            select_columns: format!("id, name, format, width, height, bytes, hash, id{user}"),
+            open: Open::Nothing,
+        }
+    }
+
+    fn foreign(&self, detail: &str) -> Error {
+        Error::ServerForeign {
+            server: self.link.address.to_string(),
+            detail: detail.to_string(),
+        }
+    }
+
+    /// A server whose `max_prepared_transactions` is 0 cannot vote: refused at once.
+    fn require_prepared_transactions(&mut self) -> Result<()> {
+        let rows = self.link.query(
+            "reading max_prepared_transactions",
+            "SELECT current_setting('max_prepared_transactions')::int",
+            &[],
+        )?;
+        let max: i32 = rows.first().and_then(|r| r.try_get(0).ok()).unwrap_or(0);
+        if max < 1 {
+            return Err(Error::ServerUnfit {
+                server: self.link.address.to_string(),
+                detail: "has max_prepared_transactions = 0, so it cannot prepare a transaction: set it (say to 64) in postgresql.conf and restart the server".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Who this shard is.
+    pub fn identity(&self) -> ShardIdentity {
+        ShardIdentity {
+            table_id: self.table_id,
+            shard_index: self.shard_index,
+            shard_count: self.shard_count,
+        }
+    }
+
+    /// The identifier of this shard's prepared transaction `txid`.
+    fn gid(&self, txid: u64) -> String {
+        format!(
+            "imagestore:{}:{txid}:{}",
+            hex(&self.table_id),
+            self.shard_index
+        )
+    }
+
+    /// The transaction a gid of this shard names, if it is one of this shard's.
+    fn txid_of(&self, gid: &str) -> Option<u64> {
+        let rest = gid.strip_prefix(&format!("imagestore:{}:", hex(&self.table_id)))?;
+        let (txid, index) = rest.split_once(':')?;
+        (index.parse::<usize>().ok()? == self.shard_index)
+            .then(|| txid.parse().ok())
+            .flatten()
+    }
+
+    fn prepared_txids(&mut self) -> Result<Vec<u64>> {
+        let rows = self.link.query(
+            "listing prepared transactions",
+            "SELECT gid FROM pg_prepared_xacts WHERE database = current_database() AND gid LIKE $1",
+            &[Box::new(format!("imagestore:{}:%", hex(&self.table_id)))],
+        )?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| r.try_get::<_, String>(0).ok())
+            .filter_map(|gid| self.txid_of(&gid))
+            .collect())
+    }
+
+    // ---- rows -------------------------------------------------------------------------
+
+    fn row_from(&self, row: &Row) -> Result<StoredRow> {
+        let wrong = |e: tokio_postgres::Error| {
+            self.foreign(&format!("holds a row the table cannot read ({e})"))
+        };
+        let user = self
+            .user_columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| read_value(row, 8 + i, &c.decl_type).map_err(wrong))
+            .collect::<Result<_>>()?;
+        Ok(StoredRow {
+            id: row.try_get(0).map_err(wrong)?,
+            name: row
+                .try_get::<_, Option<String>>(1)
+                .map_err(wrong)?
+                .map_or(Value::Null, Value::Text),
+            format: row.try_get(2).map_err(wrong)?,
+            width: row.try_get(3).map_err(wrong)?,
+            height: row.try_get(4).map_err(wrong)?,
+            bytes: row.try_get(5).map_err(wrong)?,
+            hash: row.try_get(6).map_err(wrong)?,
+            blob_id: row.try_get(7).map_err(wrong)?,
+            user,
+        })
+    }
+
+    /// The row with id `id`.
+    pub fn get(&mut self, id: i64) -> Result<Option<StoredRow>> {
+        let sql = format!(
+            "SELECT {} FROM {}.images WHERE id = $1",
+            self.select_columns, self.schema
+        );
+        let rows = self.link.query("reading a row", &sql, &[Box::new(id)])?;
+        rows.first().map(|r| self.row_from(r)).transpose()
+    }
+
+    /// One page of rows matching `filter`, in id order, after `after` (exclusive).
+    pub fn scan_page(
+        &mut self,
+        filter: &ScanFilter,
+        after: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<StoredRow>> {
+        let mut conditions = Vec::new();
+        let mut params: Vec<Param> = Vec::new();
+        let mut add = |condition: String, param: Param| {
+            params.push(param);
+            conditions.push(format!("{condition} ${}", params.len()));
+        };
+        if let Some(id) = filter.id_eq {
+            add("id =".into(), Box::new(id));
+        }
+        if let Some(min) = filter.id_min {
+            add("id >=".into(), Box::new(min));
+        }
+        if let Some(max) = filter.id_max {
+            add("id <=".into(), Box::new(max));
+        }
+        for (column, value) in &filter.equal {
+            let decl = self.declared_type(column);
+            add(format!("{column} ="), to_param(value, &decl, column)?);
+        }
+        if let Some(after) = after {
+            let op = if filter.descending { "id <" } else { "id >" };
+            add(op.into(), Box::new(after));
+        }
+        let where_sql = match conditions.is_empty() {
+            true => String::new(),
+            false => format!("WHERE {}", conditions.join(" AND ")),
+        };
+        let order = if filter.descending { "DESC" } else { "ASC" };
+        let sql = format!(
+            "SELECT {} FROM {}.images {where_sql} ORDER BY id {order} LIMIT {limit}",
+            self.select_columns, self.schema
+        );
+        let rows = self.link.query("reading rows", &sql, &params)?;
+        rows.iter().map(|r| self.row_from(r)).collect()
+    }
+
+    /// The declared type of a column as `ScanFilter` names it (quoted), for its parameter.
+    fn declared_type(&self, quoted: &str) -> String {
+        match quoted.trim_matches('"') {
+            "name" | "format" | "hash" => "TEXT".into(),
+            "id" | "width" | "height" | "bytes" => "INTEGER".into(),
+            other => self
+                .user_columns
+                .iter()
+                .find(|c| c.name == other.replace("\"\"", "\""))
+                .map_or("TEXT".into(), |c| c.decl_type.clone()),
+        }
+    }
+
+    /// The image of the row whose blob is `blob_id` (on a server, the row's own id).
+    pub fn read_blob(&mut self, blob_id: i64) -> Result<Vec<u8>> {
+        let sql = format!("SELECT data FROM {}.images WHERE id = $1", self.schema);
+        let rows = self
+            .link
+            .query("reading an image", &sql, &[Box::new(blob_id)])?;
+        rows.first()
+            .and_then(|r| r.try_get::<_, Vec<u8>>(0).ok())
+            .ok_or_else(|| self.foreign(&format!("lost the image of row {blob_id}")))
+    }
+
+    /// The largest id, if any row.
+    pub fn max_id(&mut self) -> Result<Option<i64>> {
+        let sql = format!("SELECT max(id) FROM {}.images", self.schema);
+        let rows = self.link.query("reading the largest id", &sql, &[])?;
+        Ok(rows.first().and_then(|r| r.try_get(0).ok()).flatten())
+    }
+
+    fn row_params(&self, row: &NewRow) -> Result<Vec<Param>> {
+        let name: Option<String> = match &row.name {
+            Value::Null => None,
+            Value::Integer(i) => Some(i.to_string()),
+            Value::Real(r) => Some(r.to_string()),
+            Value::Text(t) => Some(t.clone()),
+            Value::Blob(_) => return Err(Error::WrongType("name must be TEXT, not a BLOB".into())),
+        };
+        let mut params: Vec<Param> = vec![
+            Box::new(row.id),
+            Box::new(name),
+            Box::new(row.format.clone()),
+            Box::new(row.width),
+            Box::new(row.height),
+            Box::new(row.bytes),
+            Box::new(row.hash.clone()),
+        ];
+        for (value, column) in row.user.iter().zip(&self.user_columns) {
+            params.push(to_param(value, &column.decl_type, &column.name)?);
+        }
+        Ok(params)
+    }
+
+    /// Inserts a row (its id is free) with its image.
+    pub fn insert(&mut self, row: &NewRow, data: &[u8]) -> Result<()> {
+        let mut params = self.row_params(row)?;
+        params.push(Box::new(data.to_vec()));
+        let user: String = self
+            .user_columns
+            .iter()
+            .map(|c| format!(", {}", quote_ident(&c.name)))
+            .collect();
+        let placeholders: String = (1..=params.len()).map(|i| format!(", ${i}")).collect();
+        let sql = format!(
+            "INSERT INTO {}.images(id, name, format, width, height, bytes, hash{user}, data) VALUES ({})",
+            self.schema,
+            &placeholders[2..]
+        );
+        self.link.execute("writing a row", &sql, &params).map(drop)
+    }
+
+    /// Rewrites row `row.id` (its id unchanged), and its image when `data` is given.
+    pub fn update(&mut self, row: &NewRow, data: Option<&[u8]>) -> Result<()> {
+        let mut params = self.row_params(row)?;
+        let mut sets: Vec<String> = ["name", "format", "width", "height", "bytes", "hash"]
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c} = ${}", i + 2))
+            .collect();
+        for (i, c) in self.user_columns.iter().enumerate() {
+            sets.push(format!("{} = ${}", quote_ident(&c.name), i + 8));
+        }
+        if let Some(data) = data {
+            params.push(Box::new(data.to_vec()));
+            sets.push(format!("data = ${}", params.len()));
+        }
+        let sql = format!(
+            "UPDATE {}.images SET {} WHERE id = $1",
+            self.schema,
+            sets.join(", ")
+        );
+        self.link.execute("writing a row", &sql, &params).map(drop)
+    }
+
+    /// Deletes row `id`.
+    pub fn delete(&mut self, id: i64) -> Result<()> {
+        let sql = format!("DELETE FROM {}.images WHERE id = $1", self.schema);
+        self.link
+            .execute("deleting a row", &sql, &[Box::new(id)])
+            .map(drop)
+    }
+}
+
+/// A value for a user column of declared type `decl`, as SQLite's affinity would store it, in
+/// the server's type for it; a value that type cannot hold is a type mismatch.
+fn to_param(value: &Value, decl: &str, column: &str) -> Result<Param> {
+    let mismatch = || {
+        Error::WrongType(format!(
+            "column {column} is {} on a PostgreSQL table and cannot hold this value",
+            server_type(decl)
+        ))
+    };
+    Ok(match (server_type(decl), value) {
+        (_, Value::Null) => match server_type(decl) {
+            "bigint" => Box::new(None::<i64>),
+            "double precision" => Box::new(None::<f64>),
+            "bytea" => Box::new(None::<Vec<u8>>),
+            _ => Box::new(None::<String>),
+        },
+        ("bigint", Value::Integer(i)) => Box::new(*i),
+        ("bigint", Value::Real(r)) if r.fract() == 0.0 && r.abs() < 9.0e18 => Box::new(*r as i64),
+        ("bigint", Value::Text(t)) => Box::new(t.trim().parse::<i64>().map_err(|_| mismatch())?),
+        ("double precision", Value::Integer(i)) => Box::new(*i as f64),
+        ("double precision", Value::Real(r)) => Box::new(*r),
+        ("double precision", Value::Text(t)) => {
+            Box::new(t.trim().parse::<f64>().map_err(|_| mismatch())?)
+        }
+        ("bytea", Value::Blob(b)) => Box::new(b.clone()),
+        ("text", Value::Integer(i)) => Box::new(i.to_string()),
+        ("text", Value::Real(r)) => Box::new(r.to_string()),
+        ("text", Value::Text(t)) => Box::new(t.clone()),
+        _ => return Err(mismatch()),
+    })
+}
+
+fn read_value(
+    row: &Row,
+    index: usize,
+    decl: &str,
+) -> std::result::Result<Value, tokio_postgres::Error> {
+    Ok(match server_type(decl) {
+        "bigint" => row
+            .try_get::<_, Option<i64>>(index)?
+            .map_or(Value::Null, Value::Integer),
+        "double precision" => row
+            .try_get::<_, Option<f64>>(index)?
+            .map_or(Value::Null, Value::Real),
+        "bytea" => row
+            .try_get::<_, Option<Vec<u8>>>(index)?
+            .map_or(Value::Null, Value::Blob),
+        _ => row
+            .try_get::<_, Option<String>>(index)?
+            .map_or(Value::Null, Value::Text),
+    })
+}
+
+/// A PostgreSQL server as a participant: each step is one round trip, and a prepared
+/// transaction is the server's own, durable when PREPARE TRANSACTION returns.
+impl Participant for ServerShard {
+    fn name(&self) -> String {
+        self.link.address.to_string()
+    }
+
+    fn begin_read(&mut self) -> Result<Vec<u64>> {
+        self.end()?;
+        self.link.batch(
+            "opening a snapshot",
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+        )?;
+        self.open = Open::Reading;
+        // The first statement takes the snapshot.
+        self.prepared_txids()
+    }
+
+    fn end(&mut self) -> Result<()> {
+        if self.open == Open::Nothing {
+            return Ok(());
+        }
+        self.open = Open::Nothing;
+        self.link.batch("ending a transaction", "ROLLBACK")
+    }
+
+    fn begin_write(&mut self) -> Result<()> {
+        self.end()?;
+        self.link
+            .batch("beginning a transaction", "BEGIN; SAVEPOINT start")?;
+        self.open = Open::Writing;
+        Ok(())
+    }
+
+    fn savepoint(&mut self, level: i32) -> Result<()> {
+        self.link
+            .batch("making a savepoint", &format!("SAVEPOINT s{level}"))
+    }
+
+    fn release(&mut self, level: i32) -> Result<()> {
+        self.link.batch(
+            "releasing a savepoint",
+            &format!("RELEASE SAVEPOINT s{level}"),
+        )
+    }
+
+    fn rollback_to(&mut self, level: i32) -> Result<()> {
+        self.link.batch(
+            "rolling back to a savepoint",
+            &format!("ROLLBACK TO SAVEPOINT s{level}"),
+        )
+    }
+
+    fn rollback_to_start(&mut self) -> Result<()> {
+        self.link.batch(
+            "rolling back the transaction",
+            "ROLLBACK TO SAVEPOINT start",
+        )
+    }
+
+    fn last_txid(&mut self) -> Result<u64> {
+        let sql = format!("SELECT last_txid FROM {}.state", self.schema);
+        let rows = self.link.query("reading last_txid", &sql, &[])?;
+        let last: i64 = rows
+            .first()
+            .and_then(|r| r.try_get(0).ok())
+            .ok_or_else(|| self.foreign("has lost its state row"))?;
+        Ok(last.max(0) as u64)
+    }
+
+    fn prepared(&mut self) -> Result<Vec<PrepareRecord>> {
+        Ok(self
+            .prepared_txids()?
+            .into_iter()
+            .map(|txid| PrepareRecord {
+                txid,
+                decided_by: None,
+            })
+            .collect())
+    }
+
+    /// A server's prepare costs what a commit does: it takes no logged path.
+    fn changes(&mut self, _txid: u64, _bytes_max: u64) -> Result<Option<Vec<u8>>> {
+        Ok(None)
+    }
+
+    fn commit_logged(&mut self, _txid: u64) -> Result<()> {
+        Err(Error::Internal(
+            "a server participant has no logged commits".into(),
+        ))
+    }
+
+    fn replay(&mut self, _txid: u64, _changes: &[u8]) -> Result<Replayed> {
+        Ok(Replayed::Unreadable(
+            "a server participant replays no logged commit".into(),
+        ))
+    }
+
+    fn prepare(
+        &mut self,
+        txid: u64,
+        _participants: &[u16],
+        decided_by: Option<&str>,
+    ) -> Result<()> {
+        if decided_by.is_some() {
+            return Err(Error::BadArgument(
+                "a transaction that also writes the host database's own tables (or another imagestore table) cannot include a table on PostgreSQL servers: commit them separately".into(),
+            ));
+        }
+        crate::fault::check("server_prepare")?;
+        let sql = format!(
+            "UPDATE {}.state SET last_txid = greatest(last_txid, {txid}); PREPARE TRANSACTION '{}'",
+            self.schema,
+            self.gid(txid)
+        );
+        // A PREPARE that fails becomes a ROLLBACK; a failed UPDATE leaves the transaction
+        // open and aborted: `end` then rolls it back.
+        self.link.batch("preparing", &sql)?;
+        self.open = Open::Nothing;
+        Ok(())
+    }
+
+    fn finalize(&mut self, txid: u64) -> Result<()> {
+        self.end()?;
+        let gid = self.gid(txid);
+        self.link.settle(
+            "committing a prepared transaction",
+            &format!("COMMIT PREPARED '{gid}'"),
+        )
+    }
+
+    fn abort_prepared(&mut self, txid: u64) -> Result<()> {
+        self.end()?;
+        let gid = self.gid(txid);
+        self.link.settle(
+            "rolling back a prepared transaction",
+            &format!("ROLLBACK PREPARED '{gid}'"),
+        )
+    }
+
+    /// PREPARE TRANSACTION is durable when it returns.
+    fn sync_job(&self) -> Option<SyncJob> {
+        None
+    }
+}

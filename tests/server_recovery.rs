@@ -1,0 +1,383 @@
+//! The commit protocol over PostgreSQL servers: the real coordinator drives three server
+//! participants, and the writer dies (its connections drop, as a killed process's do) at every
+//! call of a transaction in turn; a new coordinator then opens the table, which runs recovery.
+//! The oracle is the servers themselves: every transaction whole or absent on all three (whole
+//! if its commit was acknowledged), and nothing left prepared (`pg_prepared_xacts`).
+//!
+//! The servers are started by `tests/pg_servers.py` and stopped when the test process ends.
+//! Run with `cargo test --no-default-features --features bundled --test server_recovery`.
+
+mod common;
+
+use std::cell::RefCell;
+use std::io::Cursor;
+use std::rc::Rc;
+
+use common::mortal::{dies, Calls, Death, Mortal};
+use common::servers::servers;
+use imagestore::commit::{Coordinator, Participant};
+use imagestore::config::{HostDatabase, TableConfig};
+use imagestore::journal::TableId;
+use imagestore::placement::shard_of;
+use imagestore::server::{Address, ServerShard};
+use imagestore::shard::{NewRow, ScanFilter};
+
+const SHARDS: usize = 3;
+const TIMEOUT_MS: u64 = 10_000;
+
+fn png(side: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    image::RgbImage::from_pixel(side, side, image::Rgb([side as u8, 7, 9]))
+        .write_to(&mut Cursor::new(&mut out), image::ImageFormat::Png)
+        .expect("encode png");
+    out
+}
+
+fn row(id: i64, name: &str, data: &[u8]) -> NewRow {
+    let info = imagestore::images::probe::probe(
+        data,
+        1 << 30,
+        imagestore::images::probe::Verify::Structure,
+    )
+    .expect("probe");
+    NewRow {
+        id,
+        name: name.to_string().into(),
+        format: info.format,
+        width: i64::from(info.width),
+        height: i64::from(info.height),
+        bytes: data.len() as i64,
+        hash: info.hash,
+        user: vec![],
+    }
+}
+
+/// A table on the three servers, with its coordinator's files in a folder of its own.
+struct Fixture {
+    _dir: tempfile::TempDir,
+    config: TableConfig,
+    name: String,
+    table_id: TableId,
+    addresses: Vec<Address>,
+}
+
+impl Fixture {
+    /// A new table named `name` holding rows 1..=9 ("row<id>").
+    fn new(name: &str) -> Option<Fixture> {
+        let urls = &servers()?.urls;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("host.db");
+        let config = TableConfig::parse(name, &["shards=3"], HostDatabase { file: Some(&db) })
+            .expect("config");
+        let addresses: Vec<Address> = urls
+            .iter()
+            .map(|u| Address::parse(u).expect("address"))
+            .collect();
+        let table_id: TableId = *blake3::hash(name.as_bytes())
+            .as_bytes()
+            .first_chunk()
+            .unwrap();
+        let mut shards: Vec<ServerShard> = addresses
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                ServerShard::create(a.clone(), name, table_id, i, SHARDS, &[], TIMEOUT_MS)
+                    .expect("create shard")
+            })
+            .collect();
+        let fixture = Fixture {
+            _dir: dir,
+            config,
+            name: name.to_string(),
+            table_id,
+            addresses,
+        };
+        let mut c = Coordinator::open(
+            &fixture.config,
+            table_id,
+            &mut shards,
+            true,
+            imagestore::host::lookup,
+        )
+        .expect("coordinator");
+        c.begin_write(&mut shards).expect("begin");
+        for id in 1..=9 {
+            let shard = shard_of(id, SHARDS);
+            c.record_write(shard).expect("record");
+            shards[shard]
+                .insert(
+                    &row(id, &format!("row{id}"), &png(id as u32)),
+                    &png(id as u32),
+                )
+                .expect("insert");
+        }
+        c.sync(&mut shards, None).expect("sync");
+        c.commit(&mut shards);
+        Some(fixture)
+    }
+
+    fn shards(&self) -> Vec<ServerShard> {
+        self.addresses
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                ServerShard::open(a.clone(), &self.name, i, SHARDS, &[], TIMEOUT_MS)
+                    .expect("open shard")
+            })
+            .collect()
+    }
+
+    /// Opens the table as the next process would: recovery runs.
+    fn recover(&self) -> Vec<ServerShard> {
+        let mut shards = self.shards();
+        Coordinator::open(
+            &self.config,
+            self.table_id,
+            &mut shards,
+            false,
+            imagestore::host::lookup,
+        )
+        .expect("recovery");
+        shards
+    }
+
+    /// Every row of every shard, by id, with its name and whether its image is its own.
+    fn rows(&self, shards: &mut [ServerShard]) -> Vec<(i64, String, bool)> {
+        let mut rows = Vec::new();
+        for shard in shards.iter_mut() {
+            for r in shard
+                .scan_page(&ScanFilter::default(), None, 1000)
+                .expect("scan")
+            {
+                let data = shard.read_blob(r.blob_id).expect("image");
+                let own = blake3::hash(&data).to_hex().to_string() == r.hash;
+                let name = match r.name {
+                    rusqlite::types::Value::Text(t) => t,
+                    other => format!("{other:?}"),
+                };
+                rows.push((r.id, name, own));
+            }
+        }
+        rows.sort();
+        rows
+    }
+}
+
+fn baseline() -> Vec<(i64, String, bool)> {
+    (1..=9).map(|id| (id, format!("row{id}"), true)).collect()
+}
+
+/// What the sweep's transaction leaves: on every shard a new row, a renamed row with a new
+/// image, and a deleted row.
+fn after_transaction() -> Vec<(i64, String, bool)> {
+    let mut rows: Vec<_> = baseline()
+        .into_iter()
+        .filter(|(id, _, _)| !deleted().contains(id))
+        .map(|(id, name, own)| match renamed().contains(&id) {
+            true => (id, format!("renamed{id}"), own),
+            false => (id, name, own),
+        })
+        .collect();
+    rows.extend(
+        new_ids()
+            .into_iter()
+            .map(|id| (id, format!("new{id}"), true)),
+    );
+    rows.sort();
+    rows
+}
+
+fn ids_on(shard: usize, from: i64) -> impl Iterator<Item = i64> {
+    (from..).filter(move |&id| shard_of(id, SHARDS) == shard)
+}
+
+fn new_ids() -> Vec<i64> {
+    (0..SHARDS)
+        .map(|s| ids_on(s, 100).next().unwrap())
+        .collect()
+}
+
+/// The first two baseline rows of each shard: the first is renamed, the second deleted.
+fn renamed() -> Vec<i64> {
+    (0..SHARDS).map(|s| ids_on(s, 1).next().unwrap()).collect()
+}
+
+fn deleted() -> Vec<i64> {
+    (0..SHARDS).map(|s| ids_on(s, 1).nth(1).unwrap()).collect()
+}
+
+/// Runs the sweep's transaction through the real coordinator; the writer dies at `death`.
+/// Returns whether it died, and whether its commit was acknowledged.
+fn write(f: &Fixture, death: Death) -> (bool, bool) {
+    let calls = Rc::new(RefCell::new(Calls {
+        death: Some(death),
+        ..Calls::default()
+    }));
+    let mut acknowledged = false;
+    let died = dies(|| {
+        let mut shards: Vec<Mortal<ServerShard>> = f
+            .shards()
+            .into_iter()
+            .map(|shard| Mortal {
+                shard,
+                calls: Rc::clone(&calls),
+            })
+            .collect();
+        let mut c = Coordinator::open(
+            &f.config,
+            f.table_id,
+            &mut shards,
+            false,
+            imagestore::host::lookup,
+        )
+        .expect("open");
+        c.begin_write(&mut shards).expect("begin");
+        for (s, mortal) in shards.iter_mut().enumerate() {
+            c.record_write(s).expect("record");
+            let shard = &mut mortal.shard;
+            let new = new_ids()[s];
+            let data = png(50 + s as u32);
+            shard
+                .insert(&row(new, &format!("new{new}"), &data), &data)
+                .expect("insert");
+            let id = renamed()[s];
+            let image = png(70 + s as u32);
+            shard
+                .update(&row(id, &format!("renamed{id}"), &image), Some(&image))
+                .expect("update");
+            shard.delete(deleted()[s]).expect("delete");
+        }
+        match c.sync(&mut shards, None) {
+            Ok(()) => {
+                acknowledged = true;
+                c.commit(&mut shards);
+            }
+            Err(_) => c.rollback(&mut shards),
+        }
+    });
+    (died, acknowledged)
+}
+
+#[test]
+fn a_writer_dying_at_any_call_leaves_every_transaction_whole_or_absent_on_every_server() {
+    let Some(f) = Fixture::new(&format!("sweep_{}", std::process::id())) else {
+        return;
+    };
+    let mut deaths = 0;
+    for nth in 1.. {
+        let death = Death {
+            step: "",
+            nth,
+            after: nth % 2 == 0,
+        };
+        // Each run starts from the baseline: a transaction that committed is undone by one
+        // of its own (`restore_baseline`).
+        let (died, acknowledged) = write(&f, death);
+        let mut shards = f.recover();
+        let found = f.rows(&mut shards);
+        assert!(
+            found == baseline() || found == after_transaction(),
+            "death at call {nth}: a transaction in part: {found:?}"
+        );
+        if acknowledged {
+            assert_eq!(
+                found,
+                after_transaction(),
+                "death at call {nth}: acknowledged, lost"
+            );
+        }
+        for shard in shards.iter_mut() {
+            assert_eq!(
+                shard.prepared().expect("prepared"),
+                vec![],
+                "death at call {nth}: left prepared on {}",
+                shard.name()
+            );
+        }
+        if !died {
+            break;
+        }
+        deaths += 1;
+        if found != baseline() {
+            restore_baseline(&f, &mut shards);
+        }
+    }
+    eprintln!("the writer died at {deaths} calls in turn");
+    assert!(deaths >= 10, "the writer died only {deaths} times");
+}
+
+/// Puts the baseline back after a transaction that committed.
+fn restore_baseline(f: &Fixture, shards: &mut [ServerShard]) {
+    let mut c = Coordinator::open(
+        &f.config,
+        f.table_id,
+        shards,
+        false,
+        imagestore::host::lookup,
+    )
+    .expect("open");
+    c.begin_write(shards).expect("begin");
+    for (s, shard) in shards.iter_mut().enumerate() {
+        c.record_write(s).expect("record");
+        shard.delete(new_ids()[s]).expect("delete new");
+        let id = renamed()[s];
+        let image = png(id as u32);
+        shard
+            .update(&row(id, &format!("row{id}"), &image), Some(&image))
+            .expect("rename back");
+        let id = deleted()[s];
+        let image = png(id as u32);
+        shard
+            .insert(&row(id, &format!("row{id}"), &image), &image)
+            .expect("insert back");
+    }
+    c.sync(shards, None).expect("sync");
+    c.commit(shards);
+    assert_eq!(f.rows(shards), baseline());
+}
+
+#[test]
+fn a_server_without_prepared_transactions_or_holding_another_shard_is_refused() {
+    let Some(f) = Fixture::new(&format!("refuse_{}", std::process::id())) else {
+        return;
+    };
+    // Listed at another place than it holds.
+    let wrong = ServerShard::open(f.addresses[0].clone(), &f.name, 1, SHARDS, &[], TIMEOUT_MS);
+    let message = wrong.err().expect("refused").to_string();
+    assert!(message.contains("holds shard 0 of 3"), "{message}");
+    // A database holding no such table.
+    let missing = ServerShard::open(
+        f.addresses[0].clone(),
+        "no_such_table",
+        0,
+        1,
+        &[],
+        TIMEOUT_MS,
+    );
+    let message = missing.err().expect("refused").to_string();
+    assert!(
+        message.contains("holds no imagestore table named no_such_table"),
+        "{message}"
+    );
+    // The same name made again.
+    let again = ServerShard::create(
+        f.addresses[1].clone(),
+        &f.name,
+        [9; 16],
+        1,
+        SHARDS,
+        &[],
+        TIMEOUT_MS,
+    );
+    let message = again.err().expect("refused").to_string();
+    assert!(
+        message.contains("already holds an imagestore table"),
+        "{message}"
+    );
+    // A server that is not there.
+    let down = Address::parse("postgresql://postgres@127.0.0.1:1/postgres").unwrap();
+    let e = ServerShard::open(down, &f.name, 0, SHARDS, &[], 2000)
+        .err()
+        .expect("refused");
+    assert_eq!(e.sqlite_code(), rusqlite::ffi::SQLITE_CANTOPEN, "{e}");
+}
