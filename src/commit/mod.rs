@@ -99,6 +99,10 @@
 //! - During 4, after the sync: some shards committed, some not (or, after a power cut, lost
 //!   their unsynced commits): recovery replays the record's changes on each shard whose
 //!   `last_txid` is below the transaction's. Whole.
+//! - A transaction that wrote one shard takes the same steps (4 with one shard's changes, or 5
+//!   and 6 with one prepare): its commit point is the journal's sync as well, never the shard's
+//!   own commit, so that step 8 can still take it back and a power cut that takes the shard's
+//!   unsynced commit is repaired by replay, as above.
 //! - During 5: some shards hold a prepare record, the journal has no COMMIT: recovery aborts
 //!   (presumed abort) from the before-states. The COMMIT statement never returned.
 //! - During 6: a torn or unsynced record fails its checksum and is ignored: abort. A synced one
