@@ -140,8 +140,9 @@ def servers(count, settings=""):
         shutil.rmtree(root, ignore_errors=True)
 
 
-def serve(count):
-    """`python3 pg_servers.py serve N`, for tests in other languages: starts N servers, prints
+def serve(count, settings=""):
+    """`python3 pg_servers.py serve N [SETTINGS]`, for tests in other languages: starts N
+    servers (SETTINGS: lines added to their postgresql.conf), prints
     the URL of each (database `postgres`) a line, then `ready`; stops them when standard input
     closes (the test process ended, however it ended). Prints `unavailable` where servers
     cannot be started here."""
@@ -149,7 +150,7 @@ def serve(count):
     if not available():
         print("unavailable", flush=True)
         return
-    with servers(count) as started:
+    with servers(count, settings) as started:
         for server in started:
             print(server.url(), flush=True)
         print("ready", flush=True)
@@ -158,7 +159,7 @@ def serve(count):
 
 if __name__ == "__main__":
     import sys
-    if len(sys.argv) == 3 and sys.argv[1] == "serve":
-        serve(int(sys.argv[2]))
+    if len(sys.argv) in (3, 4) and sys.argv[1] == "serve":
+        serve(int(sys.argv[2]), sys.argv[3] + "\n" if len(sys.argv) == 4 else "")
     else:
-        sys.exit("usage: pg_servers.py serve COUNT")
+        sys.exit("usage: pg_servers.py serve COUNT [SETTINGS]")

@@ -14,7 +14,7 @@ use std::io::Cursor;
 use std::rc::Rc;
 
 use common::mortal::{dies, Calls, Death, Mortal};
-use common::servers::servers;
+use common::servers::{servers, start};
 use imagestore::commit::{Coordinator, Participant};
 use imagestore::config::{HostDatabase, TableConfig};
 use imagestore::journal::TableId;
@@ -337,7 +337,7 @@ fn restore_baseline(f: &Fixture, shards: &mut [ServerShard]) {
 }
 
 #[test]
-fn a_server_without_prepared_transactions_or_holding_another_shard_is_refused() {
+fn a_server_listed_at_the_wrong_place_without_the_table_or_down_is_refused() {
     let Some(f) = Fixture::new(&format!("refuse_{}", std::process::id())) else {
         return;
     };
@@ -380,4 +380,29 @@ fn a_server_without_prepared_transactions_or_holding_another_shard_is_refused() 
         .err()
         .expect("refused");
     assert_eq!(e.sqlite_code(), rusqlite::ffi::SQLITE_CANTOPEN, "{e}");
+}
+
+#[test]
+fn a_server_that_cannot_prepare_is_refused_at_create_and_at_open() {
+    let Some(unfit) = start(1, "max_prepared_transactions = 0") else {
+        return;
+    };
+    let address = Address::parse(&unfit.urls[0]).expect("address");
+    let e = ServerShard::create(address.clone(), "unfit", [5; 16], 0, 1, &[], TIMEOUT_MS)
+        .err()
+        .expect("refused");
+    assert_eq!(e.sqlite_code(), rusqlite::ffi::SQLITE_CANTOPEN, "{e}");
+    assert!(
+        e.to_string().contains("max_prepared_transactions = 0"),
+        "{e}"
+    );
+    // Nothing was made there.
+    let e = ServerShard::open(address, "unfit", 0, 1, &[], TIMEOUT_MS)
+        .err()
+        .expect("refused");
+    assert!(
+        e.to_string()
+            .contains("holds no imagestore table named unfit"),
+        "{e}"
+    );
 }

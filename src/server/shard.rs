@@ -13,6 +13,7 @@
 //! - Every call ends within the busy timeout; one that does not drops the connection (which the
 //!   server then rolls back, or keeps prepared if the PREPARE got through: recovery settles it).
 
+use std::cell::{RefCell, RefMut};
 use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
@@ -210,7 +211,9 @@ enum Open {
 
 /// An open shard on a PostgreSQL server.
 pub struct ServerShard {
-    link: Link,
+    /// The server, as messages name it (no password, ever).
+    address: Address,
+    link: RefCell<Link>,
     table_id: TableId,
     shard_index: usize,
     shard_count: usize,
@@ -250,7 +253,7 @@ impl ServerShard {
         user_columns: &[UserColumn],
         timeout_ms: u64,
     ) -> Result<ServerShard> {
-        let mut shard = ServerShard::connect(
+        let shard = ServerShard::connect(
             address,
             table_id,
             shard_index,
@@ -271,7 +274,7 @@ impl ServerShard {
         )
         .map_err(|e| Error::Internal(e.to_string()))?;
         let schema = shard.schema.clone();
-        let made = shard.link.batch(
+        let made = shard.link().batch(
             "making the table",
             &format!(
                 "BEGIN;
@@ -291,10 +294,10 @@ impl ServerShard {
             ),
         );
         if let Err(e) = made {
-            let _ = shard.link.batch("making the table", "ROLLBACK");
+            let _ = shard.link().batch("making the table", "ROLLBACK");
             return Err(e);
         }
-        let registered = shard.link.execute(
+        let registered = shard.link().execute(
             "registering the table",
             "INSERT INTO imagestore_tables VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
             &[
@@ -307,15 +310,15 @@ impl ServerShard {
             ],
         );
         match registered {
-            Ok(1) => shard.link.batch("making the table", "COMMIT")?,
+            Ok(1) => shard.link().batch("making the table", "COMMIT")?,
             Ok(_) => {
-                let _ = shard.link.batch("making the table", "ROLLBACK");
+                let _ = shard.link().batch("making the table", "ROLLBACK");
                 return Err(shard.foreign(&format!(
                     "already holds an imagestore table named {name}; drop it there, or name this table otherwise"
                 )));
             }
             Err(e) => {
-                let _ = shard.link.batch("making the table", "ROLLBACK");
+                let _ = shard.link().batch("making the table", "ROLLBACK");
                 return Err(e);
             }
         }
@@ -388,8 +391,7 @@ impl ServerShard {
                 "holds table {name} with columns {columns}, but the table declares {declared}"
             )));
         }
-        let mut shard =
-            ServerShard::with_link(link, table_id, shard_index, shard_count, user_columns);
+        let shard = ServerShard::with_link(link, table_id, shard_index, shard_count, user_columns);
         shard.require_prepared_transactions()?;
         Ok(shard)
     }
@@ -425,7 +427,8 @@ impl ServerShard {
             .map(|c| format!(", {}", quote_ident(&c.name)))
             .collect();
         ServerShard {
-            link,
+            address: link.address.clone(),
+            link: RefCell::new(link),
             table_id,
             shard_index,
             shard_count,
@@ -436,16 +439,21 @@ impl ServerShard {
         }
     }
 
+    /// The connection, for one call (never held across another).
+    fn link(&self) -> RefMut<'_, Link> {
+        self.link.borrow_mut()
+    }
+
     fn foreign(&self, detail: &str) -> Error {
         Error::ServerForeign {
-            server: self.link.address.to_string(),
+            server: self.address.to_string(),
             detail: detail.to_string(),
         }
     }
 
     /// A server whose `max_prepared_transactions` is 0 cannot vote: refused at once.
-    fn require_prepared_transactions(&mut self) -> Result<()> {
-        let rows = self.link.query(
+    fn require_prepared_transactions(&self) -> Result<()> {
+        let rows = self.link().query(
             "reading max_prepared_transactions",
             "SELECT current_setting('max_prepared_transactions')::int",
             &[],
@@ -453,7 +461,7 @@ impl ServerShard {
         let max: i32 = rows.first().and_then(|r| r.try_get(0).ok()).unwrap_or(0);
         if max < 1 {
             return Err(Error::ServerUnfit {
-                server: self.link.address.to_string(),
+                server: self.address.to_string(),
                 detail: "has max_prepared_transactions = 0, so it cannot prepare a transaction: set it (say to 64) in postgresql.conf and restart the server".into(),
             });
         }
@@ -487,8 +495,8 @@ impl ServerShard {
             .flatten()
     }
 
-    fn prepared_txids(&mut self) -> Result<Vec<u64>> {
-        let rows = self.link.query(
+    fn prepared_txids(&self) -> Result<Vec<u64>> {
+        let rows = self.link().query(
             "listing prepared transactions",
             "SELECT gid FROM pg_prepared_xacts WHERE database = current_database() AND gid LIKE $1",
             &[Box::new(format!("imagestore:{}:%", hex(&self.table_id)))],
@@ -529,18 +537,18 @@ impl ServerShard {
     }
 
     /// The row with id `id`.
-    pub fn get(&mut self, id: i64) -> Result<Option<StoredRow>> {
+    pub fn get(&self, id: i64) -> Result<Option<StoredRow>> {
         let sql = format!(
             "SELECT {} FROM {}.images WHERE id = $1",
             self.select_columns, self.schema
         );
-        let rows = self.link.query("reading a row", &sql, &[Box::new(id)])?;
+        let rows = self.link().query("reading a row", &sql, &[Box::new(id)])?;
         rows.first().map(|r| self.row_from(r)).transpose()
     }
 
     /// One page of rows matching `filter`, in id order, after `after` (exclusive).
     pub fn scan_page(
-        &mut self,
+        &self,
         filter: &ScanFilter,
         after: Option<i64>,
         limit: usize,
@@ -577,7 +585,7 @@ impl ServerShard {
             "SELECT {} FROM {}.images {where_sql} ORDER BY id {order} LIMIT {limit}",
             self.select_columns, self.schema
         );
-        let rows = self.link.query("reading rows", &sql, &params)?;
+        let rows = self.link().query("reading rows", &sql, &params)?;
         rows.iter().map(|r| self.row_from(r)).collect()
     }
 
@@ -595,10 +603,10 @@ impl ServerShard {
     }
 
     /// The image of the row whose blob is `blob_id` (on a server, the row's own id).
-    pub fn read_blob(&mut self, blob_id: i64) -> Result<Vec<u8>> {
+    pub fn read_blob(&self, blob_id: i64) -> Result<Vec<u8>> {
         let sql = format!("SELECT data FROM {}.images WHERE id = $1", self.schema);
         let rows = self
-            .link
+            .link()
             .query("reading an image", &sql, &[Box::new(blob_id)])?;
         rows.first()
             .and_then(|r| r.try_get::<_, Vec<u8>>(0).ok())
@@ -606,9 +614,9 @@ impl ServerShard {
     }
 
     /// The largest id, if any row.
-    pub fn max_id(&mut self) -> Result<Option<i64>> {
+    pub fn max_id(&self) -> Result<Option<i64>> {
         let sql = format!("SELECT max(id) FROM {}.images", self.schema);
-        let rows = self.link.query("reading the largest id", &sql, &[])?;
+        let rows = self.link().query("reading the largest id", &sql, &[])?;
         Ok(rows.first().and_then(|r| r.try_get(0).ok()).flatten())
     }
 
@@ -636,7 +644,7 @@ impl ServerShard {
     }
 
     /// Inserts a row (its id is free) with its image.
-    pub fn insert(&mut self, row: &NewRow, data: &[u8]) -> Result<()> {
+    pub fn insert(&self, row: &NewRow, data: &[u8]) -> Result<()> {
         let mut params = self.row_params(row)?;
         params.push(Box::new(data.to_vec()));
         let user: String = self
@@ -650,11 +658,13 @@ impl ServerShard {
             self.schema,
             &placeholders[2..]
         );
-        self.link.execute("writing a row", &sql, &params).map(drop)
+        self.link()
+            .execute("writing a row", &sql, &params)
+            .map(drop)
     }
 
     /// Rewrites row `row.id` (its id unchanged), and its image when `data` is given.
-    pub fn update(&mut self, row: &NewRow, data: Option<&[u8]>) -> Result<()> {
+    pub fn update(&self, row: &NewRow, data: Option<&[u8]>) -> Result<()> {
         let mut params = self.row_params(row)?;
         let mut sets: Vec<String> = ["name", "format", "width", "height", "bytes", "hash"]
             .iter()
@@ -673,13 +683,15 @@ impl ServerShard {
             self.schema,
             sets.join(", ")
         );
-        self.link.execute("writing a row", &sql, &params).map(drop)
+        self.link()
+            .execute("writing a row", &sql, &params)
+            .map(drop)
     }
 
     /// Deletes row `id`.
-    pub fn delete(&mut self, id: i64) -> Result<()> {
+    pub fn delete(&self, id: i64) -> Result<()> {
         let sql = format!("DELETE FROM {}.images WHERE id = $1", self.schema);
-        self.link
+        self.link()
             .execute("deleting a row", &sql, &[Box::new(id)])
             .map(drop)
     }
@@ -742,12 +754,12 @@ fn read_value(
 /// transaction is the server's own, durable when PREPARE TRANSACTION returns.
 impl Participant for ServerShard {
     fn name(&self) -> String {
-        self.link.address.to_string()
+        self.address.to_string()
     }
 
     fn begin_read(&mut self) -> Result<Vec<u64>> {
         self.end()?;
-        self.link.batch(
+        self.link().batch(
             "opening a snapshot",
             "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
         )?;
@@ -761,38 +773,38 @@ impl Participant for ServerShard {
             return Ok(());
         }
         self.open = Open::Nothing;
-        self.link.batch("ending a transaction", "ROLLBACK")
+        self.link().batch("ending a transaction", "ROLLBACK")
     }
 
     fn begin_write(&mut self) -> Result<()> {
         self.end()?;
-        self.link
+        self.link()
             .batch("beginning a transaction", "BEGIN; SAVEPOINT start")?;
         self.open = Open::Writing;
         Ok(())
     }
 
     fn savepoint(&mut self, level: i32) -> Result<()> {
-        self.link
+        self.link()
             .batch("making a savepoint", &format!("SAVEPOINT s{level}"))
     }
 
     fn release(&mut self, level: i32) -> Result<()> {
-        self.link.batch(
+        self.link().batch(
             "releasing a savepoint",
             &format!("RELEASE SAVEPOINT s{level}"),
         )
     }
 
     fn rollback_to(&mut self, level: i32) -> Result<()> {
-        self.link.batch(
+        self.link().batch(
             "rolling back to a savepoint",
             &format!("ROLLBACK TO SAVEPOINT s{level}"),
         )
     }
 
     fn rollback_to_start(&mut self) -> Result<()> {
-        self.link.batch(
+        self.link().batch(
             "rolling back the transaction",
             "ROLLBACK TO SAVEPOINT start",
         )
@@ -800,7 +812,7 @@ impl Participant for ServerShard {
 
     fn last_txid(&mut self) -> Result<u64> {
         let sql = format!("SELECT last_txid FROM {}.state", self.schema);
-        let rows = self.link.query("reading last_txid", &sql, &[])?;
+        let rows = self.link().query("reading last_txid", &sql, &[])?;
         let last: i64 = rows
             .first()
             .and_then(|r| r.try_get(0).ok())
@@ -855,7 +867,7 @@ impl Participant for ServerShard {
         );
         // A PREPARE that fails becomes a ROLLBACK; a failed UPDATE leaves the transaction
         // open and aborted: `end` then rolls it back.
-        self.link.batch("preparing", &sql)?;
+        self.link().batch("preparing", &sql)?;
         self.open = Open::Nothing;
         Ok(())
     }
@@ -863,7 +875,7 @@ impl Participant for ServerShard {
     fn finalize(&mut self, txid: u64) -> Result<()> {
         self.end()?;
         let gid = self.gid(txid);
-        self.link.settle(
+        self.link().settle(
             "committing a prepared transaction",
             &format!("COMMIT PREPARED '{gid}'"),
         )
@@ -872,7 +884,7 @@ impl Participant for ServerShard {
     fn abort_prepared(&mut self, txid: u64) -> Result<()> {
         self.end()?;
         let gid = self.gid(txid);
-        self.link.settle(
+        self.link().settle(
             "rolling back a prepared transaction",
             &format!("ROLLBACK PREPARED '{gid}'"),
         )

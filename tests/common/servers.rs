@@ -9,8 +9,16 @@ use std::sync::OnceLock;
 pub struct Servers {
     /// One URL a server, of its database `postgres`.
     pub urls: Vec<String>,
-    _helper: Child,
-    _stdin: ChildStdin,
+    helper: Child,
+    stdin: Option<ChildStdin>,
+}
+
+impl Drop for Servers {
+    /// Closing the helper's input stops its servers; waits until they are gone.
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        let _ = self.helper.wait();
+    }
 }
 
 static SERVERS: OnceLock<Option<Servers>> = OnceLock::new();
@@ -18,13 +26,15 @@ static SERVERS: OnceLock<Option<Servers>> = OnceLock::new();
 /// Three servers shared by the tests of this process, or `None` where none can be started
 /// (a failure instead in CI, `CI=true`).
 pub fn servers() -> Option<&'static Servers> {
-    SERVERS.get_or_init(start).as_ref()
+    SERVERS.get_or_init(|| start(3, "")).as_ref()
 }
 
-fn start() -> Option<Servers> {
+/// `count` servers of their own, with `settings` added to their configuration, stopped when
+/// the value is dropped.
+pub fn start(count: usize, settings: &str) -> Option<Servers> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pg_servers.py");
     let mut helper = Command::new("python3")
-        .args([script, "serve", "3"])
+        .args([script, "serve", &count.to_string(), settings])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -38,8 +48,8 @@ fn start() -> Option<Servers> {
             "ready" => {
                 return Some(Servers {
                     urls,
-                    _helper: helper,
-                    _stdin: stdin,
+                    helper,
+                    stdin: Some(stdin),
                 })
             }
             "unavailable" => {
