@@ -37,12 +37,14 @@ pub struct TableCore {
     /// may have changed under it.
     pub(crate) data_version: Cell<u64>,
     /// The rows an UPDATE's scan read without some of their columns (SQLite's "no change"), by
-    /// id, with what identifies their content: the row-write rules refuse to update a row that
-    /// the same statement changed after its scan read it (see `write::RowUpdate`).
+    /// id, with what identifies their content: the row-write rules refuse new values that were
+    /// computed from a row the same statement has since overwritten (`require_as_scanned`).
+    /// Cleared when the write transaction ends.
     pub(crate) scanned: RefCell<std::collections::HashMap<i64, RowContent>>,
 }
 
-/// What identifies a stored row's content: where its image is, and the image's hash.
+/// What identifies a stored row's content: where its image is, the image's hash, and the
+/// columns an UPDATE can set.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct RowContent {
     pub(crate) blob_id: i64,
