@@ -36,6 +36,8 @@ use crate::shard::{hex, quote_ident, unhex, NewRow, ScanFilter, ShardIdentity, S
 const FORMAT_VERSION: i32 = 1;
 /// SQLSTATE of "prepared transaction with identifier ... does not exist".
 const UNDEFINED_OBJECT: &str = "42704";
+/// SQLSTATE of "relation ... does not exist".
+const UNDEFINED_TABLE: &str = "42P01";
 
 /// A parameter of a statement, in the type its column has on the server.
 type Param = Box<dyn ToSql + Sync + Send>;
@@ -240,6 +242,15 @@ fn server_type(decl_type: &str) -> &'static str {
     }
 }
 
+/// The user columns as the registry records them: a JSON list of [name, declared type].
+fn columns_json(user_columns: &[UserColumn]) -> Result<String> {
+    let pairs: Vec<(&str, &str)> = user_columns
+        .iter()
+        .map(|c| (c.name.as_str(), c.decl_type.as_str()))
+        .collect();
+    serde_json::to_string(&pairs).map_err(|e| Error::Internal(e.to_string()))
+}
+
 impl ServerShard {
     /// Connects to the server at `address` and makes shard `shard_index` of `shard_count` of
     /// a new table `name` (`table_id`) there. Refuses a server that cannot prepare
@@ -266,13 +277,7 @@ impl ServerShard {
             .iter()
             .map(|c| format!(", {} {}", quote_ident(&c.name), server_type(&c.decl_type)))
             .collect();
-        let columns_text = serde_json::to_string(
-            &user_columns
-                .iter()
-                .map(|c| (c.name.as_str(), c.decl_type.as_str()))
-                .collect::<Vec<_>>(),
-        )
-        .map_err(|e| Error::Internal(e.to_string()))?;
+        let columns_text = columns_json(user_columns)?;
         let schema = shard.schema.clone();
         let made = shard.link().batch(
             "making the table",
@@ -347,9 +352,9 @@ impl ServerShard {
             detail,
         };
         let row = match registered {
-            // 42P01: no imagestore_tables at all.
+            // No imagestore_tables at all.
             Err(Error::Server { source, .. })
-                if source.code().map(|c| c.code()) == Some("42P01") =>
+                if source.code().map(|c| c.code()) == Some(UNDEFINED_TABLE) =>
             {
                 None
             }
@@ -379,13 +384,7 @@ impl ServerShard {
                 "holds shard {index} of {count} of table {name}, but the table lists it as shard {shard_index} of {shard_count}"
             )));
         }
-        let declared = serde_json::to_string(
-            &user_columns
-                .iter()
-                .map(|c| (c.name.as_str(), c.decl_type.as_str()))
-                .collect::<Vec<_>>(),
-        )
-        .map_err(|e| Error::Internal(e.to_string()))?;
+        let declared = columns_json(user_columns)?;
         if declared != columns {
             return Err(foreign(format!(
                 "holds table {name} with columns {columns}, but the table declares {declared}"
