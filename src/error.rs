@@ -123,6 +123,11 @@ pub enum Error {
     #[error("imagestore: server {server} {detail}")]
     ServerUnfit { server: String, detail: String },
 
+    /// The connection to a server broke while a transaction was open on it; the server rolled
+    /// that transaction back (SQLITE_IOERR).
+    #[error("imagestore: the connection to server {server} broke during a transaction, which the server has rolled back; roll back and retry")]
+    ServerLost { server: String },
+
     /// A PostgreSQL server did not answer within the table's busy timeout (SQLITE_BUSY).
     #[error("imagestore: server {server} did not answer ({what}) within {timeout_ms} ms, the table's busy_timeout=; its connection is dropped")]
     ServerTimeout {
@@ -273,7 +278,7 @@ impl Error {
                 source.sqlite_code()
             }
             Error::Poisoned { full: true, .. } => ffi::SQLITE_FULL,
-            Error::Poisoned { full: false, .. } => ffi::SQLITE_IOERR,
+            Error::Poisoned { full: false, .. } | Error::ServerLost { .. } => ffi::SQLITE_IOERR,
             Error::BadBackup { .. } | Error::LostCommits { .. } => ffi::SQLITE_CORRUPT_VTAB,
             Error::Unusable { code, .. } => *code,
             Error::Busy { .. } | Error::ServerTimeout { .. } => ffi::SQLITE_BUSY,

@@ -406,3 +406,49 @@ fn a_server_that_cannot_prepare_is_refused_at_create_and_at_open() {
         "{e}"
     );
 }
+
+/// Ends the backends on `url`'s server that have a transaction open on table `table_id` (their
+/// last statement named its schema), as a server restart or a network cut would; other tests'
+/// connections are left alone.
+fn terminate_open_transactions(url: &str, table_id: &TableId) {
+    let hex: String = table_id.iter().map(|b| format!("{b:02x}")).collect();
+    let sql = format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE application_name = 'imagestore' AND state LIKE 'idle in transaction%'
+         AND query LIKE '%{hex}%'"
+    );
+    let done = std::process::Command::new("psql")
+        .args(["-X", "-q", "-d", url, "-c", &sql])
+        .output()
+        .expect("psql");
+    assert!(done.status.success(), "{done:?}");
+}
+
+#[test]
+fn a_connection_lost_mid_transaction_fails_what_follows_and_never_runs_it_outside() {
+    let Some(f) = Fixture::new(&format!("lost_{}", std::process::id())) else {
+        return;
+    };
+    let mut shards = f.shards();
+    let shard = &mut shards[0];
+    shard.begin_write().expect("begin");
+    let data = png(40);
+    let id = ids_on(0, 500).next().unwrap();
+    shard
+        .insert(&row(id, "lost", &data), &data)
+        .expect("insert");
+    terminate_open_transactions(&servers().unwrap().urls[0], &f.table_id);
+    let later = ids_on(0, id + 1).next().unwrap();
+    // The first call finds the connection gone; the next ones refuse to make a new one, which
+    // would run them outside the transaction (committed at once, alone).
+    assert!(shard.insert(&row(later, "later", &data), &data).is_err());
+    for _ in 0..2 {
+        let e = shard
+            .insert(&row(later, "later", &data), &data)
+            .expect_err("refused");
+        assert_eq!(e.sqlite_code(), rusqlite::ffi::SQLITE_IOERR, "{e}");
+    }
+    shard.end().expect("end");
+    // Neither row is there; the shard works again once the transaction is ended.
+    assert_eq!(f.rows(&mut shards), baseline());
+}

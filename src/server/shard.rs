@@ -13,7 +13,7 @@
 //! - Every call ends within the busy timeout; one that does not drops the connection (which the
 //!   server then rolls back, or keeps prepared if the PREPARE got through: recovery settles it).
 
-use std::cell::{RefCell, RefMut};
+use std::cell::{Cell, RefCell, RefMut};
 use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
@@ -53,6 +53,10 @@ struct Link {
     runtime: Runtime,
     client: Option<(Client, JoinHandle<()>)>,
     statements: HashMap<String, Statement>,
+    /// The connection was dropped (it broke, or a call ran past the deadline). While the shard
+    /// has a transaction open, no new connection is made: a call on it would run outside that
+    /// transaction, which the server has rolled back. Cleared once nothing is open.
+    lost: bool,
 }
 
 impl Link {
@@ -67,6 +71,7 @@ impl Link {
             runtime,
             client: None,
             statements: HashMap::new(),
+            lost: false,
         })
     }
 
@@ -92,7 +97,11 @@ impl Link {
         match outcome {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => {
-                if e.is_closed() {
+                // A FATAL error ends the session as surely as a broken socket.
+                let fatal = e
+                    .as_db_error()
+                    .is_some_and(|d| matches!(d.severity(), "FATAL" | "PANIC"));
+                if e.is_closed() || fatal {
                     self.disconnect();
                 }
                 Err(self.server_error(what)(e))
@@ -125,6 +134,7 @@ impl Link {
     fn disconnect(&mut self) {
         if let Some((_, connection)) = self.client.take() {
             connection.abort();
+            self.lost = true;
         }
         self.statements.clear();
     }
@@ -132,6 +142,11 @@ impl Link {
     fn connect(&mut self) -> Result<()> {
         if self.client.is_some() {
             return Ok(());
+        }
+        if self.lost {
+            return Err(Error::ServerLost {
+                server: self.address.to_string(),
+            });
         }
         let mut config = tokio_postgres::Config::new();
         config
@@ -224,7 +239,9 @@ pub struct ServerShard {
     schema: String,
     /// `id, name, ..., hash, id AS blob_id, <user columns>`: a row as `StoredRow` reads it.
     select_columns: String,
-    open: Open,
+    /// What is open on the connection; a connection lost while something is open is not made
+    /// again until it is ended (see `Link::lost`).
+    open: Cell<Open>,
 }
 
 /// The name of the schema that holds table `table_id` on a server.
@@ -434,13 +451,17 @@ impl ServerShard {
             user_columns: user_columns.to_vec(),
             schema: schema_name(&table_id),
             select_columns: format!("id, name, format, width, height, bytes, hash, id{user}"),
-            open: Open::Nothing,
+            open: Cell::new(Open::Nothing),
         }
     }
 
     /// The connection, for one call (never held across another).
     fn link(&self) -> RefMut<'_, Link> {
-        self.link.borrow_mut()
+        let mut link = self.link.borrow_mut();
+        if self.open.get() == Open::Nothing {
+            link.lost = false;
+        }
+        link
     }
 
     fn foreign(&self, detail: &str) -> Error {
@@ -762,16 +783,16 @@ impl Participant for ServerShard {
             "opening a snapshot",
             "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
         )?;
-        self.open = Open::Reading;
+        self.open.set(Open::Reading);
         // The first statement takes the snapshot.
         self.prepared_txids()
     }
 
     fn end(&mut self) -> Result<()> {
-        if self.open == Open::Nothing {
+        if self.open.get() == Open::Nothing {
             return Ok(());
         }
-        self.open = Open::Nothing;
+        self.open.set(Open::Nothing);
         self.link().batch("ending a transaction", "ROLLBACK")
     }
 
@@ -779,7 +800,7 @@ impl Participant for ServerShard {
         self.end()?;
         self.link()
             .batch("beginning a transaction", "BEGIN; SAVEPOINT start")?;
-        self.open = Open::Writing;
+        self.open.set(Open::Writing);
         Ok(())
     }
 
@@ -867,12 +888,14 @@ impl Participant for ServerShard {
         // A PREPARE that fails becomes a ROLLBACK; a failed UPDATE leaves the transaction
         // open and aborted: `end` then rolls it back.
         self.link().batch("preparing", &sql)?;
-        self.open = Open::Nothing;
+        self.open.set(Open::Nothing);
         Ok(())
     }
 
     fn finalize(&mut self, txid: u64) -> Result<()> {
-        self.end()?;
+        // Whatever was open goes; COMMIT PREPARED runs on its own (on a new connection if
+        // that one broke).
+        let _ = self.end();
         let gid = self.gid(txid);
         self.link().settle(
             "committing a prepared transaction",
@@ -881,7 +904,7 @@ impl Participant for ServerShard {
     }
 
     fn abort_prepared(&mut self, txid: u64) -> Result<()> {
-        self.end()?;
+        let _ = self.end();
         let gid = self.gid(txid);
         self.link().settle(
             "rolling back a prepared transaction",
