@@ -39,17 +39,6 @@ pub(crate) enum OnTakenId {
     Refuse,
 }
 
-impl OnTakenId {
-    /// The conflict clause of the statement running on `db`, as `sqlite3_vtab_on_conflict` says.
-    pub(crate) fn of_statement(db: *mut ffi::sqlite3) -> OnTakenId {
-        // SAFETY: `db` is the connection running the xUpdate that asks.
-        match unsafe { ffi::sqlite3_vtab_on_conflict(db) } {
-            ffi::SQLITE_REPLACE => OnTakenId::Replace,
-            _ => OnTakenId::Refuse,
-        }
-    }
-}
-
 /// The value given for the `data` column: an image file's bytes, or else the SQL type name of
 /// what was given instead (`NULL`, `TEXT`, ...), refused with the row named (`image_bytes`).
 pub(crate) type ImageData<'a> = std::result::Result<&'a [u8], &'static str>;

@@ -207,6 +207,16 @@ impl ImageTable {
         }
     }
 
+    /// What the statement running this xUpdate does with a taken id: its conflict clause, as
+    /// `sqlite3_vtab_on_conflict` says.
+    fn on_taken_id(&self) -> OnTakenId {
+        // SAFETY: self.db is the connection running this xUpdate.
+        match unsafe { ffi::sqlite3_vtab_on_conflict(self.db) } {
+            ffi::SQLITE_REPLACE => OnTakenId::Replace,
+            _ => OnTakenId::Refuse,
+        }
+    }
+
     /// The connection and database this table's writes run on.
     fn host(&self) -> Host<'_> {
         Host {
@@ -424,7 +434,7 @@ impl UpdateVTab<'_> for ImageTable {
                     return Err(e);
                 }
             };
-            core.insert_row(&self.host(), &row, data, OnTakenId::of_statement(self.db))?;
+            core.insert_row(&self.host(), &row, data, self.on_taken_id())?;
             Ok(id)
         })?)
     }
@@ -468,7 +478,7 @@ impl UpdateVTab<'_> for ImageTable {
                 data,
                 user,
             };
-            core.update_row(&self.host(), update, OnTakenId::of_statement(self.db))
+            core.update_row(&self.host(), update, self.on_taken_id())
         })?)
     }
 }
