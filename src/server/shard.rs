@@ -497,6 +497,16 @@ impl ServerShard {
         }
     }
 
+    /// Ends prepared transaction `txid` by `verb` (COMMIT or ROLLBACK) PREPARED, doing nothing
+    /// if the server no longer holds it. Whatever was open on the connection goes first; the
+    /// statement runs on its own (on a new connection if that one broke).
+    fn end_prepared(&mut self, txid: u64, verb: &str, what: &str) -> Result<()> {
+        let _ = Participant::end(self);
+        let gid = self.gid(txid);
+        self.link()
+            .settle(what, &format!("{verb} PREPARED '{gid}'"))
+    }
+
     /// The identifier of this shard's prepared transaction `txid`.
     fn gid(&self, txid: u64) -> String {
         format!(
@@ -573,36 +583,14 @@ impl ServerShard {
         after: Option<i64>,
         limit: usize,
     ) -> Result<Vec<StoredRow>> {
-        let mut conditions = Vec::new();
-        let mut params: Vec<Param> = Vec::new();
-        let mut add = |condition: String, param: Param| {
-            params.push(param);
-            conditions.push(format!("{condition} ${}", params.len()));
-        };
-        if let Some(id) = filter.id_eq {
-            add("id =".into(), Box::new(id));
-        }
-        if let Some(min) = filter.id_min {
-            add("id >=".into(), Box::new(min));
-        }
-        if let Some(max) = filter.id_max {
-            add("id <=".into(), Box::new(max));
-        }
-        for (column, value) in &filter.equal {
-            let decl = self.declared_type(column);
-            add(format!("{column} ="), to_param(value, &decl, column)?);
-        }
-        if let Some(after) = after {
-            let op = if filter.descending { "id <" } else { "id >" };
-            add(op.into(), Box::new(after));
-        }
-        let where_sql = match conditions.is_empty() {
-            true => String::new(),
-            false => format!("WHERE {}", conditions.join(" AND ")),
-        };
-        let order = if filter.descending { "DESC" } else { "ASC" };
+        let conditions = filter.conditions(after);
+        let where_and_order = filter.where_and_order(&conditions, |n| format!("${n}"));
+        let params = conditions
+            .iter()
+            .map(|c| to_param(&c.value, &self.declared_type(&c.column), &c.column))
+            .collect::<Result<Vec<Param>>>()?;
         let sql = format!(
-            "SELECT {} FROM {}.images {where_sql} ORDER BY id {order} LIMIT {limit}",
+            "SELECT {} FROM {}.images {where_and_order} LIMIT {limit}",
             self.select_columns, self.schema
         );
         let rows = self.link().query("reading rows", &sql, &params)?;
@@ -893,23 +881,11 @@ impl Participant for ServerShard {
     }
 
     fn finalize(&mut self, txid: u64) -> Result<()> {
-        // Whatever was open goes; COMMIT PREPARED runs on its own (on a new connection if
-        // that one broke).
-        let _ = self.end();
-        let gid = self.gid(txid);
-        self.link().settle(
-            "committing a prepared transaction",
-            &format!("COMMIT PREPARED '{gid}'"),
-        )
+        self.end_prepared(txid, "COMMIT", "committing a prepared transaction")
     }
 
     fn abort_prepared(&mut self, txid: u64) -> Result<()> {
-        let _ = self.end();
-        let gid = self.gid(txid);
-        self.link().settle(
-            "rolling back a prepared transaction",
-            &format!("ROLLBACK PREPARED '{gid}'"),
-        )
+        self.end_prepared(txid, "ROLLBACK", "rolling back a prepared transaction")
     }
 
     /// PREPARE TRANSACTION is durable when it returns.

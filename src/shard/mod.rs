@@ -47,7 +47,7 @@ mod copy;
 mod protocol;
 mod rows;
 
-pub use rows::{NewRow, ScanFilter, StoredRow};
+pub use rows::{Condition, NewRow, ScanFilter, StoredRow};
 
 pub const FORMAT_VERSION: i64 = 1;
 

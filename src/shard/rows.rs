@@ -61,6 +61,56 @@ pub struct ScanFilter {
     pub equal: Vec<(String, Value)>,
     pub descending: bool,
 }
+
+/// One condition of a scan: `column op value`, the column as the shard's SQL names it.
+pub struct Condition {
+    pub column: String,
+    pub op: &'static str,
+    pub value: Value,
+}
+
+impl ScanFilter {
+    /// The filter's conditions for a page after `after` (exclusive, in the scan's order): one
+    /// list whatever kind of shard runs it, each writing its own placeholders.
+    pub fn conditions(&self, after: Option<i64>) -> Vec<Condition> {
+        let on_id = |op, id| Condition {
+            column: "id".into(),
+            op,
+            value: Value::Integer(id),
+        };
+        let mut conditions = Vec::new();
+        conditions.extend(self.id_eq.map(|id| on_id("=", id)));
+        conditions.extend(self.id_min.map(|id| on_id(">=", id)));
+        conditions.extend(self.id_max.map(|id| on_id("<=", id)));
+        conditions.extend(self.equal.iter().map(|(column, value)| Condition {
+            column: column.clone(),
+            op: "=",
+            value: value.clone(),
+        }));
+        let after_op = if self.descending { "<" } else { ">" };
+        conditions.extend(after.map(|id| on_id(after_op, id)));
+        conditions
+    }
+
+    /// `WHERE ... ORDER BY id ...` for `conditions`, the n-th one's value (1-based) written as
+    /// `placeholder(n)`.
+    pub fn where_and_order(
+        &self,
+        conditions: &[Condition],
+        placeholder: impl Fn(usize) -> String,
+    ) -> String {
+        let terms: Vec<String> = conditions
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{} {} {}", c.column, c.op, placeholder(i + 1)))
+            .collect();
+        let order = if self.descending { "DESC" } else { "ASC" };
+        match terms.is_empty() {
+            true => format!("ORDER BY id {order}"),
+            false => format!("WHERE {} ORDER BY id {order}", terms.join(" AND ")),
+        }
+    }
+}
 impl Shard {
     fn row_from(&self, r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRow> {
         Ok(StoredRow {
@@ -95,39 +145,12 @@ impl Shard {
         after: Option<i64>,
         limit: usize,
     ) -> Result<Vec<StoredRow>> {
-        let mut conditions = Vec::new();
-        let mut values: Vec<Value> = Vec::new();
-        let mut add = |cond: &str, value: Value| {
-            values.push(value);
-            conditions.push(format!("{cond} ?{}", values.len()));
-        };
-        if let Some(id) = filter.id_eq {
-            add("id =", Value::Integer(id));
-        }
-        if let Some(min) = filter.id_min {
-            add("id >=", Value::Integer(min));
-        }
-        if let Some(max) = filter.id_max {
-            add("id <=", Value::Integer(max));
-        }
-        for (column, value) in &filter.equal {
-            add(&format!("{column} ="), value.clone());
-        }
-        if let Some(after) = after {
-            add(
-                if filter.descending { "id <" } else { "id >" },
-                Value::Integer(after),
-            );
-        }
-        let where_sql = if conditions.is_empty() {
-            String::new()
-        } else {
-            format!("WHERE {}", conditions.join(" AND "))
-        };
-        let order = if filter.descending { "DESC" } else { "ASC" };
+        let conditions = filter.conditions(after);
+        let where_and_order = filter.where_and_order(&conditions, |n| format!("?{n}"));
+        let mut values: Vec<Value> = conditions.into_iter().map(|c| c.value).collect();
         values.push(Value::Integer(limit as i64));
         let sql = format!(
-            "SELECT id, {} FROM images {where_sql} ORDER BY id {order} LIMIT ?{}",
+            "SELECT id, {} FROM images {where_and_order} LIMIT ?{}",
             self.columns_sql,
             values.len()
         );

@@ -25,6 +25,9 @@ pub struct ImageCursor {
     pub(super) current: Option<usize>,
     /// The table's `data_version` when the lanes' pages were read.
     pub(super) version: u64,
+    /// The last row whose content this cursor noted for an UPDATE (`TableCore::scanned`): it is
+    /// noted once, not once for each column the UPDATE leaves unread.
+    pub(super) noted: std::cell::Cell<Option<i64>>,
 }
 
 impl ImageCursor {
@@ -105,6 +108,7 @@ unsafe impl VTabCursor for ImageCursor {
             self.core.begin_read()?;
             self.version = self.core.data_version.get();
             self.lanes.clear();
+            self.noted.set(None);
             self.current = None;
             let Some(filter) = scan_filter(&self.core.config, idx_num, idx_str, args) else {
                 return Ok(());
@@ -158,8 +162,10 @@ unsafe impl VTabCursor for ImageCursor {
             if ctx.no_change() {
                 // An UPDATE that does not set this column: leave it unread (xUpdate then sees
                 // it as unchanged), above all `data`; note what the scan read of the row.
-                let content = crate::table::handle::RowContent::of(row);
-                self.core.scanned.borrow_mut().insert(row.id, content);
+                if self.noted.replace(Some(row.id)) != Some(row.id) {
+                    let content = crate::table::handle::RowContent::of(row);
+                    self.core.scanned.borrow_mut().insert(row.id, content);
+                }
                 return Ok(());
             }
             let set = |ctx: &mut Context, v: &dyn rusqlite::ToSql| {

@@ -312,6 +312,7 @@ unsafe impl<'vtab> VTab<'vtab> for ImageTable {
             lanes: Vec::new(),
             current: None,
             version: 0,
+            noted: std::cell::Cell::new(None),
         })
     }
 }
