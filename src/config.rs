@@ -62,7 +62,11 @@ pub struct UserColumn {
 #[derive(Debug, Clone)]
 pub struct TableConfig {
     pub table_name: String,
+    /// The shard files of a table on this machine (empty for a table on servers).
     pub shard_paths: Vec<PathBuf>,
+    /// The servers of a table on PostgreSQL servers (empty for a table of files); the first is
+    /// the anchor (see `server::anchor`).
+    pub servers: Vec<Address>,
     /// Whether the shard paths were derived from the database name (`shards=N`).
     pub derived_paths: bool,
     pub journal_path: PathBuf,
@@ -385,14 +389,15 @@ impl TableConfig {
         };
         // Checked first: a URL with a password is refused before anything else looks at it.
         let servers = Self::servers(&shards)?;
-        if !servers.is_empty() {
-            return Err(Error::ServerUnfit {
-                server: servers[0].to_string(),
-                detail: "and the others are well formed, but a table on PostgreSQL servers cannot yet be created or opened from SQL in this version (the servers' participant is built and tested below SQL; see README, Layout, src/server/)".into(),
-            });
+        if !servers.is_empty() && restore_from.is_some() {
+            return Err(bad(
+                "restore_from is not yet available for a table on PostgreSQL servers: restore into a local table",
+            ));
         }
-        let (shard_paths, derived_paths) =
-            Self::shard_paths(table_name, &shards, &host, &base_dir)?;
+        let (shard_paths, derived_paths) = match servers.is_empty() {
+            true => Self::shard_paths(table_name, &shards, &host, &base_dir)?,
+            false => (Vec::new(), false),
+        };
         // Every path to a shard (a symbolic link, a linked folder) leads to the same coordinator
         // files, which are named after shard 0's canonical path.
         let shard_paths: Vec<PathBuf> = shard_paths.iter().map(|p| canonical(p)).collect();
@@ -404,11 +409,12 @@ impl TableConfig {
         }
         // The coordinator's files go with the shard set, not with the database or the table's
         // name: whoever opens these shards, from whichever database, shares one journal and one
-        // pair of locks.
-        let coordinator_base = shard_paths[0].clone();
+        // pair of locks. A table on servers keeps them on its anchor instead (no files).
+        let coordinator_base = shard_paths.first().cloned().unwrap_or_default();
         Ok(TableConfig {
             table_name: table_name.to_string(),
             shard_paths,
+            servers,
             derived_paths,
             journal_path: with_suffix(&coordinator_base, ".imagestore-journal"),
             lock_path: with_suffix(&coordinator_base, ".imagestore-lock"),
@@ -432,8 +438,17 @@ impl TableConfig {
         })
     }
 
-    /// Every file the table owns: its shard files, the journal, and the two lock files.
+    /// How many shards the table has.
+    pub fn shard_count(&self) -> usize {
+        self.shard_paths.len().max(self.servers.len())
+    }
+
+    /// Every file the table owns: its shard files, the journal, and the two lock files (none
+    /// for a table on servers).
     pub fn files(&self) -> Vec<PathBuf> {
+        if !self.servers.is_empty() {
+            return Vec::new();
+        }
         let mut files = vec![
             self.journal_path.clone(),
             self.lock_path.clone(),

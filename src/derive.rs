@@ -29,8 +29,9 @@ use crate::error::{catch_panic, Error, Result};
 use crate::images::encode::{self, OutputFormat};
 use crate::images::pool::image_pool;
 use crate::images::{decode, perceptual_hash, phash, thumbnail};
-use crate::shard::{NewRow, Shard};
+use crate::shard::NewRow;
 use crate::table::TableCore;
+use crate::table::TableShard;
 
 /// Images read into memory at most at once, before they are processed and written.
 const BATCH_BYTES_MAX: usize = 256 << 20;
@@ -231,7 +232,7 @@ pub fn derive(core: &TableCore, column: &str, operation: Operation) -> Result<Su
 /// many rows were written.
 fn process(
     coordinator: &mut Coordinator,
-    shards: &[Shard],
+    shards: &[TableShard],
     target: usize,
     operation: Operation,
     batch: &[Job],

@@ -106,7 +106,7 @@ pub enum Error {
     /// SQLSTATE (see `server_code`): SQLITE_FULL for a full disk, SQLITE_BUSY for a lock or
     /// serialization conflict, SQLITE_AUTH for a refused login, SQLITE_CANTOPEN for a server
     /// or database that cannot be reached, SQLITE_IOERR for a connection lost.
-    #[error("imagestore: server {server}: {what}: {source}")]
+    #[error("imagestore: server {server}: {what}: {}", server_message(.source))]
     Server {
         server: String,
         what: String,
@@ -197,6 +197,16 @@ pub enum Error {
         full: bool,
     },
 
+    /// A decision was written, or not, and its answer was lost (a full disk while cutting a
+    /// failed record off, a server connection dropped mid-statement): the transaction is whole
+    /// or absent, as recovery will find (SQLITE_IOERR; SQLITE_FULL for a full disk).
+    #[error("imagestore: table {table}: the outcome of this commit is unknown ({cause}); it is on every shard or on none, as recovery finds when the table is next opened: check before you retry")]
+    OutcomeUnknown {
+        table: String,
+        cause: String,
+        full: bool,
+    },
+
     /// Recovery of an interrupted commit is pending and could not run (say for a full disk):
     /// the table can be neither read nor written until it has; the code is the cause's.
     #[error("imagestore: table {table}: an interrupted commit must be finished before the table can be read or written, and finishing it failed: {}. Free disk space (or remove the cause) and retry; nothing is lost meanwhile", without_prefix(source))]
@@ -277,8 +287,12 @@ impl Error {
             Error::RecoveryPending { source, .. } | Error::InRow { source, .. } => {
                 source.sqlite_code()
             }
-            Error::Poisoned { full: true, .. } => ffi::SQLITE_FULL,
-            Error::Poisoned { full: false, .. } | Error::ServerLost { .. } => ffi::SQLITE_IOERR,
+            Error::Poisoned { full: true, .. } | Error::OutcomeUnknown { full: true, .. } => {
+                ffi::SQLITE_FULL
+            }
+            Error::Poisoned { full: false, .. }
+            | Error::OutcomeUnknown { full: false, .. }
+            | Error::ServerLost { .. } => ffi::SQLITE_IOERR,
             Error::BadBackup { .. } | Error::LostCommits { .. } => ffi::SQLITE_CORRUPT_VTAB,
             Error::Unusable { code, .. } => *code,
             Error::Busy { .. } | Error::ServerTimeout { .. } => ffi::SQLITE_BUSY,
@@ -371,5 +385,18 @@ pub fn catch_panic<T>(body: impl FnOnce() -> Result<T>) -> Result<T> {
                 .unwrap_or_else(|| "panic".to_string());
             Err(Error::Internal(message))
         }
+    }
+}
+
+/// What a server said, as a person needs it: its message, SQLSTATE and hint, or the cause of a
+/// failure below the protocol (a refused connection).
+fn server_message(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        let hint = db.hint().map_or(String::new(), |h| format!(" ({h})"));
+        return format!("{} [SQLSTATE {}]{hint}", db.message(), db.code().code());
+    }
+    match std::error::Error::source(e) {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
     }
 }

@@ -20,7 +20,9 @@ use rusqlite::Connection;
 
 use rusqlite::types::Value;
 
-use crate::commit::{accept_lost_commits, resolve_in_doubt, Resolution};
+use crate::commit::{
+    accept_lost_commits, resolve_in_doubt, Participant, PrepareRecord, Resolution,
+};
 use crate::config::module_arguments;
 use crate::derive::Operation;
 use crate::error::{Error, Result};
@@ -40,10 +42,11 @@ fn check(core: &TableCore) -> Result<String> {
         for (txid, index) in core.coordinator.borrow_mut().lost_commits(&mut shards)? {
             problems.push(format!(
                 "shard {index} ({}): transaction {txid}, which the journal committed, is missing: the shard lost commits after they were made durable (its file or WAL was damaged or replaced); restore the shard from a backup",
-                shards[index].path.display()
+                shards[index].name()
             ));
         }
         for (index, shard) in shards.iter().enumerate() {
+            let shard = shard.local("imagestore_check")?;
             let file = shard.path.display();
             let mut checked = || -> Result<()> {
                 for line in shard.integrity_problems()? {
@@ -96,11 +99,11 @@ fn check(core: &TableCore) -> Result<String> {
 /// (decided; recovery finalizes it) or `undecided` (recovery aborts it).
 fn transactions(core: &TableCore) -> Result<String> {
     core.with_snapshot(|core| {
-        let shards = core.shards.borrow();
+        let mut shards = core.shards.borrow_mut();
         let mut found: std::collections::BTreeMap<u64, (Vec<usize>, Option<String>)> =
             Default::default();
-        for (index, shard) in shards.iter().enumerate() {
-            for (txid, decided_by) in shard.prepared_deciders()? {
+        for (index, shard) in shards.iter_mut().enumerate() {
+            for PrepareRecord { txid, decided_by } in shard.prepared()? {
                 let entry = found.entry(txid).or_default();
                 entry.0.push(index);
                 entry.1 = entry.1.take().or(decided_by);
@@ -194,6 +197,11 @@ fn resolve(call: &Call<'_>) -> Result<String> {
     let args = module_arguments(&table.sql).unwrap_or_default();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let config = table_config(call.handle(), &table.schema, &table.table, &args)?;
+    if !config.servers.is_empty() {
+        return Err(Error::BadArgument(
+            "imagestore_resolve is not yet available for a table on PostgreSQL servers; opening the table runs its recovery".into(),
+        ));
+    }
     let (table_id, mut shards, _) = open_shards(&config, false)?;
     let resolved = match resolution {
         Some(resolution) => resolve_in_doubt(

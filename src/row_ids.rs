@@ -8,7 +8,7 @@
 
 use crate::error::{Error, Result};
 use crate::placement::shard_of;
-use crate::shard::Shard;
+use crate::table::TableShard;
 
 #[derive(Default)]
 pub struct RowIds {
@@ -26,7 +26,7 @@ impl RowIds {
     }
 
     /// The id for a row inserted without one.
-    pub fn assign(&mut self, shards: &[Shard]) -> Result<i64> {
+    pub fn assign(&mut self, shards: &[TableShard]) -> Result<i64> {
         let next = match self.next {
             Some(next) => Some(next),
             None => {
@@ -70,7 +70,7 @@ impl RowIds {
 
 /// A random positive id no row has, for when the largest id is `i64::MAX`: a few tries, as
 /// SQLite makes, then an error.
-fn random_unused_id(shards: &[Shard]) -> Result<i64> {
+fn random_unused_id(shards: &[TableShard]) -> Result<i64> {
     use std::hash::{BuildHasher, Hasher};
     const TRIES: u64 = 100;
     for attempt in 0..TRIES {

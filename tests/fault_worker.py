@@ -4,7 +4,8 @@ fault_worker.py DB TXNS TOUCHED ACKED
 Runs TXNS transactions on table t (4 shards). Transaction k touches TOUCHED shards; on each it
 inserts row new[k][s], renames row renamed[k][s] to 't<k>' and deletes row deleted[k][s] (the
 plan comes from plan() below, shared with the checker). After COMMIT returns it appends
-'k ok' to ACKED (fsynced); if a statement or COMMIT fails, 'k err'. IMAGESTORE_FAULT (read by the
+'k ok' to ACKED (fsynced); if a statement or COMMIT fails, 'k err' ('k unknown' if the error
+says the commit's outcome is unknown). IMAGESTORE_FAULT (read by the
 library) decides which protocol step fails, and how.
 """
 import os
@@ -51,7 +52,8 @@ def main():
                 con.execute("COMMIT")
                 outcome = "ok"
             except Exception as e:  # noqa: BLE001 - any failure is an acknowledged 'err'
-                outcome = "err"
+                # A commit whose answer was lost says so: it may be whole or absent.
+                outcome = "unknown" if "outcome of this commit is unknown" in str(e) else "err"
                 try:
                     con.execute("ROLLBACK")
                 except Exception:  # noqa: BLE001 - the transaction may be gone already

@@ -4,15 +4,19 @@ writer DB SECONDS: repeatedly, in one transaction, sets the name of rows 1..6 to
                    deletes and re-inserts rows 7 and 8 (rows 1..8 lie on all 4 shards).
 reader DB SECONDS: repeatedly reads rows 1..8 in one query and prints one line per snapshot it
                    saw that was not whole: a query must see every transaction whole or not at all.
+counting_writer DB SECONDS: as writer, with this process's own names, and adds 1 to row 1's `n`.
 transaction_reader DB SECONDS: the same, but each row in a query of its own, all eight inside one
                    BEGIN ... COMMIT, with pauses between them: a transaction's reads must share
                    one snapshot, as an ordinary WAL table's do.
 `run` starts a writer and readers as processes and gathers what they print.
 """
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import apsw
 
 from harness import connect, corpus_bytes
 
@@ -34,12 +38,43 @@ def writer(db, seconds):
     print(f"commits {k}")
 
 
+def counting_writer(db, seconds):
+    """The writer's transactions, each named after this process, that also add one to row 1's
+    `n`: with several such writers (other hosts), `n` ends at their commits' sum unless an
+    update was lost."""
+    con = connect(db)
+    con.execute("PRAGMA busy_timeout=10000")
+    end = time.time() + seconds
+    k = busy = 0
+    tag = f"p{os.getpid()}-"
+    while time.time() < end:
+        try:
+            con.execute("BEGIN")
+            con.execute("UPDATE t SET name = ? WHERE id BETWEEN 1 AND 6", (f"{tag}{k}",))
+            con.execute("UPDATE t SET n = n + 1 WHERE id = 1")
+            con.execute("DELETE FROM t WHERE id IN (7, 8)")
+            con.execute("INSERT INTO t(id, name, data) VALUES (7, ?, ?), (8, ?, ?)",
+                        (f"{tag}{k}", IMAGE, f"{tag}{k}", IMAGE))
+            con.execute("COMMIT")
+            k += 1
+        except apsw.BusyError:
+            # The other host held the writer lock past the timeout: nothing of this one stays.
+            if not con.getautocommit():
+                con.execute("ROLLBACK")
+            busy += 1
+    print(f"commits {k} busy {busy}")
+
+
 def reader(db, seconds):
     con = connect(db)
     end = time.time() + seconds
     reads = bad = 0
     while time.time() < end:
-        rows = list(con.execute("SELECT id, name FROM t WHERE id BETWEEN 1 AND 8 ORDER BY id"))
+        try:
+            rows = list(con.execute("SELECT id, name FROM t WHERE id BETWEEN 1 AND 8 ORDER BY id"))
+        except apsw.BusyError:
+            print("busy")
+            continue
         reads += 1
         names = {name for _, name in rows}
         if len(rows) != 8 or len(names) != 1:
@@ -69,26 +104,29 @@ def transaction_reader(db, seconds):
     print(f"reads {reads} fractured {bad} generations {len(generations)}")
 
 
-def run(writer_db, reader_dbs, seconds, reader_role="reader"):
-    """Runs one writer process on `writer_db` and a `reader_role` process on each of
-    `reader_dbs` for `seconds`; returns (commits, reads of each reader, the fractured snapshots
-    they saw)."""
+def run(writer_db, reader_dbs, seconds, reader_role="reader", writer_role="writer", writers=None):
+    """Runs a `writer_role` process on `writer_db` (or on each of `writers`) and a `reader_role`
+    process on each of `reader_dbs` for `seconds`; returns (commits, reads of each reader, the
+    fractured snapshots they saw), commits summed over the writers."""
     here = Path(__file__).resolve().parent
 
     def start(role, db):
         return subprocess.Popen([sys.executable, str(here / "isolation_worker.py"), role, str(db), str(seconds)],
                                 cwd=here, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
-    procs = [start("writer", writer_db)] + [start(reader_role, db) for db in reader_dbs]
+    writer_dbs = writers or [writer_db]
+    procs = [start(writer_role, db) for db in writer_dbs] + [start(reader_role, db) for db in reader_dbs]
     outputs = [p.communicate(timeout=seconds + 60) for p in procs]
     for p, (_, err) in zip(procs, outputs):
         assert p.returncode == 0, err
-    commits = int(outputs[0][0].split()[1])
-    reads = [int(out.split("reads ")[1].split()[0]) for out, _ in outputs[1:]]
-    fractured = [line for out, _ in outputs[1:] for line in out.splitlines() if line.startswith("fractured [")]
+    commits = sum(int(out.split()[1]) for out, _ in outputs[:len(writer_dbs)])
+    reads = [int(out.split("reads ")[1].split()[0]) for out, _ in outputs[len(writer_dbs):]]
+    fractured = [line for out, _ in outputs[len(writer_dbs):] for line in out.splitlines()
+                 if line.startswith("fractured [")]
     return commits, reads, fractured
 
 
 if __name__ == "__main__":
     role, db, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
-    {"writer": writer, "reader": reader, "transaction_reader": transaction_reader}[role](db, seconds)
+    {"writer": writer, "counting_writer": counting_writer, "reader": reader,
+     "transaction_reader": transaction_reader}[role](db, seconds)

@@ -89,6 +89,40 @@ class Server:
             time.sleep(0.05)
         raise RuntimeError(f"postgres did not start within {timeout} s")
 
+    def restart(self, timeout=60):
+        """Starts the server again after a kill: a killed postmaster's backends may hold its
+        shared memory for a moment, so a start that fails at once is tried again."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self.start(timeout=max(1, deadline - time.monotonic()))
+            except RuntimeError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.2)
+
+    def signal_all(self, sig):
+        """Sends `sig` to the postmaster and every process it started (its backends among them):
+        SIGSTOP so, stops the whole server, as a machine that stops answering would."""
+        pids = [self.process.pid]
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == self.process.pid:
+                pids.append(int(stat.parent.name))
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def backends(self, application="imagestore"):
+        """The pids of the server's backends serving connections named `application`."""
+        out = self.psql(f"SELECT pid FROM pg_stat_activity WHERE application_name = '{application}'")
+        return [int(pid) for pid in out.split()]
+
     def psql(self, sql, database="postgres"):
         """Runs `sql` with psql; returns its output (tuples only, unaligned)."""
         done = subprocess.run(["psql", "-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1",

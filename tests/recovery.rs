@@ -11,10 +11,9 @@
 //!
 //! Run with `cargo test --no-default-features --features bundled` (links SQLite into the test).
 
-use std::cell::RefCell;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
+use std::sync::{Arc, Mutex};
 
 mod common;
 
@@ -173,12 +172,12 @@ struct Run {
 }
 
 /// The shards of `f`, each mortal under `calls`.
-fn mortal_shards(f: &Fixture, calls: &Rc<RefCell<Calls>>) -> Vec<Mortal<Shard>> {
+fn mortal_shards(f: &Fixture, calls: &Arc<Mutex<Calls>>) -> Vec<Mortal<Shard>> {
     f.shards()
         .into_iter()
         .map(|shard| Mortal {
             shard,
-            calls: Rc::clone(calls),
+            calls: Arc::clone(calls),
         })
         .collect()
 }
@@ -197,7 +196,7 @@ fn write(f: &Fixture, death: Option<Death>) -> Run {
 
 /// [`write`], on the prepared path if `prepared` whatever the table's `logged_commit_max`.
 fn write_on(f: &Fixture, death: Option<Death>, prepared: bool) -> Run {
-    let calls = Rc::new(RefCell::new(Calls {
+    let calls = Arc::new(Mutex::new(Calls {
         death,
         ..Calls::default()
     }));
@@ -263,7 +262,7 @@ fn write_on(f: &Fixture, death: Option<Death>, prepared: bool) -> Run {
         .collect();
     after.push((new_id, "new".into()));
     after.sort();
-    let calls = calls.borrow().total;
+    let calls = calls.lock().unwrap().total;
     Run {
         after,
         acknowledged,
@@ -387,7 +386,7 @@ fn a_writer_dying_at_any_call_of_a_logged_commit_leaves_it_whole_or_absent() {
 /// Recovery run by the real coordinator over mortal shards, dying at its `nth` call; returns
 /// whether it died (else it finished).
 fn recovery_dies(f: &Fixture, nth: u32) -> bool {
-    let calls = Rc::new(RefCell::new(Calls {
+    let calls = Arc::new(Mutex::new(Calls {
         death: Some(Death {
             step: "",
             nth,

@@ -9,9 +9,8 @@
 
 mod common;
 
-use std::cell::RefCell;
 use std::io::Cursor;
-use std::rc::Rc;
+use std::sync::{Arc, Mutex};
 
 use common::mortal::{dies, Calls, Death, Mortal};
 use common::servers::{servers, start};
@@ -209,7 +208,7 @@ fn deleted() -> Vec<i64> {
 /// Runs the sweep's transaction through the real coordinator; the writer dies at `death`.
 /// Returns whether it died, and whether its commit was acknowledged.
 fn write(f: &Fixture, death: Death) -> (bool, bool) {
-    let calls = Rc::new(RefCell::new(Calls {
+    let calls = Arc::new(Mutex::new(Calls {
         death: Some(death),
         ..Calls::default()
     }));
@@ -220,7 +219,7 @@ fn write(f: &Fixture, death: Death) -> (bool, bool) {
             .into_iter()
             .map(|shard| Mortal {
                 shard,
-                calls: Rc::clone(&calls),
+                calls: Arc::clone(&calls),
             })
             .collect();
         let mut c = Coordinator::open(

@@ -7,7 +7,7 @@ and compare it with the oracle: a model built by replaying the acked log
 model, or the model plus the one transaction that was in flight (committed
 but not yet acked). Anything else is a torn (partial) or lost transaction.
 
-Env: IMAGESTORE_CRASH_KILLS (default 250), IMAGESTORE_CRASH_SECONDS (default 90),
+Env: IMAGESTORE_CRASH_KILLS (default 250), IMAGESTORE_CRASH_SECONDS (default 60),
 IMAGESTORE_CRASH_SEED. Also runnable directly: python3 tests/test_crash.py
 """
 import os
@@ -171,7 +171,7 @@ def test_kill_9(tmp_path, capsys):
     seed = int(os.environ.get("IMAGESTORE_CRASH_SEED", time.time_ns() % 10 ** 9))
     kills = int(os.environ.get("IMAGESTORE_CRASH_KILLS", 250))
     summary, partial, lost, problems = run_crash_loop(
-        tmp_path, kills, float(os.environ.get("IMAGESTORE_CRASH_SECONDS", 90)), seed,
+        tmp_path, kills, float(os.environ.get("IMAGESTORE_CRASH_SECONDS", 60)), seed,
         min_kills=min(kills, 50))
     with capsys.disabled():
         print(f"\n{summary} (seed {seed})")
@@ -185,7 +185,7 @@ if __name__ == "__main__":
         seed = int(os.environ.get("IMAGESTORE_CRASH_SEED", time.time_ns() % 10 ** 9))
         summary, partial, lost, problems = run_crash_loop(
             Path(d), int(os.environ.get("IMAGESTORE_CRASH_KILLS", 250)),
-            float(os.environ.get("IMAGESTORE_CRASH_SECONDS", 90)), seed)
+            float(os.environ.get("IMAGESTORE_CRASH_SECONDS", 60)), seed)
         print("\n".join(problems))
         print(summary)
         sys.exit(1 if partial or lost or problems else 0)

@@ -74,14 +74,14 @@ struct Copied {
 pub trait ConsistentRead {
     fn config(&self) -> &TableConfig;
     /// Runs `body` on every shard of the table, all read from one consistent snapshot.
-    fn read_shards<T>(&self, body: impl FnOnce(&[Shard]) -> Result<T>) -> Result<T>;
+    fn read_shards<T>(&self, body: impl FnOnce(&[&Shard]) -> Result<T>) -> Result<T>;
 }
 
 /// Backs the table up into `dest`; returns the JSON summary.
 pub fn backup(table: &impl ConsistentRead, dest: &Path) -> Result<String> {
     let started = Instant::now();
     let config = table.config();
-    let shard_count = config.shard_paths.len();
+    let shard_count = config.shard_count();
     let table_id = table
         .read_shards(|shards| shards[0].identity(&config.user_columns))?
         .table_id_hex();
@@ -253,7 +253,7 @@ fn held_by_earlier_files(
 /// Copies every shard from the open snapshot: its rows, and the images no earlier file holds
 /// (all of them for a first backup).
 fn copy_shards(
-    shards: &[Shard],
+    shards: &[&Shard],
     new_files: &[PathBuf],
     held: &[HashSet<blake3::Hash>],
 ) -> Result<Copied> {

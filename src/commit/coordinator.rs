@@ -1,7 +1,8 @@
 //! The coordinator of one table in one connection: the protocol of this folder's front page,
 //! step by step, over any [`Participant`]s.
 
-use super::locks::{LockFile, LockGuard, PublishState, Publishing};
+use super::control::{Control, Held, LocalControl, PublishWindow};
+use super::locks::{LockFile, PublishState};
 use super::participant::{Participant, PrepareRecord, Replayed};
 use crate::config::TableConfig;
 use crate::durable::Syncs;
@@ -14,7 +15,7 @@ const RECOVERY_ATTEMPTS_MAX: usize = 3;
 /// An open write transaction.
 struct WriteTxn {
     txid: u64,
-    _writer: LockGuard,
+    _writer: Held,
     /// Shards written by this transaction.
     dirty: Vec<bool>,
     /// Open savepoints: SQLite's level, and `dirty` as it was when the savepoint began.
@@ -84,9 +85,8 @@ pub struct Coordinator {
     busy_timeout_ms: u64,
     journal_limit_bytes: u64,
     logged_commit_max_bytes: u64,
-    journal: Journal,
-    writer_lock: LockFile,
-    publish_lock: LockFile,
+    /// The writer and publish locks and the decision records.
+    control: Box<dyn Control>,
     activity: Activity,
     /// Set when a decision could not be written or undone: the message and whether the disk
     /// was full (see [`Error::Poisoned`]). Only reopening (recovery) clears it.
@@ -96,7 +96,8 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
-    /// Opens the journal (creating it if `create`) and runs recovery if no writer is active.
+    /// The coordinator of a table of local files: opens its journal (creating it if
+    /// `create`; see [`LocalControl::open`]) and runs recovery if no writer is active.
     pub fn open<P: Participant>(
         config: &TableConfig,
         table_id: TableId,
@@ -104,57 +105,32 @@ impl Coordinator {
         create: bool,
         host_lookup: HostLookup,
     ) -> Result<Coordinator> {
-        let writer_lock = LockFile::open(&config.lock_path)?;
-        let publish_lock = LockFile::open(&config.publish_lock_path)?;
-        let existing = match Journal::open_existing(&config.journal_path, table_id) {
-            Err(Error::JournalCorrupt { detail, .. }) => {
-                let _writer = writer_lock.exclusive("writer lock", config.busy_timeout_ms)?;
-                set_aside_damaged(config, table_id, shards, &publish_lock, &detail)?
-            }
-            other => other?,
-        };
-        let journal = match existing {
-            Some(journal) => journal,
-            None => {
-                if !create {
-                    if let Some((shard, txids)) = first_prepared(shards)? {
-                        return Err(Error::InDoubt(format!(
-                            "the journal {} is missing while shard {} holds prepared transactions {txids:?}; \
-                             their outcome cannot be known. Restore the journal, or decide: \
-                             SELECT imagestore_resolve('{}', 'commit' or 'abort')",
-                            config.journal_path.display(),
-                            shard,
-                            config.table_name
-                        )));
-                    }
-                    let mark = publish_lock.mark()?;
-                    if mark != 0 {
-                        return Err(Error::InDoubt(format!(
-                            "the journal {} is missing while logged transaction {mark} may not be on every shard yet; \
-                             restore the journal, or accept the shards as they are: SELECT imagestore_resolve('{}', 'abort')",
-                            config.journal_path.display(),
-                            config.table_name
-                        )));
-                    }
-                }
-                Journal::create(&config.journal_path, table_id)?
-            }
-        };
+        let control = LocalControl::open(config, table_id, shards, create)?;
+        Coordinator::with_control(config, table_id, Box::new(control), shards, host_lookup)
+    }
+
+    /// The coordinator of a table over `control` (its locks and decision records), after
+    /// recovery if no writer is active.
+    pub fn with_control<P: Participant>(
+        config: &TableConfig,
+        table_id: TableId,
+        control: Box<dyn Control>,
+        shards: &mut [P],
+        host_lookup: HostLookup,
+    ) -> Result<Coordinator> {
         let mut coordinator = Coordinator {
             table_name: config.table_name.clone(),
             busy_timeout_ms: config.busy_timeout_ms,
             journal_limit_bytes: config.journal_limit_bytes,
             logged_commit_max_bytes: config.logged_commit_max_bytes,
-            journal,
-            writer_lock,
-            publish_lock,
+            control,
             activity: Activity::Idle,
             poisoned: None,
             table_id,
             host_lookup,
         };
         // A live writer elsewhere owns its prepare records; only recover when none is active.
-        if let Ok(writer) = coordinator.writer_lock.exclusive("writer lock", 0) {
+        if let Ok(writer) = coordinator.control.lock_writer(0) {
             coordinator.recover(shards)?;
             drop(writer);
         }
@@ -201,13 +177,8 @@ impl Coordinator {
     }
 
     fn recover_now<P: Participant>(&mut self, shards: &mut [P]) -> Result<()> {
-        let mut publish = self.publish_lock.publishing(self.busy_timeout_ms)?;
-        if self.journal.rescan()? {
-            self.journal.cut_torn_tail()?;
-        }
-        // A record a dead writer wrote but never synced must be durable before anything acts on
-        // it: finalizing from a record that a power cut then takes away would half-apply it.
-        self.journal.sync()?;
+        let mut publish = self.control.publishing(self.busy_timeout_ms)?;
+        self.control.begin_recovery()?;
         // Prepared transactions first: on any one shard they are older than every logged commit
         // it lacks (see "Recovery" above).
         for shard in shards.iter_mut() {
@@ -243,7 +214,7 @@ impl Coordinator {
     /// Whether prepared transaction `txid` was decided: by a COMMIT record, or, for one that
     /// rode on a host database's commit, by the decision row that commit holds.
     fn decided(&self, txid: u64, decided_by: Option<&str>) -> Result<bool> {
-        if self.journal.is_committed(txid) {
+        if self.control.is_committed(txid) {
             return Ok(true);
         }
         match decided_by {
@@ -254,19 +225,19 @@ impl Coordinator {
 
     /// Replays each LOGGED record on every shard it names whose `last_txid` is below it.
     fn replay_logged<P: Participant>(&self, shards: &mut [P]) -> Result<()> {
-        if self.journal.logged().is_empty() {
+        if self.control.logged().is_empty() {
             return Ok(());
         }
         let mut applied = last_txids(shards)?;
         let lacks = |applied: &[u64], shard: u16, txid: u64| {
             applied.get(shard as usize).is_none_or(|&t| t < txid)
         };
-        for &at in self.journal.logged() {
-            let named = self.journal.committed_shards(at.txid).unwrap_or_default();
+        for &at in self.control.logged() {
+            let named = self.control.committed_shards(at.txid).unwrap_or_default();
             if !named.iter().any(|&s| lacks(&applied, s, at.txid)) {
                 continue;
             }
-            let record = self.journal.read_logged(at)?;
+            let record = self.control.read_logged(at)?;
             for (&s, changes) in record.shards.iter().zip(record.changes.iter().flatten()) {
                 if !lacks(&applied, s, at.txid) {
                     continue;
@@ -293,7 +264,7 @@ impl Coordinator {
                     }
                     Replayed::Unreadable(detail) => {
                         return Err(Error::JournalCorrupt {
-                            path: self.journal.path().to_path_buf(),
+                            path: self.control.name().into(),
                             detail: format!("transaction {}, shard {s}: {detail}", at.txid),
                         })
                     }
@@ -333,9 +304,7 @@ impl Coordinator {
                 return Ok(());
             }
             end_all(shards);
-            let _writer = self
-                .writer_lock
-                .exclusive("writer lock", self.busy_timeout_ms)?;
+            let _writer = self.control.lock_writer(self.busy_timeout_ms)?;
             self.recover(shards)?;
         }
         Err(Error::InDoubt(format!(
@@ -348,10 +317,8 @@ impl Coordinator {
     /// (snapshots perhaps still open) if the mark is set or a shard holds an undecided prepare
     /// record, which only a dead writer leaves behind.
     fn open_snapshots<P: Participant>(&mut self, shards: &mut [P]) -> Result<Option<u64>> {
-        let _publish = self
-            .publish_lock
-            .shared("publish lock", self.busy_timeout_ms)?;
-        let PublishState { mark, publication } = self.publish_lock.state()?;
+        let _publish = self.control.lock_publish_shared(self.busy_timeout_ms)?;
+        let PublishState { mark, publication } = self.control.publish_state()?;
         let mut prepared = Vec::new();
         for shard in shards.iter_mut() {
             match shard.begin_read() {
@@ -375,9 +342,20 @@ impl Coordinator {
         if prepared.is_empty() {
             return Ok(Some(publication));
         }
+        if !shards.iter().all(P::prepared_visible) {
+            // A server's prepared transaction is not in the snapshots; a live writer finalizes
+            // it only under the publish lock, which this reader holds, so none of it is in any
+            // snapshot. A dead writer's may be finalized on some servers already (or, by a
+            // writer that lost the lock with its session, be so now): recovery settles it.
+            if self.writer_alive() {
+                return Ok(Some(publication));
+            }
+            end_all(shards);
+            return Ok(None);
+        }
         // The reader is about to show these transactions as committed: their records must be
         // durable (a writer may have died between writing and syncing one).
-        if let Err(e) = self.journal.refresh().and_then(|_| self.journal.sync()) {
+        if let Err(e) = self.control.refresh() {
             end_all(shards);
             return Err(e);
         }
@@ -393,7 +371,7 @@ impl Coordinator {
                 timeout_ms: 0,
             });
         }
-        let decided = prepared.iter().all(|&txid| self.journal.is_committed(txid));
+        let decided = prepared.iter().all(|&txid| self.control.is_committed(txid));
         Ok(decided.then_some(publication))
     }
 
@@ -415,7 +393,7 @@ impl Coordinator {
 
     /// Whether another connection, in this process or another, holds the writer lock now.
     fn writer_alive(&self) -> bool {
-        self.writer_lock.exclusive("writer lock", 0).is_err()
+        self.control.writer_alive()
     }
 
     /// Ends a query's snapshot opened by [`begin_read`](Self::begin_read) (a transaction's
@@ -473,7 +451,7 @@ impl Coordinator {
         else {
             return Ok(());
         };
-        let now = self.publish_lock.state()?;
+        let now = self.control.publish_state()?;
         if whole_transaction && (now.publication != publication || now.mark != 0) {
             return Err(Error::SnapshotStale(self.table_name.clone()));
         }
@@ -490,12 +468,10 @@ impl Coordinator {
             return Ok(());
         }
         self.check_not_poisoned()?;
-        let writer = self
-            .writer_lock
-            .exclusive("writer lock", self.busy_timeout_ms)?;
+        let writer = self.control.lock_writer(self.busy_timeout_ms)?;
         self.end_read_for_write(shards)?;
         for _ in 0..RECOVERY_ATTEMPTS_MAX {
-            if self.publish_lock.mark()? != 0 {
+            if self.control.publish_state()?.mark != 0 {
                 self.recover(shards)?;
                 continue;
             }
@@ -522,8 +498,7 @@ impl Coordinator {
                 self.recover(shards)?;
                 continue;
             }
-            // A version 1 journal (from an older build) takes no LOGGED record: replace it.
-            if self.journal.len_bytes() > self.journal_limit_bytes || self.journal.is_version1() {
+            if self.control.needs_trim(self.journal_limit_bytes) {
                 if let Err(e) = self.trim_journal(shards) {
                     end_all(shards);
                     return Err(e);
@@ -549,8 +524,8 @@ impl Coordinator {
     fn trim_journal<P: Participant>(&mut self, shards: &mut [P]) -> Result<()> {
         let last_txids = last_txids(shards)?;
         make_durable(shards)?;
-        let _publish = self.publish_lock.publishing(self.busy_timeout_ms)?;
-        self.journal.reset(&last_txids)
+        let _publish = self.control.publishing(self.busy_timeout_ms)?;
+        self.control.trim(&last_txids)
     }
 
     fn write_txn(&mut self) -> Result<&mut WriteTxn> {
@@ -665,14 +640,14 @@ impl Coordinator {
         }
         // Wait for readers before touching anything: if they keep the lock past the timeout,
         // the transaction stays open and SQLite reports SQLITE_BUSY; COMMIT may be retried.
-        let mut publish = self.publish_lock.publishing(self.busy_timeout_ms)?;
+        let mut publish = self.control.publishing(self.busy_timeout_ms)?;
         let outcome = self
             .end_clean_shards(shards, &dirty)
             .and_then(|()| match host {
                 Some(host) => self
                     .commit_two_phase(shards, txid, &written, Some(host))
                     .map(|()| Decided::Hosted),
-                None => self.decide_written(shards, txid, &written, &mut publish),
+                None => self.decide_written(shards, txid, &written, publish.as_mut()),
             });
         drop(publish);
         match outcome {
@@ -708,7 +683,7 @@ impl Coordinator {
         shards: &mut [P],
         txid: u64,
         written: &[usize],
-        publish: &mut Publishing,
+        publish: &mut dyn PublishWindow,
     ) -> Result<Decided> {
         match self.logged_changes(shards, txid, written) {
             Ok(Some(changes)) => self
@@ -755,7 +730,7 @@ impl Coordinator {
         txid: u64,
         written: &[usize],
         changes: Vec<Vec<u8>>,
-        publish: &mut Publishing,
+        publish: &mut dyn PublishWindow,
     ) -> Result<()> {
         let record = Record::commit(txid, participants(written), Some(changes));
         let decided = publish.set_mark(txid).and_then(|()| self.decide(&record));
@@ -775,7 +750,7 @@ impl Coordinator {
     /// synced. A shard whose commit fails (or all, if the lock cannot be had) is rolled back and
     /// the mark stays: the next reader or writer replays it from the journal.
     fn finish_logged<P: Participant>(&self, shards: &mut [P], txn: &WriteTxn) {
-        let Ok(mut publish) = self.publish_lock.publishing(self.busy_timeout_ms) else {
+        let Ok(mut publish) = self.control.publishing(self.busy_timeout_ms) else {
             end_all(shards);
             return;
         };
@@ -792,15 +767,32 @@ impl Coordinator {
         }
     }
 
+    /// Step 7 on the prepared path: under the publish lock, every written shard ends its
+    /// prepared transaction as committed. On a server that is what makes its changes visible,
+    /// so no reader may open snapshots in between; if the lock cannot be had, recovery finalizes.
+    fn finalize_prepared<P: Participant>(&self, shards: &mut [P], txn: &WriteTxn) {
+        let Ok(_publish) = self.control.publishing(self.busy_timeout_ms) else {
+            return;
+        };
+        let written: Vec<usize> = (0..shards.len()).filter(|&i| txn.dirty[i]).collect();
+        // Errors are recovery's to settle: the decision is durable.
+        let txid = txn.txid;
+        let _ = each_shard(shards, &written, false, |shard| shard.finalize(txid));
+    }
+
     /// Appends a decision to the journal and syncs it: the commit point of both paths over
     /// several shards.
     fn decide(&mut self, record: &Record) -> Result<()> {
-        self.journal.refresh()?;
-        self.journal.append(record).map_err(|(e, poisoned)| {
-            if poisoned {
-                self.poison(&e);
+        self.control.decide(record).map_err(|(e, unknown)| {
+            if !unknown {
+                return e;
             }
-            e
+            self.poison(&e);
+            Error::OutcomeUnknown {
+                table: self.table_name.clone(),
+                cause: e.detail(),
+                full: e.is_full(),
+            }
         })
     }
 
@@ -813,34 +805,13 @@ impl Coordinator {
         host: Option<&dyn HostDecider>,
     ) -> Result<()> {
         let names = participants(written);
-        // Phase 1: every written shard votes.
-        // Each prepared shard's WAL sync starts at once and runs while the next shard prepares.
-        let mut prepared = Vec::new();
-        let mut syncs = Syncs::new();
-        let mut refusal = None;
-        let mut refuser = None;
-        for &i in written {
-            match shards[i].prepare(txid, &names, host.map(|h| h.path())) {
-                Ok(()) => {
-                    prepared.push(i);
-                    if let Some(job) = shards[i].sync_job() {
-                        syncs.start(job);
-                    }
-                }
-                Err(e) => {
-                    refusal = Some(e);
-                    refuser = Some(i);
-                    break;
-                }
-            }
-        }
-        let synced = syncs.finish();
-        let refusal = refusal.or(synced.err());
+        let (prepared, refused, refusal) =
+            vote(shards, txid, written, &names, host.map(|h| h.path()));
         if let Some(no) = refusal {
             self.abort_everywhere(shards, txid, &prepared);
             // A call that broke off may have prepared it all the same: undo that too (nothing
             // to do if not); if this fails, recovery finds the record undecided and aborts it.
-            if let Some(i) = refuser {
+            for i in refused {
                 let _ = shards[i].abort_prepared(txid);
             }
             return Err(no);
@@ -894,11 +865,7 @@ impl Coordinator {
             None => end_all(shards),
             Some(Decided::Nothing) => {}
             Some(Decided::Logged) => self.finish_logged(shards, &txn),
-            Some(Decided::Prepared | Decided::Hosted) => {
-                for (shard, _) in shards.iter_mut().zip(&txn.dirty).filter(|(_, d)| **d) {
-                    let _ = shard.finalize(txn.txid);
-                }
-            }
+            Some(Decided::Prepared | Decided::Hosted) => self.finalize_prepared(shards, &txn),
         }
     }
 
@@ -938,7 +905,7 @@ impl Coordinator {
             }
         }
         // No reader may see the undo half done; a shard left prepared is aborted by recovery.
-        let mut publish = match self.publish_lock.publishing(self.busy_timeout_ms) {
+        let mut publish = match self.control.publishing(self.busy_timeout_ms) {
             Ok(publish) => publish,
             Err(e) => {
                 end_all(shards);
@@ -961,7 +928,7 @@ impl Coordinator {
     /// Whether prepared transaction `txid` is decided: by a COMMIT record (the journal read
     /// afresh), or by the decision row of the host database `decided_by` names.
     pub fn is_decided(&mut self, txid: u64, decided_by: Option<&str>) -> Result<bool> {
-        self.journal.refresh()?;
+        self.control.refresh()?;
         self.decided(txid, decided_by)
     }
 
@@ -970,14 +937,17 @@ impl Coordinator {
     /// listed: recovery replays them on a shard that lacks them (or refuses, if the shard lacks
     /// what they build on).
     pub fn lost_commits<P: Participant>(&mut self, shards: &mut [P]) -> Result<Vec<(u64, usize)>> {
-        self.journal.refresh()?;
-        Ok(lost_commits(&self.journal, &last_txids(shards)?))
+        self.control.refresh()?;
+        Ok(lost_commits(
+            &self.control.prepared_decisions(),
+            &self.control.floor(),
+            &last_txids(shards)?,
+        ))
     }
 
     /// Takes the writer lock (for DROP TABLE).
-    pub fn lock_writer(&self) -> Result<LockGuard> {
-        self.writer_lock
-            .exclusive("writer lock", self.busy_timeout_ms)
+    pub fn lock_writer(&self) -> Result<Held> {
+        self.control.lock_writer(self.busy_timeout_ms)
     }
 
     /// The table's identity.
@@ -1075,11 +1045,16 @@ pub fn resolve_in_doubt<P: Participant>(
 /// The (transaction, shard) pairs, sorted, of prepared commits the journal decided on shards
 /// whose `last_txid` (`last_txids`, one per shard) is below them, and of shards below the
 /// journal's floor (then the transaction is the floor: the shard lacks commits up to it).
-fn lost_commits(journal: &Journal, last_txids: &[u64]) -> Vec<(u64, usize)> {
+fn lost_commits(
+    decisions: &[(u64, Vec<u16>)],
+    floor: &[u64],
+    last_txids: &[u64],
+) -> Vec<(u64, usize)> {
     let below = |s: usize, txid: u64| last_txids.get(s).is_some_and(|&last| last < txid);
-    let mut lost: Vec<(u64, usize)> = journal
-        .prepared_decisions()
+    let mut lost: Vec<(u64, usize)> = decisions
+        .iter()
         .flat_map(|(txid, shards)| {
+            let txid = *txid;
             shards
                 .iter()
                 .map(|&s| s as usize)
@@ -1087,8 +1062,7 @@ fn lost_commits(journal: &Journal, last_txids: &[u64]) -> Vec<(u64, usize)> {
                 .map(move |s| (txid, s))
         })
         .chain(
-            journal
-                .floor()
+            floor
                 .iter()
                 .enumerate()
                 .filter(|&(s, &floor)| below(s, floor))
@@ -1143,7 +1117,11 @@ pub fn accept_lost_commits<P: Participant>(
             )))
         }
     };
-    let mut lost: Vec<u64> = lost_commits(&journal, &last_txids(shards)?)
+    let decisions: Vec<(u64, Vec<u16>)> = journal
+        .prepared_decisions()
+        .map(|(txid, shards)| (txid, shards.to_vec()))
+        .collect();
+    let mut lost: Vec<u64> = lost_commits(&decisions, journal.floor(), &last_txids(shards)?)
         .into_iter()
         .map(|(txid, _)| txid)
         .collect();
@@ -1157,12 +1135,42 @@ pub fn accept_lost_commits<P: Participant>(
     Ok(lost)
 }
 
+/// A journal that is missing when the table exists: made again only if nothing is in doubt
+/// (no shard holds a prepare record, no logged commit is marked unfinished); else the error says
+/// how to decide.
+pub(super) fn refuse_missing_journal<P: Participant>(
+    config: &TableConfig,
+    shards: &mut [P],
+    publish_lock: &LockFile,
+) -> Result<()> {
+    if let Some((shard, txids)) = first_prepared(shards)? {
+        return Err(Error::InDoubt(format!(
+            "the journal {} is missing while shard {} holds prepared transactions {txids:?}; \
+             their outcome cannot be known. Restore the journal, or decide: \
+             SELECT imagestore_resolve('{}', 'commit' or 'abort')",
+            config.journal_path.display(),
+            shard,
+            config.table_name
+        )));
+    }
+    let mark = publish_lock.mark()?;
+    if mark != 0 {
+        return Err(Error::InDoubt(format!(
+            "the journal {} is missing while logged transaction {mark} may not be on every shard yet; \
+             restore the journal, or accept the shards as they are: SELECT imagestore_resolve('{}', 'abort')",
+            config.journal_path.display(),
+            config.table_name
+        )));
+    }
+    Ok(())
+}
+
 /// A journal that cannot be read (a damaged header or record, an empty file, another table's):
 /// if nothing is in doubt (no shard holds a prepare record, no logged commit is marked as
 /// unfinished) it is moved aside, kept for inspection, and `None` is returned (a new one is
 /// made); else the error names what is in doubt and how to decide it. The caller holds the
 /// writer lock.
-fn set_aside_damaged<P: Participant>(
+pub(super) fn set_aside_damaged<P: Participant>(
     config: &TableConfig,
     table_id: TableId,
     shards: &mut [P],
@@ -1226,6 +1234,90 @@ fn forget_settled_decisions<P: Participant>(
     }
     make_durable(shards)?;
     host.forget_before(txid)
+}
+
+/// Phase 1 (step 5): every written shard votes on transaction `txid`. Local shards prepare in
+/// turn, each one's WAL sync starting at once and running while the next prepares; remote ones
+/// all prepare at once (see [`each_shard`]). Returns the shards that voted yes, those that said
+/// no or could not answer (a call that broke off may have prepared all the same), and the
+/// first refusal, if any.
+fn vote<P: Participant>(
+    shards: &mut [P],
+    txid: u64,
+    written: &[usize],
+    names: &[u16],
+    decided_by: Option<&str>,
+) -> (Vec<usize>, Vec<usize>, Option<Error>) {
+    let mut prepared = Vec::new();
+    let mut refused = Vec::new();
+    let mut refusal = None;
+    let mut syncs = Syncs::new();
+    for (i, outcome) in each_shard(shards, written, true, |shard| {
+        shard.prepare(txid, names, decided_by)
+    }) {
+        match outcome {
+            Ok(()) => {
+                prepared.push(i);
+                if let Some(job) = shards[i].sync_job() {
+                    syncs.start(job);
+                }
+            }
+            Err(e) => {
+                refused.push(i);
+                refusal = refusal.or(Some(e));
+            }
+        }
+    }
+    let refusal = refusal.or(syncs.finish().err());
+    (prepared, refused, refusal)
+}
+
+/// Runs `step` on each shard of `indices`, and returns each one's outcome. Remote participants
+/// (each step a round trip, mostly waiting for the server) take it all at once, each on a thread
+/// of its own; local ones in turn, stopping at the first error if `stop_at_error` (the rest
+/// are not reached).
+fn each_shard<P: Participant>(
+    shards: &mut [P],
+    indices: &[usize],
+    stop_at_error: bool,
+    step: impl Fn(&mut P) -> Result<()> + Sync,
+) -> Vec<(usize, Result<()>)> {
+    let at_once = indices.len() > 1 && indices.iter().all(|&i| shards[i].is_remote());
+    if !at_once {
+        let mut outcomes = Vec::with_capacity(indices.len());
+        for &i in indices {
+            let outcome = step(&mut shards[i]);
+            let failed = outcome.is_err();
+            outcomes.push((i, outcome));
+            if failed && stop_at_error {
+                break;
+            }
+        }
+        return outcomes;
+    }
+    let step = &step;
+    std::thread::scope(|scope| {
+        let running: Vec<_> = shards
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| indices.contains(i))
+            .map(|(i, shard)| (i, scope.spawn(move || step(shard))))
+            .collect();
+        let joined: Vec<_> = running
+            .into_iter()
+            .map(|(i, thread)| (i, thread.join()))
+            .collect();
+        // A panic goes on out of the coordinator, as it would have on this thread.
+        joined
+            .into_iter()
+            .map(|(i, outcome)| {
+                (
+                    i,
+                    outcome.unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                )
+            })
+            .collect()
+    })
 }
 
 /// The journal's names for the written shards.

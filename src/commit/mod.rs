@@ -1,8 +1,9 @@
 //! The commit protocol: how a transaction on a sharded table commits on every shard or on none,
 //! across crashes, kills and power cuts. This comment is the protocol's one description; the
 //! coordinator (`coordinator.rs`) follows it step by step, driving the shards through the
-//! [`Participant`] interface (`participant.rs`), with the locks of `locks.rs` and the journal
-//! (`crate::journal`). Nothing in this folder knows SQLite: the local SQLite shard is one
+//! [`Participant`] interface (`participant.rs`), with the locks and decision records of
+//! [`control::Control`] (`control.rs`: for local tables the locks of `locks.rs` and the journal,
+//! `crate::journal`). Nothing in this folder knows SQLite: the local SQLite shard is one
 //! participant (`crate::shard`), and the protocol's own tests (`sim.rs`) drive another, in
 //! memory, that fails, refuses, times out and crashes at every step.
 //!
@@ -220,6 +221,28 @@
 //!   errors, and the decision is durable already.
 //! - The coordinator never holds a participant's answer as true across a call of another: each
 //!   step reads what it needs (`last_txid`, `prepared`) from the participant itself.
+//! - A server's prepared transaction is invisible to readers until COMMIT PREPARED, unlike a
+//!   local shard's prepare (`prepared_visible`). So on a server, step 7 (the finalize) is what
+//!   publishes: it runs under the publish lock, like a logged commit's shard commits (for a
+//!   local shard the lock costs little there and changes nothing). A reader that finds a live
+//!   writer's prepared transactions on servers reads past them (none of them is in any of its
+//!   snapshots: the writer finalizes only under the lock the reader holds); a dead writer's it
+//!   sends to recovery, since they may be finalized on some servers already.
+//! - A server lists its prepared transactions before it takes the reader's snapshot, in one
+//!   round trip: a transaction finalized meanwhile (say by a writer whose session, and with it
+//!   the publish lock, was lost) is then in the snapshot or still in the list, never in neither.
+//!
+//! # Where a table on servers keeps the coordinator's state
+//! Hosts that share a table on servers share no file: the writer lock, the publish lock and the
+//! decision records live on the first server, the anchor (`crate::server::anchor`, behind the
+//! [`control::Control`] seam that the journal and lock files implement for local tables). The
+//! locks are session advisory locks, released when their holder's session ends (a dead host's,
+//! once the server notices it); a decision is a row committed on the session that holds the
+//! writer lock (**that commit is the commit point**), so a decision cannot land after another
+//! host took the writer lock to recover: the session that would write it is gone, and a session
+//! that lost a lock is never replaced while its holder still counts on the lock. A decision
+//! whose answer was lost is unknown, never taken for a failure: the table is poisoned in that
+//! connection, and recovery reads the row. A decision taken back (step 8) is its row deleted.
 //!
 //! `sim.rs` tests the protocol this way: participants in memory that fail, refuse, time out,
 //! break off after acting, or crash (before or after acting, followed by a kill or a power cut
@@ -233,6 +256,7 @@
 //! `last_txid` in the same SQLite transaction, and a new id is above every shard's `last_txid`,
 //! so ids never repeat: not after a crash, and not after the journal is reset.
 
+pub mod control;
 mod coordinator;
 pub mod locks;
 pub mod participant;

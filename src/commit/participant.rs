@@ -48,7 +48,7 @@ pub use crate::durable::SyncJob;
 
 /// One participant of the commit protocol. Methods are listed in the order of the protocol's
 /// steps; each names its step in the protocol document.
-pub trait Participant {
+pub trait Participant: Send {
     /// Names the participant in messages (a path; never a secret).
     fn name(&self) -> String;
 
@@ -56,6 +56,18 @@ pub trait Participant {
 
     /// Readers: opens a read snapshot and returns the transactions it shows prepared.
     fn begin_read(&mut self) -> Result<Vec<u64>>;
+
+    /// Whether each step is a round trip to a server (mostly waiting): then the coordinator
+    /// takes a step on several such participants at once.
+    fn is_remote(&self) -> bool {
+        false
+    }
+
+    /// Whether a snapshot shows a prepared transaction's changes (a local shard's prepare is
+    /// its own commit; a server's prepared transaction is invisible until it is finalized).
+    fn prepared_visible(&self) -> bool {
+        true
+    }
 
     /// Ends whatever is open: a read snapshot, or a write transaction not yet prepared or
     /// committed (its writes are discarded). Nothing to do if nothing is open. Most callers are

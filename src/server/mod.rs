@@ -24,6 +24,8 @@
 //! shard, its rows and its protocol steps.
 
 pub mod address;
+pub mod anchor;
+mod link;
 pub mod shard;
 
 pub use address::Address;

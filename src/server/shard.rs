@@ -14,16 +14,11 @@
 //!   server then rolls back, or keeps prepared if the PREPARE got through: recovery settles it).
 
 use std::cell::{Cell, RefCell, RefMut};
-use std::collections::HashMap;
-use std::future::Future;
-use std::time::Duration;
 
 use rusqlite::types::Value;
-use tokio::runtime::Runtime;
-use tokio::task::JoinHandle;
-use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, NoTls, Row, Statement};
+use tokio_postgres::Row;
 
+use super::link::{Link, Param};
 use super::Address;
 use crate::commit::{Participant, PrepareRecord, Replayed};
 use crate::config::UserColumn;
@@ -34,189 +29,8 @@ use crate::shard::{hex, quote_ident, unhex, NewRow, ScanFilter, ShardIdentity, S
 
 /// The layout version this build writes and reads.
 const FORMAT_VERSION: i32 = 1;
-/// SQLSTATE of "prepared transaction with identifier ... does not exist".
-const UNDEFINED_OBJECT: &str = "42704";
 /// SQLSTATE of "relation ... does not exist".
 const UNDEFINED_TABLE: &str = "42P01";
-
-/// A parameter of a statement, in the type its column has on the server.
-type Param = Box<dyn ToSql + Sync + Send>;
-
-/// What a call to a server came to: its result, or the deadline passed.
-type Outcome<T> =
-    std::result::Result<Result<T, tokio_postgres::Error>, tokio::time::error::Elapsed>;
-
-/// The connection to one server: a runtime of its own, so that each call can end at a deadline.
-struct Link {
-    address: Address,
-    timeout: Duration,
-    runtime: Runtime,
-    client: Option<(Client, JoinHandle<()>)>,
-    statements: HashMap<String, Statement>,
-    /// The connection was dropped (it broke, or a call ran past the deadline). While the shard
-    /// has a transaction open, no new connection is made: a call on it would run outside that
-    /// transaction, which the server has rolled back. Cleared once nothing is open.
-    lost: bool,
-}
-
-impl Link {
-    fn new(address: Address, timeout_ms: u64) -> Result<Link> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| Error::Internal(format!("starting a server connection's runtime: {e}")))?;
-        Ok(Link {
-            address,
-            timeout: Duration::from_millis(timeout_ms.max(1)),
-            runtime,
-            client: None,
-            statements: HashMap::new(),
-            lost: false,
-        })
-    }
-
-    fn server_error(&self, what: &str) -> impl FnOnce(tokio_postgres::Error) -> Error + '_ {
-        let what = what.to_string();
-        move |source| Error::Server {
-            server: self.address.to_string(),
-            what,
-            source,
-        }
-    }
-
-    /// Runs `future` to its end or the deadline.
-    fn run<T>(&self, future: impl Future<Output = Result<T, tokio_postgres::Error>>) -> Outcome<T> {
-        // The timer is made inside the runtime, which it needs.
-        self.runtime
-            .block_on(async { tokio::time::timeout(self.timeout, future).await })
-    }
-
-    /// The result of a call; a call that broke the connection or ran past the deadline drops
-    /// it (the next call connects again).
-    fn outcome<T>(&mut self, what: &str, outcome: Outcome<T>) -> Result<T> {
-        match outcome {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => {
-                // A FATAL error ends the session as surely as a broken socket.
-                let fatal = e
-                    .as_db_error()
-                    .is_some_and(|d| matches!(d.severity(), "FATAL" | "PANIC"));
-                if e.is_closed() || fatal {
-                    self.disconnect();
-                }
-                Err(self.server_error(what)(e))
-            }
-            Err(_) => {
-                self.disconnect();
-                Err(Error::ServerTimeout {
-                    server: self.address.to_string(),
-                    what: what.to_string(),
-                    timeout_ms: self.timeout.as_millis() as u64,
-                })
-            }
-        }
-    }
-
-    /// Runs `call` on the connection (made first if there is none), within the deadline.
-    fn call<T>(
-        &mut self,
-        what: &str,
-        call: impl AsyncFnOnce(&Client) -> Result<T, tokio_postgres::Error>,
-    ) -> Result<T> {
-        self.connect()?;
-        let outcome = match &self.client {
-            Some((client, _)) => self.run(call(client)),
-            None => return Err(Error::Internal("a server connection vanished".into())),
-        };
-        self.outcome(what, outcome)
-    }
-
-    fn disconnect(&mut self) {
-        if let Some((_, connection)) = self.client.take() {
-            connection.abort();
-            self.lost = true;
-        }
-        self.statements.clear();
-    }
-
-    fn connect(&mut self) -> Result<()> {
-        if self.client.is_some() {
-            return Ok(());
-        }
-        if self.lost {
-            return Err(Error::ServerLost {
-                server: self.address.to_string(),
-            });
-        }
-        let mut config = tokio_postgres::Config::new();
-        config
-            .user(&self.address.user)
-            .host(&self.address.host)
-            .port(self.address.port)
-            .dbname(&self.address.database)
-            .application_name("imagestore")
-            .connect_timeout(self.timeout);
-        if let Some(password) = self.address.password() {
-            config.password(password);
-        }
-        let connected = self.run(config.connect(NoTls));
-        let (client, connection) = self.outcome("connecting", connected)?;
-        let connection = self.runtime.spawn(async move {
-            // Ends when the client is dropped or the connection breaks; a call then fails.
-            let _ = connection.await;
-        });
-        self.client = Some((client, connection));
-        Ok(())
-    }
-
-    /// Statements without parameters, in one round trip (the simple query protocol).
-    fn batch(&mut self, what: &str, sql: &str) -> Result<()> {
-        self.call(what, async |client| client.batch_execute(sql).await)
-    }
-
-    fn statement(&mut self, sql: &str) -> Result<Statement> {
-        if let Some(statement) = self.statements.get(sql) {
-            return Ok(statement.clone());
-        }
-        let statement = self.call("preparing a statement", async |client| {
-            client.prepare(sql).await
-        })?;
-        self.statements.insert(sql.to_string(), statement.clone());
-        Ok(statement)
-    }
-
-    fn query(&mut self, what: &str, sql: &str, params: &[Param]) -> Result<Vec<Row>> {
-        let statement = self.statement(sql)?;
-        let params: Vec<&(dyn ToSql + Sync)> = params
-            .iter()
-            .map(|p| p.as_ref() as &(dyn ToSql + Sync))
-            .collect();
-        self.call(what, async |client| client.query(&statement, &params).await)
-    }
-
-    fn execute(&mut self, what: &str, sql: &str, params: &[Param]) -> Result<u64> {
-        let statement = self.statement(sql)?;
-        let params: Vec<&(dyn ToSql + Sync)> = params
-            .iter()
-            .map(|p| p.as_ref() as &(dyn ToSql + Sync))
-            .collect();
-        self.call(what, async |client| {
-            client.execute(&statement, &params).await
-        })
-    }
-
-    /// A statement that may name a prepared transaction the server no longer holds.
-    fn settle(&mut self, what: &str, sql: &str) -> Result<()> {
-        match self.batch(what, sql) {
-            Err(Error::Server { source, .. })
-                if source.code().map(|c| c.code()) == Some(UNDEFINED_OBJECT) =>
-            {
-                Ok(())
-            }
-            other => other,
-        }
-    }
-}
 
 /// What the connection has open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -488,6 +302,65 @@ impl ServerShard {
         Ok(())
     }
 
+    /// Whether the server at `address` holds an imagestore table named `name`.
+    pub fn holds_table(address: Address, name: &str, timeout_ms: u64) -> Result<bool> {
+        let mut link = Link::new(address, timeout_ms)?;
+        let found = link.query(
+            "looking up the table",
+            "SELECT 1 FROM imagestore_tables WHERE name = $1",
+            &[Box::new(name.to_string())],
+        );
+        match found {
+            Ok(rows) => Ok(!rows.is_empty()),
+            Err(Error::Server { source, .. })
+                if source.code().map(|c| c.code()) == Some(UNDEFINED_TABLE) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Keeps an index on each of `indexes` (column lists) on the server.
+    pub fn ensure_indexes(&self, indexes: &[Vec<String>]) -> Result<()> {
+        for columns in indexes {
+            let list: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
+            self.link().batch(
+                "making an index",
+                &format!(
+                    "CREATE INDEX IF NOT EXISTS {} ON {}.images({})",
+                    quote_ident(&crate::config::index_name(columns)),
+                    self.schema,
+                    list.join(", ")
+                ),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Removes table `table_id` from the server at `address`, on a connection of its own: its
+    /// schema and its entry in the registry.
+    pub fn drop_table(address: &Address, table_id: &TableId, timeout_ms: u64) -> Result<()> {
+        let mut link = Link::new(address.clone(), timeout_ms)?;
+        let sql = format!(
+            "BEGIN; DROP SCHEMA IF EXISTS {} CASCADE;
+             DELETE FROM imagestore_tables WHERE table_id = '{}'; COMMIT",
+            schema_name(table_id),
+            hex(table_id)
+        );
+        link.batch("dropping the table", &sql)
+    }
+
+    /// The quoted schema that holds this table on the server.
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    /// The server.
+    pub fn address(&self) -> &Address {
+        &self.address
+    }
+
     /// Who this shard is.
     pub fn identity(&self) -> ShardIdentity {
         ShardIdentity {
@@ -525,17 +398,19 @@ impl ServerShard {
             .flatten()
     }
 
+    /// The statement that lists this shard's prepared transactions (by gid).
+    fn list_prepared_sql(&self) -> String {
+        format!(
+            "SELECT gid FROM pg_prepared_xacts WHERE database = current_database() AND gid LIKE 'imagestore:{}:%'",
+            hex(&self.table_id)
+        )
+    }
+
     fn prepared_txids(&self) -> Result<Vec<u64>> {
-        let rows = self.link().query(
-            "listing prepared transactions",
-            "SELECT gid FROM pg_prepared_xacts WHERE database = current_database() AND gid LIKE $1",
-            &[Box::new(format!("imagestore:{}:%", hex(&self.table_id)))],
-        )?;
-        Ok(rows
-            .iter()
-            .filter_map(|r| r.try_get::<_, String>(0).ok())
-            .filter_map(|gid| self.txid_of(&gid))
-            .collect())
+        let gids = self
+            .link()
+            .batch_rows("listing prepared transactions", &self.list_prepared_sql())?;
+        Ok(gids.iter().filter_map(|gid| self.txid_of(gid)).collect())
     }
 
     // ---- rows -------------------------------------------------------------------------
@@ -619,6 +494,16 @@ impl ServerShard {
         rows.first()
             .and_then(|r| r.try_get::<_, Vec<u8>>(0).ok())
             .ok_or_else(|| self.foreign(&format!("lost the image of row {blob_id}")))
+    }
+
+    /// Every id, in order.
+    pub fn ids(&self) -> Result<Vec<i64>> {
+        let sql = format!("SELECT id FROM {}.images ORDER BY id", self.schema);
+        let rows = self.link().query("reading the ids", &sql, &[])?;
+        rows.iter()
+            .map(|r| r.try_get(0))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| self.foreign(&format!("holds an id the table cannot read ({e})")))
     }
 
     /// The largest id, if any row.
@@ -765,15 +650,29 @@ impl Participant for ServerShard {
         self.address.to_string()
     }
 
+    /// Lists the prepared transactions first, then takes the snapshot (at the first statement
+    /// of the transaction), in one round trip. In that order, a transaction missing from the
+    /// list was finished before the snapshot (a COMMIT PREPARED makes its changes visible
+    /// before it leaves the list), so a commit that lands meanwhile, from a writer that lost
+    /// the publish lock with its session, is either in the snapshot or in the list.
     fn begin_read(&mut self) -> Result<Vec<u64>> {
         self.end()?;
-        self.link().batch(
-            "opening a snapshot",
-            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
-        )?;
+        let sql = format!(
+            "{}; COMMIT; BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SELECT NULL",
+            self.list_prepared_sql()
+        );
         self.open.set(Open::Reading);
-        // The first statement takes the snapshot.
-        self.prepared_txids()
+        let gids = self.link().batch_rows("opening a snapshot", &sql)?;
+        Ok(gids.iter().filter_map(|gid| self.txid_of(gid)).collect())
+    }
+
+    fn is_remote(&self) -> bool {
+        true
+    }
+
+    /// A prepared transaction's changes are invisible until COMMIT PREPARED.
+    fn prepared_visible(&self) -> bool {
+        false
     }
 
     fn end(&mut self) -> Result<()> {
@@ -881,6 +780,7 @@ impl Participant for ServerShard {
     }
 
     fn finalize(&mut self, txid: u64) -> Result<()> {
+        crate::fault::check("server_finalize")?;
         self.end_prepared(txid, "COMMIT", "committing a prepared transaction")
     }
 

@@ -8,8 +8,11 @@ use std::rc::Rc;
 
 use rusqlite::ffi;
 
+use super::server_set::{drop_server_tables, open_server_shards, OpenedTable};
 use super::shard_set::{open_shards, restore_new_table, settle_lifecycle};
-use crate::commit::locks::LockGuard;
+use super::TableShard;
+use crate::commit::control::Held;
+use crate::commit::control::LocalControl;
 use crate::commit::Coordinator;
 use crate::config::TableConfig;
 use crate::error::{Error, Result};
@@ -20,14 +23,16 @@ use crate::shard::{Lifecycle, Shard};
 /// One table as opened by one connection.
 pub struct TableCore {
     pub(crate) config: TableConfig,
-    pub(crate) shards: RefCell<Vec<Shard>>,
+    /// The table's identity, as its shards record it.
+    pub(crate) table_id: crate::journal::TableId,
+    pub(crate) shards: RefCell<Vec<TableShard>>,
     pub(crate) coordinator: RefCell<Coordinator>,
     /// Ids for rows inserted without one, in the open write transaction.
     pub(crate) row_ids: RefCell<RowIds>,
     pub(crate) open_cursors: Cell<usize>,
     /// While the CREATE that made this table's files has not committed: the writer lock, held
     /// so that no other database takes the files for leftovers meanwhile.
-    pub(crate) creation: RefCell<Option<LockGuard>>,
+    pub(crate) creation: RefCell<Option<Held>>,
     /// The host connection when this table's write transaction began (see `host::also_wrote`).
     pub(crate) host_at_begin: RefCell<crate::host::HostAtBegin>,
     /// The host connection.
@@ -69,8 +74,10 @@ impl TableCore {
     pub(crate) fn creation_committed(&self) {
         if self.creation.borrow_mut().take().is_some() {
             for shard in self.shards.borrow().iter() {
-                // Best effort: a mark left here is cleared by the table's next open.
-                let _ = shard.set_lifecycle(Lifecycle::Live);
+                if let TableShard::Local(shard) = shard {
+                    // Best effort: a mark left here is cleared by the table's next open.
+                    let _ = shard.set_lifecycle(Lifecycle::Live);
+                }
             }
         }
     }
@@ -84,6 +91,11 @@ impl TableCore {
         // Closed first, so that no later close of these connections touches files of the
         // same names made by a later CREATE.
         drop(std::mem::take(&mut *self.shards.borrow_mut()));
+        drop_server_tables(
+            &self.config.servers,
+            &self.table_id,
+            self.config.busy_timeout_ms,
+        );
         // Best effort: files left here carry the creating mark (see `are_leftovers`).
         let _ = remove_files(&self.config.files());
         drop(writer);
@@ -169,8 +181,15 @@ impl crate::backup::ConsistentRead for TableCore {
         &self.config
     }
 
-    fn read_shards<T>(&self, body: impl FnOnce(&[Shard]) -> Result<T>) -> Result<T> {
-        self.with_snapshot(|core| body(&core.shards.borrow()))
+    fn read_shards<T>(&self, body: impl FnOnce(&[&Shard]) -> Result<T>) -> Result<T> {
+        self.with_snapshot(|core| {
+            let shards = core.shards.borrow();
+            let local = shards
+                .iter()
+                .map(|shard| shard.local("imagestore_backup"))
+                .collect::<Result<Vec<_>>>()?;
+            body(&local)
+        })
     }
 }
 
@@ -279,6 +298,7 @@ pub(crate) fn connected_core(
         Rc::from_raw(core)
     };
     let same_files = core.config.shard_paths == config.shard_paths
+        && core.config.servers == config.servers
         && core.config.journal_path == config.journal_path;
     let in_use = core.coordinator.try_borrow().map_or(true, |c| !c.is_idle());
     (same_files && in_use).then_some(core)
@@ -291,19 +311,22 @@ pub(crate) fn open_core(
     create: bool,
 ) -> std::result::Result<TableCore, (Error, Box<TableConfig>)> {
     let opened = (|| {
-        // A restore checks its backup before it creates any file.
-        let backup = match (create, &config.restore_from) {
-            (true, Some(dir)) => {
-                Some((dir, crate::backup::restore::trusted_manifest(dir, &config)?))
-            }
-            _ => None,
+        let OpenedTable {
+            table_id,
+            mut shards,
+            anchor: control,
+            created,
+        } = match config.servers.is_empty() {
+            true => open_local_shards(&config, create)?,
+            false => open_server_shards(&config, create)?,
         };
-        let (table_id, mut shards, created) = open_shards(&config, create)?;
-        if let Some((dir, manifest)) = backup {
-            shards = restore_new_table(dir, &manifest, &config, shards, created)?;
-        }
-        let coordinator =
-            Coordinator::open(&config, table_id, &mut shards, created, crate::host::lookup)?;
+        let coordinator = Coordinator::with_control(
+            &config,
+            table_id,
+            control,
+            &mut shards,
+            crate::host::lookup,
+        )?;
         let creation = if created {
             Some(coordinator.lock_writer()?)
         } else {
@@ -314,6 +337,7 @@ pub(crate) fn open_core(
     })();
     match opened {
         Ok((shards, coordinator, creation)) => Ok(TableCore {
+            table_id: coordinator.table_id(),
             config,
             shards: RefCell::new(shards),
             coordinator: RefCell::new(coordinator),
@@ -327,4 +351,24 @@ pub(crate) fn open_core(
         }),
         Err(e) => Err((e, Box::new(config))),
     }
+}
+
+/// Opens (or makes) a table's shard files and its journal, and fills a new table from its
+/// backup (`restore_from`), which is checked before any file is made.
+fn open_local_shards(config: &TableConfig, create: bool) -> Result<OpenedTable> {
+    let backup = match (create, &config.restore_from) {
+        (true, Some(dir)) => Some((dir, crate::backup::restore::trusted_manifest(dir, config)?)),
+        _ => None,
+    };
+    let (table_id, mut shards, created) = open_shards(config, create)?;
+    if let Some((dir, manifest)) = backup {
+        shards = restore_new_table(dir, &manifest, config, shards, created)?;
+    }
+    let control = LocalControl::open(config, table_id, &mut shards, create)?;
+    Ok(OpenedTable {
+        table_id,
+        shards: shards.into_iter().map(TableShard::Local).collect(),
+        anchor: Box::new(control),
+        created,
+    })
 }

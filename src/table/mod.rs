@@ -4,8 +4,11 @@
 //! these; nothing here imports them, but for restoring a backup into a new table.
 
 pub mod handle;
+pub mod server_set;
 pub mod shard_set;
+pub mod table_shard;
 pub mod write;
 
 pub use handle::{with_open_table, TableCore};
 pub(crate) use shard_set::{open_shards, table_config};
+pub use table_shard::TableShard;

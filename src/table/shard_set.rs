@@ -6,13 +6,15 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::ffi;
 
-use crate::commit::locks::{LockFile, LockGuard};
+use crate::commit::control::Held;
+use crate::commit::locks::LockFile;
 use crate::commit::Coordinator;
 use crate::config::{HostDatabase, Owner, TableConfig};
 use crate::error::{Error, Result};
 use crate::files::remove_files;
 use crate::journal::TableId;
 use crate::shard::{Lifecycle, Shard, ShardIdentity};
+use crate::table::TableShard;
 
 /// A fresh table identity: unique across machines and time for all practical purposes.
 pub(crate) fn new_table_id(config: &TableConfig) -> TableId {
@@ -61,7 +63,7 @@ pub(crate) fn open_shards(
     if create && existing.is_empty() {
         return create_shards(config).map(|(id, shards)| (id, shards, true));
     }
-    if create && (config.derived_paths || existing.len() < config.shard_paths.len()) {
+    if create && (config.derived_paths || existing.len() < config.shard_count()) {
         return Err(Error::BadArgument(format!(
             "shard files {} already exist{}. A new table never takes over files it did not make: drop the table they belong to, delete them, or name other files with shards='...'",
             existing.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
@@ -78,7 +80,7 @@ pub(crate) fn open_shards(
 /// table's creating mark (which the next CREATE of the table removes).
 pub(crate) fn create_shards(config: &TableConfig) -> Result<(TableId, Vec<Shard>)> {
     let table_id = new_table_id(config);
-    let count = config.shard_paths.len();
+    let count = config.shard_count();
     let mut shards = Vec::with_capacity(count);
     for (shard_index, path) in config.shard_paths.iter().enumerate() {
         let identity = ShardIdentity {
@@ -138,7 +140,7 @@ pub(crate) fn create_shard(
 /// Opens the shard files of an existing table and checks that they are one table's, in order.
 pub(crate) fn open_existing_shards(config: &TableConfig) -> Result<(TableId, Vec<Shard>)> {
     let cols = &config.user_columns;
-    let mut shards = Vec::with_capacity(config.shard_paths.len());
+    let mut shards = Vec::with_capacity(config.shard_count());
     let mut table_id = None;
     for (index, path) in config.shard_paths.iter().enumerate() {
         let shard = Shard::open(path, false, cols, config.busy_timeout_ms)?;
@@ -153,14 +155,14 @@ pub(crate) fn open_existing_shards(config: &TableConfig) -> Result<(TableId, Vec
                 ),
             });
         }
-        if identity.shard_index != index || identity.shard_count != config.shard_paths.len() {
+        if identity.shard_index != index || identity.shard_count != config.shard_count() {
             return Err(Error::ShardForeign {
                 path: path.clone(),
                 detail: format!(
                     "is shard {} of {}, but the table lists it as shard {index} of {}",
                     identity.shard_index,
                     identity.shard_count,
-                    config.shard_paths.len()
+                    config.shard_count()
                 ),
             });
         }
@@ -220,10 +222,22 @@ pub(crate) fn owns(config: &TableConfig, owner: Option<&Owner>) -> bool {
 /// means its files are in its hands, and they are refused.
 pub(crate) fn settle_lifecycle(
     config: &TableConfig,
-    shards: &[Shard],
+    shards: &[TableShard],
     coordinator: &Coordinator,
 ) -> Result<()> {
-    let unsettled = |shards: &[Shard]| -> Result<bool> {
+    // Only shard files carry the marks.
+    let shards: Vec<&Shard> = shards
+        .iter()
+        .filter_map(|shard| match shard {
+            TableShard::Local(shard) => Some(shard),
+            TableShard::Server(_) => None,
+        })
+        .collect();
+    if shards.is_empty() {
+        return Ok(());
+    }
+    let shards = shards.as_slice();
+    let unsettled = |shards: &[&Shard]| -> Result<bool> {
         for shard in shards {
             if shard.lifecycle()? != Lifecycle::Live {
                 return Ok(true);
@@ -300,9 +314,7 @@ pub(crate) fn restore_new_table(
 /// the coordinator's files if one such shard vouches for them (the journal, if readable, names
 /// the same table). A file that cannot be read stays: nothing shows whose it is. `None` if
 /// nothing is verifiably this table's.
-pub(crate) fn unusable_own_files(
-    config: &TableConfig,
-) -> Result<Option<(Vec<PathBuf>, LockGuard)>> {
+pub(crate) fn unusable_own_files(config: &TableConfig) -> Result<Option<(Vec<PathBuf>, Held)>> {
     let mut files = Vec::new();
     let mut table_id = None;
     for (index, path) in config.shard_paths.iter().enumerate() {
@@ -314,7 +326,7 @@ pub(crate) fn unusable_own_files(
             .ok()
             .filter(|identity| {
                 identity.shard_index == index
-                    && identity.shard_count == config.shard_paths.len()
+                    && identity.shard_count == config.shard_count()
                     && table_id.is_none_or(|id| id == identity.table_id)
                     && shard
                         .owner()
@@ -336,7 +348,7 @@ pub(crate) fn unusable_own_files(
         ]);
     }
     let lock = LockFile::open(&config.lock_path)?;
-    let writer = lock.exclusive("writer lock", config.busy_timeout_ms)?;
+    let writer = Held::new(lock.exclusive("writer lock", config.busy_timeout_ms)?);
     Ok(Some((files, writer)))
 }
 

@@ -99,7 +99,7 @@ impl TableCore {
     }
 
     fn shard_count(&self) -> usize {
-        self.config.shard_paths.len()
+        self.config.shard_count()
     }
 
     fn get_row(&self, id: i64) -> Result<Option<StoredRow>> {

@@ -113,7 +113,7 @@ unsafe impl VTabCursor for ImageCursor {
             let Some(filter) = scan_filter(&self.core.config, idx_num, idx_str, args) else {
                 return Ok(());
             };
-            let shard_count = self.core.config.shard_paths.len();
+            let shard_count = self.core.config.shard_count();
             let shards: Vec<usize> = match filter.id_eq {
                 Some(id) => vec![shard_of(id, shard_count)],
                 None => (0..shard_count).collect(),

@@ -36,6 +36,7 @@ use crate::shard::{quote_ident, Lifecycle, ScanFilter};
 use crate::table::handle::{
     connected_core, open_core, open_tables, OpenTable, TableCore, NEXT_TABLE_KEY,
 };
+use crate::table::server_set::drop_server_tables;
 use crate::table::shard_set::{owns, table_config, unusable_own_files};
 use crate::table::write::{describe_row, image_bytes, Host, ImageData, OnTakenId, RowUpdate};
 
@@ -340,6 +341,16 @@ impl CreateVTab<'_> for ImageTable {
                 ));
             }
             let (files, writer) = match &self.state {
+                TableState::Open(core) if !core.config.servers.is_empty() => {
+                    let writer = core.coordinator.borrow().lock_writer()?;
+                    let table_id = core.table_id;
+                    let (servers, timeout_ms) =
+                        (core.config.servers.clone(), core.config.busy_timeout_ms);
+                    return self.after_drop_commits(move || {
+                        drop_server_tables(&servers, &table_id, timeout_ms);
+                        drop(writer);
+                    });
+                }
                 TableState::Open(core) => {
                     // No writer of this table, in any process, is mid-commit while its files
                     // go; the lock is held until the DROP has committed or rolled back.
@@ -348,7 +359,9 @@ impl CreateVTab<'_> for ImageTable {
                         return Ok(());
                     }
                     for shard in core.shards.borrow().iter() {
-                        shard.set_lifecycle(Lifecycle::Dropping)?;
+                        shard
+                            .local("DROP TABLE")?
+                            .set_lifecycle(Lifecycle::Dropping)?;
                     }
                     (core.config.files(), writer)
                 }
@@ -357,33 +370,38 @@ impl CreateVTab<'_> for ImageTable {
                     None => return Ok(()),
                 },
             };
-            // SAFETY: self.db is the connection running this DROP; the Connection made from it
-            // is used within this call and dropped without closing it.
-            let host = unsafe { Connection::from_handle(self.db) }
-                .map_err(|e| Error::Internal(e.to_string()))?;
-            crate::after_commit::queue(
-                &host,
-                crate::after_commit::Action {
-                    on_commit: Box::new(move || {
-                        // Best effort: files left here carry the dropping mark, which the next
-                        // CREATE of this table recognises and removes.
-                        let _ = remove_files(&files);
-                        drop(writer);
-                    }),
-                    // The table is back in the schema; its next open clears the mark.
-                    on_rollback: Box::new(|| {}),
-                },
-            )
+            self.after_drop_commits(move || {
+                // Best effort: files left here carry the dropping mark, which the next CREATE
+                // of this table recognises and removes.
+                let _ = remove_files(&files);
+                drop(writer);
+            })
         })?)
     }
 }
 
 impl ImageTable {
+    /// Runs `remove` once the host has committed this DROP; if it rolls back, the table is
+    /// back in the schema and its next open clears any dropping mark.
+    fn after_drop_commits(&self, remove: impl FnOnce() + Send + 'static) -> Result<()> {
+        // SAFETY: self.db is the connection running this DROP; the Connection made from it is
+        // used within this call and dropped without closing it.
+        let host = unsafe { Connection::from_handle(self.db) }
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        crate::after_commit::queue(
+            &host,
+            crate::after_commit::Action {
+                on_commit: Box::new(remove),
+                on_rollback: Box::new(|| {}),
+            },
+        )
+    }
+
     /// Whether this table owns every one of its shard files (see [`owns`]).
     fn owns_files(&self) -> Result<bool> {
         let core = self.core()?;
         for shard in core.shards.borrow().iter() {
-            if !owns(&core.config, shard.owner()?.as_ref()) {
+            if !owns(&core.config, shard.local("DROP TABLE")?.owner()?.as_ref()) {
                 return Ok(false);
             }
         }

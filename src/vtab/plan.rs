@@ -176,7 +176,7 @@ pub(super) fn plan(info: &mut IndexInfo, config: &TableConfig) {
         .map(|columns| columns.iter().all(|c| pushed.contains(c)))
         .max();
 
-    let shards = config.shard_paths.len() as f64;
+    let shards = config.shard_count() as f64;
     let (cost, rows) = if has_eq {
         (1.0, 1.0)
     } else if let Some(whole) = searched {

@@ -3,10 +3,9 @@
 //! named protocol step, before or after the participant acts, or at call number `n` of any.
 //! Shared by the recovery tests of local shards (`recovery.rs`) and of servers.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::rc::Rc;
+use std::sync::{Arc, Mutex};
 
 use imagestore::commit::{Participant, PrepareRecord, Replayed};
 use imagestore::durable::SyncJob;
@@ -67,12 +66,16 @@ impl Calls {
 /// A real participant whose writer dies at the planned call.
 pub struct Mortal<P> {
     pub shard: P,
-    pub calls: Rc<RefCell<Calls>>,
+    pub calls: Arc<Mutex<Calls>>,
 }
 
 impl<P> Mortal<P> {
     fn call<T>(&mut self, step: &'static str, body: impl FnOnce(&mut P) -> T) -> T {
-        let (before, after) = self.calls.borrow_mut().tick(step);
+        let (before, after) = self
+            .calls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .tick(step);
         if before {
             std::panic::panic_any(WriterDied);
         }
@@ -93,6 +96,12 @@ impl<P: Participant> Participant for Mortal<P> {
     }
     fn end(&mut self) -> Result<()> {
         self.call("end", Participant::end)
+    }
+    fn is_remote(&self) -> bool {
+        self.shard.is_remote()
+    }
+    fn prepared_visible(&self) -> bool {
+        self.shard.prepared_visible()
     }
     fn begin_write(&mut self) -> Result<()> {
         self.call("begin_write", Participant::begin_write)
@@ -137,7 +146,11 @@ impl<P: Participant> Participant for Mortal<P> {
     }
     fn sync_job(&self) -> Option<SyncJob> {
         // Counted as a call: a writer that dies here never started this sync.
-        let (before, after) = self.calls.borrow_mut().tick("sync_job");
+        let (before, after) = self
+            .calls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .tick("sync_job");
         if before || after {
             std::panic::panic_any(WriterDied);
         }

@@ -1,0 +1,215 @@
+//! The connection to one server, with a deadline on every call.
+//!
+//! Invariants:
+//! - Every call ends within the link's timeout; one that does not, or that breaks the
+//!   connection (a FATAL error included), drops it, and the next call connects again.
+//! - A link marked [`lost`](Link::lost) does not connect again until its owner says nothing of
+//!   the dropped session is still needed (a transaction or a lock it held is gone with it: a call
+//!   on a new session would run outside them).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::runtime::Runtime;
+use tokio::task::JoinHandle;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, NoTls, Row, Statement};
+
+use super::Address;
+use crate::error::{Error, Result};
+
+/// SQLSTATE of "prepared transaction with identifier ... does not exist".
+const UNDEFINED_OBJECT: &str = "42704";
+
+/// A parameter of a statement, in the type its column has on the server.
+pub type Param = Box<dyn ToSql + Sync + Send>;
+
+/// What a call to a server came to: its result, or the deadline passed.
+type Outcome<T> =
+    std::result::Result<Result<T, tokio_postgres::Error>, tokio::time::error::Elapsed>;
+
+/// The connection to one server: a runtime of its own, so that each call can end at a deadline.
+pub struct Link {
+    pub address: Address,
+    timeout: Duration,
+    runtime: Runtime,
+    client: Option<(Client, JoinHandle<()>)>,
+    statements: HashMap<String, Statement>,
+    /// The connection was dropped (it broke, or a call ran past the deadline). While the shard
+    /// has a transaction open, no new connection is made: a call on it would run outside that
+    /// transaction, which the server has rolled back. Cleared once nothing is open.
+    pub lost: bool,
+}
+
+impl Link {
+    pub fn new(address: Address, timeout_ms: u64) -> Result<Link> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Internal(format!("starting a server connection's runtime: {e}")))?;
+        Ok(Link {
+            address,
+            timeout: Duration::from_millis(timeout_ms.max(1)),
+            runtime,
+            client: None,
+            statements: HashMap::new(),
+            lost: false,
+        })
+    }
+
+    fn server_error(&self, what: &str) -> impl FnOnce(tokio_postgres::Error) -> Error + '_ {
+        let what = what.to_string();
+        move |source| Error::Server {
+            server: self.address.to_string(),
+            what,
+            source,
+        }
+    }
+
+    /// Runs `future` to its end or the deadline.
+    fn run<T>(&self, future: impl Future<Output = Result<T, tokio_postgres::Error>>) -> Outcome<T> {
+        // The timer is made inside the runtime, which it needs.
+        self.runtime
+            .block_on(async { tokio::time::timeout(self.timeout, future).await })
+    }
+
+    /// The result of a call; a call that broke the connection or ran past the deadline drops
+    /// it (the next call connects again).
+    fn outcome<T>(&mut self, what: &str, outcome: Outcome<T>) -> Result<T> {
+        match outcome {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => {
+                // A FATAL error ends the session as surely as a broken socket.
+                let fatal = e
+                    .as_db_error()
+                    .is_some_and(|d| matches!(d.severity(), "FATAL" | "PANIC"));
+                if e.is_closed() || fatal {
+                    self.disconnect();
+                }
+                Err(self.server_error(what)(e))
+            }
+            Err(_) => {
+                self.disconnect();
+                Err(Error::ServerTimeout {
+                    server: self.address.to_string(),
+                    what: what.to_string(),
+                    timeout_ms: self.timeout.as_millis() as u64,
+                })
+            }
+        }
+    }
+
+    /// Runs `call` on the connection (made first if there is none), within the deadline.
+    pub fn call<T>(
+        &mut self,
+        what: &str,
+        call: impl AsyncFnOnce(&Client) -> Result<T, tokio_postgres::Error>,
+    ) -> Result<T> {
+        self.connect()?;
+        let outcome = match &self.client {
+            Some((client, _)) => self.run(call(client)),
+            None => return Err(Error::Internal("a server connection vanished".into())),
+        };
+        self.outcome(what, outcome)
+    }
+
+    pub fn disconnect(&mut self) {
+        if let Some((_, connection)) = self.client.take() {
+            connection.abort();
+            self.lost = true;
+        }
+        self.statements.clear();
+    }
+
+    pub fn connect(&mut self) -> Result<()> {
+        if self.client.is_some() {
+            return Ok(());
+        }
+        if self.lost {
+            return Err(Error::ServerLost {
+                server: self.address.to_string(),
+            });
+        }
+        let mut config = tokio_postgres::Config::new();
+        config
+            .user(&self.address.user)
+            .host(&self.address.host)
+            .port(self.address.port)
+            .dbname(&self.address.database)
+            .application_name("imagestore")
+            .connect_timeout(self.timeout);
+        if let Some(password) = self.address.password() {
+            config.password(password);
+        }
+        let connected = self.run(config.connect(NoTls));
+        let (client, connection) = self.outcome("connecting", connected)?;
+        let connection = self.runtime.spawn(async move {
+            // Ends when the client is dropped or the connection breaks; a call then fails.
+            let _ = connection.await;
+        });
+        self.client = Some((client, connection));
+        Ok(())
+    }
+
+    /// Statements without parameters, in one round trip (the simple query protocol).
+    /// Statements without parameters, in one round trip, and the first column of the rows
+    /// they return, as text.
+    pub fn batch_rows(&mut self, what: &str, sql: &str) -> Result<Vec<String>> {
+        let messages = self.call(what, async |client| client.simple_query(sql).await)?;
+        Ok(messages
+            .iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_string),
+                _ => None,
+            })
+            .collect())
+    }
+
+    pub fn batch(&mut self, what: &str, sql: &str) -> Result<()> {
+        self.call(what, async |client| client.batch_execute(sql).await)
+    }
+
+    fn statement(&mut self, sql: &str) -> Result<Statement> {
+        if let Some(statement) = self.statements.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self.call("preparing a statement", async |client| {
+            client.prepare(sql).await
+        })?;
+        self.statements.insert(sql.to_string(), statement.clone());
+        Ok(statement)
+    }
+
+    pub fn query(&mut self, what: &str, sql: &str, params: &[Param]) -> Result<Vec<Row>> {
+        let statement = self.statement(sql)?;
+        let params: Vec<&(dyn ToSql + Sync)> = params
+            .iter()
+            .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+            .collect();
+        self.call(what, async |client| client.query(&statement, &params).await)
+    }
+
+    pub fn execute(&mut self, what: &str, sql: &str, params: &[Param]) -> Result<u64> {
+        let statement = self.statement(sql)?;
+        let params: Vec<&(dyn ToSql + Sync)> = params
+            .iter()
+            .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+            .collect();
+        self.call(what, async |client| {
+            client.execute(&statement, &params).await
+        })
+    }
+
+    /// A statement that may name a prepared transaction the server no longer holds.
+    pub fn settle(&mut self, what: &str, sql: &str) -> Result<()> {
+        match self.batch(what, sql) {
+            Err(Error::Server { source, .. })
+                if source.code().map(|c| c.code()) == Some(UNDEFINED_OBJECT) =>
+            {
+                Ok(())
+            }
+            other => other,
+        }
+    }
+}

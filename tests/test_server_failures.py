@@ -1,0 +1,93 @@
+"""Servers that die, stop answering, or drop a connection while a table on them is written.
+
+Each round runs tests/fault_worker.py (the fault matrix's writer and oracle: every transaction
+whole or absent, every COMMIT that returned present, every COMMIT that failed absent, a commit
+whose answer was lost either) against a fresh 4-shard table on the three test servers, and
+strikes one server at a random moment: SIGKILL and a restart, SIGSTOP and SIGCONT after the
+table's busy timeout, or its imagestore backends terminated. Then the table is opened again
+(recovery) and checked, and no server may hold a prepared transaction.
+"""
+import random
+import signal
+import subprocess
+import sys
+import time
+
+from harness import connect
+from test_fault_matrix import HERE
+from test_server_faults import check, make_table
+
+# Enough transactions that the writer is still writing when the strike comes.
+TXNS = 300
+
+
+def start_writer(db, acked):
+    return subprocess.Popen([sys.executable, str(HERE / "fault_worker.py"), str(db), str(TXNS), "4", str(acked)],
+                            cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def rounds(pg, tmp_path, strike, count, seed):
+    rng = random.Random(seed)
+    struck = 0
+    for r in range(count):
+        db, acked = tmp_path / f"r{r}.db", tmp_path / f"r{r}.acked"
+        places = make_table(pg, db, 4, options=", busy_timeout=1000", txns=TXNS)
+        writer = start_writer(db, acked)
+        time.sleep(rng.uniform(0.1, 0.8))
+        assert writer.poll() is None, "the writer finished before the strike"
+        victim = pg[rng.randrange(len(pg))]
+        strike(victim, rng)
+        _, err = writer.communicate(timeout=300)
+        assert writer.returncode == 0, err[-3000:]
+        assert check(db, 4, acked, places, TXNS) == (0, 0), f"round {r} (seed {seed})"
+        outcomes = acked.read_text().split()[1::2]
+        struck += outcomes.count("ok") < TXNS
+        print(f"round {r}: {outcomes.count('ok')} ok, {outcomes.count('err')} failed, "
+              f"{outcomes.count('unknown')} unknown")
+    assert struck, "no strike made a transaction fail: the test did not test"
+
+
+def test_a_server_killed_at_random_moments_and_restarted(tmp_path, pg):
+    def kill_and_restart(server, rng):
+        server.kill(signal.SIGKILL)
+        time.sleep(rng.uniform(0.0, 0.5))
+        server.restart()
+    rounds(pg, tmp_path, kill_and_restart, 3, time.time_ns() % 10 ** 9)
+
+
+def test_a_server_that_stops_answering_fails_commits_within_the_timeout(tmp_path, pg):
+    def stop_a_while(server, rng):
+        server.signal_all(signal.SIGSTOP)
+        time.sleep(rng.uniform(1.5, 3.0))
+        server.signal_all(signal.SIGCONT)
+    rounds(pg, tmp_path, stop_a_while, 2, time.time_ns() % 10 ** 9)
+
+
+def test_connections_dropped_by_the_server_mid_transaction(tmp_path, pg):
+    def terminate_backends(server, rng):
+        for pid in server.backends():
+            server.psql(f"SELECT pg_terminate_backend({pid})")
+    rounds(pg, tmp_path, terminate_backends, 4, time.time_ns() % 10 ** 9)
+
+
+def test_another_host_is_not_blocked_longer_than_the_timeout_by_a_stopped_server(tmp_path, pg):
+    db = tmp_path / "a.db"
+    make_table(pg, db, 4, options=", busy_timeout=1000")
+    other = connect(tmp_path / "b.db")
+    shards = connect(db).execute("SELECT sql FROM sqlite_schema WHERE name = 't'").fetchone()[0]
+    other.execute(shards)
+    pg[1].signal_all(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        try:
+            other.execute("SELECT count(*) FROM t").fetchall()
+        except Exception as e:  # noqa: BLE001 - the error is what is checked
+            message = str(e)
+        else:
+            message = ""
+        waited = time.monotonic() - started
+    finally:
+        pg[1].signal_all(signal.SIGCONT)
+    assert "did not answer" in message and "1000 ms" in message, message
+    assert waited < 1000 / 1000 + 3.0, waited
+    assert other.execute("SELECT count(*) FROM t").fetchone()[0] > 0

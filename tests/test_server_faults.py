@@ -1,0 +1,100 @@
+"""Faults at every step of the commit and recovery paths of a table on PostgreSQL servers.
+
+tests/test_fault_matrix.py's experiment (its writer, its plan, its oracle) on a table of four
+shards on the three test servers (the fourth a second database on the first server, which is
+also the anchor): for each server step x mode (error, or the writer killed on the spot) x shards
+touched (1, 2 and all 4), a writer runs transactions until the fault strikes; the table is then
+reopened with the ordinary library (recovery runs) and every transaction must be whole or
+absent, every COMMIT that returned present, every COMMIT that failed absent, and no server may
+hold a prepared transaction. Recovery's own step is faulted too, after crashes that leave
+prepared transactions undecided and decided, at its first prepared transaction and (when there
+are several) at its second.
+"""
+import pytest
+
+from harness import connect, corpus_bytes, require_lib
+from fault_worker import baseline_ids, plan
+from test_fault_matrix import FAULT_LIB, MODES, TXNS, open_with_fault, run_writer
+from test_server_tables import prepared
+
+STEPS = ["server_prepare", "anchor_decide", "server_finalize"]
+CASES = [(step, touched) for step in STEPS for touched in (1, 2, 4)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fault_build():
+    require_lib()
+    if not FAULT_LIB.exists():
+        pytest.fail(f"fault-injection build missing: {FAULT_LIB} (tests/run-all.sh builds it)")
+
+
+def make_table(pg, db, touched, options="", txns=TXNS):
+    """A 4-shard table on the servers (shard 3 a second database on server 0), filled with the
+    plan's baseline rows; returns the (server, database) of each shard."""
+    import uuid
+    name = "f_" + uuid.uuid4().hex[:10]
+    places = [(pg[0], name), (pg[1], name), (pg[2], name), (pg[0], name + "_b")]
+    for server, database in places:
+        server.create_database(database)
+    shards = ",".join(server.url(database) for server, database in places)
+    con = connect(db)
+    con.execute(f"CREATE VIRTUAL TABLE t USING imagestore(shards='{shards}'{options})")
+    image = corpus_bytes("no_time_for_that_tiny.gif")
+    con.execute("BEGIN")
+    for i in baseline_ids(txns, touched):
+        con.execute("INSERT INTO t(id, name, data) VALUES (?, 'base', ?)", (i, image))
+    con.execute("COMMIT")
+    con.close()
+    return places
+
+
+def check(db, touched, acked, places, txns=TXNS):
+    """(partial, lost) after reopening with the ordinary library; no server holds a prepared
+    transaction of the table."""
+    con = connect(db)
+    rows = dict(con.execute("SELECT id, name FROM t"))
+    outcomes = dict(line.split() for line in acked.read_text().splitlines()) if acked.exists() else {}
+    partial = lost = 0
+    for k, ops in enumerate(plan(txns, touched)):
+        whole = all(rows.get(n) == f"t{k}" and rows.get(r) == f"t{k}" and d not in rows for n, r, d in ops)
+        none = all(n not in rows and rows.get(r) == "base" and d in rows for n, r, d in ops)
+        if not (whole or none):
+            partial += 1
+        outcome = outcomes.get(str(k))
+        if (outcome == "ok" and not whole) or (outcome == "err" and not none):
+            lost += 1
+    assert [prepared(server, database) for server, database in places] == ["0"] * 4
+    return partial, lost
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("step,touched", CASES)
+def test_fault_at_server_commit_step(tmp_path, pg, step, mode, touched):
+    db, acked = tmp_path / "f.db", tmp_path / "acked"
+    places = make_table(pg, db, touched)
+    result = run_writer(db, TXNS, touched, acked, f"{step}:2:{mode}")
+    assert "fault injected at" in result.stderr, f"{step} never ran: {result.stderr[-2000:]}"
+    assert check(db, touched, acked, places) == (0, 0)
+
+
+# A crash that leaves prepared transactions, undecided or decided, and recovery's step that
+# then faults, at its first shard and again at its second.
+RECOVERY_CASES = {
+    "undecided": "anchor_decide:2:abort",
+    "decided": "server_finalize:2:abort",
+}
+
+
+@pytest.mark.parametrize("case", RECOVERY_CASES)
+@pytest.mark.parametrize("mode", MODES)
+def test_fault_during_server_recovery(tmp_path, pg, mode, case):
+    db, acked = tmp_path / "f.db", tmp_path / "acked"
+    places = make_table(pg, db, 4)
+    assert run_writer(db, TXNS, 4, acked, RECOVERY_CASES[case]).returncode != 0
+    # Parallel finalizes may all but one have landed before the writer died.
+    left = sum(int(prepared(server, database)) for server, database in places)
+    assert left >= 1
+    for nth in range(1, min(left, 2) + 1):
+        opened = open_with_fault(db, f"recovery_shard:{nth}:{mode}")
+        assert "fault injected at recovery_shard" in opened.stderr, opened.stderr[-2000:]
+    assert check(db, 4, acked, places) == (0, 0)
