@@ -129,7 +129,7 @@ pub enum Error {
     ServerLost { server: String },
 
     /// A PostgreSQL server did not answer within the table's busy timeout (SQLITE_BUSY).
-    #[error("imagestore: server {server} did not answer ({what}) within {timeout_ms} ms, the table's busy_timeout=; its connection is dropped")]
+    #[error("imagestore: server {server} did not answer ({what}) within {timeout_ms} ms (the table's busy_timeout= and a second); its connection is dropped")]
     ServerTimeout {
         server: String,
         what: String,

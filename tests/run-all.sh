@@ -13,4 +13,6 @@ cargo build --release
 cargo build --release --manifest-path tests/old-sqlite/Cargo.toml --target-dir target/old-sqlite
 cargo build --release --manifest-path tests/powercut/Cargo.toml --target-dir target/powercut
 cargo test --no-default-features --features bundled
-python3 -m pytest -q tests
+# Two workers, a test file each at a time: most of the time is spent waiting (kills, servers,
+# syncs), and the files are independent.
+python3 -m pytest -q -n 2 --dist loadfile tests

@@ -5,7 +5,7 @@ acknowledged transactions replayed, or those plus the one in flight), on a table
 are three real servers: whoever opens the table next settles what the killed writer left
 prepared, and after the last kill no server holds a prepared transaction of it.
 
-Env: IMAGESTORE_SERVER_CRASH_KILLS (default 200), IMAGESTORE_SERVER_CRASH_SECONDS (default 240),
+Env: IMAGESTORE_SERVER_CRASH_KILLS (default 200), IMAGESTORE_SERVER_CRASH_SECONDS (default 300),
 IMAGESTORE_CRASH_SEED.
 """
 import os
@@ -21,7 +21,7 @@ def test_kill_9_of_the_writer_of_a_table_on_servers(tmp_path, pg, capsys):
     seed = int(os.environ.get("IMAGESTORE_CRASH_SEED", time.time_ns() % 10 ** 9))
     kills = int(os.environ.get("IMAGESTORE_SERVER_CRASH_KILLS", 200))
     summary, partial, lost, problems = run_crash_loop(
-        tmp_path, kills, float(os.environ.get("IMAGESTORE_SERVER_CRASH_SECONDS", 240)), seed,
+        tmp_path, kills, float(os.environ.get("IMAGESTORE_SERVER_CRASH_SECONDS", 300)), seed,
         options=f"shards='{shards}'", min_kills=min(kills, 200))
     with capsys.disabled():
         print(f"\n{summary} (seed {seed})")

@@ -210,3 +210,33 @@ def test_a_transaction_that_also_writes_the_hosts_tables_is_refused_whole(tmp_pa
     assert [prepared(s, database) for s in pg] == ["0", "0", "0"]
     con.execute("INSERT INTO t(id, taken, data) VALUES (1, '2026', ?)", (image(1)[2],))
     assert con.execute("SELECT id FROM t WHERE taken = '2026'").fetchall() == [(1,)]
+
+
+def test_a_prepare_that_lands_late_is_never_taken_for_a_later_transaction(tmp_path, pg):
+    """A writer's PREPARE whose answer was lost may land on its server after the writer gave up
+    (and after the next writer committed): its transaction id must not be the next writer's,
+    whose decision would then commit it."""
+    database, shards = fresh_databases(pg)
+    con = connect(tmp_path / "a.db")
+    create(con, shards)
+    con.execute("INSERT INTO t(id, data) VALUES (1, ?)", (image(1)[2],))
+    table_id = pg[0].psql("SELECT table_id FROM imagestore_tables", database).strip()
+    schema = f'"imagestore_{table_id}"'
+    # The writer that lost its answer took the next id from the anchor...
+    stray = int(pg[0].psql(f"SELECT nextval('{schema}.txids')", database))
+    # ...and the next writer commits on shards 0 and 1.
+    on = {s: next(i for i in range(10, 100) if shard_of(i, 3) == s) for s in (0, 1)}
+    con.execute("BEGIN")
+    for i in on.values():
+        con.execute("INSERT INTO t(id, data) VALUES (?, ?)", (i, image(i)[2]))
+    con.execute("COMMIT")
+    # Now the lost PREPARE lands on shard 1.
+    late = next(i for i in range(100, 200) if shard_of(i, 3) == 1)
+    pg[1].psql(
+        f"BEGIN; INSERT INTO {schema}.images(id, name, format, width, height, bytes, hash, data) "
+        f"VALUES ({late}, 'late', 'png', 1, 1, 3, 'x', '\\x010203'); "
+        f"PREPARE TRANSACTION 'imagestore:{table_id}:{stray}:1'", database)
+    con.close()
+    again = connect(tmp_path / "a.db")
+    assert [r[0] for r in again.execute("SELECT id FROM t ORDER BY id")] == sorted([1, *on.values()])
+    assert [prepared(s, database) for s in pg] == ["0", "0", "0"]

@@ -68,6 +68,10 @@ pub trait Control {
     fn refresh(&mut self) -> Result<()>;
     /// Recovery begins: reads every decision, drops a torn tail, makes the rest durable.
     fn begin_recovery(&mut self) -> Result<()>;
+    /// The id of a new write transaction: at least `floor` (1 + every shard's `last_txid`),
+    /// and never one given before where a prepare whose answer was lost may still land on a
+    /// server under the id it carried.
+    fn next_txid(&mut self, floor: u64) -> Result<u64>;
     /// Whether a decision commits `txid` (as last read).
     fn is_committed(&self, txid: u64) -> bool;
     /// Writes a decision durably; `Err` with `true` if its outcome is unknown (then the table is
@@ -185,6 +189,11 @@ impl Control for LocalControl {
         // A record a dead writer wrote but never synced must be durable before anything acts
         // on it: finalizing from a record that a power cut then takes away would half-apply it.
         self.journal.sync()
+    }
+
+    /// A local shard's prepare is answered or the writer is dead: ids need not be kept apart.
+    fn next_txid(&mut self, floor: u64) -> Result<u64> {
+        Ok(floor)
     }
 
     fn is_committed(&self, txid: u64) -> bool {

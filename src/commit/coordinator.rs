@@ -181,10 +181,16 @@ impl Coordinator {
         self.control.begin_recovery()?;
         // Prepared transactions first: on any one shard they are older than every logged commit
         // it lacks (see "Recovery" above).
-        for shard in shards.iter_mut() {
+        for (index, shard) in shards.iter_mut().enumerate() {
             for record in shard.prepared()? {
                 crate::fault::check("recovery_shard")?;
-                if self.decided(record.txid, record.decided_by.as_deref())? {
+                // A decision commits only the shards it names: a prepare that reached some other
+                // shard (a call whose answer was lost, landing late) is not part of it.
+                let named = self
+                    .control
+                    .committed_shards(record.txid)
+                    .is_none_or(|named| named.contains(&(index as u16)));
+                if named && self.decided(record.txid, record.decided_by.as_deref())? {
                     shard.finalize(record.txid)?;
                 } else {
                     shard.abort_prepared(record.txid)?;
@@ -343,11 +349,17 @@ impl Coordinator {
             return Ok(Some(publication));
         }
         if !shards.iter().all(P::prepared_visible) {
-            // A server's prepared transaction is not in the snapshots; a live writer finalizes
-            // it only under the publish lock, which this reader holds, so none of it is in any
-            // snapshot. A dead writer's may be finalized on some servers already (or, by a
-            // writer that lost the lock with its session, be so now): recovery settles it.
-            if self.writer_alive() {
+            // A server's prepared transaction is not in the snapshots. A live writer's, between
+            // its decision and its finalize, is finalized only under the publish lock this
+            // reader holds, so no snapshot has it: read past it. One that some snapshot shows
+            // finalized (its shard's `last_txid` reaches it), or one with no live writer, is
+            // a dead writer's, perhaps half finalized: recovery settles it first.
+            let finalized_somewhere = prepared.iter().any(|&txid| {
+                shards
+                    .iter()
+                    .any(|s| s.snapshot_last_txid().is_some_and(|last| last >= txid))
+            });
+            if !finalized_somewhere && self.writer_alive() {
                 return Ok(Some(publication));
             }
             end_all(shards);
@@ -504,8 +516,15 @@ impl Coordinator {
                     return Err(e);
                 }
             }
+            let txid = match self.control.next_txid(last_txid + 1) {
+                Ok(txid) => txid,
+                Err(e) => {
+                    end_all(shards);
+                    return Err(e);
+                }
+            };
             self.activity = Activity::Writing(WriteTxn {
-                txid: last_txid + 1,
+                txid,
                 _writer: writer,
                 dirty: vec![false; shards.len()],
                 savepoints: Vec::new(),

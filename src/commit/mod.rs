@@ -226,8 +226,10 @@
 //!   publishes: it runs under the publish lock, like a logged commit's shard commits (for a
 //!   local shard the lock costs little there and changes nothing). A reader that finds a live
 //!   writer's prepared transactions on servers reads past them (none of them is in any of its
-//!   snapshots: the writer finalizes only under the lock the reader holds); a dead writer's it
-//!   sends to recovery, since they may be finalized on some servers already.
+//!   snapshots: the writer finalizes only under the lock the reader holds), unless a snapshot
+//!   shows one finalized on its server (that server's `last_txid`, read in the snapshot,
+//!   reaches it: a dead writer's, half finalized, while another writer holds the lock); that,
+//!   and any with no live writer (or when liveness cannot be known), go to recovery first.
 //! - A server lists its prepared transactions before it takes the reader's snapshot, in one
 //!   round trip: a transaction finalized meanwhile (say by a writer whose session, and with it
 //!   the publish lock, was lost) is then in the snapshot or still in the list, never in neither.
@@ -254,7 +256,12 @@
 //! # Transaction ids
 //! Every prepare, logged shard commit and replay raises its shards'
 //! `last_txid` in the same SQLite transaction, and a new id is above every shard's `last_txid`,
-//! so ids never repeat: not after a crash, and not after the journal is reset.
+//! so ids never repeat: not after a crash, and not after the journal is reset. On servers that
+//! is not enough: a PREPARE whose answer was lost may land after its writer gave up, and the
+//! next writer, seeing no shard raised, would take the same id, and its decision would commit
+//! the stray. So a table on servers also draws each id from a sequence on the anchor, which
+//! never gives one twice, and recovery finalizes a prepared transaction only on the shards its
+//! decision names.
 
 pub mod control;
 mod coordinator;

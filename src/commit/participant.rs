@@ -57,6 +57,12 @@ pub trait Participant: Send {
     /// Readers: opens a read snapshot and returns the transactions it shows prepared.
     fn begin_read(&mut self) -> Result<Vec<u64>>;
 
+    /// The `last_txid` the read snapshot opened last shows, where reading it costs nothing
+    /// more (a server reads it in the snapshot's first statement); else `None`.
+    fn snapshot_last_txid(&self) -> Option<u64> {
+        None
+    }
+
     /// Whether each step is a round trip to a server (mostly waiting): then the coordinator
     /// takes a step on several such participants at once.
     fn is_remote(&self) -> bool {

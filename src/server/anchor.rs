@@ -9,6 +9,8 @@
 //!   prepared (the trim, step 9): every COMMIT PREPARED is durable when it returns.
 //! - `publication`: a sequence, the publication counter, advanced once in each exclusive
 //!   window of the publish lock.
+//! - `txids`: a sequence that transaction ids are drawn from, so that none is given twice (see
+//!   the protocol document, "Transaction ids").
 //! - Two session advisory locks, keyed by the table's id: the writer lock and the publish lock
 //!   (taken shared by readers while they open their snapshots). A session's locks go when it
 //!   ends, so a dead host's locks free themselves once the server notices (keepalives).
@@ -32,10 +34,6 @@ use crate::commit::control::{Control, Held, PublishWindow};
 use crate::commit::locks::PublishState;
 use crate::error::{Error, Result};
 use crate::journal::{LoggedAt, Record, TableId};
-
-/// How much longer than the busy timeout a call on the anchor may take: a lock wait ends at the
-/// busy timeout on the server itself (`lock_timeout`), which must come first.
-const LOCK_WAIT_GRACE_MS: u64 = 2_000;
 
 /// The anchor of one table, as one connection of one host has it open.
 pub struct Anchor {
@@ -114,19 +112,17 @@ impl Anchor {
         timeout_ms: u64,
         create: bool,
     ) -> Result<Anchor> {
-        let mut link = Link::new(address, timeout_ms + LOCK_WAIT_GRACE_MS)?;
-        // The server notices a dead host within about 20 s and frees its locks.
-        let mut setup = format!(
-            "SET lock_timeout = {timeout_ms}; SET tcp_keepalives_idle = 5; \
-             SET tcp_keepalives_interval = 5; SET tcp_keepalives_count = 3;"
-        );
+        let mut link = Link::new(address, timeout_ms)?;
         if create {
-            setup.push_str(&format!(
-                "CREATE TABLE IF NOT EXISTS {schema}.decisions(txid bigint PRIMARY KEY, shards text NOT NULL);
-                 CREATE SEQUENCE IF NOT EXISTS {schema}.publication;"
-            ));
+            link.batch(
+                "making the anchor",
+                &format!(
+                    "CREATE TABLE IF NOT EXISTS {schema}.decisions(txid bigint PRIMARY KEY, shards text NOT NULL);
+                     CREATE SEQUENCE IF NOT EXISTS {schema}.publication;
+                     CREATE SEQUENCE IF NOT EXISTS {schema}.txids;"
+                ),
+            )?;
         }
-        link.batch("opening the anchor", &setup)?;
         let mut anchor = Anchor {
             link: Arc::new(Mutex::new(AnchorLink {
                 link,
@@ -158,26 +154,28 @@ impl Anchor {
                 "DO $$BEGIN IF NOT pg_try_advisory_lock{kind}({key}) THEN \
                  RAISE EXCEPTION USING ERRCODE = 'lock_not_available'; END IF; END$$; {after}"
             ),
-            _ => format!(
-                "SET lock_timeout = {timeout_ms}; SELECT pg_advisory_lock{kind}({key}); {after}"
-            ),
+            _ => format!("SELECT pg_advisory_lock{kind}({key}); {after}"),
         };
-        match anchor.link().batch(what, &sql) {
-            Ok(()) => {}
-            Err(Error::Server { source, .. })
-                if source.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) =>
-            {
-                return Err(Error::Busy {
-                    what: what.to_string(),
-                    timeout_ms,
-                })
-            }
-            Err(e) => {
-                // The lock may have been taken before `after` failed: a session lock outlives
-                // its statement, so the session goes, and every lock with it.
+        if let Err(e) = anchor.link().batch(what, &sql) {
+            // The lock may have been taken before `after` failed: a session lock outlives its
+            // statement, so the session goes, and every lock with it.
+            if !after.is_empty() {
                 anchor.link.disconnect();
-                return Err(e);
             }
+            return match e {
+                Error::Server { source, .. }
+                    if source.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) =>
+                {
+                    Err(Error::Busy {
+                        what: what.to_string(),
+                        timeout_ms,
+                    })
+                }
+                e => {
+                    anchor.link.disconnect();
+                    Err(e)
+                }
+            };
         }
         anchor.locks_held += 1;
         Ok(AnchorLock {
@@ -246,11 +244,12 @@ impl Control for Anchor {
         let alive = lock(&self.link)
             .link()
             .query("checking for a live writer", &sql, &[]);
-        // Unknown counts as alive: a reader then answers busy rather than recover under it.
-        alive.map_or(true, |rows| {
+        // Unknown counts as dead: a reader then goes to recovery, which takes the writer lock
+        // (or fails), rather than read past prepared transactions nobody may own.
+        alive.is_ok_and(|rows| {
             rows.first()
                 .and_then(|r| r.try_get::<_, bool>(0).ok())
-                .unwrap_or(true)
+                .unwrap_or(false)
         })
     }
 
@@ -296,6 +295,25 @@ impl Control for Anchor {
 
     fn begin_recovery(&mut self) -> Result<()> {
         self.refresh()
+    }
+
+    /// From a sequence on the anchor, which never gives an id twice: a PREPARE whose answer
+    /// was lost may land on its server after the writer gave up, and must not be taken for a
+    /// later transaction of the same id.
+    fn next_txid(&mut self, floor: u64) -> Result<u64> {
+        let sql = format!(
+            "SELECT setval('{0}.txids', greatest(nextval('{0}.txids'), $1))",
+            self.schema.replace('\'', "''")
+        );
+        let rows = lock(&self.link).link().query(
+            "taking a transaction id",
+            &sql,
+            &[Box::new(floor as i64)],
+        )?;
+        rows.first()
+            .and_then(|r| r.try_get::<_, i64>(0).ok())
+            .map(|txid| txid as u64)
+            .ok_or_else(|| self.damaged("the transaction id sequence is missing"))
     }
 
     fn is_committed(&self, txid: u64) -> bool {

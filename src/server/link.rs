@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::runtime::Runtime;
 use tokio::task::JoinHandle;
@@ -18,6 +18,13 @@ use tokio_postgres::{Client, NoTls, Row, Statement};
 
 use super::Address;
 use crate::error::{Error, Result};
+
+/// How much longer than the busy timeout a call may go unanswered before its connection is
+/// dropped: lock waits end at the busy timeout on the server, with an answer.
+const NETWORK_GRACE_MS: u64 = 1_000;
+
+/// How long after a call went unanswered the server is not tried again.
+const UNANSWERED_PAUSE_MS: u64 = 500;
 
 /// SQLSTATE of "prepared transaction with identifier ... does not exist".
 const UNDEFINED_OBJECT: &str = "42704";
@@ -32,6 +39,9 @@ type Outcome<T> =
 /// The connection to one server: a runtime of its own, so that each call can end at a deadline.
 pub struct Link {
     pub address: Address,
+    /// How long the server waits for a lock before it fails the statement.
+    lock_timeout_ms: u64,
+    /// How long a call may take before the connection is dropped.
     timeout: Duration,
     runtime: Runtime,
     client: Option<(Client, JoinHandle<()>)>,
@@ -40,21 +50,30 @@ pub struct Link {
     /// has a transaction open, no new connection is made: a call on it would run outside that
     /// transaction, which the server has rolled back. Cleared once nothing is open.
     pub lost: bool,
+    /// The server did not answer: until then, a new connection is not tried (each attempt
+    /// would wait the whole timeout again), so that one statement waits for a silent server
+    /// once, and a server that answers again is tried again soon after.
+    unanswered_until: Option<Instant>,
 }
 
 impl Link {
-    pub fn new(address: Address, timeout_ms: u64) -> Result<Link> {
+    /// A link to `address` for a table whose busy timeout is `busy_timeout_ms`: the server
+    /// gives up a lock wait at that timeout itself (`lock_timeout`), and a call that gets no
+    /// answer at all ends [`NETWORK_GRACE_MS`] later.
+    pub fn new(address: Address, busy_timeout_ms: u64) -> Result<Link> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| Error::Internal(format!("starting a server connection's runtime: {e}")))?;
         Ok(Link {
             address,
-            timeout: Duration::from_millis(timeout_ms.max(1)),
+            lock_timeout_ms: busy_timeout_ms.max(1),
+            timeout: Duration::from_millis(busy_timeout_ms + NETWORK_GRACE_MS),
             runtime,
             client: None,
             statements: HashMap::new(),
             lost: false,
+            unanswered_until: None,
         })
     }
 
@@ -91,6 +110,9 @@ impl Link {
             }
             Err(_) => {
                 self.disconnect();
+                self.unanswered_until = Some(
+                    Instant::now() + self.timeout.min(Duration::from_millis(UNANSWERED_PAUSE_MS)),
+                );
                 Err(Error::ServerTimeout {
                     server: self.address.to_string(),
                     what: what.to_string(),
@@ -131,6 +153,16 @@ impl Link {
                 server: self.address.to_string(),
             });
         }
+        if self
+            .unanswered_until
+            .is_some_and(|until| Instant::now() < until)
+        {
+            return Err(Error::ServerTimeout {
+                server: self.address.to_string(),
+                what: "connecting, after it stopped answering".into(),
+                timeout_ms: self.timeout.as_millis() as u64,
+            });
+        }
         let mut config = tokio_postgres::Config::new();
         config
             .user(&self.address.user)
@@ -138,6 +170,15 @@ impl Link {
             .port(self.address.port)
             .dbname(&self.address.database)
             .application_name("imagestore")
+            // Every session, made again or not: decisions durable when their commit returns
+            // (whatever the server's default), lock waits ending at the busy timeout, and a
+            // dead host noticed (its session's locks freed) within about 20 s.
+            .options(format!(
+                "-c synchronous_commit=on -c lock_timeout={} -c tcp_keepalives_idle=5 \
+                 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3",
+                self.lock_timeout_ms
+            ))
+            .keepalives_idle(Duration::from_secs(5))
             .connect_timeout(self.timeout);
         if let Some(password) = self.address.password() {
             config.password(password);
@@ -149,6 +190,7 @@ impl Link {
             let _ = connection.await;
         });
         self.client = Some((client, connection));
+        self.unanswered_until = None;
         Ok(())
     }
 

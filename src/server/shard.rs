@@ -56,6 +56,8 @@ pub struct ServerShard {
     /// What is open on the connection; a connection lost while something is open is not made
     /// again until it is ended (see `Link::lost`).
     open: Cell<Open>,
+    /// The `last_txid` the last read snapshot shows.
+    snapshot_last_txid: Cell<Option<u64>>,
 }
 
 /// The name of the schema that holds table `table_id` on a server.
@@ -266,6 +268,7 @@ impl ServerShard {
             schema: schema_name(&table_id),
             select_columns: format!("id, name, format, width, height, bytes, hash, id{user}"),
             open: Cell::new(Open::Nothing),
+            snapshot_last_txid: Cell::new(None),
         }
     }
 
@@ -322,14 +325,27 @@ impl ServerShard {
     }
 
     /// Keeps an index on each of `indexes` (column lists) on the server.
+    /// Only a missing index is made: CREATE INDEX IF NOT EXISTS would first wait for the
+    /// table's lock, which a dead writer's prepared transaction holds until recovery.
     pub fn ensure_indexes(&self, indexes: &[Vec<String>]) -> Result<()> {
         for columns in indexes {
+            let index = quote_ident(&crate::config::index_name(columns));
+            let missing = self.link().query(
+                "looking up an index",
+                "SELECT to_regclass($1) IS NULL",
+                &[Box::new(format!("{}.{index}", self.schema))],
+            )?;
+            if !missing
+                .first()
+                .is_some_and(|r| r.try_get::<_, bool>(0).unwrap_or(false))
+            {
+                continue;
+            }
             let list: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
             self.link().batch(
                 "making an index",
                 &format!(
-                    "CREATE INDEX IF NOT EXISTS {} ON {}.images({})",
-                    quote_ident(&crate::config::index_name(columns)),
+                    "CREATE INDEX IF NOT EXISTS {index} ON {}.images({})",
                     self.schema,
                     list.join(", ")
                 ),
@@ -338,15 +354,68 @@ impl ServerShard {
         Ok(())
     }
 
-    /// Removes table `table_id` from the server at `address`, on a connection of its own: its
-    /// schema and its entry in the registry.
-    pub fn drop_table(address: &Address, table_id: &TableId, timeout_ms: u64) -> Result<()> {
+    /// Removes the table named `name`, as shard `shard_index` of `shard_count`, from the
+    /// server at `address`, on a connection of its own: its prepared transactions rolled back (the table goes, whatever they decided), then
+    /// its schema and its entry in the registry. Nothing to do if the server does not hold it.
+    /// An entry of another shape (not shard `shard_index` of `shard_count`) is another
+    /// table's, and stays.
+    pub fn drop_named(
+        address: &Address,
+        name: &str,
+        shard_index: usize,
+        shard_count: usize,
+        timeout_ms: u64,
+    ) -> Result<()> {
         let mut link = Link::new(address.clone(), timeout_ms)?;
+        let found = link.query(
+            "looking up the table",
+            "SELECT table_id FROM imagestore_tables
+             WHERE name = $1 AND shard_index = $2 AND shard_count = $3",
+            &[
+                Box::new(name.to_string()),
+                Box::new(shard_index as i32),
+                Box::new(shard_count as i32),
+            ],
+        );
+        let table_id = match found {
+            Err(Error::Server { source, .. })
+                if source.code().map(|c| c.code()) == Some(UNDEFINED_TABLE) =>
+            {
+                return Ok(())
+            }
+            other => match other?.first().map(|r| r.try_get::<_, String>(0)) {
+                None => return Ok(()),
+                Some(id) => {
+                    id.ok()
+                        .and_then(|id| unhex(&id))
+                        .ok_or_else(|| Error::ServerForeign {
+                            server: address.to_string(),
+                            detail: format!("has a damaged table id for {name}"),
+                        })?
+                }
+            },
+        };
+        let gids = link.batch_rows(
+            "listing prepared transactions",
+            &format!(
+                "SELECT gid FROM pg_prepared_xacts WHERE database = current_database() AND gid LIKE 'imagestore:{}:%'",
+                hex(&table_id)
+            ),
+        )?;
+        for gid in gids {
+            // Gids of this table are made of [0-9a-f:] and the prefix: safe as a literal.
+            if gid.chars().all(|c| c.is_ascii_alphanumeric() || c == ':') {
+                link.settle(
+                    "rolling back a prepared transaction",
+                    &format!("ROLLBACK PREPARED '{gid}'"),
+                )?;
+            }
+        }
         let sql = format!(
             "BEGIN; DROP SCHEMA IF EXISTS {} CASCADE;
              DELETE FROM imagestore_tables WHERE table_id = '{}'; COMMIT",
-            schema_name(table_id),
-            hex(table_id)
+            schema_name(&table_id),
+            hex(&table_id)
         );
         link.batch("dropping the table", &sql)
     }
@@ -658,12 +727,26 @@ impl Participant for ServerShard {
     fn begin_read(&mut self) -> Result<Vec<u64>> {
         self.end()?;
         let sql = format!(
-            "{}; COMMIT; BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SELECT NULL",
-            self.list_prepared_sql()
+            "{}; COMMIT; BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; \
+             SELECT 'last_txid ' || last_txid FROM {}.state",
+            self.list_prepared_sql(),
+            self.schema
         );
         self.open.set(Open::Reading);
-        let gids = self.link().batch_rows("opening a snapshot", &sql)?;
-        Ok(gids.iter().filter_map(|gid| self.txid_of(gid)).collect())
+        self.snapshot_last_txid.set(None);
+        let rows = self.link().batch_rows("opening a snapshot", &sql)?;
+        let mut prepared = Vec::new();
+        for row in &rows {
+            match row.strip_prefix("last_txid ") {
+                Some(last) => self.snapshot_last_txid.set(last.parse().ok()),
+                None => prepared.extend(self.txid_of(row)),
+            }
+        }
+        Ok(prepared)
+    }
+
+    fn snapshot_last_txid(&self) -> Option<u64> {
+        self.snapshot_last_txid.get()
     }
 
     fn is_remote(&self) -> bool {

@@ -23,8 +23,6 @@ use crate::shard::{Lifecycle, Shard};
 /// One table as opened by one connection.
 pub struct TableCore {
     pub(crate) config: TableConfig,
-    /// The table's identity, as its shards record it.
-    pub(crate) table_id: crate::journal::TableId,
     pub(crate) shards: RefCell<Vec<TableShard>>,
     pub(crate) coordinator: RefCell<Coordinator>,
     /// Ids for rows inserted without one, in the open write transaction.
@@ -91,9 +89,10 @@ impl TableCore {
         // Closed first, so that no later close of these connections touches files of the
         // same names made by a later CREATE.
         drop(std::mem::take(&mut *self.shards.borrow_mut()));
-        drop_server_tables(
+        // Best effort: what is left is named by the next CREATE's error.
+        let _ = drop_server_tables(
             &self.config.servers,
-            &self.table_id,
+            &self.config.table_name,
             self.config.busy_timeout_ms,
         );
         // Best effort: files left here carry the creating mark (see `are_leftovers`).
@@ -337,7 +336,6 @@ pub(crate) fn open_core(
     })();
     match opened {
         Ok((shards, coordinator, creation)) => Ok(TableCore {
-            table_id: coordinator.table_id(),
             config,
             shards: RefCell::new(shards),
             coordinator: RefCell::new(coordinator),

@@ -132,16 +132,20 @@ fn create_server_shards(config: &TableConfig) -> Result<OpenedTable> {
         }),
         Err(e) => {
             drop(shards);
-            drop_server_tables(&config.servers, &table_id, config.busy_timeout_ms);
+            // Best effort: what is left is named by the next CREATE's error.
+            let _ = drop_server_tables(&config.servers, &config.table_name, config.busy_timeout_ms);
             Err(e)
         }
     }
 }
 
-/// Best effort: removes table `table_id` from each of `servers` (a CREATE that failed or
-/// rolled back, a DROP that committed).
-pub(crate) fn drop_server_tables(servers: &[Address], table_id: &TableId, timeout_ms: u64) {
-    for address in servers {
-        let _ = ServerShard::drop_table(address, table_id, timeout_ms);
+/// Removes table `name` from every one of `servers`, the anchor last (so that the decision
+/// records go only once nothing else of the table is left); the first error stops it, and a
+/// second DROP finishes what it left.
+pub(crate) fn drop_server_tables(servers: &[Address], name: &str, timeout_ms: u64) -> Result<()> {
+    let count = servers.len();
+    for index in (1..count).chain(0..1.min(count)) {
+        ServerShard::drop_named(&servers[index], name, index, count, timeout_ms)?;
     }
+    Ok(())
 }

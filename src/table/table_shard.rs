@@ -111,6 +111,10 @@ impl Participant for TableShard {
         each!(self, s => s.is_remote())
     }
 
+    fn snapshot_last_txid(&self) -> Option<u64> {
+        each!(self, s => s.snapshot_last_txid())
+    }
+
     fn prepared_visible(&self) -> bool {
         each!(self, s => s.prepared_visible())
     }

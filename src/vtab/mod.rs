@@ -341,15 +341,24 @@ impl CreateVTab<'_> for ImageTable {
                 ));
             }
             let (files, writer) = match &self.state {
+                // A table on servers goes from them now, so that an error (a server down,
+                // another host reading) fails the DROP; should the host's commit then fail,
+                // the table is left unusable and a second DROP removes it from the schema.
                 TableState::Open(core) if !core.config.servers.is_empty() => {
-                    let writer = core.coordinator.borrow().lock_writer()?;
-                    let table_id = core.table_id;
-                    let (servers, timeout_ms) =
-                        (core.config.servers.clone(), core.config.busy_timeout_ms);
-                    return self.after_drop_commits(move || {
-                        drop_server_tables(&servers, &table_id, timeout_ms);
-                        drop(writer);
-                    });
+                    let _writer = core.coordinator.borrow().lock_writer()?;
+                    let config = &core.config;
+                    return drop_server_tables(
+                        &config.servers,
+                        &config.table_name,
+                        config.busy_timeout_ms,
+                    );
+                }
+                TableState::Unusable { config, .. } if !config.servers.is_empty() => {
+                    return drop_server_tables(
+                        &config.servers,
+                        &config.table_name,
+                        config.busy_timeout_ms,
+                    );
                 }
                 TableState::Open(core) => {
                     // No writer of this table, in any process, is mid-commit while its files

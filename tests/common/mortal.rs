@@ -100,6 +100,9 @@ impl<P: Participant> Participant for Mortal<P> {
     fn is_remote(&self) -> bool {
         self.shard.is_remote()
     }
+    fn snapshot_last_txid(&self) -> Option<u64> {
+        self.shard.snapshot_last_txid()
+    }
     fn prepared_visible(&self) -> bool {
         self.shard.prepared_visible()
     }
