@@ -240,3 +240,52 @@ def test_a_prepare_that_lands_late_is_never_taken_for_a_later_transaction(tmp_pa
     again = connect(tmp_path / "a.db")
     assert [r[0] for r in again.execute("SELECT id FROM t ORDER BY id")] == sorted([1, *on.values()])
     assert [prepared(s, database) for s in pg] == ["0", "0", "0"]
+
+
+def test_check_derive_and_transactions_work_on_a_table_on_servers(tmp_path, pg):
+    """imagestore_check names damage the servers hold (an image that no longer matches its
+    hash, a row on the wrong server), imagestore_derive fills a column on every server in one
+    transaction, and imagestore_transactions lists a prepared transaction a server holds."""
+    import json
+    database, shards = fresh_databases(pg)
+    con = connect(tmp_path / "a.db")
+    create(con, shards, extra=", ph INTEGER")
+    con.execute("BEGIN")
+    for i in range(1, 10):
+        con.execute("INSERT INTO t(id, data) VALUES (?, ?)", (i, image(i)[2]))
+    con.execute("COMMIT")
+    report = json.loads(con.execute("SELECT imagestore_check('t')").fetchall()[0][0])
+    assert (report["ok"], report["rows"], report["shards"]) == (True, 9, 3), report
+
+    derived = json.loads(con.execute("SELECT imagestore_derive('t', 'ph', 'phash')").fetchall()[0][0])
+    assert derived["rows"] == 9
+    assert con.execute("SELECT count(*) FROM t WHERE ph = image_phash(data)").fetchall() == [(9,)]
+
+    table_id = pg[0].psql("SELECT table_id FROM imagestore_tables", database).strip()
+    schema = f'"imagestore_{table_id}"'
+    damaged = next(i for i in range(1, 10) if shard_of(i, 3) == 2)
+    pg[2].psql(f"UPDATE {schema}.images SET data = data || '\\x00'::bytea WHERE id = {damaged}", database)
+    stray = next(i for i in range(50, 100) if shard_of(i, 3) != 1)
+    pg[1].psql(
+        f"INSERT INTO {schema}.images(id, name, format, width, height, bytes, hash, data) "
+        f"VALUES ({stray}, 'x', 'png', 1, 1, 3, 'x', '\\x010203')", database)
+    report = json.loads(con.execute("SELECT imagestore_check('t')").fetchall()[0][0])
+    problems = "\n".join(report["problems"])
+    assert not report["ok"]
+    assert f"row {damaged}: image bytes do not match their hash" in problems, problems
+    assert f"row {stray} belongs on shard {shard_of(stray, 3)}" in problems, problems
+
+    # A writer of another host holds the writer lock, so the reader reads past what is
+    # prepared (a dead writer's it would settle first) and lists it.
+    writer = connect(tmp_path / "b.db")
+    create(writer, shards, extra=", ph INTEGER")
+    writer.execute("BEGIN")
+    writer.execute("INSERT INTO t(id, data) VALUES (500, ?)", (image(5)[2],))
+    pg[0].psql(f"BEGIN; UPDATE {schema}.state SET last_txid = last_txid; "
+               f"PREPARE TRANSACTION 'imagestore:{table_id}:999999:0'", database)
+    listed = json.loads(con.execute("SELECT imagestore_transactions('t')").fetchall()[0][0])
+    assert listed == [{"txid": 999999, "shards": [0], "state": "undecided"}], listed
+    writer.execute("ROLLBACK")
+    # No writer now: the next reader settles it (presumed abort).
+    assert con.execute("SELECT imagestore_transactions('t')").fetchall() == [("[]",)]
+    assert [prepared(s, database) for s in pg] == ["0", "0", "0"]

@@ -60,6 +60,10 @@ pub trait Control {
     fn publishing(&self, timeout_ms: u64) -> Result<Box<dyn PublishWindow>>;
     /// The mark and the publication counter.
     fn publish_state(&self) -> Result<PublishState>;
+    /// The logged-commit mark alone.
+    fn mark(&self) -> Result<u64> {
+        self.publish_state().map(|state| state.mark)
+    }
 
     // ---- decisions ------------------------------------------------------------------
 

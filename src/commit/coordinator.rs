@@ -483,7 +483,7 @@ impl Coordinator {
         let writer = self.control.lock_writer(self.busy_timeout_ms)?;
         self.end_read_for_write(shards)?;
         for _ in 0..RECOVERY_ATTEMPTS_MAX {
-            if self.control.publish_state()?.mark != 0 {
+            if self.control.mark()? != 0 {
                 self.recover(shards)?;
                 continue;
             }
@@ -799,8 +799,9 @@ impl Coordinator {
         let _ = each_shard(shards, &written, false, |shard| shard.finalize(txid));
     }
 
-    /// Appends a decision to the journal and syncs it: the commit point of both paths over
-    /// several shards.
+    /// Writes a decision durably (a synced journal record, or a row on a server table's
+    /// anchor): the commit point of both paths. One whose answer was lost poisons the table
+    /// and says that the outcome is unknown.
     fn decide(&mut self, record: &Record) -> Result<()> {
         self.control.decide(record).map_err(|(e, unknown)| {
             if !unknown {
@@ -1354,14 +1355,19 @@ fn make_durable<P: Participant>(shards: &[P]) -> Result<()> {
     crate::durable::run_all(shards.iter().filter_map(P::sync_job).collect())
 }
 
+/// Step 1 on every shard (remote ones at once); on an error, ends what was begun.
 fn begin_all<P: Participant>(shards: &mut [P]) -> Result<()> {
-    for (i, shard) in shards.iter_mut().enumerate() {
-        if let Err(e) = shard.begin_write() {
-            end_all(&mut shards[..i]);
-            return Err(e);
+    let all: Vec<usize> = (0..shards.len()).collect();
+    let failed = each_shard(shards, &all, true, P::begin_write)
+        .into_iter()
+        .find_map(|(_, outcome)| outcome.err());
+    match failed {
+        Some(e) => {
+            end_all(shards);
+            Err(e)
         }
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Rolls back whatever is open on every shard (read snapshots end the same way).

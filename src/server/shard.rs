@@ -58,6 +58,9 @@ pub struct ServerShard {
     open: Cell<Open>,
     /// The `last_txid` the last read snapshot shows.
     snapshot_last_txid: Cell<Option<u64>>,
+    /// `last_txid` and the prepared transactions as `begin_write` read them, for step 1's next
+    /// questions; gone once `prepared` has answered, or the transaction ends.
+    begun: RefCell<Option<(u64, Vec<u64>)>>,
 }
 
 /// The name of the schema that holds table `table_id` on a server.
@@ -269,6 +272,7 @@ impl ServerShard {
             select_columns: format!("id, name, format, width, height, bytes, hash, id{user}"),
             open: Cell::new(Open::Nothing),
             snapshot_last_txid: Cell::new(None),
+            begun: RefCell::new(None),
         }
     }
 
@@ -467,6 +471,28 @@ impl ServerShard {
             .flatten()
     }
 
+    /// The statement that reads `last_txid`, as a row `read_state` tells from a gid.
+    fn last_txid_sql(&self) -> String {
+        format!(
+            "SELECT 'last_txid ' || last_txid FROM {}.state",
+            self.schema
+        )
+    }
+
+    /// `last_txid` and the prepared transactions, from the rows of `last_txid_sql` and
+    /// `list_prepared_sql`.
+    fn read_state(&self, rows: &[String]) -> (Option<u64>, Vec<u64>) {
+        let mut last_txid = None;
+        let mut prepared = Vec::new();
+        for row in rows {
+            match row.strip_prefix("last_txid ") {
+                Some(last) => last_txid = last.parse().ok(),
+                None => prepared.extend(self.txid_of(row)),
+            }
+        }
+        (last_txid, prepared)
+    }
+
     /// The statement that lists this shard's prepared transactions (by gid).
     fn list_prepared_sql(&self) -> String {
         format!(
@@ -563,6 +589,39 @@ impl ServerShard {
         rows.first()
             .and_then(|r| r.try_get::<_, Vec<u8>>(0).ok())
             .ok_or_else(|| self.foreign(&format!("lost the image of row {blob_id}")))
+    }
+
+    /// Calls `visit(id, stored hash, image bytes)` for every row, in id order, a page at a time
+    /// (the snapshot open on the connection sees every page alike).
+    pub fn for_each_image(&self, mut visit: impl FnMut(i64, &str, Option<&[u8]>)) -> Result<()> {
+        const PAGE_ROWS: i64 = 64;
+        let sql = format!(
+            "SELECT id, hash, data FROM {}.images WHERE id > $1 ORDER BY id LIMIT {PAGE_ROWS}",
+            self.schema
+        );
+        let mut after = i64::MIN;
+        loop {
+            let rows = self
+                .link()
+                .query("reading images", &sql, &[Box::new(after)])?;
+            for row in &rows {
+                let read = (|| -> std::result::Result<_, tokio_postgres::Error> {
+                    Ok((
+                        row.try_get::<_, i64>(0)?,
+                        row.try_get::<_, String>(1)?,
+                        row.try_get::<_, Vec<u8>>(2)?,
+                    ))
+                })();
+                let (id, hash, data) = read.map_err(|e| {
+                    self.foreign(&format!("holds a row the table cannot read ({e})"))
+                })?;
+                visit(id, &hash, Some(&data));
+                after = id;
+            }
+            if (rows.len() as i64) < PAGE_ROWS {
+                return Ok(());
+            }
+        }
     }
 
     /// Every id, in order.
@@ -727,21 +786,15 @@ impl Participant for ServerShard {
     fn begin_read(&mut self) -> Result<Vec<u64>> {
         self.end()?;
         let sql = format!(
-            "{}; COMMIT; BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; \
-             SELECT 'last_txid ' || last_txid FROM {}.state",
+            "{}; COMMIT; BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; {}",
             self.list_prepared_sql(),
-            self.schema
+            self.last_txid_sql()
         );
         self.open.set(Open::Reading);
         self.snapshot_last_txid.set(None);
         let rows = self.link().batch_rows("opening a snapshot", &sql)?;
-        let mut prepared = Vec::new();
-        for row in &rows {
-            match row.strip_prefix("last_txid ") {
-                Some(last) => self.snapshot_last_txid.set(last.parse().ok()),
-                None => prepared.extend(self.txid_of(row)),
-            }
-        }
+        let (last_txid, prepared) = self.read_state(&rows);
+        self.snapshot_last_txid.set(last_txid);
         Ok(prepared)
     }
 
@@ -759,6 +812,7 @@ impl Participant for ServerShard {
     }
 
     fn end(&mut self) -> Result<()> {
+        self.begun.borrow_mut().take();
         if self.open.get() == Open::Nothing {
             return Ok(());
         }
@@ -766,11 +820,19 @@ impl Participant for ServerShard {
         self.link().batch("ending a transaction", "ROLLBACK")
     }
 
+    /// Also reads, in the same round trip, what step 1 asks next (`last_txid`, `prepared`).
     fn begin_write(&mut self) -> Result<()> {
         self.end()?;
-        self.link()
-            .batch("beginning a transaction", "BEGIN; SAVEPOINT start")?;
+        let sql = format!(
+            "BEGIN; SAVEPOINT start; {}; {}",
+            self.list_prepared_sql(),
+            self.last_txid_sql()
+        );
         self.open.set(Open::Writing);
+        let rows = self.link().batch_rows("beginning a transaction", &sql)?;
+        let (last_txid, prepared) = self.read_state(&rows);
+        let last_txid = last_txid.ok_or_else(|| self.foreign("has lost its state row"))?;
+        *self.begun.borrow_mut() = Some((last_txid, prepared));
         Ok(())
     }
 
@@ -801,6 +863,9 @@ impl Participant for ServerShard {
     }
 
     fn last_txid(&mut self) -> Result<u64> {
+        if let Some((last_txid, _)) = self.begun.borrow().as_ref() {
+            return Ok(*last_txid);
+        }
         let sql = format!("SELECT last_txid FROM {}.state", self.schema);
         let rows = self.link().query("reading last_txid", &sql, &[])?;
         let last: i64 = rows
@@ -811,8 +876,13 @@ impl Participant for ServerShard {
     }
 
     fn prepared(&mut self) -> Result<Vec<PrepareRecord>> {
-        Ok(self
-            .prepared_txids()?
+        // Step 1 asks this once, right after `begin_write` read it: the answer then.
+        let begun = self.begun.borrow_mut().take().map(|(_, prepared)| prepared);
+        let txids = match begun {
+            Some(txids) => txids,
+            None => self.prepared_txids()?,
+        };
+        Ok(txids
             .into_iter()
             .map(|txid| PrepareRecord {
                 txid,

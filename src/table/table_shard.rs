@@ -62,6 +62,11 @@ impl TableShard {
         each!(self, s => s.max_id())
     }
 
+    /// Calls `visit(id, stored hash, image bytes or None if missing)` for every row.
+    pub fn for_each_image(&self, visit: impl FnMut(i64, &str, Option<&[u8]>)) -> Result<()> {
+        each!(self, s => s.for_each_image(visit))
+    }
+
     /// Every id, in order.
     pub fn ids(&self) -> Result<Vec<i64>> {
         each!(self, s => s.ids())
