@@ -22,7 +22,7 @@ from test_server_faults import check, make_table
 from test_server_tables import schemas
 
 # Enough transactions that the writer is still writing when the strike comes.
-TXNS = 300
+TXNS = 600
 
 
 def start_writer(db, acked):
@@ -37,7 +37,7 @@ def rounds(pg, tmp_path, strike, count, seed):
         db, acked = tmp_path / f"r{r}.db", tmp_path / f"r{r}.acked"
         places = make_table(pg, db, 4, options=", busy_timeout=1000", txns=TXNS)
         writer = start_writer(db, acked)
-        time.sleep(rng.uniform(0.1, 0.8))
+        time.sleep(rng.uniform(0.1, 0.5))
         assert writer.poll() is None, "the writer finished before the strike"
         victim = pg[rng.randrange(len(pg))]
         strike(victim, rng)
