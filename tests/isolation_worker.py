@@ -23,6 +23,18 @@ from harness import connect, corpus_bytes
 IMAGE = corpus_bytes("no_time_for_that_tiny.gif")
 
 
+def write_generation(con, name, counting=False):
+    """One writer transaction: rows 1..6 renamed `name`, rows 7 and 8 deleted and inserted
+    again under it (and, if `counting`, one added to row 1's `n`)."""
+    con.execute("BEGIN")
+    con.execute("UPDATE t SET name = ? WHERE id BETWEEN 1 AND 6", (name,))
+    if counting:
+        con.execute("UPDATE t SET n = n + 1 WHERE id = 1")
+    con.execute("DELETE FROM t WHERE id IN (7, 8)")
+    con.execute("INSERT INTO t(id, name, data) VALUES (7, ?, ?), (8, ?, ?)", (name, IMAGE, name, IMAGE))
+    con.execute("COMMIT")
+
+
 def writer(db, seconds):
     con = connect(db)
     con.execute("PRAGMA busy_timeout=10000")
@@ -30,11 +42,7 @@ def writer(db, seconds):
     k = 0
     while time.time() < end:
         k += 1
-        con.execute("BEGIN")
-        con.execute("UPDATE t SET name = ? WHERE id BETWEEN 1 AND 6", (f"gen{k}",))
-        con.execute("DELETE FROM t WHERE id IN (7, 8)")
-        con.execute("INSERT INTO t(id, name, data) VALUES (7, ?, ?), (8, ?, ?)", (f"gen{k}", IMAGE, f"gen{k}", IMAGE))
-        con.execute("COMMIT")
+        write_generation(con, f"gen{k}")
     print(f"commits {k}")
 
 
@@ -49,13 +57,7 @@ def counting_writer(db, seconds):
     tag = f"p{os.getpid()}-"
     while time.time() < end:
         try:
-            con.execute("BEGIN")
-            con.execute("UPDATE t SET name = ? WHERE id BETWEEN 1 AND 6", (f"{tag}{k}",))
-            con.execute("UPDATE t SET n = n + 1 WHERE id = 1")
-            con.execute("DELETE FROM t WHERE id IN (7, 8)")
-            con.execute("INSERT INTO t(id, name, data) VALUES (7, ?, ?), (8, ?, ?)",
-                        (f"{tag}{k}", IMAGE, f"{tag}{k}", IMAGE))
-            con.execute("COMMIT")
+            write_generation(con, f"{tag}{k}", counting=True)
             k += 1
         except apsw.BusyError:
             # The other host held the writer lock past the timeout: nothing of this one stays.

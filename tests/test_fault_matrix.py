@@ -38,8 +38,13 @@ totals = {"runs": 0, "fired": 0, "transactions": 0, "partial": 0, "lost": 0}
 
 
 def make_table(db, txns, touched, path):
+    fill_baseline(db, f"shards=4, journal_limit=4096{PATHS[path][0]}", txns, touched)
+
+
+def fill_baseline(db, arguments, txns, touched):
+    """Table t made with `arguments`, holding the plan's baseline rows."""
     con = connect(db)
-    con.execute(f"CREATE VIRTUAL TABLE t USING imagestore(shards=4, journal_limit=4096{PATHS[path][0]})")
+    con.execute(f"CREATE VIRTUAL TABLE t USING imagestore({arguments})")
     image = corpus_bytes("no_time_for_that_tiny.gif")
     con.execute("BEGIN")
     for i in baseline_ids(txns, touched):
@@ -61,8 +66,9 @@ def open_with_fault(db, fault):
     return subprocess.run([sys.executable, "-c", code], cwd=HERE, env=env, capture_output=True, text=True, timeout=60)
 
 
-def check(db, txns, touched, acked):
-    """Counts (transactions, partial, lost) after reopening with the ordinary library."""
+def tally(db, txns, touched, acked):
+    """(partial, lost) after reopening with the ordinary library: transactions neither whole
+    nor absent, and transactions whose outcome disagrees with the writer's log."""
     con = connect(db)
     rows = dict(con.execute("SELECT id, name FROM t"))
     outcomes = dict(line.split() for line in Path(acked).read_text().splitlines()) if Path(acked).exists() else {}
@@ -76,6 +82,12 @@ def check(db, txns, touched, acked):
         outcome = outcomes.get(str(k))
         if (outcome == "ok" and not whole) or (outcome == "err" and not none):
             lost += 1
+    return partial, lost
+
+
+def check(db, txns, touched, acked):
+    """Counts (transactions, partial, lost) after reopening with the ordinary library."""
+    partial, lost = tally(db, txns, touched, acked)
     # Nothing of the protocol is left behind, and no orphan blob.
     for i in range(4):
         shard = connect(db.with_name(f"{db.stem}.t.shard{i}.db"), load=False)

@@ -12,10 +12,9 @@ are several) at its second.
 """
 import pytest
 
-from harness import connect, corpus_bytes, require_lib
-from fault_worker import baseline_ids, plan
-from test_fault_matrix import FAULT_LIB, MODES, TXNS, open_with_fault, run_writer
-from test_server_tables import prepared
+from harness import require_lib
+from test_fault_matrix import FAULT_LIB, MODES, TXNS, fill_baseline, open_with_fault, run_writer, tally
+from test_server_tables import four_shards, prepared
 
 STEPS = ["server_prepare", "anchor_decide", "server_finalize"]
 CASES = [(step, touched) for step in STEPS for touched in (1, 2, 4)]
@@ -29,42 +28,19 @@ def fault_build():
 
 
 def make_table(pg, db, touched, options="", txns=TXNS):
-    """A 4-shard table on the servers (shard 3 a second database on server 0), filled with the
-    plan's baseline rows; returns the (server, database) of each shard."""
-    import uuid
-    name = "f_" + uuid.uuid4().hex[:10]
-    places = [(pg[0], name), (pg[1], name), (pg[2], name), (pg[0], name + "_b")]
-    for server, database in places:
-        server.create_database(database)
-    shards = ",".join(server.url(database) for server, database in places)
-    con = connect(db)
-    con.execute(f"CREATE VIRTUAL TABLE t USING imagestore(shards='{shards}'{options})")
-    image = corpus_bytes("no_time_for_that_tiny.gif")
-    con.execute("BEGIN")
-    for i in baseline_ids(txns, touched):
-        con.execute("INSERT INTO t(id, name, data) VALUES (?, 'base', ?)", (i, image))
-    con.execute("COMMIT")
-    con.close()
+    """A 4-shard table on the servers (`four_shards`), filled with the plan's baseline rows;
+    returns the (server, database) of each shard."""
+    places, shards = four_shards(pg, "f_")
+    fill_baseline(db, f"shards='{shards}'{options}", txns, touched)
     return places
 
 
 def check(db, touched, acked, places, txns=TXNS):
     """(partial, lost) after reopening with the ordinary library; no server holds a prepared
     transaction of the table."""
-    con = connect(db)
-    rows = dict(con.execute("SELECT id, name FROM t"))
-    outcomes = dict(line.split() for line in acked.read_text().splitlines()) if acked.exists() else {}
-    partial = lost = 0
-    for k, ops in enumerate(plan(txns, touched)):
-        whole = all(rows.get(n) == f"t{k}" and rows.get(r) == f"t{k}" and d not in rows for n, r, d in ops)
-        none = all(n not in rows and rows.get(r) == "base" and d in rows for n, r, d in ops)
-        if not (whole or none):
-            partial += 1
-        outcome = outcomes.get(str(k))
-        if (outcome == "ok" and not whole) or (outcome == "err" and not none):
-            lost += 1
+    counts = tally(db, txns, touched, acked)
     assert [prepared(server, database) for server, database in places] == ["0"] * 4
-    return partial, lost
+    return counts
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -8,11 +8,9 @@ on others. Two hosts then write at once: no update is lost (a counter both add t
 sum of their commits), nothing is left prepared or in doubt, and each waits for the other's
 writer lock rather than deadlock.
 """
-import uuid
-
 import isolation_worker
 from harness import connect, corpus_bytes
-from test_server_tables import prepared
+from test_server_tables import four_shards, prepared
 
 SECONDS = 6
 IMAGE = corpus_bytes("no_time_for_that_tiny.gif")
@@ -21,11 +19,7 @@ IMAGE = corpus_bytes("no_time_for_that_tiny.gif")
 def make_hosts(pg, tmp_path, hosts):
     """A table on the servers, opened from `hosts` host databases; returns their paths and the
     (server, database) of each shard."""
-    name = "i_" + uuid.uuid4().hex[:10]
-    places = [(pg[0], name), (pg[1], name), (pg[2], name), (pg[0], name + "_b")]
-    for server, database in places:
-        server.create_database(database)
-    shards = ",".join(server.url(database) for server, database in places)
+    places, shards = four_shards(pg, "i_")
     paths = [tmp_path / f"host{i}.db" for i in range(hosts)]
     for i, path in enumerate(paths):
         con = connect(path)

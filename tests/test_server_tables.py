@@ -72,6 +72,16 @@ def fresh_databases(pg):
     return name, ",".join(server.url(name) for server in pg)
 
 
+def four_shards(pg, prefix):
+    """Four new databases for a 4-shard table on the three servers (the fourth a second
+    database on the first, the anchor): their (server, database) and the shard list."""
+    name = prefix + uuid.uuid4().hex[:10]
+    places = [(pg[0], name), (pg[1], name), (pg[2], name), (pg[0], name + "_b")]
+    for server, database in places:
+        server.create_database(database)
+    return places, ",".join(server.url(database) for server, database in places)
+
+
 def server_rows(server, database, table_id=None):
     """The ids a server holds for the one imagestore table in `database`."""
     schema = server.psql("SELECT 'imagestore_' || table_id FROM imagestore_tables", database).strip()

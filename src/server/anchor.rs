@@ -137,8 +137,9 @@ impl Anchor {
         Ok(anchor)
     }
 
-    /// Takes advisory lock `key` (`shared` or not) on the anchor session, waiting up to
-    /// `timeout_ms` (`lock_timeout`, set per call), then runs `after` in the same round trip.
+    /// Takes advisory lock `key` (`shared` or not) on the anchor session, waiting up to the
+    /// session's `lock_timeout` (the busy timeout, `timeout_ms`) or not at all if that is 0,
+    /// then runs `after` in the same round trip.
     fn take(
         &self,
         what: &str,
@@ -157,25 +158,21 @@ impl Anchor {
             _ => format!("SELECT pg_advisory_lock{kind}({key}); {after}"),
         };
         if let Err(e) = anchor.link().batch(what, &sql) {
-            // The lock may have been taken before `after` failed: a session lock outlives its
-            // statement, so the session goes, and every lock with it.
-            if !after.is_empty() {
+            let refused = matches!(&e, Error::Server { source, .. }
+                if source.code() == Some(&SqlState::LOCK_NOT_AVAILABLE));
+            // Unless the lock itself was refused, it may have been taken before the statement
+            // that failed: a session lock outlives its statement, so the session goes, and
+            // every lock with it.
+            if !(refused && after.is_empty()) {
                 anchor.link.disconnect();
             }
-            return match e {
-                Error::Server { source, .. }
-                    if source.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) =>
-                {
-                    Err(Error::Busy {
-                        what: what.to_string(),
-                        timeout_ms,
-                    })
-                }
-                e => {
-                    anchor.link.disconnect();
-                    Err(e)
-                }
-            };
+            return Err(match refused {
+                true => Error::Busy {
+                    what: what.to_string(),
+                    timeout_ms,
+                },
+                false => e,
+            });
         }
         anchor.locks_held += 1;
         Ok(AnchorLock {

@@ -63,6 +63,19 @@ pub struct ServerShard {
     begun: RefCell<Option<(u64, Vec<u64>)>>,
 }
 
+/// Rows of `sql`, a query of the registry `imagestore_tables`: none where the database has no
+/// registry (it holds no imagestore table).
+fn registry_rows(link: &mut Link, sql: &str, params: &[Param]) -> Result<Vec<tokio_postgres::Row>> {
+    match link.query("looking up the table", sql, params) {
+        Err(Error::Server { source, .. })
+            if source.code().map(|c| c.code()) == Some(UNDEFINED_TABLE) =>
+        {
+            Ok(Vec::new())
+        }
+        other => other,
+    }
+}
+
 /// The name of the schema that holds table `table_id` on a server.
 fn schema_name(table_id: &TableId) -> String {
     quote_ident(&format!("imagestore_{}", hex(table_id)))
@@ -177,25 +190,18 @@ impl ServerShard {
         timeout_ms: u64,
     ) -> Result<ServerShard> {
         let mut link = Link::new(address.clone(), timeout_ms)?;
-        let registered = link.query(
-            "looking up the table",
-            "SELECT table_id, shard_index, shard_count, format_version, columns
-             FROM imagestore_tables WHERE name = $1",
-            &[Box::new(name.to_string())],
-        );
         let foreign = |detail: String| Error::ServerForeign {
             server: address.to_string(),
             detail,
         };
-        let row = match registered {
-            // No imagestore_tables at all.
-            Err(Error::Server { source, .. })
-                if source.code().map(|c| c.code()) == Some(UNDEFINED_TABLE) =>
-            {
-                None
-            }
-            other => other?.into_iter().next(),
-        }
+        let row = registry_rows(
+            &mut link,
+            "SELECT table_id, shard_index, shard_count, format_version, columns
+             FROM imagestore_tables WHERE name = $1",
+            &[Box::new(name.to_string())],
+        )?
+        .into_iter()
+        .next()
         .ok_or_else(|| foreign(format!("holds no imagestore table named {name}")))?;
         let identity = (|| -> std::result::Result<_, tokio_postgres::Error> {
             Ok((
@@ -312,20 +318,12 @@ impl ServerShard {
     /// Whether the server at `address` holds an imagestore table named `name`.
     pub fn holds_table(address: Address, name: &str, timeout_ms: u64) -> Result<bool> {
         let mut link = Link::new(address, timeout_ms)?;
-        let found = link.query(
-            "looking up the table",
+        let found = registry_rows(
+            &mut link,
             "SELECT 1 FROM imagestore_tables WHERE name = $1",
             &[Box::new(name.to_string())],
-        );
-        match found {
-            Ok(rows) => Ok(!rows.is_empty()),
-            Err(Error::Server { source, .. })
-                if source.code().map(|c| c.code()) == Some(UNDEFINED_TABLE) =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(e),
-        }
+        )?;
+        Ok(!found.is_empty())
     }
 
     /// Keeps an index on each of `indexes` (column lists) on the server.
@@ -371,8 +369,8 @@ impl ServerShard {
         timeout_ms: u64,
     ) -> Result<()> {
         let mut link = Link::new(address.clone(), timeout_ms)?;
-        let found = link.query(
-            "looking up the table",
+        let found = registry_rows(
+            &mut link,
             "SELECT table_id FROM imagestore_tables
              WHERE name = $1 AND shard_index = $2 AND shard_count = $3",
             &[
@@ -380,25 +378,18 @@ impl ServerShard {
                 Box::new(shard_index as i32),
                 Box::new(shard_count as i32),
             ],
-        );
-        let table_id = match found {
-            Err(Error::Server { source, .. })
-                if source.code().map(|c| c.code()) == Some(UNDEFINED_TABLE) =>
-            {
-                return Ok(())
-            }
-            other => match other?.first().map(|r| r.try_get::<_, String>(0)) {
-                None => return Ok(()),
-                Some(id) => {
-                    id.ok()
-                        .and_then(|id| unhex(&id))
-                        .ok_or_else(|| Error::ServerForeign {
-                            server: address.to_string(),
-                            detail: format!("has a damaged table id for {name}"),
-                        })?
-                }
-            },
+        )?;
+        let Some(row) = found.first() else {
+            return Ok(());
         };
+        let table_id = row
+            .try_get::<_, String>(0)
+            .ok()
+            .and_then(|id| unhex(&id))
+            .ok_or_else(|| Error::ServerForeign {
+                server: address.to_string(),
+                detail: format!("has a damaged table id for {name}"),
+            })?;
         let gids = link.batch_rows(
             "listing prepared transactions",
             &format!(
@@ -505,7 +496,7 @@ impl ServerShard {
         let gids = self
             .link()
             .batch_rows("listing prepared transactions", &self.list_prepared_sql())?;
-        Ok(gids.iter().filter_map(|gid| self.txid_of(gid)).collect())
+        Ok(self.read_state(&gids).1)
     }
 
     // ---- rows -------------------------------------------------------------------------

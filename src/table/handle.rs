@@ -313,7 +313,7 @@ pub(crate) fn open_core(
         let OpenedTable {
             table_id,
             mut shards,
-            anchor: control,
+            control,
             created,
         } = match config.servers.is_empty() {
             true => open_local_shards(&config, create)?,
@@ -366,7 +366,7 @@ fn open_local_shards(config: &TableConfig, create: bool) -> Result<OpenedTable> 
     Ok(OpenedTable {
         table_id,
         shards: shards.into_iter().map(TableShard::Local).collect(),
-        anchor: Box::new(control),
+        control: Box::new(control),
         created,
     })
 }

@@ -15,11 +15,12 @@ use crate::journal::TableId;
 use crate::server::anchor::Anchor;
 use crate::server::{Address, ServerShard};
 
-/// A table's open shards on servers, with its anchor.
+/// A table's open shards, of either kind, with what keeps its locks and decisions (the anchor
+/// of a table on servers, the journal and lock files of a local one).
 pub(crate) struct OpenedTable {
     pub table_id: TableId,
     pub shards: Vec<TableShard>,
-    pub anchor: Box<dyn Control>,
+    pub control: Box<dyn Control>,
     /// Whether this CREATE made the table on the servers.
     pub created: bool,
 }
@@ -91,7 +92,7 @@ fn open_existing_server_shards(config: &TableConfig) -> Result<OpenedTable> {
     Ok(OpenedTable {
         table_id,
         shards: shards.into_iter().map(TableShard::Server).collect(),
-        anchor: Box::new(anchor),
+        control: Box::new(anchor),
         created: false,
     })
 }
@@ -127,7 +128,7 @@ fn create_server_shards(config: &TableConfig) -> Result<OpenedTable> {
         Ok(anchor) => Ok(OpenedTable {
             table_id,
             shards: shards.into_iter().map(TableShard::Server).collect(),
-            anchor: Box::new(anchor),
+            control: Box::new(anchor),
             created: true,
         }),
         Err(e) => {

@@ -31,7 +31,7 @@ import psycopg
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 import pg_servers  # noqa: E402
-from harness import shard_of  # noqa: E402
+from commit_latency import ids_on_shards  # noqa: E402
 from report import report  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -63,16 +63,6 @@ def table(folder, name, servers, database, extra=""):
     return con
 
 
-def ids_one_per_shard(count, transactions):
-    """For each transaction, one fresh id on each of `count` shards."""
-    pools = {s: [] for s in range(count)}
-    i = 1
-    while min(len(p) for p in pools.values()) < transactions:
-        pools[shard_of(i, count)].append(i)
-        i += 1
-    return [[pools[s][k] for s in range(count)] for k in range(transactions)]
-
-
 def plain(server, database):
     con = psycopg.connect(server.url(database), autocommit=True)
     con.execute("CREATE TABLE IF NOT EXISTS plain(id bigint PRIMARY KEY, data bytea NOT NULL)")
@@ -99,7 +89,7 @@ def commit_latency(pg, folder, n):
     one_round = timed(lambda k: prepared_round(conns[:1], k), n)
     for count in (1, 2, 3):
         con = table(folder, f"commit{count}", pg[:count], f"bench_commit{count}")
-        groups = ids_one_per_shard(count, n)
+        groups = ids_on_shards(list(range(count)), count, n)
 
         def run(k, con=con, groups=groups):
             with con:
