@@ -389,11 +389,6 @@ impl TableConfig {
         };
         // Checked first: a URL with a password is refused before anything else looks at it.
         let servers = Self::servers(&shards)?;
-        if !servers.is_empty() && restore_from.is_some() {
-            return Err(bad(
-                "restore_from is not yet available for a table on PostgreSQL servers: restore into a local table",
-            ));
-        }
         let (shard_paths, derived_paths) = match servers.is_empty() {
             true => Self::shard_paths(table_name, &shards, &host, &base_dir)?,
             false => (Vec::new(), false),

@@ -3,12 +3,14 @@
 //! Built only with the cargo feature `fault-injection` (never in the shipped library, where
 //! [`check`] is an empty inline function). With it, the environment variable
 //! `IMAGESTORE_FAULT=step:n:mode` makes the `n`th (1-based) occurrence of `step` in this process
-//! either return an I/O error (`mode` = `error`), panic (`panic`), or kill the process on the
-//! spot (`abort`).
+//! either return an I/O error (`mode` = `error`), panic (`panic`), kill the process on the spot
+//! (`abort`), or wait three seconds and go on (`stall`: a test strikes something else meanwhile,
+//! say kills a server between the prepares and the decision).
 //!
 //! Steps: `shard_prepare`, `journal_append`, `journal_sync`, `shard_commit_logged`,
 //! `shard_finalize`, `journal_reset`, `recovery_shard`, `recovery_replay`, `derive_row`,
-//! `backup_shard`, `restore_commit`.
+//! `backup_shard`, `restore_commit`; on servers `server_prepare`, `anchor_decide`,
+//! `server_finalize`.
 //!
 //! Also, `IMAGESTORE_SKIP_SYNC=name,...` leaves out the syncs named ([`skips_sync`]), so that the
 //! power-cut tests can show that each sync the protocol relies on is needed.
@@ -69,6 +71,10 @@ pub fn check(step: &'static str) -> Result<()> {
     match mode {
         "abort" => std::process::abort(),
         "panic" => panic!("injected panic at {step}"),
+        "stall" => {
+            std::thread::sleep(std::time::Duration::from_secs(3));
+            return Ok(());
+        }
         _ => {}
     }
     Err(crate::error::Error::JournalIo {

@@ -11,6 +11,7 @@ import uuid
 import apsw
 import pytest
 
+import pg_servers
 from harness import connect, shard_of
 from crash_writer import image
 
@@ -201,6 +202,44 @@ def test_a_list_that_only_some_servers_hold_is_refused_naming_them(tmp_path, pg)
     other = connect(tmp_path / "b.db")
     with pytest.raises(apsw.Error, match="holds an imagestore table named t that .* does not"):
         create(other, shards)
+
+
+def test_a_server_that_cannot_prepare_transactions_is_refused_and_nothing_is_made(tmp_path, pg):
+    with pg_servers.servers(1, "max_prepared_transactions = 0\n") as (unfit,):
+        database, shards = fresh_databases(pg)
+        unfit.create_database(database)
+        con = connect(tmp_path / "a.db")
+        with pytest.raises(apsw.Error, match=r"has max_prepared_transactions = 0.*restart the server"):
+            create(con, shards + "," + unfit.url(database))
+        assert "USING imagestore" not in stored_schema(con)
+        assert [schemas(server, database) for server in (*pg, unfit)] == [0, 0, 0, 0]
+
+
+def test_databases_that_hold_another_table_or_none_are_refused_and_nothing_changes(tmp_path, pg):
+    database, shards = fresh_databases(pg)
+    con = connect(tmp_path / "a.db")
+    create(con, shards)
+    con.execute("INSERT INTO t(id, data) VALUES (1, ?), (2, ?), (3, ?)", (image(1)[2], image(2)[2], image(3)[2]))
+    # Another host's table t on the same first two servers and another database on the third:
+    # the third holds another table of that name than the first two.
+    other_database, other_shards = fresh_databases(pg)
+    create(connect(tmp_path / "other.db"), other_shards)
+    mixed = ",".join(shards.split(",")[:2] + other_shards.split(",")[2:])
+    third = connect(tmp_path / "third.db")
+    with pytest.raises(apsw.Error, match="holds another table named t than"):
+        create(third, mixed)
+    assert "USING imagestore" not in stored_schema(third)
+    # A database emptied behind the table's back (its schema and registry gone): opening the
+    # table names it, and nothing is written anywhere.
+    pg[2].psql("DROP SCHEMA " + pg[2].psql("SELECT 'imagestore_' || table_id FROM imagestore_tables",
+                                            database).strip() + " CASCADE; DROP TABLE imagestore_tables", database)
+    con.close()
+    again = connect(tmp_path / "a.db")
+    with pytest.raises(apsw.Error, match=f"{pg[2].port}/{database}.*holds no imagestore table named t"):
+        again.execute("SELECT count(*) FROM t").fetchall()
+    assert [server_rows(server, database) for server in pg[:2]] == [
+        [i for i in (1, 2, 3) if shard_of(i, 3) == k] for k in (0, 1)]
+    assert [prepared(server, database) for server in pg] == ["0"] * 3
 
 
 def test_a_transaction_that_also_writes_the_hosts_tables_is_refused_whole(tmp_path, pg):

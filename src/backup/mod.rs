@@ -10,13 +10,16 @@
 //! backup of the same table it writes the next generation: every row again (rows are small),
 //! but only the images no earlier file of that shard holds, by BLAKE3 hash. Either way each
 //! file is written by SQL from the snapshot, so it holds no protocol state. (The caller refuses
-//! a backup inside a transaction: it would see uncommitted rows.)
+//! a backup inside a transaction: it would see uncommitted rows.) A shard on a PostgreSQL
+//! server is copied into a shard file of the same layout, so a backup of a table on servers is
+//! the same kind of folder, verified and restored the same way, into either kind of table.
 //!
 //! Invariants:
 //! - Consistent cut: every shard is copied from one read snapshot of the table, taken as a query
 //!   takes it (under the publish lock), so each transaction is in the backup whole or not at all,
-//!   and no undecided transaction is. Writers are never blocked by the copy (WAL readers do not
-//!   block writers); they wait only while the snapshot is opened (`writers_held_ms`).
+//!   and no undecided transaction is (on servers: every server's snapshot, opened as a query
+//!   opens them). Writers are never blocked by the copy (WAL readers and PostgreSQL snapshots
+//!   do not block writers); they wait only while the snapshot is opened (`writers_held_ms`).
 //! - All or nothing: new files get names no manifest uses; they are synced, then the folder,
 //!   then the new manifest is renamed over the old one. Until that rename the folder is the
 //!   earlier backup (or, the first time, no backup at all); a failed backup removes its files.
@@ -29,10 +32,13 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+use crate::commit::Participant;
 use crate::config::TableConfig;
 use crate::error::{Error, Result};
 use crate::files::{remove_files, sync_dir, sync_file, with_sqlite_files};
-use crate::shard::Shard;
+use crate::server::ServerShard;
+use crate::shard::{parse_hash, NewRow, ScanFilter, Shard, StoredRow};
+use crate::table::TableShard;
 use folder::{
     file_digest, file_name, prepare_destination, write_manifest, Destination, Manifest,
     ManifestColumn, ManifestFile, FORMAT, FORMAT_VERSION, IN_PROGRESS,
@@ -74,7 +80,7 @@ struct Copied {
 pub trait ConsistentRead {
     fn config(&self) -> &TableConfig;
     /// Runs `body` on every shard of the table, all read from one consistent snapshot.
-    fn read_shards<T>(&self, body: impl FnOnce(&[&Shard]) -> Result<T>) -> Result<T>;
+    fn read_shards<T>(&self, body: impl FnOnce(&[TableShard]) -> Result<T>) -> Result<T>;
 }
 
 /// Backs the table up into `dest`; returns the JSON summary.
@@ -190,7 +196,7 @@ fn write_generation(
     let mut writers_held_ms = 0.0;
     let copied = table.read_shards(|shards| {
         writers_held_ms = snapshot_started.elapsed().as_secs_f64() * 1000.0;
-        copy_shards(shards, new_files, &held)
+        copy_shards(table.config(), shards, new_files, &held)
     })?;
     // Each file is synced and hashed on a thread of its own: the files are independent, and
     // the disk and the cores are better used together.
@@ -253,7 +259,8 @@ fn held_by_earlier_files(
 /// Copies every shard from the open snapshot: its rows, and the images no earlier file holds
 /// (all of them for a first backup).
 fn copy_shards(
-    shards: &[&Shard],
+    config: &TableConfig,
+    shards: &[TableShard],
     new_files: &[PathBuf],
     held: &[HashSet<blake3::Hash>],
 ) -> Result<Copied> {
@@ -263,12 +270,113 @@ fn copy_shards(
         let (rows, image_bytes) = shard.totals()?;
         copied.rows += rows;
         copied.image_bytes += image_bytes;
-        copied.last_txid = copied.last_txid.max(shard.last_txid()?);
-        let (images, bytes) = shard.copy_rows_to(path, held)?;
+        let (last_txid, (images, bytes)) = match shard {
+            TableShard::Local(shard) => (shard.last_txid()?, shard.copy_rows_to(path, held)?),
+            TableShard::Server(shard) => {
+                let last_txid = shard.snapshot_last_txid().ok_or_else(|| {
+                    Error::Internal("a backup of a server without a snapshot".into())
+                })?;
+                let copied = copy_server_shard(config, shard, path, held, last_txid)?;
+                (last_txid, copied)
+            }
+        };
+        copied.last_txid = copied.last_txid.max(last_txid);
         copied.images_copied += images;
         copied.image_bytes_copied += bytes;
     }
     Ok(copied)
+}
+
+/// Copies a shard on a server, as its open snapshot sees it, into `dest`, a new shard file of
+/// the same identity, columns and indexes (a local shard's copy is the same file, made the
+/// same way), leaving out the bytes of images whose hash is in `held`. Rows are read a page at
+/// a time, and their images in batches of about [`SERVER_BATCH_BYTES`]. Returns how many
+/// images' bytes were copied, and their size.
+fn copy_server_shard(
+    config: &TableConfig,
+    shard: &ServerShard,
+    dest: &Path,
+    held: &HashSet<blake3::Hash>,
+    last_txid: u64,
+) -> Result<(u64, u64)> {
+    let out = Shard::open(dest, true, &config.user_columns, config.busy_timeout_ms)?;
+    out.initialize(&shard.identity(), &config.owner, &config.user_columns, None)?;
+    out.ensure_indexes(&config.indexes)?;
+    out.begin_copy()?;
+    let mut copied = (0, 0);
+    let mut after = None;
+    let mut batch: Vec<StoredRow> = Vec::new();
+    let mut batch_bytes = 0;
+    let filled = (|| -> Result<()> {
+        loop {
+            let page = shard.scan_page(&ScanFilter::default(), after, SERVER_PAGE_ROWS)?;
+            let Some(last) = page.last() else {
+                return Ok(());
+            };
+            after = Some(last.id);
+            for row in page {
+                if !is_held(held, &row.hash) {
+                    batch_bytes += row.bytes.max(0) as u64;
+                }
+                batch.push(row);
+                if batch_bytes >= SERVER_BATCH_BYTES {
+                    copy_batch(shard, &out, held, &mut batch, &mut copied)?;
+                    batch_bytes = 0;
+                }
+            }
+            // A page at most is held in memory, whatever the images held elsewhere.
+            copy_batch(shard, &out, held, &mut batch, &mut copied)?;
+            batch_bytes = 0;
+        }
+    })();
+    if let Err(e) = filled {
+        let _ = out.rollback();
+        return Err(e);
+    }
+    out.finish_copy(last_txid)?;
+    Ok(copied)
+}
+
+/// Rows read from a server at a time, by a backup.
+const SERVER_PAGE_ROWS: usize = 256;
+/// About how many bytes of images a backup reads from a server in one round trip.
+const SERVER_BATCH_BYTES: u64 = 16 << 20;
+
+/// Whether an earlier file of the backup holds the image of this hash.
+fn is_held(held: &HashSet<blake3::Hash>, hash: &str) -> bool {
+    parse_hash(hash).is_some_and(|hash| held.contains(&hash))
+}
+
+/// Writes the rows of `batch` into `out`, with the images no earlier file holds, read from the
+/// server in one round trip; empties the batch and counts the images copied.
+fn copy_batch(
+    shard: &ServerShard,
+    out: &Shard,
+    held: &HashSet<blake3::Hash>,
+    batch: &mut Vec<StoredRow>,
+    (images, bytes): &mut (u64, u64),
+) -> Result<()> {
+    let wanted: Vec<i64> = batch
+        .iter()
+        .filter(|row| !is_held(held, &row.hash))
+        .map(|row| row.id)
+        .collect();
+    let mut data = shard.images_of(&wanted)?;
+    for row in batch.drain(..) {
+        let image = match is_held(held, &row.hash) {
+            true => None,
+            false => Some(data.remove(&row.id).ok_or_else(|| Error::ServerForeign {
+                server: shard.name(),
+                detail: format!("lost the image of row {} during the backup", row.id),
+            })?),
+        };
+        if let Some(image) = &image {
+            *images += 1;
+            *bytes += image.len() as u64;
+        }
+        out.insert_copied(&NewRow::from(&row), image.as_deref())?;
+    }
+    Ok(())
 }
 
 /// Takes the folder's backup lock: an exclusive `flock` on the folder itself, which the kernel

@@ -10,6 +10,11 @@
 //! Invariants:
 //! - Verified before visible: the whole backup is verified first (`folder::verify`), and
 //!   every image is hashed again as it is copied; any problem refuses the restore.
+//! - Onto servers (`shards='postgresql://...'`): verified before anything is made on a server;
+//!   the rows go in as one transaction of the table's own protocol (two-phase commit across the
+//!   servers), so the servers hold all of them or none; a table the servers already hold is
+//!   filled only if it is empty (what a killed restore leaves), else refused. On an error, a
+//!   table this CREATE made is dropped from the servers again.
 //! - All or nothing: the backup is verified before any file is made; each new shard is created
 //!   with a mark (`restore_incomplete` in `imagestore_meta`); rows are written inside one
 //!   transaction per shard, committed only after every row is in, and synced; then each shard's
@@ -21,11 +26,14 @@
 use std::path::Path;
 
 use super::folder::{self, Manifest};
+use crate::commit::Coordinator;
 use crate::config::{validated_user_columns, TableConfig};
 use crate::durable::sync_wals;
 use crate::error::{Error, Result};
 use crate::placement::shard_of;
+use crate::server::ServerShard;
 use crate::shard::{NewRow, ScanFilter, Shard};
+use crate::table::TableShard;
 
 /// Rows read from a backup file at a time.
 const PAGE_ROWS: usize = 256;
@@ -38,14 +46,34 @@ fn untrusted(dir: &Path, detail: impl Into<String>) -> Error {
 }
 
 /// Gives a table that is restored from a backup the backup's columns: those of its own shard 0
-/// once it exists, the manifest's before. Declared columns must be the same.
+/// (or, on servers, those the first server registered) once it exists, the manifest's before.
+/// Declared columns must be the same.
 pub fn adopt_columns(config: &mut TableConfig) -> Result<()> {
     let Some(dir) = &config.restore_from else {
         return Ok(());
     };
-    let (source, from) = match Shard::open_read_only(&config.shard_paths[0], &[]) {
-        Ok(shard) => (shard.user_columns()?, "the table's shard files have"),
-        Err(_) => match folder::read_manifest(dir) {
+    // Once the table exists, its own columns (the backup may be gone by then).
+    let existing = match config.servers.first() {
+        Some(anchor) => ServerShard::registered_columns(
+            anchor.clone(),
+            &config.table_name,
+            config.busy_timeout_ms,
+        )
+        .ok()
+        .flatten()
+        .map(|columns| (columns, "the servers hold the table with")),
+        None => match config
+            .shard_paths
+            .first()
+            .map(|p| Shard::open_read_only(p, &[]))
+        {
+            Some(Ok(shard)) => Some((shard.user_columns()?, "the table's shard files have")),
+            _ => None,
+        },
+    };
+    let (source, from) = match existing {
+        Some(found) => found,
+        None => match folder::read_manifest(dir) {
             Ok(manifest) => (manifest.user_columns(), "the backup has"),
             // Neither exists: opening the table or the restore reports what is missing.
             Err(_) => return Ok(()),
@@ -104,18 +132,8 @@ pub fn restore(
     for shard in shards {
         shard.begin_write()?;
     }
-    let copied = copy_rows(dir, manifest, config, shards).and_then(|totals| {
-        if totals == (manifest.rows, manifest.image_bytes) {
-            Ok(())
-        } else {
-            Err(untrusted(
-                dir,
-                format!(
-                    "restored {} rows and {} image bytes; the manifest says {} and {}",
-                    totals.0, totals.1, manifest.rows, manifest.image_bytes
-                ),
-            ))
-        }
+    let copied = copy_rows(dir, manifest, config, shards.len(), |index, row, data| {
+        shards[index].insert_restored(row, data)
     });
     if let Err(e) = copied {
         for shard in shards {
@@ -136,14 +154,60 @@ pub fn restore(
     Ok(())
 }
 
-/// Copies every row of the backup into the shard the placement rule gives it; returns the rows
-/// and image bytes copied.
+/// Fills a new table on servers (its `shards`, just made, or an empty one they held already)
+/// from the verified backup in `dir`: one transaction of the table's own protocol, so that
+/// every row is on the servers, or none is. On an error it is aborted everywhere.
+pub fn restore_into_servers(
+    dir: &Path,
+    manifest: &Manifest,
+    config: &TableConfig,
+    shards: &mut [TableShard],
+    coordinator: &mut Coordinator,
+) -> Result<()> {
+    coordinator.begin_write(shards)?;
+    let filled = refuse_rows(config, shards).and_then(|()| {
+        copy_rows(dir, manifest, config, shards.len(), |index, row, data| {
+            let txid = coordinator.record_write(index)?;
+            shards[index].insert(txid, row, data)
+        })
+    });
+    if let Err(e) = filled {
+        coordinator.rollback(shards);
+        return Err(e);
+    }
+    if let Err(e) = coordinator.sync(shards, None) {
+        coordinator.rollback(shards);
+        return Err(e);
+    }
+    coordinator.commit(shards);
+    Ok(())
+}
+
+/// Refuses to restore into servers that hold rows of the table already.
+fn refuse_rows(config: &TableConfig, shards: &[TableShard]) -> Result<()> {
+    let mut rows = 0;
+    for shard in shards {
+        rows += shard.totals()?.0;
+    }
+    match rows {
+        0 => Ok(()),
+        _ => Err(Error::BadArgument(format!(
+            "restore_from fills a new table, but the servers already hold table {} with {rows} rows (another table, or a restore that finished there): CREATE it without restore_from to open it, or drop it first",
+            config.table_name
+        ))),
+    }
+}
+
+/// Copies every row of the backup, checked against its hash and size, to `insert` with the
+/// shard (of `shard_count`) the placement rule gives it; checks that the rows and image bytes
+/// copied are the manifest's.
 fn copy_rows(
     dir: &Path,
     manifest: &Manifest,
     config: &TableConfig,
-    shards: &[Shard],
-) -> Result<(i64, i64)> {
+    shard_count: usize,
+    mut insert: impl FnMut(usize, &NewRow, &[u8]) -> Result<()>,
+) -> Result<()> {
     let (mut rows, mut image_bytes) = (0, 0);
     for backup_shard in 0..manifest.shards {
         let files = manifest.files_of(backup_shard);
@@ -188,12 +252,20 @@ fn copy_rows(
                         ),
                     ));
                 }
-                shards[shard_of(row.id, shards.len())]
-                    .insert_restored(&NewRow::from(row), &data)?;
+                insert(shard_of(row.id, shard_count), &NewRow::from(row), &data)?;
                 rows += 1;
                 image_bytes += data.len() as i64;
             }
         }
     }
-    Ok((rows, image_bytes))
+    if (rows, image_bytes) != (manifest.rows, manifest.image_bytes) {
+        return Err(untrusted(
+            dir,
+            format!(
+                "restored {rows} rows and {image_bytes} image bytes; the manifest says {} and {}",
+                manifest.rows, manifest.image_bytes
+            ),
+        ));
+    }
+    Ok(())
 }

@@ -43,6 +43,18 @@ pub trait PublishWindow {
     fn set_mark(&mut self, txid: u64) -> Result<()>;
 }
 
+/// No publish window: a commit that publishes nothing before its finalize (every written
+/// participant's prepare is invisible) takes no lock at its decision, and sets no mark.
+pub struct NoWindow;
+
+impl PublishWindow for NoWindow {
+    fn set_mark(&mut self, _txid: u64) -> Result<()> {
+        Err(Error::Internal(
+            "a logged-commit mark set outside the publish lock".into(),
+        ))
+    }
+}
+
 /// The table's locks and decision records (see the module's invariants).
 pub trait Control {
     /// Names where the decisions are kept, in messages (a path or a server; never a secret).
@@ -60,6 +72,18 @@ pub trait Control {
     fn publishing(&self, timeout_ms: u64) -> Result<Box<dyn PublishWindow>>;
     /// The mark and the publication counter.
     fn publish_state(&self) -> Result<PublishState>;
+    /// Whether a recovery in this connection settles a decision whose outcome was unknown, and
+    /// so may lift the poison: true where decisions are read afresh from where they are kept (a
+    /// server's committed rows); false for a local journal after a failed write or sync, whose
+    /// pages in memory may no longer be what the disk holds (the table must be opened again).
+    fn recovery_lifts_poison(&self) -> bool {
+        false
+    }
+    /// Until the returned guard drops, locks let go are released together, when it drops (on
+    /// a server, in one round trip). Without it, each is released when dropped.
+    fn release_together(&self) -> Held {
+        Held::new(())
+    }
     /// The logged-commit mark alone.
     fn mark(&self) -> Result<u64> {
         self.publish_state().map(|state| state.mark)

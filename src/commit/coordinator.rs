@@ -1,7 +1,7 @@
 //! The coordinator of one table in one connection: the protocol of this folder's front page,
 //! step by step, over any [`Participant`]s.
 
-use super::control::{Control, Held, LocalControl, PublishWindow};
+use super::control::{Control, Held, LocalControl, NoWindow, PublishWindow};
 use super::locks::{LockFile, PublishState};
 use super::participant::{Participant, PrepareRecord, Replayed};
 use crate::config::TableConfig;
@@ -89,7 +89,8 @@ pub struct Coordinator {
     control: Box<dyn Control>,
     activity: Activity,
     /// Set when a decision could not be written or undone: the message and whether the disk
-    /// was full (see [`Error::Poisoned`]). Only reopening (recovery) clears it.
+    /// was full (see [`Error::Poisoned`]). Recovery clears it: at the next open, or, on a table
+    /// whose decisions are read afresh (servers), at the next read or write (`heal_or_refuse`).
     poisoned: Option<(String, bool)>,
     table_id: TableId,
     host_lookup: HostLookup,
@@ -135,6 +136,19 @@ impl Coordinator {
             drop(writer);
         }
         Ok(coordinator)
+    }
+
+    /// Refuses to go on while the table is poisoned; where the decisions are read afresh from
+    /// where they are kept (`Control::recovery_lifts_poison`: a server table's anchor), first
+    /// runs recovery under the writer lock, which settles what was unknown and lifts the poison.
+    /// The caller has no transaction open on the shards.
+    fn heal_or_refuse<P: Participant>(&mut self, shards: &mut [P]) -> Result<()> {
+        if self.poisoned.is_some() && self.control.recovery_lifts_poison() {
+            let _writer = self.control.lock_writer(self.busy_timeout_ms)?;
+            self.recover(shards)?;
+            self.poisoned = None;
+        }
+        self.check_not_poisoned()
     }
 
     fn check_not_poisoned(&self) -> Result<()> {
@@ -300,7 +314,7 @@ impl Coordinator {
             }
             Activity::Writing(_) | Activity::Aborted => return Ok(()),
         }
-        self.check_not_poisoned()?;
+        self.heal_or_refuse(shards)?;
         for _ in 0..RECOVERY_ATTEMPTS_MAX {
             if let Some(publication) = self.open_snapshots(shards)? {
                 self.activity = Activity::Reading {
@@ -478,6 +492,9 @@ impl Coordinator {
     pub fn begin_write<P: Participant>(&mut self, shards: &mut [P]) -> Result<()> {
         if matches!(self.activity, Activity::Writing(_)) {
             return Ok(());
+        }
+        if !matches!(self.activity, Activity::Reading { .. }) {
+            self.heal_or_refuse(shards)?;
         }
         self.check_not_poisoned()?;
         let writer = self.control.lock_writer(self.busy_timeout_ms)?;
@@ -657,16 +674,42 @@ impl Coordinator {
             self.set_decided(Decided::Nothing);
             return Ok(());
         }
-        // Wait for readers before touching anything: if they keep the lock past the timeout,
-        // the transaction stays open and SQLite reports SQLITE_BUSY; COMMIT may be retried.
-        let mut publish = self.control.publishing(self.busy_timeout_ms)?;
+        // Step 3: the logged path if the changes are small (never with the host's tables).
+        let changes = match host {
+            Some(_) => Ok(None),
+            None => self.logged_changes(shards, txid, &written),
+        };
+        let changes = match changes {
+            Ok(changes) => changes,
+            Err(e) => {
+                self.abort_everywhere(shards, txid, &[]);
+                end_all(shards);
+                self.activity = Activity::Aborted;
+                return Err(e);
+            }
+        };
+        // Wait for readers before touching anything they could see: if they keep the lock past
+        // the timeout, the transaction stays open and SQLite reports SQLITE_BUSY; COMMIT may be
+        // retried. Prepares that no reader sees (servers) publish nothing before step 7.
+        let publishes = host.is_some()
+            || changes.is_some()
+            || written.iter().any(|&i| shards[i].prepared_visible());
+        let mut publish: Box<dyn PublishWindow> = match publishes {
+            true => self.control.publishing(self.busy_timeout_ms)?,
+            false => Box::new(NoWindow),
+        };
         let outcome = self
             .end_clean_shards(shards, &dirty)
-            .and_then(|()| match host {
-                Some(host) => self
+            .and_then(|()| match (host, changes) {
+                (Some(host), _) => self
                     .commit_two_phase(shards, txid, &written, Some(host))
                     .map(|()| Decided::Hosted),
-                None => self.decide_written(shards, txid, &written, publish.as_mut()),
+                (None, Some(changes)) => self
+                    .decide_logged(shards, txid, &written, changes, publish.as_mut())
+                    .map(|()| Decided::Logged),
+                (None, None) => self
+                    .commit_two_phase(shards, txid, &written, None)
+                    .map(|()| Decided::Prepared),
             });
         drop(publish);
         match outcome {
@@ -693,29 +736,6 @@ impl Coordinator {
             shard.end()?;
         }
         Ok(())
-    }
-
-    /// Decides a transaction (the caller holds the publish lock): logged if its changes are
-    /// small, else prepared.
-    fn decide_written<P: Participant>(
-        &mut self,
-        shards: &mut [P],
-        txid: u64,
-        written: &[usize],
-        publish: &mut dyn PublishWindow,
-    ) -> Result<Decided> {
-        match self.logged_changes(shards, txid, written) {
-            Ok(Some(changes)) => self
-                .decide_logged(shards, txid, written, changes, publish)
-                .map(|()| Decided::Logged),
-            Ok(None) => self
-                .commit_two_phase(shards, txid, written, None)
-                .map(|()| Decided::Prepared),
-            Err(e) => {
-                self.abort_everywhere(shards, txid, &[]);
-                Err(e)
-            }
-        }
     }
 
     /// Each written shard's encoded changes, or `None` if together they come to more than
@@ -880,6 +900,8 @@ impl Coordinator {
         let Activity::Writing(txn) = std::mem::replace(&mut self.activity, Activity::Idle) else {
             return;
         };
+        // The publish lock of step 7 and the writer lock go together.
+        let releases = self.control.release_together();
         match txn.decided {
             // xCommit without xSync happens only for transactions that wrote nothing.
             None => end_all(shards),
@@ -887,6 +909,8 @@ impl Coordinator {
             Some(Decided::Logged) => self.finish_logged(shards, &txn),
             Some(Decided::Prepared | Decided::Hosted) => self.finalize_prepared(shards, &txn),
         }
+        drop(txn);
+        drop(releases);
     }
 
     /// xRollback: abandons an undecided transaction. After xSync decided it, SQLite's own commit

@@ -45,10 +45,12 @@
 //!    shards.
 //! 2. *Write*: each row change goes to its shard's open SQLite transaction, after its
 //!    before-state is recorded. The connection reads its own writes through the same shards.
-//! 3. *Choose* (xSync): take the publish lock exclusively. If the changes (rows as they end, and
-//!    the images they add) come to at most `logged_commit_max` bytes, the logged path (4)
-//!    decides them with one sync in all, however many shards they touch (one included); a
-//!    larger transaction is prepared (5, 6), so that its images are not written twice.
+//! 3. *Choose* (xSync): if the changes (rows as they end, and the images they add) come to at
+//!    most `logged_commit_max` bytes, the logged path (4) decides them with one sync in all,
+//!    however many shards they touch (one included); a larger transaction is prepared (5, 6),
+//!    so that its images are not written twice. Then take the publish lock exclusively: a
+//!    local shard's prepare is visible to readers. (A prepare no reader sees, a server's,
+//!    publishes nothing before step 7, so a transaction on servers skips the lock here.)
 //! 4. *Logged path*: read each written shard's changes from its still-open SQLite transaction.
 //!    Set the mark; append LOGGED(txid, shards, changes) to the journal and fdatasync it. **That
 //!    sync is the commit point.** (If the append or sync fails, the record is cut off as in 6 and
@@ -78,7 +80,7 @@
 //!    runs recovery, which replays it from the journal); on the prepared path, each shard drops
 //!    its before-states and prepare record in a transaction of its own, not synced (until that
 //!    is durable the journal keeps the decision, and recovery finalizes again). Release the
-//!    writer lock.
+//!    publish lock and the writer lock (on servers, in one round trip).
 //! 8. *Take back* (xRollback after a decided xSync: SQLite's commit of its own files failed,
 //!    with SQLITE_BUSY on the host file or a commit hook's veto, and SQLite rolls back): append
 //!    ABORT(txid) and fdatasync it, so that the journal no longer decides the transaction; then,
@@ -145,8 +147,9 @@
 //! # Readers
 //! A reader takes the publish lock shared, checks the mark, opens a read transaction on every
 //! shard (pinning every snapshot), reads the prepare records they hold, and releases the lock.
-//! Writers hold the lock exclusively from the choice in 3 to the end of 4 or 6, and again while
-//! 7 commits a logged transaction's shards or 8 undoes one: so every snapshot of one query is
+//! Writers of local shards hold the lock exclusively from the choice in 3 to the end of 4 or 6,
+//! and writers of any kind again while 7 commits a logged transaction's shards (or finalizes
+//! on servers) or 8 undoes one: so every snapshot of one query is
 //! taken before a transaction's first shard commit or after all of them: no fractured reads,
 //! and no undecided data. A prepare record that is not decided (no COMMIT in the journal) was
 //! left by a dead writer: the reader runs recovery and opens its snapshots again. So does a
@@ -244,7 +247,8 @@
 //! host took the writer lock to recover: the session that would write it is gone, and a session
 //! that lost a lock is never replaced while its holder still counts on the lock. A decision
 //! whose answer was lost is unknown, never taken for a failure: the table is poisoned in that
-//! connection, and recovery reads the row. A decision taken back (step 8) is its row deleted.
+//! connection until recovery, run by its next read or write (or by any other host), reads the
+//! row. A decision taken back (step 8) is its row deleted.
 //!
 //! `sim.rs` tests the protocol this way: participants in memory that fail, refuse, time out,
 //! break off after acting, or crash (before or after acting, followed by a kill or a power cut

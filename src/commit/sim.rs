@@ -185,6 +185,8 @@ struct SimParticipant {
     world: Arc<Mutex<World>>,
     open: Option<Open>,
     snapshot: Option<Image>,
+    /// Its prepares are invisible to readers and it declines the logged path, as a server's.
+    invisible: bool,
 }
 
 impl SimParticipant {
@@ -358,7 +360,14 @@ impl Participant for SimParticipant {
         })
     }
 
+    fn prepared_visible(&self) -> bool {
+        !self.invisible
+    }
+
     fn changes(&mut self, _txid: u64, bytes_max: u64) -> Result<Option<Vec<u8>>> {
+        if self.invisible {
+            return Ok(None);
+        }
         self.call("changes", |p| {
             let open = p.open()?;
             let rows: Vec<RowChange> = open
@@ -586,7 +595,7 @@ impl TxnPlan {
         TxnPlan {
             writes,
             savepoint_rolls_back: rng.below(2) == 0,
-            hosted: mix == Mix::Hosted || rng.below(3) == 0,
+            hosted: mix == Mix::Hosted || (mix != Mix::Invisible && rng.below(3) == 0),
             host_commit_fails: rng.below(4) == 0,
         }
     }
@@ -614,6 +623,7 @@ struct Table {
     world: Arc<Mutex<World>>,
     disks: Vec<Arc<Mutex<Disk>>>,
     host: SimHost,
+    invisible: bool,
 }
 
 impl Drop for Table {
@@ -623,7 +633,8 @@ impl Drop for Table {
 }
 
 impl Table {
-    fn new(participants: usize, logged: bool) -> Table {
+    fn new(participants: usize, mix: Mix) -> Table {
+        let logged = mix == Mix::Logged;
         let dir = match Path::new("/dev/shm").is_dir() {
             true => tempfile::tempdir_in("/dev/shm"),
             false => tempfile::tempdir(),
@@ -655,6 +666,7 @@ impl Table {
             world,
             disks: (0..participants).map(|_| Arc::default()).collect(),
             host,
+            invisible: mix == Mix::Invisible,
         }
     }
 
@@ -669,6 +681,7 @@ impl Table {
                 world: Arc::clone(&self.world),
                 open: None,
                 snapshot: None,
+                invisible: self.invisible,
             })
             .collect()
     }
@@ -850,14 +863,13 @@ fn quiet_crashes() {
 fn every_fault_at_every_call(participants: usize, mix: Mix, seed: u64) -> usize {
     quiet_crashes();
     crate::durable::RUN_INLINE.with(|inline| inline.set(true));
-    let logged = mix == Mix::Logged;
     let mut rng = Rng::new(seed);
     let transactions = if mix == Mix::Hosted { 6 } else { 4 };
     let plans: Vec<TxnPlan> = (1..=transactions)
         .map(|k| TxnPlan::random(&mut rng, participants, k, mix))
         .collect();
     // A run without faults counts the calls, and must hold by itself.
-    let clean = Table::new(participants, logged);
+    let clean = Table::new(participants, mix);
     let outcome = run_transactions(&clean, &plans);
     let expected: Vec<bool> = plans.iter().map(|p| !p.host_commit_fails).collect();
     assert_eq!(outcome.acknowledged, expected, "a clean run");
@@ -867,7 +879,7 @@ fn every_fault_at_every_call(participants: usize, mix: Mix, seed: u64) -> usize 
     let only_at: Option<u64> = std::env::var("SIM_AT").ok().and_then(|v| v.parse().ok());
     for at in (1..=calls).filter(|a| only_at.is_none_or(|o| o == *a)) {
         for fault in FAULTS {
-            let table = Table::new(participants, logged);
+            let table = Table::new(participants, mix);
             lock(&table.world).plan = Some((at, fault));
             let outcome = run_transactions(&table, &plans);
             // A fault planned past the calls this run made fires nowhere (recovery's own
@@ -901,6 +913,9 @@ enum Mix {
     /// Six transactions that all write the host: their decisions ride on its commits, and the
     /// host's older decisions are deleted once it holds more than two.
     Hosted,
+    /// Four transactions on participants whose prepares no reader sees (servers): always
+    /// prepared, decided without the publish lock, never with the host's tables.
+    Invisible,
 }
 
 /// `SIM_ONLY=n` runs the cases of `n` participants only.
@@ -912,8 +927,11 @@ fn participant_counts(most: usize) -> impl Iterator<Item = usize> {
 #[test]
 fn every_fault_at_every_step_leaves_each_transaction_whole_or_absent() {
     for participants in participant_counts(8) {
-        for (k, mix) in [Mix::Logged, Mix::Prepared].into_iter().enumerate() {
-            let seed = 1000 + participants as u64 * 2 + k as u64;
+        for (k, mix) in [Mix::Logged, Mix::Prepared, Mix::Invisible]
+            .into_iter()
+            .enumerate()
+        {
+            let seed = 1000 + participants as u64 * 3 + k as u64;
             let fired = every_fault_at_every_call(participants, mix, seed);
             assert!(fired > 0, "{participants} participants: no fault fired");
         }

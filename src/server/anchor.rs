@@ -10,7 +10,7 @@
 //! - `publication`: a sequence, the publication counter, advanced once in each exclusive
 //!   window of the publish lock.
 //! - `txids`: a sequence that transaction ids are drawn from, so that none is given twice (see
-//!   the protocol document, "Transaction ids").
+//!   the protocol document, "Transaction ids"); one is drawn in the writer lock's round trip.
 //! - Two session advisory locks, keyed by the table's id: the writer lock and the publish lock
 //!   (taken shared by readers while they open their snapshots). A session's locks go when it
 //!   ends, so a dead host's locks free themselves once the server notices (keepalives).
@@ -50,6 +50,10 @@ pub struct Anchor {
 struct AnchorLink {
     link: Link,
     locks_held: usize,
+    /// A transaction id drawn with the writer lock, in the same round trip, for `next_txid`.
+    drawn_txid: Option<u64>,
+    /// While locks are released together: the unlocks waiting to be sent.
+    releasing: Option<Vec<String>>,
 }
 
 impl AnchorLink {
@@ -59,6 +63,22 @@ impl AnchorLink {
             self.link.lost = false;
         }
         &mut self.link
+    }
+
+    /// Sends `unlocks` (one statement each) in one round trip. If that fails, the session goes,
+    /// and the locks with it: a lock must never outlive its holder's release.
+    fn release(&mut self, unlocks: &[String]) {
+        self.locks_held = self.locks_held.saturating_sub(unlocks.len());
+        if unlocks.is_empty() || self.link.lost {
+            return;
+        }
+        if self
+            .link
+            .batch("releasing a lock", &unlocks.join("; "))
+            .is_err()
+        {
+            self.link.disconnect();
+        }
     }
 }
 
@@ -72,10 +92,23 @@ struct AnchorLock {
 impl Drop for AnchorLock {
     fn drop(&mut self) {
         let mut anchor = lock(&self.link);
-        anchor.locks_held = anchor.locks_held.saturating_sub(1);
-        if !anchor.link.lost {
-            let _ = anchor.link.batch("releasing a lock", &self.unlock);
+        match &mut anchor.releasing {
+            Some(waiting) => waiting.push(std::mem::take(&mut self.unlock)),
+            None => anchor.release(std::slice::from_ref(&self.unlock)),
         }
+    }
+}
+
+/// Locks released together (see [`Control::release_together`]): they go when this drops.
+struct ReleaseTogether {
+    link: Arc<Mutex<AnchorLink>>,
+}
+
+impl Drop for ReleaseTogether {
+    fn drop(&mut self) {
+        let mut anchor = lock(&self.link);
+        let unlocks = anchor.releasing.take().unwrap_or_default();
+        anchor.release(&unlocks);
     }
 }
 
@@ -127,6 +160,8 @@ impl Anchor {
             link: Arc::new(Mutex::new(AnchorLink {
                 link,
                 locks_held: 0,
+                drawn_txid: None,
+                releasing: None,
             })),
             schema: schema.to_string(),
             writer_key: key(&table_id[..8]),
@@ -139,15 +174,14 @@ impl Anchor {
 
     /// Takes advisory lock `key` (`shared` or not) on the anchor session, waiting up to the
     /// session's `lock_timeout` (the busy timeout, `timeout_ms`) or not at all if that is 0,
-    /// then runs `after` in the same round trip.
+    /// then runs `after` in the same round trip; with the first column of the rows it returns.
     fn take(
         &self,
         what: &str,
-        key: i64,
-        shared: bool,
+        (key, shared): (i64, bool),
         timeout_ms: u64,
         after: &str,
-    ) -> Result<AnchorLock> {
+    ) -> Result<(AnchorLock, Vec<String>)> {
         let kind = if shared { "_shared" } else { "" };
         let mut anchor = lock(&self.link);
         let sql = match timeout_ms {
@@ -157,12 +191,14 @@ impl Anchor {
             ),
             _ => format!("SELECT pg_advisory_lock{kind}({key}); {after}"),
         };
-        if let Err(e) = anchor.link().batch(what, &sql) {
+        let rows = anchor.link().batch_rows(what, &sql);
+        if let Err(e) = rows {
             let refused = matches!(&e, Error::Server { source, .. }
                 if source.code() == Some(&SqlState::LOCK_NOT_AVAILABLE));
-            // Unless the lock itself was refused, it may have been taken before the statement
-            // that failed: a session lock outlives its statement, so the session goes, and
-            // every lock with it.
+            // Unless the lock itself was refused (and nothing after it could have failed the
+            // same way with the lock taken), it may have been taken before the statement that
+            // failed: a session lock outlives its statement, so the session goes, and every
+            // lock with it.
             if !(refused && after.is_empty()) {
                 anchor.link.disconnect();
             }
@@ -175,10 +211,16 @@ impl Anchor {
             });
         }
         anchor.locks_held += 1;
-        Ok(AnchorLock {
+        let held = AnchorLock {
             link: Arc::clone(&self.link),
             unlock: format!("SELECT pg_advisory_unlock{kind}({key})"),
-        })
+        };
+        Ok((held, rows.unwrap_or_default()))
+    }
+
+    /// The name of sequence `name` of the table's schema, as a string literal.
+    fn sequence(&self, name: &str) -> String {
+        format!("'{}.{name}'", self.schema.replace('\'', "''"))
     }
 
     fn read_decisions(&self) -> Result<HashMap<u64, Vec<u16>>> {
@@ -228,9 +270,15 @@ impl Control for Anchor {
         format!("the anchor {}", lock(&self.link).link.address)
     }
 
+    /// Also draws the next transaction id, in the same round trip, once the lock is held: so
+    /// every use of the sequence is under the writer lock, and `next_txid`'s `setval` can never
+    /// set it back below an id drawn meanwhile.
     fn lock_writer(&self, timeout_ms: u64) -> Result<Held> {
-        self.take("writer lock", self.writer_key, false, timeout_ms, "")
-            .map(Held::new)
+        let draw = format!("SELECT nextval({})", self.sequence("txids"));
+        let writer = (self.writer_key, false);
+        let (held, rows) = self.take("writer lock", writer, timeout_ms, &draw)?;
+        lock(&self.link).drawn_txid = rows.iter().find_map(|t| t.parse().ok());
+        Ok(Held::new(held))
     }
 
     fn writer_alive(&self) -> bool {
@@ -251,22 +299,33 @@ impl Control for Anchor {
     }
 
     fn lock_publish_shared(&self, timeout_ms: u64) -> Result<Held> {
-        self.take("publish lock", self.publish_key, true, timeout_ms, "")
-            .map(Held::new)
+        self.take("publish lock", (self.publish_key, true), timeout_ms, "")
+            .map(|(held, _)| Held::new(held))
     }
 
     fn publishing(&self, timeout_ms: u64) -> Result<Box<dyn PublishWindow>> {
-        let raise = format!(
-            "SELECT nextval('{}.publication')",
-            self.schema.replace('\'', "''")
-        );
-        Ok(Box::new(self.take(
-            "publish lock",
-            self.publish_key,
-            false,
-            timeout_ms,
-            &raise,
-        )?))
+        let raise = format!("SELECT nextval({})", self.sequence("publication"));
+        // Raised inside the window, never before it: a reader that read the counter must see
+        // it raised by any window that opens after.
+        let publish = (self.publish_key, false);
+        let (held, _) = self.take("publish lock", publish, timeout_ms, &raise)?;
+        Ok(Box::new(held))
+    }
+
+    /// Decisions are rows on the anchor, read afresh by every recovery.
+    fn recovery_lifts_poison(&self) -> bool {
+        true
+    }
+
+    fn release_together(&self) -> Held {
+        let mut anchor = lock(&self.link);
+        if anchor.releasing.is_some() {
+            return Held::new(());
+        }
+        anchor.releasing = Some(Vec::new());
+        Held::new(ReleaseTogether {
+            link: Arc::clone(&self.link),
+        })
     }
 
     /// A table on servers takes no logged commit: its mark is never set.
@@ -301,12 +360,15 @@ impl Control for Anchor {
 
     /// From a sequence on the anchor, which never gives an id twice: a PREPARE whose answer
     /// was lost may land on its server after the writer gave up, and must not be taken for a
-    /// later transaction of the same id.
+    /// later transaction of the same id. The id drawn with the writer lock, unless it is below
+    /// `floor` (the sequence was set back, say the anchor restored from a backup): then the
+    /// sequence is raised to it (the caller holds the writer lock).
     fn next_txid(&mut self, floor: u64) -> Result<u64> {
-        let sql = format!(
-            "SELECT setval('{0}.txids', greatest(nextval('{0}.txids'), $1))",
-            self.schema.replace('\'', "''")
-        );
+        if let Some(drawn) = lock(&self.link).drawn_txid.take().filter(|&t| t >= floor) {
+            return Ok(drawn);
+        }
+        let txids = self.sequence("txids");
+        let sql = format!("SELECT setval({txids}, greatest(nextval({txids}), $1))");
         let rows = lock(&self.link).link().query(
             "taking a transaction id",
             &sql,
@@ -335,19 +397,20 @@ impl Control for Anchor {
                 let sql = format!("DELETE FROM {}.decisions WHERE txid = $1", self.schema);
                 crate::fault::check("anchor_decide")
                     .and_then(|()| link.execute("taking a decision back", &sql, &[Box::new(txid)]))
+                    .map(drop)
             } else {
+                // The decision raises the publication counter in its own transaction: a
+                // transaction of another connection that read before it must not write after
+                // it (SQLITE_BUSY_SNAPSHOT), even if this writer dies before its finalize.
                 let shards: Vec<String> = record.shards.iter().map(u16::to_string).collect();
                 let sql = format!(
-                    "INSERT INTO {}.decisions(txid, shards) VALUES ($1, $2)",
-                    self.schema
+                    "INSERT INTO {}.decisions(txid, shards) VALUES ({txid}, '{}'); SELECT nextval({})",
+                    self.schema,
+                    shards.join(","),
+                    self.sequence("publication")
                 );
-                crate::fault::check("anchor_decide").and_then(|()| {
-                    link.execute(
-                        "writing a decision",
-                        &sql,
-                        &[Box::new(txid), Box::new(shards.join(","))],
-                    )
-                })
+                crate::fault::check("anchor_decide")
+                    .and_then(|()| link.batch("writing a decision", &sql))
             }
         };
         match written {

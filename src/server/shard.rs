@@ -14,6 +14,7 @@
 //!   server then rolls back, or keeps prepared if the PREPARE got through: recovery settles it).
 
 use std::cell::{Cell, RefCell, RefMut};
+use std::collections::HashMap;
 
 use rusqlite::types::Value;
 use tokio_postgres::Row;
@@ -315,6 +316,37 @@ impl ServerShard {
         Ok(())
     }
 
+    /// The user columns of table `name` as the server at `address` registered them, if it
+    /// holds such a table.
+    pub fn registered_columns(
+        address: Address,
+        name: &str,
+        timeout_ms: u64,
+    ) -> Result<Option<Vec<UserColumn>>> {
+        let mut link = Link::new(address.clone(), timeout_ms)?;
+        let rows = registry_rows(
+            &mut link,
+            "SELECT columns FROM imagestore_tables WHERE name = $1",
+            &[Box::new(name.to_string())],
+        )?;
+        let Some(row) = rows.first() else {
+            return Ok(None);
+        };
+        let damaged = |detail: String| Error::ServerForeign {
+            server: address.to_string(),
+            detail: format!("has a damaged entry for table {name} ({detail})"),
+        };
+        let text: String = row.try_get(0).map_err(|e| damaged(e.to_string()))?;
+        let pairs: Vec<(String, String)> =
+            serde_json::from_str(&text).map_err(|e| damaged(e.to_string()))?;
+        Ok(Some(
+            pairs
+                .into_iter()
+                .map(|(name, decl_type)| UserColumn { name, decl_type })
+                .collect(),
+        ))
+    }
+
     /// Whether the server at `address` holds an imagestore table named `name`.
     pub fn holds_table(address: Address, name: &str, timeout_ms: u64) -> Result<bool> {
         let mut link = Link::new(address, timeout_ms)?;
@@ -582,6 +614,40 @@ impl ServerShard {
             .ok_or_else(|| self.foreign(&format!("lost the image of row {blob_id}")))
     }
 
+    /// The images of rows `ids` (those that exist), by id, in one round trip.
+    pub fn images_of(&self, ids: &[i64]) -> Result<HashMap<i64, Vec<u8>>> {
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let sql = format!(
+            "SELECT id, data FROM {}.images WHERE id = ANY($1)",
+            self.schema
+        );
+        let rows = self
+            .link()
+            .query("reading images", &sql, &[Box::new(ids.to_vec())])?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect::<std::result::Result<_, tokio_postgres::Error>>()
+            .map_err(|e| self.foreign(&format!("holds a row the table cannot read ({e})")))
+    }
+
+    /// Rows, and bytes of images, on this server (as the open transaction sees it).
+    pub fn totals(&self) -> Result<(i64, i64)> {
+        let sql = format!(
+            "SELECT count(*), coalesce(sum(bytes), 0)::bigint FROM {}.images",
+            self.schema
+        );
+        let rows = self.link().query("counting rows", &sql, &[])?;
+        rows.first()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .transpose()
+            .map_err(|e: tokio_postgres::Error| {
+                self.foreign(&format!("cannot count its rows ({e})"))
+            })?
+            .ok_or_else(|| self.foreign("cannot count its rows"))
+    }
+
     /// Calls `visit(id, stored hash, image bytes)` for every row, in id order, a page at a time
     /// (the snapshot open on the connection sees every page alike).
     pub fn for_each_image(&self, mut visit: impl FnMut(i64, &str, Option<&[u8]>)) -> Result<()> {
@@ -657,6 +723,17 @@ impl ServerShard {
 
     /// Inserts a row (its id is free) with its image.
     pub fn insert(&self, row: &NewRow, data: &[u8]) -> Result<()> {
+        self.insert_unless_taken(row, data, "").map(drop)
+    }
+
+    /// Inserts a row with its image if its id is free; whether it did.
+    pub fn insert_if_free(&self, row: &NewRow, data: &[u8]) -> Result<bool> {
+        self.insert_unless_taken(row, data, " ON CONFLICT (id) DO NOTHING")
+            .map(|inserted| inserted == 1)
+    }
+
+    /// The INSERT of `insert` with `on_conflict` after it; the number of rows inserted.
+    fn insert_unless_taken(&self, row: &NewRow, data: &[u8], on_conflict: &str) -> Result<u64> {
         let mut params = self.row_params(row)?;
         params.push(Box::new(data.to_vec()));
         let user: String = self
@@ -666,13 +743,11 @@ impl ServerShard {
             .collect();
         let placeholders: String = (1..=params.len()).map(|i| format!(", ${i}")).collect();
         let sql = format!(
-            "INSERT INTO {}.images(id, name, format, width, height, bytes, hash{user}, data) VALUES ({})",
+            "INSERT INTO {}.images(id, name, format, width, height, bytes, hash{user}, data) VALUES ({}){on_conflict}",
             self.schema,
             &placeholders[2..]
         );
-        self.link()
-            .execute("writing a row", &sql, &params)
-            .map(drop)
+        self.link().execute("writing a row", &sql, &params)
     }
 
     /// Rewrites row `row.id` (its id unchanged), and its image when `data` is given.

@@ -103,6 +103,45 @@ impl Shard {
         Ok((images, bytes))
     }
 
+    /// Starts filling a backup's copy of a shard kept elsewhere (a new shard file, just
+    /// initialized): without a journal, as [`copy_rows_to`](Self::copy_rows_to) writes one (the
+    /// file is trusted only once a manifest names it, after it is synced), in one transaction
+    /// that [`insert_copied`](Self::insert_copied) adds rows to.
+    pub fn begin_copy(&self) -> Result<()> {
+        self.set_journal_mode("off")?;
+        self.conn
+            .execute_batch("PRAGMA synchronous=OFF; BEGIN")
+            .map_err(self.err())
+    }
+
+    /// Ends the filling begun by [`begin_copy`](Self::begin_copy): records `last_txid`, commits,
+    /// and leaves the file whole by itself (no WAL), as a copy of a local shard is.
+    pub fn finish_copy(&self, last_txid: u64) -> Result<()> {
+        let finished = self
+            .set_last_txid(last_txid)
+            .and_then(|()| self.write_lifecycle(Lifecycle::Live))
+            .and_then(|()| self.commit());
+        if finished.is_err() {
+            let _ = self.rollback();
+        }
+        finished?;
+        self.set_journal_mode("delete")
+    }
+
+    fn set_journal_mode(&self, mode: &str) -> Result<()> {
+        let set: String = self
+            .conn
+            .query_row(&format!("PRAGMA journal_mode={mode}"), [], |r| r.get(0))
+            .map_err(self.err())?;
+        match set.eq_ignore_ascii_case(mode) {
+            true => Ok(()),
+            false => Err(Error::Internal(format!(
+                "{}: journal mode {set}, not {mode}",
+                self.path.display()
+            ))),
+        }
+    }
+
     /// Copies every row of `table` into the same table of `out`, calling `each` on each row.
     fn copy_table(
         &self,

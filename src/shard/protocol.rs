@@ -4,7 +4,7 @@
 use super::*;
 
 impl Shard {
-    fn set_last_txid(&self, txid: u64) -> Result<()> {
+    pub(super) fn set_last_txid(&self, txid: u64) -> Result<()> {
         self.conn
             .prepare_cached(
                 "UPDATE imagestore_meta SET value = max(value, ?1) WHERE key = 'last_txid'",

@@ -227,6 +227,17 @@ impl Shard {
         self.write_row(row, blob_id, false)
     }
 
+    /// Inserts a row into a backup's copy of a shard kept elsewhere (a server), with its image,
+    /// or without (`None`: an earlier file of the backup holds it; the row names blob 0, which
+    /// SQLite never gives a row, so no file has it).
+    pub fn insert_copied(&self, row: &NewRow, data: Option<&[u8]>) -> Result<()> {
+        let blob_id = match data {
+            Some(data) => self.insert_blob(data)?,
+            None => 0,
+        };
+        self.write_row(row, blob_id, false)
+    }
+
     /// Inserts a row (the caller checked that its id is free) with a new blob.
     pub fn insert(&self, txid: u64, row: &NewRow, data: &[u8]) -> Result<()> {
         self.remember_before(txid, row.id)?;

@@ -11,6 +11,7 @@ use rusqlite::ffi;
 use super::server_set::{drop_server_tables, open_server_shards, OpenedTable};
 use super::shard_set::{open_shards, restore_new_table, settle_lifecycle};
 use super::TableShard;
+use crate::backup::restore::{restore_into_servers, trusted_manifest};
 use crate::commit::control::Held;
 use crate::commit::control::LocalControl;
 use crate::commit::Coordinator;
@@ -18,7 +19,7 @@ use crate::config::TableConfig;
 use crate::error::{Error, Result};
 use crate::files::remove_files;
 use crate::row_ids::RowIds;
-use crate::shard::{Lifecycle, Shard};
+use crate::shard::Lifecycle;
 
 /// One table as opened by one connection.
 pub struct TableCore {
@@ -180,15 +181,8 @@ impl crate::backup::ConsistentRead for TableCore {
         &self.config
     }
 
-    fn read_shards<T>(&self, body: impl FnOnce(&[&Shard]) -> Result<T>) -> Result<T> {
-        self.with_snapshot(|core| {
-            let shards = core.shards.borrow();
-            let local = shards
-                .iter()
-                .map(|shard| shard.local("imagestore_backup"))
-                .collect::<Result<Vec<_>>>()?;
-            body(&local)
-        })
+    fn read_shards<T>(&self, body: impl FnOnce(&[TableShard]) -> Result<T>) -> Result<T> {
+        self.with_snapshot(|core| body(&core.shards.borrow()))
     }
 }
 
@@ -310,6 +304,11 @@ pub(crate) fn open_core(
     create: bool,
 ) -> std::result::Result<TableCore, (Error, Box<TableConfig>)> {
     let opened = (|| {
+        // A restore into servers: the backup is checked before anything is made.
+        let server_backup = match (create, &config.restore_from, config.servers.is_empty()) {
+            (true, Some(dir), false) => Some((dir, trusted_manifest(dir, &config)?)),
+            _ => None,
+        };
         let OpenedTable {
             table_id,
             mut shards,
@@ -319,7 +318,7 @@ pub(crate) fn open_core(
             true => open_local_shards(&config, create)?,
             false => open_server_shards(&config, create)?,
         };
-        let coordinator = Coordinator::with_control(
+        let mut coordinator = Coordinator::with_control(
             &config,
             table_id,
             control,
@@ -332,6 +331,23 @@ pub(crate) fn open_core(
             settle_lifecycle(&config, &shards, &coordinator)?;
             None
         };
+        // Under the creation's writer lock: no other host writes the new table meanwhile.
+        if let Some((dir, manifest)) = server_backup {
+            let restored =
+                restore_into_servers(dir, &manifest, &config, &mut shards, &mut coordinator);
+            if let Err(e) = restored {
+                if created {
+                    drop((creation, shards, coordinator));
+                    // Best effort: what is left is named by the next CREATE's error.
+                    let _ = drop_server_tables(
+                        &config.servers,
+                        &config.table_name,
+                        config.busy_timeout_ms,
+                    );
+                }
+                return Err(e);
+            }
+        }
         Ok((shards, coordinator, creation))
     })();
     match opened {
@@ -355,7 +371,7 @@ pub(crate) fn open_core(
 /// backup (`restore_from`), which is checked before any file is made.
 fn open_local_shards(config: &TableConfig, create: bool) -> Result<OpenedTable> {
     let backup = match (create, &config.restore_from) {
-        (true, Some(dir)) => Some((dir, crate::backup::restore::trusted_manifest(dir, config)?)),
+        (true, Some(dir)) => Some((dir, trusted_manifest(dir, config)?)),
         _ => None,
     };
     let (table_id, mut shards, created) = open_shards(config, create)?;

@@ -4,10 +4,11 @@
 //! [`local`](TableShard::local).
 
 use crate::commit::{Participant, PrepareRecord, Replayed};
+use crate::config::UserColumn;
 use crate::durable::SyncJob;
 use crate::error::{Error, Result};
 use crate::server::ServerShard;
-use crate::shard::{NewRow, ScanFilter, Shard, StoredRow};
+use crate::shard::{NewRow, ScanFilter, Shard, ShardIdentity, StoredRow};
 
 // A table holds at most 256 shards, each made once: their sizes do not matter.
 #[allow(clippy::large_enum_variant)]
@@ -35,6 +36,20 @@ impl TableShard {
                 "{what} is not yet available for a table on PostgreSQL servers"
             ))),
         }
+    }
+
+    /// This shard's identity: its table and its place in it (a local file's, checked against
+    /// the table's columns).
+    pub fn identity(&self, user_columns: &[UserColumn]) -> Result<ShardIdentity> {
+        match self {
+            TableShard::Local(s) => s.identity(user_columns),
+            TableShard::Server(s) => Ok(s.identity()),
+        }
+    }
+
+    /// Rows, and bytes of images, as the open snapshot sees them.
+    pub fn totals(&self) -> Result<(i64, i64)> {
+        each!(self, s => s.totals())
     }
 
     /// The row with id `id`.
@@ -77,6 +92,18 @@ impl TableShard {
         match self {
             TableShard::Local(s) => s.insert(txid, row, data),
             TableShard::Server(s) => s.insert(row, data),
+        }
+    }
+
+    /// Inserts a row with its image if its id is free, in transaction `txid`; whether it did.
+    /// (A server does both in one round trip.)
+    pub fn insert_if_free(&self, txid: u64, row: &NewRow, data: &[u8]) -> Result<bool> {
+        match self {
+            TableShard::Local(s) => match s.get(row.id)? {
+                Some(_) => Ok(false),
+                None => s.insert(txid, row, data).map(|()| true),
+            },
+            TableShard::Server(s) => s.insert_if_free(row, data),
         }
     }
 

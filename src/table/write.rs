@@ -164,15 +164,16 @@ impl TableCore {
     ) -> Result<()> {
         let index = shard_of(row.id, self.shard_count());
         let txid = self.write_shard(host, index)?;
-        if self.get_row(row.id)?.is_some() {
+        self.data_changed();
+        if !self.shards.borrow()[index].insert_if_free(txid, row, data)? {
             if on_taken == OnTakenId::Refuse {
                 return Err(self.taken(row.id));
             }
             self.delete_row(host, row.id)?;
+            self.shards.borrow()[index].insert(txid, row, data)?;
         }
         self.row_ids.borrow_mut().inserted(row.id);
-        self.data_changed();
-        self.shards.borrow()[index].insert(txid, row, data)
+        Ok(())
     }
 
     /// Deletes the row with id `id`, if there is one.
