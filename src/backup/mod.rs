@@ -288,8 +288,8 @@ fn copy_shards(
 }
 
 /// Copies a shard on a server, as its open snapshot sees it, into `dest`, a new shard file of
-/// the same identity, columns and indexes (a local shard's copy is the same file, made the
-/// same way), leaving out the bytes of images whose hash is in `held`. Rows are read a page at
+/// the same identity, columns and indexes (the layout a local shard's copy has), leaving out
+/// the bytes of images whose hash is in `held`. Rows are read a page at
 /// a time, and their images in batches of about [`SERVER_BATCH_BYTES`]. Returns how many
 /// images' bytes were copied, and their size.
 fn copy_server_shard(

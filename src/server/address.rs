@@ -1,5 +1,6 @@
-//! A server's address as a table names it, `postgresql://USER@HOST:PORT/DATABASE`, and the
-//! password that goes with it, which is never part of the address.
+//! A server's address as a table names it, `postgresql://USER@HOST:PORT/DATABASE`, with the
+//! options `?sslmode=verify-full&sslrootcert=FILE` (TLS), and the password that goes with it,
+//! which is never part of the address.
 //!
 //! Invariant: no password is ever held in an [`Address`], so none can reach the host database
 //! (which keeps the CREATE statement in its schema) or an error message. A URL that carries one
@@ -30,13 +31,45 @@ fn without_scheme(url: &str) -> Option<&str> {
     })
 }
 
-/// Where one server participant is: user, host, port and database.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// Where one server participant is: user, host, port and database, and how to reach it. Two
+/// addresses are the same server database whatever their TLS options.
+#[derive(Debug, Clone)]
 pub struct Address {
     pub user: String,
     pub host: String,
     pub port: u16,
     pub database: String,
+    pub tls: Tls,
+}
+
+/// How the connection to a server is made (`sslmode`, as libpq names it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tls {
+    /// Not encrypted (`sslmode=disable`, and the default).
+    Off,
+    /// Encrypted, and the server's certificate checked against `root_cert` (PEM; the file
+    /// libpq reads, `~/.postgresql/root.crt`, if `None`) and against the host name.
+    VerifyFull { root_cert: Option<PathBuf> },
+}
+
+impl Address {
+    fn place(&self) -> (&str, &str, u16, &str) {
+        (&self.user, &self.host, self.port, &self.database)
+    }
+}
+
+impl PartialEq for Address {
+    fn eq(&self, other: &Address) -> bool {
+        self.place() == other.place()
+    }
+}
+
+impl Eq for Address {}
+
+impl std::hash::Hash for Address {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.place().hash(state)
+    }
 }
 
 impl fmt::Display for Address {
@@ -60,11 +93,12 @@ fn malformed(why: &str) -> Error {
 }
 
 impl Address {
-    /// Parses `postgresql://USER@HOST[:PORT]/DATABASE` (or `postgres://`). Refuses a password,
-    /// without repeating it, and anything after `?` or `#`.
+    /// Parses `postgresql://USER@HOST[:PORT]/DATABASE[?OPTIONS]` (or `postgres://`). Refuses a
+    /// password, without repeating it, and options other than the TLS ones ([`parse_tls`]).
     pub fn parse(url: &str) -> Result<Address> {
         let rest =
             without_scheme(url).ok_or_else(|| malformed("does not start with postgresql://"))?;
+        let (rest, options) = rest.split_once('?').unwrap_or((rest, ""));
         let (authority, database) = rest
             .split_once('/')
             .ok_or_else(|| malformed("names no database"))?;
@@ -80,10 +114,8 @@ impl Address {
                     .into(),
             ));
         }
-        if database.contains(['?', '#']) || host_port.contains(['?', '#']) {
-            return Err(malformed(
-                "has options after '?' or '#', which a table does not take",
-            ));
+        if url.contains('#') {
+            return Err(malformed("has a '#', which a table does not take"));
         }
         let (host, port) = split_host_port(host_port)?;
         let word = |s: &str, what: &str| -> Result<String> {
@@ -97,6 +129,7 @@ impl Address {
             host: word(host, "host")?,
             port,
             database: word(database, "database")?,
+            tls: parse_tls(options)?,
         })
     }
 
@@ -109,6 +142,37 @@ impl Address {
         let file = password_file()?;
         let text = std::fs::read_to_string(file).ok()?;
         password_in(&text, self)
+    }
+}
+
+/// The TLS options after `?`: `sslmode=disable` (the default) or `sslmode=verify-full`, and
+/// `sslrootcert=FILE` with it. The modes that encrypt without checking whose server answers
+/// (`require`, `verify-ca`, `prefer`, `allow`) are refused: a password sent there can be read by
+/// whoever stands in the middle.
+fn parse_tls(options: &str) -> Result<Tls> {
+    let (mut mode, mut root_cert) = (None, None);
+    for option in options.split('&').filter(|o| !o.is_empty()) {
+        match option.split_once('=') {
+            Some(("sslmode", value)) => mode = Some(value),
+            Some(("sslrootcert", value)) if !value.is_empty() => {
+                root_cert = Some(PathBuf::from(value))
+            }
+            _ => {
+                return Err(malformed(&format!(
+                    "has the option '{option}'; the options a table takes are sslmode=verify-full (or disable) and sslrootcert=FILE"
+                )))
+            }
+        }
+    }
+    match (mode, root_cert) {
+        (None | Some("disable"), None) => Ok(Tls::Off),
+        (Some("verify-full"), root_cert) => Ok(Tls::VerifyFull { root_cert }),
+        (None | Some("disable"), Some(_)) => Err(malformed(
+            "has sslrootcert without sslmode=verify-full, which it belongs to",
+        )),
+        (Some(other), _) => Err(malformed(&format!(
+            "has sslmode={other}; a table takes sslmode=verify-full (encrypted, and the server's certificate checked, so that no one in the middle reads a password) or disable"
+        ))),
     }
 }
 
@@ -240,6 +304,10 @@ mod tests {
             "postgresql://alice@:5432/images",
             "postgresql://alice@db1/",
             "postgresql://alice@db1/images?sslmode=require",
+            "postgresql://alice@db1/images?sslmode=verify-ca",
+            "postgresql://alice@db1/images?sslrootcert=/ca.pem",
+            "postgresql://alice@db1/images?application_name=x",
+            "postgresql://alice@db1/images#x",
             "postgresql://alice@[::1/images",
             "mysql://alice@db1/images",
         ] {
@@ -249,6 +317,30 @@ mod tests {
                 "{bad}: {message}"
             );
         }
+    }
+
+    #[test]
+    fn tls_options_are_read_and_do_not_make_another_server() {
+        let plain = address("postgresql://alice@db1/images");
+        assert_eq!(plain.tls, Tls::Off);
+        let checked =
+            address("postgresql://alice@db1/images?sslmode=verify-full&sslrootcert=/etc/ca.pem");
+        assert_eq!(
+            checked.tls,
+            Tls::VerifyFull {
+                root_cert: Some(PathBuf::from("/etc/ca.pem"))
+            }
+        );
+        assert_eq!(
+            address("postgresql://alice@db1/images?sslmode=verify-full").tls,
+            Tls::VerifyFull { root_cert: None }
+        );
+        assert_eq!(
+            address("postgresql://alice@db1/images?sslmode=disable").tls,
+            Tls::Off
+        );
+        assert_eq!(plain, checked);
+        assert_eq!(checked.to_string(), "postgresql://alice@db1:5432/images");
     }
 
     #[test]

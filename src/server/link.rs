@@ -9,13 +9,20 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
 use tokio::runtime::Runtime;
 use tokio::task::JoinHandle;
+use tokio_postgres::config::SslMode;
+use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, NoTls, Row, Statement};
+use tokio_postgres::{Client, Config, NoTls, Row, Socket, Statement};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
+use super::address::Tls;
 use super::Address;
 use crate::error::{Error, Result};
 
@@ -163,7 +170,7 @@ impl Link {
                 timeout_ms: self.timeout.as_millis() as u64,
             });
         }
-        let mut config = tokio_postgres::Config::new();
+        let mut config = Config::new();
         config
             .user(&self.address.user)
             .host(&self.address.host)
@@ -183,15 +190,31 @@ impl Link {
         if let Some(password) = self.address.password() {
             config.password(password);
         }
-        let connected = self.run(config.connect(NoTls));
+        self.client = Some(match &self.address.tls {
+            Tls::Off => self.open(&config, NoTls)?,
+            Tls::VerifyFull { root_cert } => {
+                config.ssl_mode(SslMode::Require);
+                let tls = verifying_tls(root_cert.as_deref(), &self.address)?;
+                self.open(&config, tls)?
+            }
+        });
+        self.unanswered_until = None;
+        Ok(())
+    }
+
+    /// Connects with `tls`, and runs the connection on the link's runtime.
+    fn open<T>(&mut self, config: &Config, tls: T) -> Result<(Client, JoinHandle<()>)>
+    where
+        T: MakeTlsConnect<Socket> + 'static,
+        T::Stream: Send + 'static,
+    {
+        let connected = self.run(config.connect(tls));
         let (client, connection) = self.outcome("connecting", connected)?;
         let connection = self.runtime.spawn(async move {
             // Ends when the client is dropped or the connection breaks; a call then fails.
             let _ = connection.await;
         });
-        self.client = Some((client, connection));
-        self.unanswered_until = None;
-        Ok(())
+        Ok((client, connection))
     }
 
     /// Statements without parameters, in one round trip (the simple query protocol).
@@ -254,4 +277,56 @@ impl Link {
             other => other,
         }
     }
+}
+
+/// TLS that accepts only a server whose certificate the authority in `root_cert` (PEM; else
+/// `~/.postgresql/root.crt`, as libpq) signed, for the host name the address gives.
+fn verifying_tls(root_cert: Option<&Path>, address: &Address) -> Result<MakeRustlsConnect> {
+    let unusable = |detail: String| Error::ServerUnfit {
+        server: address.to_string(),
+        detail,
+    };
+    let file = match root_cert {
+        Some(file) => file.to_path_buf(),
+        None => std::env::var_os("HOME")
+            .map(|home| PathBuf::from(home).join(".postgresql/root.crt"))
+            .ok_or_else(|| {
+                unusable("is to be reached with sslmode=verify-full, but no sslrootcert=FILE names the certificate authority, and there is no HOME for ~/.postgresql/root.crt".into())
+            })?,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    let certificates = CertificateDer::pem_file_iter(&file).map_err(|e| {
+        unusable(format!(
+            "is to be reached with sslmode=verify-full, but the certificate authority file {} cannot be read ({e}): name it with sslrootcert=FILE",
+            file.display()
+        ))
+    })?;
+    for certificate in certificates {
+        let added = certificate
+            .map_err(|e| e.to_string())
+            .and_then(|c| roots.add(c).map_err(|e| e.to_string()));
+        if let Err(e) = added {
+            return Err(unusable(format!(
+                "is to be reached with sslmode=verify-full, but {} holds a certificate that cannot be used ({e})",
+                file.display()
+            )));
+        }
+    }
+    if roots.is_empty() {
+        return Err(unusable(format!(
+            "is to be reached with sslmode=verify-full, but {} holds no certificate",
+            file.display()
+        )));
+    }
+    // ring's provider, deprecated in rustls for its want of post-quantum key exchange, which
+    // PostgreSQL servers (built with OpenSSL 3.0 and older) do not offer either; aws-lc-rs, which
+    // has it, is a large C library to build for no gain here.
+    #[allow(deprecated)]
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Internal(format!("TLS: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(config))
 }
