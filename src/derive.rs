@@ -26,7 +26,7 @@ use rusqlite::types::Value;
 
 use crate::commit::Coordinator;
 use crate::error::{catch_panic, Error, Result};
-use crate::images::encode::{self, OutputFormat};
+use crate::images::encode::{self, OutputFormat, Quality};
 use crate::images::pool::image_pool;
 use crate::images::{decode, perceptual_hash, phash, thumbnail};
 use crate::shard::NewRow;
@@ -42,10 +42,11 @@ pub enum Operation {
     Thumbnail {
         max_side: u32,
         format: Option<OutputFormat>,
+        quality: Quality,
     },
     Convert {
         format: OutputFormat,
-        quality: Option<u8>,
+        quality: Quality,
     },
     Phash(phash::Method),
 }
@@ -67,16 +68,25 @@ impl Operation {
                 "{name}: expected an INTEGER argument"
             ))),
         };
+        let quality = |v: Option<&Value>| match v {
+            Some(Value::Integer(level)) => Quality::level(*level),
+            Some(Value::Text(named)) => Quality::named(named),
+            None | Some(Value::Null) => Ok(Quality::Default),
+            Some(_) => Err(Error::WrongType(format!(
+                "{name}: expected a quality from 1 to 100, or 'lossless'"
+            ))),
+        };
         match (name.to_ascii_lowercase().as_str(), args.len()) {
-            ("thumbnail", 1 | 2) => {
+            ("thumbnail", 1..=3) => {
                 let side = integer(args.first())?.filter(|s| (1..=65_535).contains(s));
                 let max_side = side.ok_or_else(|| Error::BadArgument("thumbnail: max_side from 1 to 65535".into()))?;
                 let format = text(args.get(1))?.map(|f| OutputFormat::parse(&f)).transpose()?;
-                Ok(Operation::Thumbnail { max_side: max_side as u32, format })
+                let quality = quality(args.get(2))?;
+                Ok(Operation::Thumbnail { max_side: max_side as u32, format, quality })
             }
             ("convert", 1 | 2) => {
                 let format = text(args.first())?.ok_or_else(|| Error::BadArgument("convert: give a format".into()))?;
-                let quality = integer(args.get(1))?.map(encode::quality).transpose()?;
+                let quality = quality(args.get(1))?;
                 Ok(Operation::Convert { format: OutputFormat::parse(&format)?, quality })
             }
             ("phash", 0) => Ok(Operation::Phash(phash::Method::Projection)),
@@ -85,7 +95,7 @@ impl Operation {
                 Ok(Operation::Phash(phash::Method::parse(&method)?))
             }
             (other, n) => Err(Error::BadArgument(format!(
-                "derive: '{other}' with {n} arguments is not an operation; use thumbnail, max_side [, format] | \
+                "derive: '{other}' with {n} arguments is not an operation; use thumbnail, max_side [, format [, quality]] | \
                  convert, format [, quality] | phash [, method]"
             ))),
         }
@@ -93,9 +103,11 @@ impl Operation {
 
     fn apply(self, data: &[u8]) -> Result<Value> {
         Ok(match self {
-            Operation::Thumbnail { max_side, format } => {
-                Value::Blob(thumbnail(data, max_side, format)?)
-            }
+            Operation::Thumbnail {
+                max_side,
+                format,
+                quality,
+            } => Value::Blob(thumbnail(data, max_side, format, quality)?),
             Operation::Convert { format, quality } => Value::Blob(encode::encode(
                 decode::decode(data)?.image,
                 format,

@@ -406,12 +406,81 @@ def test_convert_to_every_format(cur):
                              ("bmp", "BMP"), ("tiff", "TIFF")):
         out = pil(call(cur, "image_convert", data, fmt))
         assert (out.format, out.size) == (pillow_name, im.size), fmt
-        if fmt in ("png", "webp", "bmp", "tiff"):  # lossless (WebP: the crate's encoder is lossless only)
+        if fmt in ("png", "bmp", "tiff"):  # lossless
             assert np.array_equal(np.asarray(out.convert("RGB")), np.asarray(im)), fmt
-    small = call(cur, "image_convert", data, "jpeg", 10)
-    large = call(cur, "image_convert", data, "jpeg", 95)
-    assert len(small) < len(large)
-    assert psnr(as_array(large, "RGB"), np.asarray(im)) > psnr(as_array(small, "RGB"), np.asarray(im))
+    for fmt in ("jpeg", "webp"):
+        small = call(cur, "image_convert", data, fmt, 10)
+        large = call(cur, "image_convert", data, fmt, 95)
+        assert len(small) < len(large), fmt
+        assert psnr(as_array(large, "RGB"), np.asarray(im)) > psnr(as_array(small, "RGB"), np.asarray(im)), fmt
+    # WebP is lossy by default (Pillow's quality 80: the same bytes as Pillow's within a few
+    # percent), lossless on request.
+    lossy = call(cur, "image_convert", data, "webp")
+    assert psnr(as_array(lossy, "RGB"), np.asarray(im)) >= PSNR_MIN_DB
+    pillow = webp_bytes(im)
+    assert 0.9 < len(lossy) / len(pillow) < 1.1, (len(lossy), len(pillow))
+    exact = call(cur, "image_convert", data, "webp", "lossless")
+    assert np.array_equal(np.asarray(pil(exact).convert("RGB")), np.asarray(im))
+    assert len(lossy) < len(exact) / 3
+    with pytest.raises(apsw.Error, match="JPEG has no lossless mode"):
+        call(cur, "image_convert", data, "jpeg", "lossless")
+    with pytest.raises(apsw.Error, match="give a level from 1 to 100, or 'lossless'"):
+        call(cur, "image_convert", data, "webp", "best")
+
+
+def webp_is_lossless(data):
+    """Whether a WebP's image chunk is VP8L (lossless), walking its RIFF chunks."""
+    at = 12
+    while at + 8 <= len(data):
+        kind, size = data[at:at + 4], struct.unpack("<I", data[at + 4:at + 8])[0]
+        if kind in (b"VP8L", b"VP8 "):
+            return kind == b"VP8L"
+        at += 8 + size + size % 2
+    raise AssertionError("no image chunk")
+
+
+def composited(im):
+    """An image as seen on white (how a browser shows a thumbnail with alpha)."""
+    rgba = im.convert("RGBA")
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"), dtype=np.float64)
+
+
+def test_webp_thumbnails_of_the_corpus_weigh_what_pillows_do(cur):
+    """256-pixel WebP thumbnails of every corpus image: lossy at Pillow's quality 80, so together
+    at most 1.1 times the bytes of Pillow's default WebP thumbnails, each at 30 dB PSNR or more
+    against Pillow's thumbnail (on white); alpha kept. A lossless WebP stays lossless when an
+    operation keeps its format."""
+    ours_total = pillow_total = 0
+    worst = (float("inf"), "")
+    for path in sorted((CORPUS / "images").iterdir()):
+        data = path.read_bytes()
+        expected = ImageOps.exif_transpose(pil(data))
+        expected.thumbnail((256, 256), Image.LANCZOS)
+        ours = call(cur, "image_thumbnail", data, 256, "webp")
+        got = pil(ours)
+        assert got.format == "WEBP" and got.size == expected.size, path.name
+        if expected.convert("RGBA").getextrema()[3][0] < 255:  # transparency shows: kept
+            assert "A" in got.mode, path.name
+        value = psnr(composited(got), composited(expected))
+        worst = min(worst, (value, path.name))
+        ours_total += len(ours)
+        pillow_total += len(webp_bytes(expected))
+    assert worst[0] >= PSNR_MIN_DB, worst
+    assert ours_total <= 1.1 * pillow_total, (ours_total, pillow_total)
+    # 'lossless' on request, here too; and a lossless WebP rotated stays lossless.
+    exact = call(cur, "image_thumbnail", raw("chelsea.png"), 128, "webp", "lossless")
+    assert webp_is_lossless(exact)
+    assert not webp_is_lossless(call(cur, "image_thumbnail", raw("chelsea.png"), 128, "webp"))
+    source = webp_bytes(pil(raw("horse.png")), lossless=True)
+    assert webp_is_lossless(source)
+    rotated = call(cur, "image_rotate", source, 90)
+    assert webp_is_lossless(rotated)
+    assert np.array_equal(np.asarray(pil(rotated).convert("RGBA")),
+                          np.asarray(pil(source).convert("RGBA").transpose(Image.ROTATE_270)))
+    assert not webp_is_lossless(call(cur, "image_rotate", raw("vnc-d.webp"), 90))
+    print(f"\n256-px WebP thumbnails of the corpus: {ours_total} bytes against Pillow's {pillow_total} "
+          f"({ours_total / pillow_total:.2f}x), worst PSNR {worst[0]:.1f} dB ({worst[1]})")
 
 
 def test_output_format_defaults_to_the_input(cur):

@@ -16,7 +16,7 @@ FUNCTIONS = {
     ("image_phash", 1), ("image_phash", 2), ("image_regions", 1), ("image_regions", 2),
     ("image_resize", 3), ("image_resize", 4), ("image_rotate", 2), ("image_sharpen", 2),
     ("image_sharpen", 3), ("image_threshold", 1), ("image_threshold", 2),
-    ("image_thumbnail", 2), ("image_thumbnail", 3),
+    ("image_thumbnail", 2), ("image_thumbnail", 3), ("image_thumbnail", 4),
 }
 
 MODULES = {

@@ -42,16 +42,26 @@ use rusqlite::Connection;
 use crate::error::{type_name, Error, Result};
 use crate::sqlfn::{Call, Kind};
 use decode::Decoded;
-use encode::OutputFormat;
+use encode::{OutputFormat, Quality};
 use transform::Filter;
 
-/// Makes a thumbnail of `data` that fits a `max_side` square, in `format` (default: the input's).
-pub fn thumbnail(data: &[u8], max_side: u32, format: Option<OutputFormat>) -> Result<Vec<u8>> {
+/// Makes a thumbnail of `data` that fits a `max_side` square, in `format` (default: the input's)
+/// at `quality`.
+pub fn thumbnail(
+    data: &[u8],
+    max_side: u32,
+    format: Option<OutputFormat>,
+    quality: Quality,
+) -> Result<Vec<u8>> {
     let Decoded {
         image,
         format: input,
     } = transform::thumbnail(data, max_side)?;
-    encode::encode(image, format.unwrap_or(OutputFormat::same_as(input)), None)
+    encode::encode(
+        image,
+        format.unwrap_or(OutputFormat::same_as(input)),
+        quality,
+    )
 }
 
 /// Decodes `data`, applies `operation`, encodes the result in the input's format.
@@ -60,7 +70,12 @@ fn map_image(
     operation: impl FnOnce(DynamicImage) -> Result<DynamicImage>,
 ) -> Result<Vec<u8>> {
     let Decoded { image, format } = decode::decode(data)?;
-    encode::encode(operation(image)?, OutputFormat::same_as(format), None)
+    // A lossless WebP stays lossless; anything else keeps the format's default.
+    let quality = match encode::is_lossless_webp(data) {
+        true => Quality::Lossless,
+        false => Quality::Default,
+    };
+    encode::encode(operation(image)?, OutputFormat::same_as(format), quality)
 }
 
 /// `image_info` as JSON.
@@ -179,6 +194,18 @@ impl<'a> Args<'a> {
         }
     }
 
+    /// A quality argument: an integer 1-100, or `'lossless'`; the format's default if absent.
+    fn quality(&self, index: usize) -> Result<Quality> {
+        if !self.has(index) {
+            return Ok(Quality::Default);
+        }
+        match self.values[index] {
+            ValueRef::Text(_) => Quality::named(self.text(index, "quality")?),
+            ValueRef::Integer(_) | ValueRef::Real(_) => Quality::level(self.int(index, "quality")?),
+            _ => Err(self.wrong(index, "quality", "an integer from 1 to 100, or 'lossless'")),
+        }
+    }
+
     fn format(&self, index: usize) -> Result<Option<OutputFormat>> {
         if self.has(index) {
             OutputFormat::parse(self.text(index, "format")?).map(Some)
@@ -210,7 +237,12 @@ fn image_info(a: &Args) -> Result<Value> {
 
 fn image_thumbnail(a: &Args) -> Result<Value> {
     let max_side = a.size(1, "max_side", true)?;
-    blob(thumbnail(a.data(0)?, max_side, a.format(2)?)?)
+    blob(thumbnail(
+        a.data(0)?,
+        max_side,
+        a.format(2)?,
+        a.quality(3)?,
+    )?)
 }
 
 fn image_resize(a: &Args) -> Result<Value> {
@@ -255,13 +287,8 @@ fn image_grayscale(a: &Args) -> Result<Value> {
 
 fn image_convert(a: &Args) -> Result<Value> {
     let format = OutputFormat::parse(a.text(1, "format")?)?;
-    let quality = if a.has(2) {
-        Some(encode::quality(a.int(2, "quality")?)?)
-    } else {
-        None
-    };
     let image = decode::decode(a.data(0)?)?.image;
-    blob(encode::encode(image, format, quality)?)
+    blob(encode::encode(image, format, a.quality(2)?)?)
 }
 
 fn image_denoise(a: &Args) -> Result<Value> {
@@ -307,7 +334,7 @@ fn image_threshold(a: &Args) -> Result<Value> {
     let gray = transform::luma8(&decode::decode(a.data(0)?)?.image);
     let level = level.unwrap_or_else(|| segment::otsu(&gray));
     let mask = DynamicImage::ImageLuma8(segment::threshold(&gray, level));
-    blob(encode::encode(mask, OutputFormat::Png, None)?)
+    blob(encode::encode(mask, OutputFormat::Png, Quality::Default)?)
 }
 
 fn image_otsu(a: &Args) -> Result<Value> {
@@ -336,7 +363,7 @@ fn image_distance(a: &Args) -> Result<Value> {
 /// Every function: name, the argument counts it takes, body.
 const FUNCTIONS: &[(&str, &[i32], Body)] = &[
     ("image_info", &[1], image_info),
-    ("image_thumbnail", &[2, 3], image_thumbnail),
+    ("image_thumbnail", &[2, 3, 4], image_thumbnail),
     ("image_resize", &[3, 4], image_resize),
     ("image_crop", &[5], image_crop),
     ("image_rotate", &[2], image_rotate),
