@@ -41,9 +41,11 @@ def noise_png(seed, side=96):
     return out.getvalue()
 
 
-def make_counters(db, options=""):
+def make_counters(db, options="", shards="4"):
+    """A 4-shard table (or one whose `shards=` argument is `shards`, as SQL writes it) with the
+    counter rows, one on each shard."""
     con = connect(db)
-    con.execute(f"CREATE VIRTUAL TABLE t USING imagestore(shards=4, n INTEGER, busy_timeout=30000{options})")
+    con.execute(f"CREATE VIRTUAL TABLE t USING imagestore(shards={shards}, n INTEGER, busy_timeout=30000{options})")
     for i in COUNTER_IDS:
         con.execute("INSERT INTO t(id, name, data, n) VALUES (?, 'counter', ?, 0)", (i, TINY))
     return con
@@ -80,6 +82,35 @@ def backup_counters(folder):
     return counters_of(rows)
 
 
+def start_writers(db, seconds):
+    """Two backup_writer.py processes on `db` for `seconds`, already writing when this returns."""
+    writers = [subprocess.Popen([sys.executable, str(HERE / "backup_writer.py"), str(db), str(seconds)], cwd=HERE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    time.sleep(0.5)
+    return writers
+
+
+def finish_writers(writers):
+    for w in writers:
+        _, err = w.communicate(timeout=60)
+        assert w.returncode == 0, err[-2000:]
+
+
+def backup_a_cut(con, target):
+    """A backup of the counters table `t` into `target`, checked to be a consistent cut taken
+    while writers commit; its summary, counters and added rows."""
+    (before,), = con.execute("SELECT n FROM t WHERE id = 1")
+    summary = backup(con, "t", target)
+    report = verify(con, target)
+    assert report["ok"], report
+    counters, added = backup_counters(target)
+    assert len(set(counters.values())) == 1, counters  # every transaction whole or absent
+    assert counters[1] >= before  # everything committed before the backup began is in it
+    assert added == counters[1]  # each transaction also inserted one row
+    assert summary["rows"] == added + 4
+    return summary, counters, added
+
+
 def backup(con, table, folder):
     (summary,), = con.execute("SELECT imagestore_backup(?, ?)", (table, str(folder)))
     return json.loads(summary)
@@ -109,31 +140,19 @@ def test_backups_during_concurrent_writes_are_consistent_cuts_and_restore(tmp_pa
     # Restores go into another database: creating a table in the one the writers keep writing
     # would wait for SQLite's own lock on it, which two writers in a loop hold nearly always.
     restored_db = connect(tmp_path / "restored.db")
-    writers = [subprocess.Popen([sys.executable, str(HERE / "backup_writer.py"), str(db), "6"], cwd=HERE,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    time.sleep(0.5)
+    writers = start_writers(db, 6)
     checked = []
     folder = tmp_path / "rolling"  # every second backup is an incremental one into this folder
     for k in range(6):
-        (before,), = con.execute("SELECT n FROM t WHERE id = 1")
         target = folder if k % 2 else tmp_path / f"backup{k}"
-        summary = backup(con, "t", target)
-        report = verify(con, target)
-        assert report["ok"], report
-        counters, added = backup_counters(target)
-        assert len(set(counters.values())) == 1, counters  # every transaction whole or absent
-        assert counters[1] >= before  # everything committed before the backup began is in it
-        assert added == counters[1]  # each transaction also inserted one row
-        assert summary["rows"] == added + 4
+        summary, counters, added = backup_a_cut(con, target)
         # The restore holds the same cut, placed for another shard count.
         restore(restored_db, f"r{k}", target, 3)
         restored, restored_added = counters_of(restored_db.execute(f"SELECT id, n FROM r{k}").fetchall())
         assert (restored, restored_added) == (counters, added)
         checked.append((counters[1], summary["writers_held_ms"], summary["generation"]))
         time.sleep(0.4)
-    for w in writers:
-        out, err = w.communicate(timeout=60)
-        assert w.returncode == 0, err[-2000:]
+    finish_writers(writers)
     assert checked[-1][0] > checked[0][0], checked  # the writers really ran during the backups
     assert [g for _, _, g in checked if g > 1] == [2, 3]
     print(f"\nbackup: {len(checked)} backups during writes (2 incremental), transactions in them "

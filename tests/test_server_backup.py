@@ -11,25 +11,15 @@ left prepared, which schemas exist).
 """
 import json
 import random
-import subprocess
-import sys
 import time
 
 import apsw
 import pytest
 
 from harness import CORPUS, connect, shard_of
-from test_backup import (COUNTER_IDS, HERE, TINY, backup, backup_counters, child, contents,
-                         counters_of, noise_png, run_and_kill, table_exists, verify)
+from test_backup import (TINY, backup, backup_a_cut, child, contents, counters_of, finish_writers,
+                         make_counters, noise_png, run_and_kill, start_writers, table_exists, verify)
 from test_server_tables import fresh_databases, four_shards, prepared, schemas, server_rows
-
-
-def make_counters(db, shards):
-    con = connect(db)
-    con.execute(f"CREATE VIRTUAL TABLE t USING imagestore(shards='{shards}', n INTEGER, busy_timeout=30000)")
-    for i in COUNTER_IDS:
-        con.execute("INSERT INTO t(id, name, data, n) VALUES (?, 'counter', ?, 0)", (i, TINY))
-    return con
 
 
 def fill_corpus(con, table, rounds=1):
@@ -53,22 +43,14 @@ def nothing_left(pg, database):
 def test_backups_during_writes_are_consistent_cuts_and_restore_locally_and_onto_servers(tmp_path, pg):
     places, shards = four_shards(pg, "bk_")
     db = tmp_path / "b.db"
-    con = make_counters(db, shards)
+    con = make_counters(db, shards=f"'{shards}'")
     restored_db = connect(tmp_path / "restored.db")
-    writers = [subprocess.Popen([sys.executable, str(HERE / "backup_writer.py"), str(db), "8"], cwd=HERE,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    time.sleep(0.5)
+    writers = start_writers(db, 8)
     checked = []
     folder = tmp_path / "rolling"  # every second backup is an incremental one into this folder
     for k in range(4):
-        (before,), = con.execute("SELECT n FROM t WHERE id = 1")
         target = folder if k % 2 else tmp_path / f"backup{k}"
-        summary = backup(con, "t", target)
-        assert verify(con, target)["ok"]
-        counters, added = backup_counters(target)
-        assert len(set(counters.values())) == 1, counters  # every transaction whole or absent
-        assert counters[1] >= before  # everything committed before the backup began is in it
-        assert added == counters[1] and summary["rows"] == added + 4
+        summary, counters, added = backup_a_cut(con, target)
         # The same cut restored into a local table and onto servers (three, not four).
         restored_db.execute(f"CREATE VIRTUAL TABLE local{k} USING imagestore(restore_from='{target}', shards=3)")
         _, onto = fresh_databases(pg)
@@ -77,9 +59,7 @@ def test_backups_during_writes_are_consistent_cuts_and_restore_locally_and_onto_
             rows = restored_db.execute(f"SELECT id, n FROM {name}").fetchall()
             assert counters_of(rows) == (counters, added), name
         checked.append((counters[1], summary["writers_held_ms"], summary["generation"]))
-    for w in writers:
-        out, err = w.communicate(timeout=60)
-        assert w.returncode == 0, err[-2000:]
+    finish_writers(writers)
     assert checked[-1][0] > checked[0][0], checked  # the writers really ran during the backups
     assert [g for _, _, g in checked if g > 1] == [2]
     assert [prepared(server, database) for server, database in places] == ["0"] * 4
