@@ -493,10 +493,11 @@ impl Coordinator {
         if matches!(self.activity, Activity::Writing(_)) {
             return Ok(());
         }
-        if !matches!(self.activity, Activity::Reading { .. }) {
-            self.heal_or_refuse(shards)?;
+        // A read transaction still holds its snapshots: no recovery now.
+        match self.activity {
+            Activity::Reading { .. } => self.check_not_poisoned()?,
+            _ => self.heal_or_refuse(shards)?,
         }
-        self.check_not_poisoned()?;
         let writer = self.control.lock_writer(self.busy_timeout_ms)?;
         self.end_read_for_write(shards)?;
         for _ in 0..RECOVERY_ATTEMPTS_MAX {
@@ -683,9 +684,7 @@ impl Coordinator {
             Ok(changes) => changes,
             Err(e) => {
                 self.abort_everywhere(shards, txid, &[]);
-                end_all(shards);
-                self.activity = Activity::Aborted;
-                return Err(e);
+                return Err(self.aborted(shards, e));
             }
         };
         // Wait for readers before touching anything they could see: if they keep the lock past
@@ -717,12 +716,16 @@ impl Coordinator {
                 self.set_decided(decided);
                 Ok(())
             }
-            Err(e) => {
-                end_all(shards);
-                self.activity = Activity::Aborted;
-                Err(e)
-            }
+            Err(e) => Err(self.aborted(shards, e)),
         }
+    }
+
+    /// The transaction failed at xSync with `e`: every shard's transaction ends, and SQLite's
+    /// rollback to come finds nothing to undo.
+    fn aborted<P: Participant>(&mut self, shards: &mut [P], e: Error) -> Error {
+        end_all(shards);
+        self.activity = Activity::Aborted;
+        e
     }
 
     fn set_decided(&mut self, decided: Decided) {

@@ -190,17 +190,15 @@ fn encode_webp(image: DynamicImage, quality: Quality) -> Result<Vec<u8>> {
             (_, true) => webp::WebPEncodeRGBA(data, w, h, stride, level, &mut output),
         }
     };
-    if output.is_null() {
-        return Err(Error::CannotEncode(format!(
-            "encoding WebP: libwebp could not encode a {width}x{height} image"
-        )));
-    }
-    // SAFETY: libwebp returned a buffer of `size` bytes at `output`, which it allocated: read
-    // once into our own vector, then freed once, with libwebp's own free.
-    let encoded = unsafe {
-        let encoded = std::slice::from_raw_parts(output, size).to_vec();
-        libwebp_sys::WebPFree(output.cast());
-        encoded
+    let encoded = match output.is_null() {
+        true => Vec::new(),
+        // SAFETY: libwebp returned a buffer of `size` bytes at `output`, which it allocated:
+        // read once into our own vector, then freed once, with libwebp's own free.
+        false => unsafe {
+            let encoded = std::slice::from_raw_parts(output, size).to_vec();
+            libwebp_sys::WebPFree(output.cast());
+            encoded
+        },
     };
     match encoded.is_empty() {
         true => Err(Error::CannotEncode(format!(

@@ -191,31 +191,33 @@ impl Anchor {
             ),
             _ => format!("SELECT pg_advisory_lock{kind}({key}); {after}"),
         };
-        let rows = anchor.link().batch_rows(what, &sql);
-        if let Err(e) = rows {
-            let refused = matches!(&e, Error::Server { source, .. }
+        let rows = match anchor.link().batch_rows(what, &sql) {
+            Ok(rows) => rows,
+            Err(e) => {
+                let refused = matches!(&e, Error::Server { source, .. }
                 if source.code() == Some(&SqlState::LOCK_NOT_AVAILABLE));
-            // Unless the lock itself was refused (and nothing after it could have failed the
-            // same way with the lock taken), it may have been taken before the statement that
-            // failed: a session lock outlives its statement, so the session goes, and every
-            // lock with it.
-            if !(refused && after.is_empty()) {
-                anchor.link.disconnect();
+                // Unless the lock itself was refused (and nothing after it could have failed the
+                // same way with the lock taken), it may have been taken before the statement that
+                // failed: a session lock outlives its statement, so the session goes, and every
+                // lock with it.
+                if !(refused && after.is_empty()) {
+                    anchor.link.disconnect();
+                }
+                return Err(match refused {
+                    true => Error::Busy {
+                        what: what.to_string(),
+                        timeout_ms,
+                    },
+                    false => e,
+                });
             }
-            return Err(match refused {
-                true => Error::Busy {
-                    what: what.to_string(),
-                    timeout_ms,
-                },
-                false => e,
-            });
-        }
+        };
         anchor.locks_held += 1;
         let held = AnchorLock {
             link: Arc::clone(&self.link),
             unlock: format!("SELECT pg_advisory_unlock{kind}({key})"),
         };
-        Ok((held, rows.unwrap_or_default()))
+        Ok((held, rows))
     }
 
     /// The name of sequence `name` of the table's schema, as a string literal.

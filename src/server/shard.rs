@@ -639,13 +639,14 @@ impl ServerShard {
             self.schema
         );
         let rows = self.link().query("counting rows", &sql, &[])?;
-        rows.first()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-            .transpose()
-            .map_err(|e: tokio_postgres::Error| {
-                self.foreign(&format!("cannot count its rows ({e})"))
-            })?
-            .ok_or_else(|| self.foreign("cannot count its rows"))
+        let row = rows
+            .first()
+            .ok_or_else(|| self.foreign("cannot count its rows"))?;
+        let unreadable = |e| self.foreign(&format!("cannot count its rows ({e})"));
+        Ok((
+            row.try_get(0).map_err(unreadable)?,
+            row.try_get(1).map_err(unreadable)?,
+        ))
     }
 
     /// Calls `visit(id, stored hash, image bytes)` for every row, in id order, a page at a time

@@ -223,8 +223,7 @@ impl Shard {
     /// whole shard is discarded if the restore fails.
     /// A second row with the same id is an error, not a replacement.
     pub fn insert_restored(&self, row: &NewRow, data: &[u8]) -> Result<()> {
-        let blob_id = self.insert_blob(data)?;
-        self.write_row(row, blob_id, false)
+        self.insert_copied(row, Some(data))
     }
 
     /// Inserts a row into a backup's copy of a shard kept elsewhere (a server), with its image,
