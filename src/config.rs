@@ -13,6 +13,10 @@
 //!                             come to at most this is written whole into the journal: one sync
 //!                             instead of one per shard (see `commit`). Default 262144; 0
 //!                             turns it off.
+//! protocol='2pc'|'3pc'     -- how a transaction over several shards commits (see `commit`):
+//!                             two-phase, decided by the journal (the default), or three-phase,
+//!                             whose shards end a transaction among themselves without it.
+//!                             Kept in every shard; a 3pc table never takes the logged path.
 //! restore_from='DIR'       -- CREATE fills the new table from the backup in DIR (see `backup::restore`);
 //!                             its columns are the backup's unless declared (then they must match)
 //! <name> [TYPE]            -- a column of the user's own (TYPE: TEXT, INTEGER, REAL, BLOB,
@@ -58,6 +62,45 @@ pub struct UserColumn {
     pub decl_type: String,
 }
 
+/// How a transaction over several shards commits (`protocol=`; see `commit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// Two-phase commit: a prepared transaction is decided by the coordinator's record.
+    TwoPhase,
+    /// Three-phase commit: a durable pre-commit on the shards between the vote and the end, so
+    /// that the shards decide a transaction among themselves.
+    ThreePhase,
+}
+
+impl Protocol {
+    fn parse(value: &str) -> Result<Protocol> {
+        match value.to_ascii_lowercase().as_str() {
+            "2pc" => Ok(Protocol::TwoPhase),
+            "3pc" => Ok(Protocol::ThreePhase),
+            _ => Err(bad(format!(
+                "protocol={value}: expected 2pc (two-phase commit, the default) or 3pc (three-phase commit)"
+            ))),
+        }
+    }
+
+    /// The name the option takes, and shards keep.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::TwoPhase => "2pc",
+            Protocol::ThreePhase => "3pc",
+        }
+    }
+
+    /// The protocol a shard's kept name says (`None`: made before the option, two-phase).
+    pub fn from_kept(name: Option<&str>) -> Option<Protocol> {
+        match name {
+            None | Some("2pc") => Some(Protocol::TwoPhase),
+            Some("3pc") => Some(Protocol::ThreePhase),
+            Some(_) => None,
+        }
+    }
+}
+
 /// Everything the table needs to know to open its files.
 #[derive(Debug, Clone)]
 pub struct TableConfig {
@@ -83,6 +126,8 @@ pub struct TableConfig {
     /// every shard (a sync each); 0 always prepares.
     pub logged_commit_max_bytes: u64,
     pub user_columns: Vec<UserColumn>,
+    /// How a transaction over several shards commits (`protocol=`).
+    pub protocol: Protocol,
     /// The backup folder a new table is restored from (`restore_from=`).
     pub restore_from: Option<PathBuf>,
     /// Indexes declared with `index(col, ...)`, each kept on every shard: its columns' names.
@@ -331,6 +376,7 @@ impl TableConfig {
         let mut logged_commit_max_bytes = None;
         let mut verify = Verify::Structure;
         let mut restore_from = None;
+        let mut protocol = Protocol::TwoPhase;
         let mut user_columns: Vec<UserColumn> = Vec::new();
         let mut indexes = Vec::new();
         let mut seen_keys = HashSet::new();
@@ -367,9 +413,10 @@ impl TableConfig {
                         Some(parse_number(&key, value, 0, LOGGED_COMMIT_MAX_BYTES_LIMIT)?)
                 }
                 "restore_from" => restore_from = Some(dequote(value)),
+                "protocol" => protocol = Protocol::parse(&dequote(value))?,
                 _ => {
                     return Err(bad(format!(
-                        "unknown option '{key}'; the options are shards, busy_timeout, max_pixels, verify, journal_limit, logged_commit_max, restore_from"
+                        "unknown option '{key}'; the options are shards, busy_timeout, max_pixels, verify, journal_limit, logged_commit_max, protocol, restore_from"
                     )))
                 }
             }
@@ -389,6 +436,16 @@ impl TableConfig {
         };
         // Checked first: a URL with a password is refused before anything else looks at it.
         let servers = Self::servers(&shards)?;
+        if protocol == Protocol::ThreePhase && !servers.is_empty() {
+            return Err(bad(
+                "protocol='3pc' is not yet available for a table on PostgreSQL servers; use protocol='2pc' (the default)",
+            ));
+        }
+        if protocol == Protocol::ThreePhase && logged_commit_max_bytes.is_some_and(|b| b > 0) {
+            return Err(bad(
+                "logged_commit_max: a protocol='3pc' table never logs a commit in the journal (its shards must be able to decide without it); leave it out",
+            ));
+        }
         let (shard_paths, derived_paths) = match servers.is_empty() {
             true => Self::shard_paths(table_name, &shards, &host, &base_dir)?,
             false => (Vec::new(), false),
@@ -418,8 +475,13 @@ impl TableConfig {
             max_pixels: max_pixels.unwrap_or(MAX_PIXELS_DEFAULT),
             verify,
             journal_limit_bytes: journal_limit_bytes.unwrap_or(JOURNAL_LIMIT_BYTES_DEFAULT),
-            logged_commit_max_bytes: logged_commit_max_bytes
-                .unwrap_or(LOGGED_COMMIT_MAX_BYTES_DEFAULT),
+            logged_commit_max_bytes: match protocol {
+                Protocol::TwoPhase => {
+                    logged_commit_max_bytes.unwrap_or(LOGGED_COMMIT_MAX_BYTES_DEFAULT)
+                }
+                Protocol::ThreePhase => 0,
+            },
+            protocol,
             user_columns,
             restore_from: restore_from.map(|dir| resolve(&dir, &base_dir)),
             indexes,

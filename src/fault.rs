@@ -8,7 +8,7 @@
 //! say kills a server between the prepares and the decision).
 //!
 //! Steps: `shard_prepare`, `journal_append`, `journal_sync`, `shard_commit_logged`,
-//! `shard_finalize`, `journal_reset`, `recovery_shard`, `recovery_replay`, `derive_row`,
+//! `shard_finalize`, `journal_reset`, `shard_pre_commit`, `shard_withdraw_pre_commit`, `recovery_shard`, `recovery_replay`, `derive_row`,
 //! `backup_shard`, `restore_commit`; on servers `server_prepare`, `anchor_decide`,
 //! `server_finalize`.
 //!

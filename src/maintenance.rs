@@ -20,9 +20,7 @@ use rusqlite::Connection;
 
 use rusqlite::types::Value;
 
-use crate::commit::{
-    accept_lost_commits, resolve_in_doubt, Participant, PrepareRecord, Resolution,
-};
+use crate::commit::{accept_lost_commits, resolve_in_doubt, Participant, Resolution};
 use crate::config::module_arguments;
 use crate::derive::Operation;
 use crate::error::{Error, Result};
@@ -93,6 +91,7 @@ fn check(core: &TableCore) -> Result<String> {
         Ok(serde_json::json!({
             "table": core.config.table_name,
             "shards": count,
+            "protocol": core.config.protocol.name(),
             "rows": rows,
             "bytes": bytes,
             "ok": problems.is_empty(),
@@ -102,29 +101,46 @@ fn check(core: &TableCore) -> Result<String> {
     })
 }
 
-/// Prepared transactions found on the shards, each with its shards and state: `committed`
-/// (decided; recovery finalizes it) or `undecided` (recovery aborts it).
+/// Prepared transactions found on the shards, each with its shards, the table's protocol, the
+/// shards that hold it pre-committed (three-phase) and its state: `committed` (decided;
+/// recovery finalizes it) or `undecided` (recovery aborts it).
 fn transactions(core: &TableCore) -> Result<String> {
+    /// What the shards hold of one transaction.
+    #[derive(Default)]
+    struct Found {
+        on: Vec<usize>,
+        pre_committed: Vec<usize>,
+        decided_by: Option<String>,
+    }
     core.with_snapshot(|core| {
         let mut shards = core.shards.borrow_mut();
-        let mut found: std::collections::BTreeMap<u64, (Vec<usize>, Option<String>)> =
-            Default::default();
+        let mut found: std::collections::BTreeMap<u64, Found> = Default::default();
         for (index, shard) in shards.iter_mut().enumerate() {
-            for PrepareRecord { txid, decided_by } in shard.prepared()? {
-                let entry = found.entry(txid).or_default();
-                entry.0.push(index);
-                entry.1 = entry.1.take().or(decided_by);
+            for record in shard.prepared()? {
+                let entry = found.entry(record.txid).or_default();
+                entry.on.push(index);
+                if record.pre_committed {
+                    entry.pre_committed.push(index);
+                }
+                entry.decided_by = entry.decided_by.take().or(record.decided_by);
             }
         }
         let mut coordinator = core.coordinator.borrow_mut();
+        let protocol = coordinator.protocol().name();
         let mut items = Vec::new();
-        for (txid, (on, decided_by)) in &found {
-            let state = if coordinator.is_decided(*txid, decided_by.as_deref())? {
-                "committed"
-            } else {
-                "undecided"
-            };
-            items.push(serde_json::json!({"txid": txid, "shards": on, "state": state}));
+        for (txid, f) in &found {
+            let decided = coordinator.is_decided(
+                *txid,
+                f.decided_by.as_deref(),
+                !f.pre_committed.is_empty(),
+            )?;
+            items.push(serde_json::json!({
+                "txid": txid,
+                "shards": f.on,
+                "protocol": protocol,
+                "pre_committed": f.pre_committed,
+                "state": if decided { "committed" } else { "undecided" },
+            }));
         }
         Ok(serde_json::Value::from(items).to_string())
     })

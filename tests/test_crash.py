@@ -45,12 +45,14 @@ def apply(model, k):
 
 
 def observe(db):
-    """The table's rows as id -> (name, width, height, bytes), plus corrupt rows."""
+    """The table's rows as id -> (name, width, height, bytes), corrupt rows, and what the
+    shards still hold prepared once recovery has run (imagestore_transactions)."""
     con = connect(db)
     rows = con.execute("SELECT id, name, format, width, height, bytes, length(data) FROM t").fetchall()
+    (prepared,), = con.execute("SELECT imagestore_transactions('t')")
     con.close()
     corrupt = [r for r in rows if r[2] != "png" or r[5] != r[6]]
-    return {r[0]: (r[1], r[3], r[4], r[5]) for r in rows}, corrupt
+    return {r[0]: (r[1], r[3], r[4], r[5]) for r in rows}, corrupt, prepared
 
 
 def diff(want, got):
@@ -98,9 +100,10 @@ def kill_9(proc):
 
 
 def run_crash_loop(workdir, max_kills, max_seconds, seed, crash=kill_9, db_dir=None,
-                   options="shards=4", min_kills=0):
+                   options="shards=4", min_kills=0, after_crash=None):
     """Starts the writer, lets it run a random while, crashes it with `crash(proc)` (by default
-    a kill -9; tests/test_power_cut.py cuts the power under it), checks the table against the
+    a kill -9; tests/test_power_cut.py cuts the power under it), runs `after_crash(db)` if given
+    (tests/test_three_phase.py deletes the coordinator's journal), checks the table against the
     acknowledged log, and again. The table lives in `db_dir` (default `workdir`), the log in
     `workdir`, out of the crash's reach. Fewer than `min_kills` crashes in the time given is a
     problem: a run too slow to crash the writer proves nothing."""
@@ -136,6 +139,8 @@ def run_crash_loop(workdir, max_kills, max_seconds, seed, crash=kill_9, db_dir=N
         crash(proc)
         proc.stdout.close()
         kills += 1
+        if after_crash:
+            after_crash(db)
 
         new = read_acked(acked, acked_lines)
         acked_lines += len(new)
@@ -145,10 +150,12 @@ def run_crash_loop(workdir, max_kills, max_seconds, seed, crash=kill_9, db_dir=N
         for k in new + [inflight]:
             states.append(apply(states[-1], k))
 
-        observed, corrupt = observe(db)
+        observed, corrupt, prepared = observe(db)
         if corrupt:
             partial += 1
             problems.append(f"kill {kills}: rows whose data disagrees with format/bytes: {corrupt[:5]}")
+        if prepared != "[]":
+            problems.append(f"kill {kills}: left prepared after recovery: {prepared}")
         if observed == states[-2]:
             model, checked = states[-2], checked + len(new)
         elif observed == states[-1]:

@@ -2,8 +2,9 @@
 
 The library built with the cargo feature `fault-injection` (target/fault/release) makes the nth
 occurrence of a named protocol step return an I/O error or abort the process
-(IMAGESTORE_FAULT=step:n:mode, see src/fault.rs). For both commit paths over several shards
-(prepared, and logged into the journal) and every step of each x mode x shards touched
+(IMAGESTORE_FAULT=step:n:mode, see src/fault.rs). For every commit path over several shards
+(prepared, logged into the journal, and three-phase, whose journal is deleted before the
+check: it decides nothing) and every step of each x mode x shards touched
 (1, 2 and all 4: a transaction on one shard takes the same paths) a
 writer process runs transactions until the fault strikes; then the table is reopened with the
 ordinary library (recovery runs) and checked against the writer's log: each transaction whole or
@@ -28,6 +29,7 @@ PATHS = {
     "prepared": (", logged_commit_max=0",
                  ["shard_prepare", "journal_append", "journal_sync", "shard_finalize", "journal_reset"]),
     "logged": ("", ["journal_append", "journal_sync", "shard_commit_logged", "journal_reset"]),
+    "3pc": (", protocol='3pc'", ["shard_prepare", "shard_pre_commit", "shard_finalize"]),
 }
 CASES = [(path, step, touched) for path, (_, steps) in PATHS.items() for step in steps
          for touched in (1, 2, 4)]
@@ -128,6 +130,9 @@ def test_fault_at_commit_step(tmp_path, path, step, mode, touched):
     nth = 1 if step == "journal_reset" else 2
     result = run_writer(db, txns, touched, acked, f"{step}:{nth}:{mode}")
     fired = "fault injected at" in result.stderr
+    if path == "3pc":
+        for journal in tmp_path.glob("*.imagestore-journal"):
+            journal.unlink()
     record(check(db, txns, touched, acked), fired)
     assert fired, f"{step} never ran: {result.stderr[-2000:]}"
 
@@ -139,6 +144,7 @@ RECOVERY_CASES = {
     "prepared, undecided": ("prepared", "journal_append:2:abort", "recovery_shard"),
     "prepared, decided": ("prepared", "shard_finalize:2:abort", "recovery_shard"),
     "logged, partly committed": ("logged", "shard_commit_logged:2:abort", "recovery_replay"),
+    "3pc, pre-committed in part": ("3pc", "shard_pre_commit:2:abort", "recovery_shard"),
 }
 
 

@@ -114,7 +114,7 @@ def test_a_server_killed_between_prepare_and_commit_and_restarted(tmp_path, pg, 
     assert len(outcomes) == txns and outcomes.count("ok") < txns, outcomes  # the kill failed one
     # The same connection goes on writing once the server is back (recovery settles what the
     # kill left unknown: it does not have to be opened again).
-    assert outcomes[-20:] == ["ok"] * 20, outcomes
+    assert outcomes[-20:] == ["ok"] * 20, (outcomes, err[-3000:])
     print(f"\n{step}, server {victim} killed: {outcomes.count('ok')} ok, {outcomes.count('err')} failed, "
           f"{outcomes.count('unknown')} unknown, partial 0, lost 0, nothing prepared")
 

@@ -336,7 +336,8 @@ def test_check_derive_and_transactions_work_on_a_table_on_servers(tmp_path, pg):
     pg[0].psql(f"BEGIN; UPDATE {schema}.state SET last_txid = last_txid; "
                f"PREPARE TRANSACTION 'imagestore:{table_id}:999999:0'", database)
     listed = json.loads(con.execute("SELECT imagestore_transactions('t')").fetchall()[0][0])
-    assert listed == [{"txid": 999999, "shards": [0], "state": "undecided"}], listed
+    assert listed == [{"txid": 999999, "shards": [0], "protocol": "2pc", "pre_committed": [],
+                       "state": "undecided"}], listed
     writer.execute("ROLLBACK")
     # No writer now: the next reader settles it (presumed abort).
     assert con.execute("SELECT imagestore_transactions('t')").fetchall() == [("[]",)]

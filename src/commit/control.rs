@@ -20,7 +20,7 @@ use std::any::Any;
 
 use super::locks::{LockFile, PublishState};
 use super::participant::Participant;
-use crate::config::TableConfig;
+use crate::config::{Protocol, TableConfig};
 use crate::error::{Error, Result};
 use crate::journal::{Journal, LoggedAt, Record, TableId};
 
@@ -127,6 +127,9 @@ pub struct LocalControl {
     journal: Journal,
     writer_lock: LockFile,
     publish_lock: LockFile,
+    table_id: TableId,
+    /// A three-phase table's journal decides nothing: one deleted is made again.
+    remake_missing_journal: bool,
 }
 
 impl LocalControl {
@@ -166,7 +169,18 @@ impl LocalControl {
             journal,
             writer_lock,
             publish_lock,
+            table_id,
+            remake_missing_journal: config.protocol == Protocol::ThreePhase,
         })
+    }
+
+    /// Makes a three-phase table's journal again if it was deleted since it was opened.
+    fn remake_if_missing(&mut self) -> Result<()> {
+        if self.remake_missing_journal && !self.journal.path().exists() {
+            let path = self.journal.path().to_path_buf();
+            self.journal = Journal::create(&path, self.table_id)?;
+        }
+        Ok(())
     }
 }
 
@@ -206,11 +220,13 @@ impl Control for LocalControl {
     }
 
     fn refresh(&mut self) -> Result<()> {
+        self.remake_if_missing()?;
         self.journal.refresh()?;
         self.journal.sync()
     }
 
     fn begin_recovery(&mut self) -> Result<()> {
+        self.remake_if_missing()?;
         if self.journal.rescan()? {
             self.journal.cut_torn_tail()?;
         }

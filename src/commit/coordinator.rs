@@ -4,7 +4,7 @@
 use super::control::{Control, Held, LocalControl, NoWindow, PublishWindow};
 use super::locks::{LockFile, PublishState};
 use super::participant::{Participant, PrepareRecord, Replayed};
-use crate::config::TableConfig;
+use crate::config::{Protocol, TableConfig};
 use crate::durable::Syncs;
 use crate::error::{Error, Result};
 use crate::journal::{Journal, Record, TableId};
@@ -36,6 +36,8 @@ enum Decided {
     Prepared,
     /// Its shards hold it prepared; a row in the host database's transaction decides it.
     Hosted,
+    /// Three-phase: every written shard holds it pre-committed, durably.
+    PreCommitted,
 }
 
 /// The host database a transaction's decision rides on, when the transaction also wrote the
@@ -85,6 +87,7 @@ pub struct Coordinator {
     busy_timeout_ms: u64,
     journal_limit_bytes: u64,
     logged_commit_max_bytes: u64,
+    protocol: Protocol,
     /// The writer and publish locks and the decision records.
     control: Box<dyn Control>,
     activity: Activity,
@@ -124,6 +127,7 @@ impl Coordinator {
             busy_timeout_ms: config.busy_timeout_ms,
             journal_limit_bytes: config.journal_limit_bytes,
             logged_commit_max_bytes: config.logged_commit_max_bytes,
+            protocol: config.protocol,
             control,
             activity: Activity::Idle,
             poisoned: None,
@@ -195,16 +199,19 @@ impl Coordinator {
         self.control.begin_recovery()?;
         // Prepared transactions first: on any one shard they are older than every logged commit
         // it lacks (see "Recovery" above).
-        for (index, shard) in shards.iter_mut().enumerate() {
-            for record in shard.prepared()? {
+        let records = shards
+            .iter_mut()
+            .map(P::prepared)
+            .collect::<Result<Vec<_>>>()?;
+        let terminated = self.terminate_three_phase(shards, &records)?;
+        for ((index, shard), records) in shards.iter_mut().enumerate().zip(records) {
+            for record in records {
                 crate::fault::check("recovery_shard")?;
-                // A decision commits only the shards it names: a prepare that reached some other
-                // shard (a call whose answer was lost, landing late) is not part of it.
-                let named = self
-                    .control
-                    .committed_shards(record.txid)
-                    .is_none_or(|named| named.contains(&(index as u16)));
-                if named && self.decided(record.txid, record.decided_by.as_deref())? {
+                let commit = match (self.protocol, &record.decided_by) {
+                    (Protocol::ThreePhase, None) => terminated.contains(&record.txid),
+                    _ => self.decided_two_phase(index, &record)?,
+                };
+                if commit {
                     shard.finalize(record.txid)?;
                 } else {
                     shard.abort_prepared(record.txid)?;
@@ -229,6 +236,51 @@ impl Coordinator {
             table: self.table_name.clone(),
             lost: describe_lost(shards, &lost),
         })
+    }
+
+    /// Two-phase recovery: whether shard `index`'s prepare `record` was decided. A decision
+    /// commits only the shards it names: a prepare that reached some other shard (a call whose
+    /// answer was lost, landing late) is not part of it.
+    fn decided_two_phase(&self, index: usize, record: &PrepareRecord) -> Result<bool> {
+        let named = self
+            .control
+            .committed_shards(record.txid)
+            .is_none_or(|named| named.contains(&(index as u16)));
+        Ok(named && self.decided(record.txid, record.decided_by.as_deref())?)
+    }
+
+    /// Three-phase recovery, the termination rule (see "Three-phase commit"): the transactions
+    /// (of the prepare `records`, each shard's) that commit, those some shard holds
+    /// pre-committed. Each commit's shards still only prepared are pre-committed first; then
+    /// every shard is synced, so that what the rule read (a dead writer's last steps may not
+    /// be durable) and those pre-commits are kept whatever happens next: no finalize or abort
+    /// is acted on from a state a power cut could take back.
+    fn terminate_three_phase<P: Participant>(
+        &self,
+        shards: &mut [P],
+        records: &[Vec<PrepareRecord>],
+    ) -> Result<std::collections::BTreeSet<u64>> {
+        let three_phase = |r: &&PrepareRecord| r.decided_by.is_none();
+        let all = || records.iter().flatten().filter(three_phase);
+        if self.protocol != Protocol::ThreePhase || all().next().is_none() {
+            return Ok(Default::default());
+        }
+        let commits: std::collections::BTreeSet<u64> =
+            all().filter(|r| r.pre_committed).map(|r| r.txid).collect();
+        for (index, records) in records.iter().enumerate() {
+            let behind: Vec<u64> = records
+                .iter()
+                .filter(three_phase)
+                .filter(|r| !r.pre_committed && commits.contains(&r.txid))
+                .map(|r| r.txid)
+                .collect();
+            for txid in behind {
+                crate::fault::check("recovery_shard")?;
+                shards[index].pre_commit(txid)?;
+            }
+        }
+        make_durable(shards)?;
+        Ok(commits)
     }
 
     /// Whether prepared transaction `txid` was decided: by a COMMIT record, or, for one that
@@ -397,7 +449,10 @@ impl Coordinator {
                 timeout_ms: 0,
             });
         }
-        let decided = prepared.iter().all(|&txid| self.control.is_committed(txid));
+        // A dead writer's: two-phase, committed data whose finalize is pending if the journal
+        // decided it; three-phase, recovery's to terminate.
+        let decided = self.protocol == Protocol::TwoPhase
+            && prepared.iter().all(|&txid| self.control.is_committed(txid));
         Ok(decided.then_some(publication))
     }
 
@@ -706,9 +761,14 @@ impl Coordinator {
                 (None, Some(changes)) => self
                     .decide_logged(shards, txid, &written, changes, publish.as_mut())
                     .map(|()| Decided::Logged),
-                (None, None) => self
-                    .commit_two_phase(shards, txid, &written, None)
-                    .map(|()| Decided::Prepared),
+                (None, None) => match self.protocol {
+                    Protocol::TwoPhase => self
+                        .commit_two_phase(shards, txid, &written, None)
+                        .map(|()| Decided::Prepared),
+                    Protocol::ThreePhase => self
+                        .commit_three_phase(shards, txid, &written)
+                        .map(|()| Decided::PreCommitted),
+                },
             });
         drop(publish);
         match outcome {
@@ -750,6 +810,9 @@ impl Coordinator {
         written: &[usize],
     ) -> Result<Option<Vec<Vec<u8>>>> {
         let mut budget = self.logged_commit_max_bytes;
+        if budget == 0 {
+            return Ok(None);
+        }
         let mut all = Vec::with_capacity(written.len());
         for &i in written {
             let Some(encoded) = shards[i].changes(txid, budget)? else {
@@ -848,17 +911,7 @@ impl Coordinator {
         host: Option<&dyn HostDecider>,
     ) -> Result<()> {
         let names = participants(written);
-        let (prepared, refused, refusal) =
-            vote(shards, txid, written, &names, host.map(|h| h.path()));
-        if let Some(no) = refusal {
-            self.abort_everywhere(shards, txid, &prepared);
-            // A call that broke off may have prepared it all the same: undo that too (nothing
-            // to do if not); if this fails, recovery finds the record undecided and aborts it.
-            for i in refused {
-                let _ = shards[i].abort_prepared(txid);
-            }
-            return Err(no);
-        }
+        let prepared = self.vote(shards, txid, written, &names, host.map(|h| h.path()))?;
         // Decision: the journal's synced COMMIT record is the commit point; or the host's
         // decision row, which its commit makes durable (6h).
         let decided = match host {
@@ -874,6 +927,63 @@ impl Coordinator {
             return Err(e);
         }
         Ok(())
+    }
+
+    /// Step 5, the vote: every written shard prepares `txid`; returns them all. If any says no
+    /// (or cannot answer), the transaction is undone everywhere and the refusal returned.
+    fn vote<P: Participant>(
+        &mut self,
+        shards: &mut [P],
+        txid: u64,
+        written: &[usize],
+        names: &[u16],
+        decided_by: Option<&str>,
+    ) -> Result<Vec<usize>> {
+        let (prepared, refused, refusal) = step_and_sync(shards, written, true, |shard| {
+            shard.prepare(txid, names, decided_by)
+        });
+        let Some(no) = refusal else {
+            return Ok(prepared);
+        };
+        self.abort_everywhere(shards, txid, &prepared);
+        // A call that broke off may have prepared it all the same: undo that too (nothing to
+        // do if not); if this fails, recovery finds the record undecided and aborts it.
+        for i in refused {
+            let _ = shards[i].abort_prepared(txid);
+        }
+        Err(no)
+    }
+
+    /// Steps 5 and 6p, three-phase commit: the vote, then every written shard's pre-commit,
+    /// all synced: that is the decision. If a pre-commit fails, every pre-commit is taken back,
+    /// durably, before anything is undone (a shard left pre-committed commits the transaction
+    /// in recovery); if even that fails, the outcome is recovery's, and unknown to the caller.
+    fn commit_three_phase<P: Participant>(
+        &mut self,
+        shards: &mut [P],
+        txid: u64,
+        written: &[usize],
+    ) -> Result<()> {
+        let names = participants(written);
+        let prepared = self.vote(shards, txid, written, &names, None)?;
+        let (_, _, failure) = step_and_sync(shards, written, false, |shard| shard.pre_commit(txid));
+        let Some(failure) = failure else {
+            return Ok(());
+        };
+        match withdraw_pre_commits(shards, txid, written) {
+            Ok(()) => {
+                self.abort_everywhere(shards, txid, &prepared);
+                Err(failure)
+            }
+            Err(e) => {
+                self.poison(&e);
+                Err(Error::OutcomeUnknown {
+                    table: self.table_name.clone(),
+                    cause: failure.detail(),
+                    full: failure.is_full(),
+                })
+            }
+        }
     }
 
     /// Undoes a transaction that did not reach its decision: every shard's open transaction
@@ -910,7 +1020,9 @@ impl Coordinator {
             None => end_all(shards),
             Some(Decided::Nothing) => {}
             Some(Decided::Logged) => self.finish_logged(shards, &txn),
-            Some(Decided::Prepared | Decided::Hosted) => self.finalize_prepared(shards, &txn),
+            Some(Decided::Prepared | Decided::Hosted | Decided::PreCommitted) => {
+                self.finalize_prepared(shards, &txn)
+            }
         }
         drop(txn);
         drop(releases);
@@ -926,7 +1038,9 @@ impl Coordinator {
             Activity::Idle | Activity::Reading { .. } => return,
         };
         match decided {
-            Some(Decided::Logged | Decided::Prepared | Decided::Hosted) => self.take_back(shards),
+            Some(Decided::Logged | Decided::Prepared | Decided::Hosted | Decided::PreCommitted) => {
+                self.take_back(shards)
+            }
             Some(Decided::Nothing) => self.activity = Activity::Idle,
             None => {
                 end_all(shards);
@@ -936,20 +1050,32 @@ impl Coordinator {
     }
 
     /// Step 8: takes back the decision of the open transaction, whose host commit failed: a
-    /// synced ABORT record, then the shards undone, so that the host's tables and this table
-    /// agree. If even the ABORT cannot be written, the decision stands: the transaction is
-    /// finished as committed, and the table is poisoned (recovery runs at the next open).
+    /// synced ABORT record (three-phase: every pre-commit withdrawn, synced), then the shards
+    /// undone, so that the host's tables and this table agree. If even the ABORT cannot be
+    /// written, the decision stands: the transaction is finished as committed, and the table is
+    /// poisoned (recovery runs at the next open); if a withdrawal fails, the table is poisoned
+    /// and recovery ends the transaction as the shards' states say.
     fn take_back<P: Participant>(&mut self, shards: &mut [P]) {
         let Activity::Writing(txn) = std::mem::replace(&mut self.activity, Activity::Idle) else {
             return;
         };
-        // A hosted decision needs no record: the host's decision row rolled back with it.
-        if txn.decided != Some(Decided::Hosted) {
-            if let Err(e) = self.decide(&Record::abort(txn.txid)) {
-                self.poison(&e);
-                self.activity = Activity::Writing(txn);
-                return self.commit(shards);
+        let written: Vec<usize> = (0..shards.len()).filter(|&i| txn.dirty[i]).collect();
+        let taken_back = match txn.decided {
+            // A hosted decision needs no record: the host's decision row rolled back with it.
+            Some(Decided::Hosted) => Ok(()),
+            // Three-phase: the shards' pre-commits are the decision.
+            Some(Decided::PreCommitted) => withdraw_pre_commits(shards, txn.txid, &written),
+            _ => self.decide(&Record::abort(txn.txid)),
+        };
+        if let Err(e) = taken_back {
+            self.poison(&e);
+            if txn.decided == Some(Decided::PreCommitted) {
+                // Some shards may hold it pre-committed and others not: only recovery may end
+                // it, pre-committing every shard before it finalizes one.
+                return;
             }
+            self.activity = Activity::Writing(txn);
+            return self.commit(shards);
         }
         // No reader may see the undo half done; a shard left prepared is aborted by recovery.
         let mut publish = match self.control.publishing(self.busy_timeout_ms) {
@@ -965,18 +1091,29 @@ impl Coordinator {
                 end_all(shards);
                 let _ = publish.set_mark(0);
             }
-            _ => {
-                let written: Vec<usize> = (0..shards.len()).filter(|&i| txn.dirty[i]).collect();
-                self.abort_everywhere(shards, txn.txid, &written);
-            }
+            _ => self.abort_everywhere(shards, txn.txid, &written),
         }
     }
 
     /// Whether prepared transaction `txid` is decided: by a COMMIT record (the journal read
-    /// afresh), or by the decision row of the host database `decided_by` names.
-    pub fn is_decided(&mut self, txid: u64, decided_by: Option<&str>) -> Result<bool> {
+    /// afresh), or by the decision row of the host database `decided_by` names; on a
+    /// three-phase table, by a shard holding it pre-committed (`pre_committed_somewhere`).
+    pub fn is_decided(
+        &mut self,
+        txid: u64,
+        decided_by: Option<&str>,
+        pre_committed_somewhere: bool,
+    ) -> Result<bool> {
+        if self.protocol == Protocol::ThreePhase && decided_by.is_none() {
+            return Ok(pre_committed_somewhere);
+        }
         self.control.refresh()?;
         self.decided(txid, decided_by)
+    }
+
+    /// How the table's transactions commit.
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
     }
 
     /// The commits shards lost after they were durable (their file or WAL damaged or
@@ -1000,6 +1137,13 @@ impl Coordinator {
     /// The table's identity.
     pub fn table_id(&self) -> TableId {
         self.table_id
+    }
+
+    /// Whether a decision could not be written or undone (the outcome of the transaction that
+    /// met it is recovery's).
+    #[cfg(test)]
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned.is_some()
     }
 
     /// Whether this connection has nothing open on the shards.
@@ -1032,6 +1176,12 @@ pub fn resolve_in_doubt<P: Participant>(
     resolution: Resolution,
     host_lookup: HostLookup,
 ) -> Result<Vec<u64>> {
+    if config.protocol == Protocol::ThreePhase {
+        return Err(Error::BadArgument(format!(
+            "table {} commits with protocol='3pc': its shards decide every transaction themselves, and opening the table runs that recovery",
+            config.table_name
+        )));
+    }
     let writer_lock = LockFile::open(&config.lock_path)?;
     let _writer = writer_lock.exclusive("writer lock", config.busy_timeout_ms)?;
     let journal = match Journal::open_existing(&config.journal_path, table_id) {
@@ -1061,6 +1211,7 @@ pub fn resolve_in_doubt<P: Participant>(
         for PrepareRecord {
             txid,
             decided_by: host,
+            ..
         } in shard.prepared()?
         {
             if !undecidable(txid, host.as_deref())? {
@@ -1184,12 +1335,15 @@ pub fn accept_lost_commits<P: Participant>(
 
 /// A journal that is missing when the table exists: made again only if nothing is in doubt
 /// (no shard holds a prepare record, no logged commit is marked unfinished); else the error says
-/// how to decide.
+/// how to decide. A three-phase table's journal decides nothing: it is always made again.
 pub(super) fn refuse_missing_journal<P: Participant>(
     config: &TableConfig,
     shards: &mut [P],
     publish_lock: &LockFile,
 ) -> Result<()> {
+    if config.protocol == Protocol::ThreePhase {
+        return Ok(());
+    }
     if let Some((shard, txids)) = first_prepared(shards)? {
         return Err(Error::InDoubt(format!(
             "the journal {} is missing while shard {} holds prepared transactions {txids:?}; \
@@ -1231,7 +1385,12 @@ pub(super) fn set_aside_damaged<P: Participant>(
     }
     let journal = config.journal_path.display();
     let table = &config.table_name;
-    if let Some((shard, txids)) = first_prepared(shards)? {
+    let in_doubt = match config.protocol {
+        Protocol::TwoPhase => first_prepared(shards)?,
+        // Its journal decides nothing: the shards do.
+        Protocol::ThreePhase => None,
+    };
+    if let Some((shard, txids)) = in_doubt {
         return Err(Error::InDoubt(format!(
             "the journal {journal} is damaged ({detail}) while shard {} holds prepared transactions {txids:?}; \
              their outcome cannot be known. Restore the journal, or decide: \
@@ -1283,40 +1442,51 @@ fn forget_settled_decisions<P: Participant>(
     host.forget_before(txid)
 }
 
-/// Phase 1 (step 5): every written shard votes on transaction `txid`. Local shards prepare in
-/// turn, each one's WAL sync starting at once and running while the next prepares; remote ones
-/// all prepare at once (see [`each_shard`]). Returns the shards that voted yes, those that said
-/// no or could not answer (a call that broke off may have prepared all the same), and the
-/// first refusal, if any.
-fn vote<P: Participant>(
+/// Runs `step` on each shard of `indices` (see [`each_shard`]), each local shard's WAL sync
+/// starting as soon as its step succeeded and running while the next one's goes on; all are
+/// waited for. So a step that must be durable costs about one sync however many shards take
+/// it. Returns the shards whose step succeeded, those whose step failed (a call that broke off
+/// may have acted all the same), and the first error, of a step or of a sync.
+fn step_and_sync<P: Participant>(
     shards: &mut [P],
-    txid: u64,
-    written: &[usize],
-    names: &[u16],
-    decided_by: Option<&str>,
+    indices: &[usize],
+    stop_at_error: bool,
+    step: impl Fn(&mut P) -> Result<()> + Sync,
 ) -> (Vec<usize>, Vec<usize>, Option<Error>) {
-    let mut prepared = Vec::new();
-    let mut refused = Vec::new();
-    let mut refusal = None;
+    let mut done = Vec::new();
+    let mut failed = Vec::new();
+    let mut first_error = None;
     let mut syncs = Syncs::new();
-    for (i, outcome) in each_shard(shards, written, true, |shard| {
-        shard.prepare(txid, names, decided_by)
-    }) {
+    for (i, outcome) in each_shard(shards, indices, stop_at_error, step) {
         match outcome {
             Ok(()) => {
-                prepared.push(i);
+                done.push(i);
                 if let Some(job) = shards[i].sync_job() {
                     syncs.start(job);
                 }
             }
             Err(e) => {
-                refused.push(i);
-                refusal = refusal.or(Some(e));
+                failed.push(i);
+                first_error = first_error.or(Some(e));
             }
         }
     }
-    let refusal = refusal.or(syncs.finish().err());
-    (prepared, refused, refusal)
+    let first_error = first_error.or(syncs.finish().err());
+    (done, failed, first_error)
+}
+
+/// Three-phase commit's take-back (steps 6p and 8): every shard of `written` withdraws its
+/// pre-commit of `txid`, and all are synced, before any shard is undone. An error says some
+/// shard may still hold it pre-committed: then nothing may be undone.
+fn withdraw_pre_commits<P: Participant>(
+    shards: &mut [P],
+    txid: u64,
+    written: &[usize],
+) -> Result<()> {
+    let (_, _, failure) = step_and_sync(shards, written, true, |shard| {
+        shard.withdraw_pre_commit(txid)
+    });
+    failure.map_or(Ok(()), Err)
 }
 
 /// Runs `step` on each shard of `indices`, and returns each one's outcome. Remote participants

@@ -27,7 +27,7 @@
 //!   publish lock (readers open snapshots only outside a commit's undecided window). The publish
 //!   lock's file holds the *logged-commit mark*, set while a logged commit's shards commit.
 //!
-//! # States of a transaction
+//! # States of a transaction (two-phase; see "Three-phase commit" for `protocol='3pc'`)
 //! ```text
 //! Idle -> Writing --sync: small--> LOGGED synced --xCommit: every shard commits---------> Idle
 //!            |     --sync: large--> Prepared (every shard) -> COMMIT synced --xCommit: finalize-> Idle
@@ -256,6 +256,74 @@
 //! every call of seeded runs over 1 to 8 participants, on both paths; after each, recovery,
 //! and the oracle: every transaction whole or absent, every acknowledged one present, every
 //! failed one absent, nothing left prepared, and the table takes the next transaction.
+//!
+//! # Three-phase commit (`protocol='3pc'`)
+//! With two-phase commit a shard that voted yes cannot decide alone: if the journal is lost (or
+//! damaged) while shards hold prepare records, the transaction is in doubt and a person decides
+//! (`imagestore_resolve`). A three-phase table (Skeen, 1981) puts a durable *pre-commit* on every
+//! shard between the unanimous vote and the end, so the shards' own states decide, and the
+//! journal decides nothing (a deleted one is made again; the logged path, whose commit point is
+//! the journal, is never taken).
+//!
+//! States of one shard for one transaction (the prepare record and its `pre_committed` flag):
+//! ```text
+//! (none) --prepare: voted yes--> Prepared --pre-commit--> PreCommitted --finalize--> (none: committed)
+//!                                   |   <--withdraw (take back)--|
+//!                                   \--abort--> (none: aborted)
+//! ```
+//! Steps, replacing 5 and 6 (xSync):
+//! - 5 *Vote*: as for two-phase commit; any no undoes every shard.
+//! - 6p *Pre-commit*: every written shard marks its record pre-committed in a transaction of its
+//!   own; the WAL syncs run as in 5. **All of them synced is the decision**: xSync returns. If a
+//!   pre-commit (or its sync) fails, every pre-commit is withdrawn and synced, and only then are
+//!   the shards undone; if a withdrawal fails, the transaction is left to recovery and the caller
+//!   told that its outcome is unknown.
+//! - 7 *Finish*: each shard finalizes, not synced, as on the prepared path.
+//! - 8 *Take back* (SQLite's own commit failed after xSync): every pre-commit withdrawn, synced,
+//!   then the shards undone under the publish lock. If a withdrawal fails, the table is poisoned
+//!   and recovery ends the transaction.
+//!
+//! A transaction that also wrote the host's tables is decided by the host's commit (6h), as on a
+//! two-phase table: atomicity with the host's own tables needs that commit point, and it is not
+//! the journal either.
+//!
+//! Invariants, on which the termination rule stands:
+//! - (I1) A shard is pre-committed only after every shard voted yes.
+//! - (I2) A shard finalizes only once every shard of the transaction holds its pre-commit
+//!   durably (7 follows 6p's syncs; recovery pre-commits and syncs every shard before it
+//!   finalizes one).
+//! - (I3) A shard aborts only while no shard holds a pre-commit (the coordinator withdraws every
+//!   one durably first; recovery aborts only when it finds none, after syncing what it read).
+//!
+//! **Termination rule** (recovery, run by whichever connection or process next opens, reads or
+//! writes the table while no writer is alive, under the writer and publish locks): for each
+//! transaction the shards hold records of, if any shard holds it pre-committed, every shard still
+//! holding it only prepared is pre-committed, every shard is synced, and all finalize; otherwise
+//! every shard's record is aborted (after the same sync). Why each case is safe:
+//! - Some shard pre-committed: by I1 all voted yes, so committing is what the coordinator meant
+//!   or could have meant; by I3 no shard aborted it, so every shard's changes are still there to
+//!   keep. A shard without a record either never held one (impossible by I1) or finalized.
+//! - None pre-committed, some prepared: by I2 no shard finalized (a shard that finalized would
+//!   have left every other pre-committed, and pre-commits are durable before any finalize), so
+//!   aborting loses nothing committed anywhere; the coordinator never acknowledged it (the
+//!   acknowledgement follows every pre-commit's sync).
+//! - A shard that had not voted (no record, `last_txid` below the transaction) means no shard is
+//!   pre-committed (I1): abort.
+//! - The rule reads states a dead writer may not have synced: it syncs every shard before it
+//!   acts, so that a power cut after recovery cannot take back what the rule read (a withdrawal,
+//!   a pre-commit) while keeping what it did. Recovery interrupted anywhere is run again and
+//!   reaches the same outcome (pre-commits it added only make "commit" more certain, and it adds
+//!   them only when one was already there).
+//!
+//! Limits, plainly. The rule is non-blocking only while failures are crashes and every shard can
+//! be read: it needs every shard's state. A shard that cannot be opened (a missing or unreadable
+//! file) makes the table refuse to open, naming it, until it is back: imagestore waits for the
+//! person to bring it back and never decides without it, because the missing shard may be the
+//! one pre-committed (then the others must commit) or the one that refused (then they must
+//! abort); deciding either way could break atomicity. So three-phase commit removes the journal
+//! from what must survive, not the shards. It is not a majority protocol: every vote counts.
+//! Cost: the same two syncs per transaction as the prepared path (the pre-commit's instead of the
+//! journal's), where a two-phase table commits a small transaction with one (the logged path).
 //!
 //! # Transaction ids
 //! Every prepare, logged shard commit and replay raises its shards'

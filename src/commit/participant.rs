@@ -24,8 +24,15 @@ use crate::error::Result;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PrepareRecord {
     pub txid: u64,
-    /// The host database whose commit decides it (step 6h), or `None`: the journal decides.
+    /// The host database whose commit decides it (step 6h), or `None`: the journal decides
+    /// (two-phase) or the participants do (three-phase).
     pub decided_by: Option<String>,
+    /// Every participant of the transaction (their indexes), as the prepare named them (empty
+    /// where they are not kept: a server's prepared transaction, always two-phase).
+    pub participants: Vec<u16>,
+    /// Three-phase commit: every participant voted yes and this one holds that durably (its
+    /// pre-commit), so the transaction commits.
+    pub pre_committed: bool,
 }
 
 /// What a replay of a logged commit found.
@@ -126,6 +133,26 @@ pub trait Participant: Send {
     /// Steps 5 and 8 and recovery: undoes prepared transaction `txid` from its before-states.
     /// Nothing to do if it is not prepared.
     fn abort_prepared(&mut self, txid: u64) -> Result<()>;
+
+    // ---- three-phase commit (step 6p) -----------------------------------------------
+
+    /// Step 6p: marks prepared transaction `txid` pre-committed, in an atomic step of its own,
+    /// durable once [`sync_job`](Self::sync_job) has run. An error if it is not prepared.
+    fn pre_commit(&mut self, txid: u64) -> Result<()> {
+        Err(crate::error::Error::Internal(format!(
+            "{}: no pre-committed state here (transaction {txid})",
+            self.name()
+        )))
+    }
+
+    /// Steps 6p and 8: takes the pre-commit of `txid` back, in an atomic step of its own (the
+    /// transaction is only prepared again). Nothing to do if it is not pre-committed.
+    fn withdraw_pre_commit(&mut self, txid: u64) -> Result<()> {
+        Err(crate::error::Error::Internal(format!(
+            "{}: no pre-committed state here (transaction {txid})",
+            self.name()
+        )))
+    }
 
     // ---- durability -----------------------------------------------------------------
 

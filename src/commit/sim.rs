@@ -60,6 +60,8 @@ struct Image {
 #[derive(Clone, Debug, PartialEq)]
 struct Prepared {
     decided_by: Option<String>,
+    participants: Vec<u16>,
+    pre_committed: bool,
     before: BTreeMap<i64, Option<i64>>,
 }
 
@@ -120,26 +122,33 @@ const FAULTS: [Fault; 6] = [
 /// The panic payload of a simulated crash.
 struct SimCrash;
 
-/// Shared by the participants of a run: numbers their calls and faults the planned one.
+/// Shared by the participants of a run: numbers their calls and faults the planned ones.
 #[derive(Default)]
 struct World {
     calls: u64,
-    plan: Option<(u64, Fault)>,
-    /// The fault fired (the run's outcome depends on it).
-    fired: bool,
+    /// The faults planned: (call number, fault).
+    plan: Vec<(u64, Fault)>,
+    /// How many of them fired (the run's outcome depends on them).
+    fired: usize,
 }
 
 impl World {
     /// Numbers a call; the fault planned for it, if any.
     fn next_call(&mut self) -> Option<Fault> {
         self.calls += 1;
-        match self.plan {
-            Some((at, fault)) if at == self.calls => {
-                self.fired = true;
-                Some(fault)
-            }
-            _ => None,
-        }
+        let fault = self
+            .plan
+            .iter()
+            .find(|(at, _)| *at == self.calls)
+            .map(|&(_, fault)| fault);
+        self.fired += fault.is_some() as usize;
+        fault
+    }
+
+    /// Ends the plan; how many of its faults fired.
+    fn unplan(&mut self) -> usize {
+        self.plan.clear();
+        std::mem::take(&mut self.fired)
     }
 }
 
@@ -225,6 +234,20 @@ impl SimParticipant {
         change(&mut image);
         disk.commit(image);
         Ok(())
+    }
+
+    /// Three-phase commit: marks prepared `txid` pre-committed, or takes that back, as a commit
+    /// of its own; pre-committing what is not prepared is an error.
+    fn set_pre_committed(&mut self, txid: u64, pre_committed: bool) -> Result<()> {
+        let prepared = lock(&self.disk).live().prepared.contains_key(&txid);
+        if pre_committed && !prepared {
+            return Err(Error::Internal(format!("sim: {txid} is not prepared")));
+        }
+        self.commit_alone(|image| {
+            if let Some(record) = image.prepared.get_mut(&txid) {
+                record.pre_committed = pre_committed;
+            }
+        })
     }
 
     /// What the participant's connection sees: its open transaction, its snapshot, or the
@@ -355,6 +378,8 @@ impl Participant for SimParticipant {
                 .map(|(&txid, record)| PrepareRecord {
                     txid,
                     decided_by: record.decided_by.clone(),
+                    participants: record.participants.clone(),
+                    pre_committed: record.pre_committed,
                 })
                 .collect())
         })
@@ -417,12 +442,7 @@ impl Participant for SimParticipant {
         })
     }
 
-    fn prepare(
-        &mut self,
-        txid: u64,
-        _participants: &[u16],
-        decided_by: Option<&str>,
-    ) -> Result<()> {
+    fn prepare(&mut self, txid: u64, participants: &[u16], decided_by: Option<&str>) -> Result<()> {
         self.call("prepare", |p| {
             let mut open = p
                 .open
@@ -432,6 +452,8 @@ impl Participant for SimParticipant {
                 txid,
                 Prepared {
                     decided_by: decided_by.map(str::to_string),
+                    participants: participants.to_vec(),
+                    pre_committed: false,
                     before: open.before,
                 },
             );
@@ -462,6 +484,14 @@ impl Participant for SimParticipant {
                 }
             })
         })
+    }
+
+    fn pre_commit(&mut self, txid: u64) -> Result<()> {
+        self.call("pre_commit", |p| p.set_pre_committed(txid, true))
+    }
+
+    fn withdraw_pre_commit(&mut self, txid: u64) -> Result<()> {
+        self.call("withdraw_pre_commit", |p| p.set_pre_committed(txid, false))
     }
 
     fn sync_job(&self) -> Option<SyncJob> {
@@ -624,6 +654,8 @@ struct Table {
     disks: Vec<Arc<Mutex<Disk>>>,
     host: SimHost,
     invisible: bool,
+    /// A three-phase table: after every crash its journal is deleted (it decides nothing).
+    three_phase: bool,
 }
 
 impl Drop for Table {
@@ -635,6 +667,7 @@ impl Drop for Table {
 impl Table {
     fn new(participants: usize, mix: Mix) -> Table {
         let logged = mix == Mix::Logged;
+        let three_phase = mix == Mix::ThreePhase;
         let dir = match Path::new("/dev/shm").is_dir() {
             true => tempfile::tempdir_in("/dev/shm"),
             false => tempfile::tempdir(),
@@ -644,6 +677,9 @@ impl Table {
         let mut args = vec![shards.as_str(), "busy_timeout=0"];
         if !logged {
             args.push("logged_commit_max=0");
+        }
+        if three_phase {
+            args.push("protocol=3pc");
         }
         let host = dir.path().join("host.db");
         let mut config = TableConfig::parse("t", &args, HostDatabase { file: Some(&host) })
@@ -667,6 +703,7 @@ impl Table {
             disks: (0..participants).map(|_| Arc::default()).collect(),
             host,
             invisible: mix == Mix::Invisible,
+            three_phase,
         }
     }
 
@@ -698,6 +735,18 @@ struct Outcome {
     /// Whether the transaction (by position) was acknowledged (its xSync returned Ok).
     acknowledged: Vec<bool>,
     crashed: bool,
+    /// The last transaction failed with its outcome unknown (the caller was told so): recovery
+    /// may commit or abort it, and the run stops there.
+    unknown: bool,
+}
+
+/// How one transaction of a run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ran {
+    Committed,
+    Failed,
+    /// Failed with `Error::OutcomeUnknown`: whole or absent, as recovery finds it.
+    Unknown,
 }
 
 /// Runs `plans` on `table`, one transaction after another, as SQLite would call the
@@ -708,6 +757,7 @@ fn run_transactions(table: &Table, plans: &[TxnPlan]) -> Outcome {
         states: vec![vec![BTreeMap::new(); table.disks.len()]],
         acknowledged: Vec::new(),
         crashed: false,
+        unknown: false,
     };
     let ran = catch_unwind(AssertUnwindSafe(|| {
         let mut parts = table.participants();
@@ -722,10 +772,14 @@ fn run_transactions(table: &Table, plans: &[TxnPlan]) -> Outcome {
             outcome.acknowledged.push(false);
             let acknowledged = outcome.acknowledged.last_mut().expect("pushed above");
             // A table that cannot be opened takes no transaction.
-            let committed = coordinator
-                .as_mut()
-                .is_some_and(|c| run_one(c, &mut parts, plan, &table.host, acknowledged));
-            if !committed {
+            let ran = coordinator.as_mut().map_or(Ran::Failed, |c| {
+                run_one(c, &mut parts, plan, &table.host, acknowledged)
+            });
+            if ran == Ran::Unknown {
+                outcome.unknown = true;
+                break;
+            }
+            if ran == Ran::Failed {
                 // Gone: the oracle's next state is the one before; a new connection goes on.
                 *outcome.states.last_mut().expect("pushed above") = before;
                 coordinator = None;
@@ -743,14 +797,14 @@ fn run_transactions(table: &Table, plans: &[TxnPlan]) -> Outcome {
 /// One transaction as SQLite runs it: begin, writes (some in a savepoint), xSync, SQLite's own
 /// commit of the host database, then xCommit, or xRollback if either failed. Sets
 /// `acknowledged` once the commit is the caller's (before xCommit: a crash there keeps it);
-/// returns whether it committed.
+/// returns how it ended.
 fn run_one(
     c: &mut Coordinator,
     parts: &mut [SimParticipant],
     plan: &TxnPlan,
     host: &SimHost,
     acknowledged: &mut bool,
-) -> bool {
+) -> Ran {
     let decided = (|| -> Result<()> {
         c.begin_write(parts)?;
         let mut in_savepoint = false;
@@ -773,18 +827,27 @@ fn run_one(
     if decided.is_err() || plan.host_commit_fails {
         host.roll_back();
         c.rollback(parts);
-        return false;
+        // Told it failed, but its decision could not be taken back (step 8): recovery's.
+        let taken_back_or_not = decided.is_ok() && c.is_poisoned();
+        return match decided {
+            Err(Error::OutcomeUnknown { .. }) => Ran::Unknown,
+            _ if taken_back_or_not => Ran::Unknown,
+            _ => Ran::Failed,
+        };
     }
     host.commit();
     *acknowledged = true;
     c.commit(parts);
-    true
+    Ran::Committed
 }
 
 /// After a crash: a kill (every participant keeps its commits) or a power cut (each keeps its
 /// durable image and a random prefix of the commits since).
 fn crash(table: &Table, rng: &mut Rng) {
     table.host.roll_back();
+    if table.three_phase {
+        let _ = std::fs::remove_file(&table.config.journal_path);
+    }
     if rng.below(2) == 0 {
         return;
     }
@@ -813,7 +876,7 @@ fn check(table: &Table, outcome: &Outcome) -> std::result::Result<(), String> {
     let after_last = &outcome.states[n];
     let before_last = &outcome.states[n.saturating_sub(1)];
     let last_acknowledged = outcome.acknowledged.last() == Some(&true);
-    let allowed: Vec<&Rows> = match (outcome.crashed, last_acknowledged) {
+    let allowed: Vec<&Rows> = match (outcome.crashed || outcome.unknown, last_acknowledged) {
         (_, true) => vec![after_last],
         (true, false) => vec![before_last, after_last],
         (false, false) => vec![after_last], // the failed transaction is already left out
@@ -840,8 +903,8 @@ fn check(table: &Table, outcome: &Outcome) -> std::result::Result<(), String> {
         host_commit_fails: false,
     };
     match run_one(&mut c, &mut parts, &plan, &table.host, &mut false) {
-        true => Ok(()),
-        false => Err("a new transaction fails after recovery".into()),
+        Ran::Committed => Ok(()),
+        _ => Err("a new transaction fails after recovery".into()),
     }
 }
 
@@ -858,8 +921,70 @@ fn quiet_crashes() {
     });
 }
 
+/// The most participants a run with a second fault has.
+const SECOND_FAULT_PARTICIPANTS_MAX: usize = 3;
+
+/// A second fault after the first, on a three-phase table: what one fault cannot show.
+#[derive(Clone, Copy, Debug)]
+enum Then {
+    Nothing,
+    /// A crash before the `j`-th call after the first fault (one that did not crash): while a
+    /// failed commit is undone, say.
+    CrashLater(u64),
+    /// After the first fault's crash (and its kill or power cut), a crash before recovery's
+    /// `j`-th call (or after its last), then another kill or power cut.
+    CrashInRecovery(u64),
+}
+
+/// One faulted run of `plans` and its checks (a panic says what broke); returns whether the
+/// first fault fired, and whether the second did.
+fn run_case(
+    participants: usize,
+    mix: Mix,
+    seed: u64,
+    plans: &[TxnPlan],
+    (at, fault): (u64, Fault),
+    then: Then,
+) -> (bool, bool) {
+    let table = Table::new(participants, mix);
+    lock(&table.world).plan = match then {
+        Then::CrashLater(j) => vec![(at, fault), (at + j, Fault::CrashBefore)],
+        _ => vec![(at, fault)],
+    };
+    let outcome = run_transactions(&table, plans);
+    // A fault planned past the calls this run made fires nowhere.
+    let fired = lock(&table.world).unplan();
+    let mut second = matches!(then, Then::CrashLater(_)) && fired == 2;
+    let mut cut = Rng::new(seed ^ at.wrapping_mul(31) ^ fault as u64);
+    if outcome.crashed {
+        crash(&table, &mut cut);
+        if let Then::CrashInRecovery(j) = then {
+            let calls = lock(&table.world).calls;
+            lock(&table.world).plan = vec![(calls + j, Fault::CrashBefore)];
+            let recovered = catch_unwind(AssertUnwindSafe(|| {
+                let mut parts = table.participants();
+                table.open(&mut parts, false).map(drop)
+            }));
+            second = lock(&table.world).unplan() == 1;
+            match recovered {
+                Err(payload) if !payload.is::<SimCrash>() => std::panic::resume_unwind(payload),
+                // Crashed in recovery, or right after it (what it did not sync may be lost).
+                _ => crash(&table, &mut cut),
+            }
+        }
+    }
+    if let Err(problem) = check(&table, &outcome) {
+        let calls = outcome.acknowledged.len();
+        panic!(
+            "{participants} participants, {mix:?}, seed {seed}: {fault:?} at call {at} (transaction {calls}), then {then:?}: {problem}"
+        );
+    }
+    (fired > 0, second)
+}
+
 /// Every fault at every call of a seeded run of `transactions` on `participants`, logged or
-/// prepared; returns how many faulted runs fired.
+/// prepared; on a three-phase table, each followed by a second fault (see [`Then`]). Returns
+/// how many faulted runs fired.
 fn every_fault_at_every_call(participants: usize, mix: Mix, seed: u64) -> usize {
     quiet_crashes();
     crate::durable::RUN_INLINE.with(|inline| inline.set(true));
@@ -877,26 +1002,29 @@ fn every_fault_at_every_call(participants: usize, mix: Mix, seed: u64) -> usize 
     let calls = lock(&clean.world).calls;
     let mut fired = 0;
     let only_at: Option<u64> = std::env::var("SIM_AT").ok().and_then(|v| v.parse().ok());
+    let case = |first, then| run_case(participants, mix, seed, &plans, first, then);
     for at in (1..=calls).filter(|a| only_at.is_none_or(|o| o == *a)) {
         for fault in FAULTS {
-            let table = Table::new(participants, mix);
-            lock(&table.world).plan = Some((at, fault));
-            let outcome = run_transactions(&table, &plans);
-            // A fault planned past the calls this run made fires nowhere (recovery's own
-            // faults are another test's).
-            fired += {
-                let mut world = lock(&table.world);
-                world.plan = None;
-                world.fired as usize
-            };
-            if outcome.crashed {
-                let mut cut = Rng::new(seed ^ at.wrapping_mul(31) ^ fault as u64);
-                crash(&table, &mut cut);
+            let (first, _) = case((at, fault), Then::Nothing);
+            fired += first as usize;
+            // Second faults multiply the runs: up to 3 participants show what they can.
+            if !first || mix != Mix::ThreePhase || participants > SECOND_FAULT_PARTICIPANTS_MAX {
+                continue;
             }
-            if let Err(problem) = check(&table, &outcome) {
-                panic!(
-                    "{participants} participants, {mix:?}, seed {seed}: {fault:?} at call {at} of {calls}: {problem}"
-                );
+            match fault {
+                Fault::CrashBefore | Fault::CrashAfter => {
+                    // Every call of the recovery, until one that it no longer makes.
+                    for j in 1.. {
+                        if !case((at, fault), Then::CrashInRecovery(j)).1 {
+                            break;
+                        }
+                    }
+                }
+                _ => {
+                    for j in 1..=4 {
+                        case((at, fault), Then::CrashLater(j));
+                    }
+                }
             }
         }
     }
@@ -916,6 +1044,9 @@ enum Mix {
     /// Four transactions on participants whose prepares no reader sees (servers): always
     /// prepared, decided without the publish lock, never with the host's tables.
     Invisible,
+    /// Four transactions on a three-phase table (`protocol=3pc`): prepared, then pre-committed;
+    /// a third also write the host, whose commit decides them.
+    ThreePhase,
 }
 
 /// `SIM_ONLY=n` runs the cases of `n` participants only.
@@ -927,7 +1058,7 @@ fn participant_counts(most: usize) -> impl Iterator<Item = usize> {
 #[test]
 fn every_fault_at_every_step_leaves_each_transaction_whole_or_absent() {
     for participants in participant_counts(8) {
-        for (k, mix) in [Mix::Logged, Mix::Prepared, Mix::Invisible]
+        for (k, mix) in [Mix::Logged, Mix::Prepared, Mix::Invisible, Mix::ThreePhase]
             .into_iter()
             .enumerate()
         {
@@ -944,5 +1075,230 @@ fn every_fault_at_every_step_of_transactions_decided_by_the_host() {
         let fired =
             every_fault_at_every_call(participants, Mix::Hosted, 2000 + participants as u64);
         assert!(fired > 0, "{participants} participants: no fault fired");
+    }
+}
+
+/// A participant's state for transaction 1 (which writes row 0 on every participant), as the
+/// termination rule of three-phase commit meets it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Held {
+    /// It never prepared: its vote was not yes (or never cast).
+    NotVoted,
+    Prepared,
+    PreCommitted,
+    /// It finalized (committed): its record is gone.
+    Committed,
+    /// It undid its prepare: its record is gone.
+    Aborted,
+}
+
+const HELD: [Held; 5] = [
+    Held::NotVoted,
+    Held::Prepared,
+    Held::PreCommitted,
+    Held::Committed,
+    Held::Aborted,
+];
+
+impl Held {
+    fn image(self, participants: usize) -> Image {
+        let written = BTreeMap::from([(0, 10)]);
+        let record = |pre_committed| Prepared {
+            decided_by: None,
+            participants: (0..participants as u16).collect(),
+            pre_committed,
+            before: BTreeMap::from([(0, None)]),
+        };
+        let (rows, last_txid, prepared) = match self {
+            Held::NotVoted => (BTreeMap::new(), 0, None),
+            Held::Prepared => (written, 1, Some(record(false))),
+            Held::PreCommitted => (written, 1, Some(record(true))),
+            Held::Committed => (written, 1, None),
+            Held::Aborted => (BTreeMap::new(), 1, None),
+        };
+        Image {
+            rows,
+            last_txid,
+            prepared: prepared.into_iter().map(|p| (1, p)).collect(),
+        }
+    }
+}
+
+/// Whether the protocol can leave these states together: a pre-commit follows a unanimous
+/// yes (so nothing beside one is unvoted or aborted), and a finalize follows every shard's
+/// durable pre-commit (so nothing beside a committed shard is only prepared, unvoted or
+/// aborted).
+fn reachable(states: &[Held]) -> bool {
+    let has = |h: Held| states.contains(&h);
+    let undecided = has(Held::NotVoted) || has(Held::Aborted);
+    !(has(Held::PreCommitted) && undecided)
+        && !(has(Held::Committed) && (undecided || has(Held::Prepared)))
+}
+
+/// Every combination of states of 1 to 3 participants.
+fn combinations(participants: usize) -> Vec<Vec<Held>> {
+    (0..HELD.len().pow(participants as u32))
+        .map(|mut code| {
+            (0..participants)
+                .map(|_| {
+                    let held = HELD[code % HELD.len()];
+                    code /= HELD.len();
+                    held
+                })
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn three_phase_recovery_ends_every_combination_of_states_without_the_journal() {
+    quiet_crashes();
+    let mut ended = 0;
+    for participants in 1..=3 {
+        for states in combinations(participants)
+            .into_iter()
+            .filter(|s| reachable(s))
+        {
+            let table = Table::new(participants, Mix::ThreePhase);
+            for (disk, held) in table.disks.iter().zip(&states) {
+                lock(disk).durable = held.image(participants);
+            }
+            // No journal: the shards alone decide.
+            let commits = states
+                .iter()
+                .any(|h| matches!(h, Held::PreCommitted | Held::Committed));
+            let rows = recover_and_read(&table)
+                .unwrap_or_else(|e| panic!("{states:?}: the table does not open: {e}"));
+            let expected: Rows = (0..participants)
+                .map(|_| match commits {
+                    true => BTreeMap::from([(0, 10)]),
+                    false => BTreeMap::new(),
+                })
+                .collect();
+            assert_eq!(rows, expected, "{states:?}");
+            for disk in &table.disks {
+                assert!(
+                    lock(disk).live().prepared.is_empty(),
+                    "{states:?}: left prepared"
+                );
+            }
+            ended += 1;
+        }
+    }
+    // 1 participant: 5 states; 2: 13 of 25; 3: 31 of 125 reachable.
+    assert!(ended >= 40, "{ended} combinations");
+}
+
+/// What one step of the protocol (the coordinator's or recovery's) may make of `held`.
+fn next_states(held: Held) -> &'static [Held] {
+    match held {
+        Held::NotVoted => &[Held::Prepared],
+        Held::Prepared => &[Held::PreCommitted, Held::Aborted],
+        Held::PreCommitted => &[Held::Prepared, Held::Committed],
+        Held::Committed | Held::Aborted => &[],
+    }
+}
+
+/// A table whose participants hold `durable` synced and `live` (one step later, or the same)
+/// not yet synced.
+fn table_holding(durable: &[Held], live: &[Held]) -> Table {
+    let n = durable.len();
+    let table = Table::new(n, Mix::ThreePhase);
+    for ((disk, d), l) in table.disks.iter().zip(durable).zip(live) {
+        let mut disk = lock(disk);
+        disk.durable = d.image(n);
+        if l != d {
+            disk.commit(l.image(n));
+        }
+    }
+    table
+}
+
+#[test]
+fn three_phase_recovery_acts_only_on_what_a_power_cut_keeps() {
+    quiet_crashes();
+    crate::durable::RUN_INLINE.with(|inline| inline.set(true));
+    let mut cases = 0;
+    for participants in 1..=3 {
+        for durable in combinations(participants)
+            .into_iter()
+            .filter(|s| reachable(s))
+        {
+            // Each participant one step further, or not, unsynced.
+            let choices: Vec<Vec<Held>> = durable
+                .iter()
+                .map(|&d| {
+                    std::iter::once(d)
+                        .chain(next_states(d).iter().copied())
+                        .collect()
+                })
+                .collect();
+            let lives = choices.iter().fold(vec![Vec::new()], |lives, choice| {
+                lives
+                    .iter()
+                    .flat_map(|l| choice.iter().map(move |&c| [l.clone(), vec![c]].concat()))
+                    .collect::<Vec<_>>()
+            });
+            for live in lives {
+                // Every mix of synced and unsynced states must be one the protocol can leave.
+                let mixes_reachable = (0..1u32 << participants).all(|mask| {
+                    let mix: Vec<Held> = (0..participants)
+                        .map(|i| {
+                            if mask >> i & 1 == 1 {
+                                live[i]
+                            } else {
+                                durable[i]
+                            }
+                        })
+                        .collect();
+                    reachable(&mix)
+                });
+                if !mixes_reachable {
+                    continue;
+                }
+                let seen = recover_and_read(&table_holding(&durable, &live))
+                    .unwrap_or_else(|e| panic!("{durable:?} -> {live:?}: {e}"));
+                // Then a power cut keeping any prefix of each participant's unsynced commits.
+                let table = table_holding(&durable, &live);
+                recover_and_read(&table).expect("recovers as before");
+                let pending: Vec<usize> =
+                    table.disks.iter().map(|d| lock(d).unsynced.len()).collect();
+                let cuts: usize = pending.iter().map(|p| p + 1).product();
+                for cut in 0..cuts {
+                    let table = table_holding(&durable, &live);
+                    recover_and_read(&table).expect("recovers as before");
+                    let mut code = cut;
+                    for (disk, &p) in table.disks.iter().zip(&pending) {
+                        lock(disk).power_cut(code % (p + 1));
+                        code /= p + 1;
+                    }
+                    let after = recover_and_read(&table)
+                        .unwrap_or_else(|e| panic!("{durable:?} -> {live:?}, cut {cut}: {e}"));
+                    assert_eq!(
+                        after, seen,
+                        "{durable:?} -> {live:?}, cut {cut}: a reader saw otherwise"
+                    );
+                    cases += 1;
+                }
+            }
+        }
+    }
+    assert!(cases > 100, "{cases} cases");
+}
+
+#[test]
+fn two_phase_recovery_without_the_journal_refuses_what_is_in_doubt() {
+    for states in [
+        [Held::Prepared, Held::Prepared],
+        [Held::Prepared, Held::Committed],
+    ] {
+        let table = Table::new(2, Mix::Prepared);
+        for (disk, held) in table.disks.iter().zip(&states) {
+            lock(disk).durable = held.image(2);
+        }
+        match recover_and_read(&table) {
+            Err(Error::InDoubt(message)) => assert!(message.contains("imagestore_resolve")),
+            other => panic!("{states:?}: {other:?}"),
+        }
     }
 }

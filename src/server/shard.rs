@@ -22,7 +22,7 @@ use tokio_postgres::Row;
 use super::link::{Link, Param};
 use super::Address;
 use crate::commit::{Participant, PrepareRecord, Replayed};
-use crate::config::UserColumn;
+use crate::config::{Protocol, UserColumn};
 use crate::durable::SyncJob;
 use crate::error::{Error, Result};
 use crate::journal::TableId;
@@ -463,6 +463,7 @@ impl ServerShard {
             table_id: self.table_id,
             shard_index: self.shard_index,
             shard_count: self.shard_count,
+            protocol: Protocol::TwoPhase,
         }
     }
 
@@ -954,6 +955,9 @@ impl Participant for ServerShard {
             .map(|txid| PrepareRecord {
                 txid,
                 decided_by: None,
+                // Two-phase only: the anchor's decision names the participants.
+                participants: Vec::new(),
+                pre_committed: false,
             })
             .collect())
     }

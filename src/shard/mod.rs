@@ -2,12 +2,14 @@
 //!
 //! ```sql
 //! imagestore_meta(key PRIMARY KEY, value)   -- format_version, table_id, shard_index, shard_count, last_txid,
-//!                                               owner_database, owner_table, lifecycle (see `Owner`)
+//!                                               protocol, owner_database, owner_table, lifecycle (see `Owner`)
 //! images(id INTEGER PRIMARY KEY, name, format, width, height, bytes, hash, blob_id, <user columns>)
 //! blobs(blob_id INTEGER PRIMARY KEY, data)  -- image bytes, apart so metadata scans never read them
-//! imagestore_prepared(txid PRIMARY KEY, shards, decided_by) -- a transaction prepared here, not
-//!                                               yet finalized; decided_by: the host database
-//!                                               whose commit decides it, if not the journal
+//! imagestore_prepared(txid PRIMARY KEY, shards, decided_by, pre_committed) -- a transaction
+//!                                               prepared here, not yet finalized; shards: every
+//!                                               participant; decided_by: the host database whose
+//!                                               commit decides it, if not the journal; pre_committed:
+//!                                               three-phase commit's pre-commit (see `commit`)
 //! imagestore_undo(txid, id, existed, <images columns>) -- each touched row as it was before txid
 //! ```
 //!
@@ -36,7 +38,7 @@ use rusqlite::types::Value;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use crate::commit::{Participant, PrepareRecord, Replayed};
-use crate::config::{Owner, UserColumn};
+use crate::config::{Owner, Protocol, UserColumn};
 use crate::durable::SyncJob;
 use crate::error::{Error, Result};
 use crate::journal::TableId;
@@ -101,6 +103,8 @@ pub struct ShardIdentity {
     pub table_id: TableId,
     pub shard_index: usize,
     pub shard_count: usize,
+    /// How the table's transactions commit (kept so that every opener agrees).
+    pub protocol: Protocol,
 }
 
 impl ShardIdentity {
@@ -356,15 +360,17 @@ impl Shard {
              CREATE INDEX images_name ON images(name);
              CREATE TABLE blobs(blob_id INTEGER PRIMARY KEY, data BLOB NOT NULL);
              CREATE TABLE imagestore_prepared(txid INTEGER PRIMARY KEY, shards TEXT NOT NULL,
-                 decided_by TEXT);
+                 decided_by TEXT, pre_committed INTEGER NOT NULL DEFAULT 0);
              CREATE TABLE imagestore_undo(txid INTEGER NOT NULL, id INTEGER NOT NULL,
                  existed INTEGER NOT NULL, name, format, width, height, bytes, hash, blob_id{user_undo},
                  PRIMARY KEY(txid, id)) WITHOUT ROWID;
              INSERT INTO imagestore_meta VALUES ('format_version', {FORMAT_VERSION}),
-                 ('table_id', '{}'), ('shard_index', {}), ('shard_count', {}), ('last_txid', 0);",
+                 ('table_id', '{}'), ('shard_index', {}), ('shard_count', {}), ('last_txid', 0),
+                 ('protocol', '{}');",
             hex(&identity.table_id),
             identity.shard_index,
             identity.shard_count,
+            identity.protocol.name(),
         );
         let written = self
             .conn
@@ -470,6 +476,9 @@ impl Shard {
             as_index(get("shard_index")?).ok_or_else(|| foreign("has a damaged shard index"))?;
         let shard_count =
             as_index(get("shard_count")?).ok_or_else(|| foreign("has a damaged shard count"))?;
+        let kept = self.meta_text("protocol")?;
+        let protocol = Protocol::from_kept(kept.as_deref())
+            .ok_or_else(|| foreign(&format!("keeps an unknown protocol {kept:?}")))?;
         let found: Vec<String> =
             self.first_column("SELECT name FROM pragma_table_info('images')")?;
         let expected: Vec<&str> = [
@@ -487,6 +496,7 @@ impl Shard {
             table_id,
             shard_index,
             shard_count,
+            protocol,
         })
     }
 
@@ -572,33 +582,67 @@ impl Shard {
         Ok(txids.into_iter().map(|t| t as u64).collect())
     }
 
-    /// Each prepared transaction with the host database whose commit decides it, if any.
-    pub fn prepared_deciders(&self) -> Result<Vec<(u64, Option<String>)>> {
+    /// Every prepare record this shard holds (in its open transaction or snapshot, if any).
+    pub fn prepare_records(&self) -> Result<Vec<PrepareRecord>> {
         let mut stmt = self
             .conn
-            .prepare_cached("SELECT txid, decided_by FROM imagestore_prepared")
+            .prepare_cached(
+                "SELECT txid, decided_by, shards, pre_committed FROM imagestore_prepared",
+            )
             .map_err(self.err())?;
         let rows = stmt
-            .query_map([], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))
-            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>());
-        rows.map_err(self.err())
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)? as u64,
+                    r.get::<_, Option<String>>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, bool>(3)?,
+                ))
+            })
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+            .map_err(self.err())?;
+        rows.into_iter()
+            .map(|(txid, decided_by, shards, pre_committed)| {
+                let participants = shards
+                    .split(',')
+                    .map(|s| s.parse::<u16>())
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .map_err(|_| Error::ShardForeign {
+                        path: self.path.clone(),
+                        detail: format!(
+                            "holds a damaged prepare record: transaction {txid}, shards {shards:?}"
+                        ),
+                    })?;
+                Ok(PrepareRecord {
+                    txid,
+                    decided_by,
+                    participants,
+                    pre_committed,
+                })
+            })
+            .collect()
     }
 
-    /// Adds the prepare record's `decided_by` column to a shard made before it existed (0.2).
+    /// Adds the prepare record's columns a shard made by an older build lacks: `decided_by`
+    /// (0.2) and `pre_committed`.
     pub fn ensure_protocol_columns(&self) -> Result<()> {
         let columns: Vec<String> =
             self.first_column("SELECT name FROM pragma_table_info('imagestore_prepared')")?;
-        if columns.iter().any(|c| c == "decided_by") {
-            return Ok(());
+        for (name, definition) in [
+            ("decided_by", "decided_by TEXT"),
+            ("pre_committed", "pre_committed INTEGER NOT NULL DEFAULT 0"),
+        ] {
+            if columns.iter().any(|c| c == name) {
+                continue;
+            }
+            let sql = format!("ALTER TABLE imagestore_prepared ADD COLUMN {definition}");
+            match self.conn.execute_batch(&sql) {
+                // Another process may have added it meanwhile.
+                Err(e) if e.to_string().contains("duplicate column") => {}
+                other => other.map_err(self.err())?,
+            }
         }
-        match self
-            .conn
-            .execute_batch("ALTER TABLE imagestore_prepared ADD COLUMN decided_by TEXT")
-        {
-            // Another process may have added it meanwhile.
-            Err(e) if e.to_string().contains("duplicate column") => Ok(()),
-            other => other.map_err(self.err()),
-        }
+        Ok(())
     }
 
     /// The first column of every row `sql` returns.

@@ -216,6 +216,30 @@ impl Shard {
         })
     }
 
+    /// Three-phase commit: marks prepared transaction `txid` pre-committed, or takes that back,
+    /// in a transaction of its own; durable once the coordinator has synced this shard's WAL.
+    /// Pre-committing a transaction that is not prepared here is an error.
+    pub fn set_pre_committed(&self, txid: u64, pre_committed: bool) -> Result<()> {
+        crate::fault::check(match pre_committed {
+            true => "shard_pre_commit",
+            false => "shard_withdraw_pre_commit",
+        })?;
+        self.in_own_transaction(|s| {
+            let changed = s
+                .conn
+                .prepare_cached("UPDATE imagestore_prepared SET pre_committed = ?2 WHERE txid = ?1")
+                .and_then(|mut st| st.execute(params![txid as i64, pre_committed]))
+                .map_err(s.err())?;
+            match (changed, pre_committed) {
+                (0, true) => Err(Error::Internal(format!(
+                    "shard {}: transaction {txid} is not prepared here, so it cannot be pre-committed",
+                    s.path.display()
+                ))),
+                _ => Ok(()),
+            }
+        })
+    }
+
     pub(super) fn in_own_transaction(&self, body: impl FnOnce(&Shard) -> Result<()>) -> Result<()> {
         self.execute("BEGIN IMMEDIATE")?;
         match body(self) {
@@ -269,11 +293,7 @@ impl Participant for Shard {
     }
 
     fn prepared(&mut self) -> Result<Vec<PrepareRecord>> {
-        Ok(self
-            .prepared_deciders()?
-            .into_iter()
-            .map(|(txid, decided_by)| PrepareRecord { txid, decided_by })
-            .collect())
+        self.prepare_records()
     }
 
     fn changes(&mut self, txid: u64, bytes_max: u64) -> Result<Option<Vec<u8>>> {
@@ -301,6 +321,14 @@ impl Participant for Shard {
 
     fn abort_prepared(&mut self, txid: u64) -> Result<()> {
         Shard::abort_prepared(self, txid)
+    }
+
+    fn pre_commit(&mut self, txid: u64) -> Result<()> {
+        Shard::set_pre_committed(self, txid, true)
+    }
+
+    fn withdraw_pre_commit(&mut self, txid: u64) -> Result<()> {
+        Shard::set_pre_committed(self, txid, false)
     }
 
     fn sync_job(&self) -> Option<SyncJob> {

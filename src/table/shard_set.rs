@@ -87,6 +87,7 @@ pub(crate) fn create_shards(config: &TableConfig) -> Result<(TableId, Vec<Shard>
             table_id,
             shard_index,
             shard_count: count,
+            protocol: config.protocol,
         };
         match create_shard(config, path, &identity) {
             Ok(shard) => shards.push(shard),
@@ -163,6 +164,16 @@ pub(crate) fn open_existing_shards(config: &TableConfig) -> Result<(TableId, Vec
                     identity.shard_index,
                     identity.shard_count,
                     config.shard_count()
+                ),
+            });
+        }
+        if identity.protocol != config.protocol {
+            return Err(Error::ShardForeign {
+                path: path.clone(),
+                detail: format!(
+                    "belongs to a table made with protocol='{}', but this one declares protocol='{}' (a table's protocol is chosen when it is made)",
+                    identity.protocol.name(),
+                    config.protocol.name()
                 ),
             });
         }

@@ -207,6 +207,14 @@ impl Participant for TableShard {
         each!(self, s => Participant::abort_prepared(s, txid))
     }
 
+    fn pre_commit(&mut self, txid: u64) -> Result<()> {
+        each!(self, s => Participant::pre_commit(s, txid))
+    }
+
+    fn withdraw_pre_commit(&mut self, txid: u64) -> Result<()> {
+        each!(self, s => Participant::withdraw_pre_commit(s, txid))
+    }
+
     fn sync_job(&self) -> Option<SyncJob> {
         each!(self, s => s.sync_job())
     }

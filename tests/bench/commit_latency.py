@@ -96,12 +96,13 @@ def attached(folder, n, mode, targets, files):
     return timed(run, n)
 
 
-def imagestore(folder, n, targets, shards, lib=LIB):
-    """A function running transaction k on a new table of build `lib`."""
-    con = apsw.Connection(os.path.join(folder, f"imagestore{abs(hash(lib))}.db"))
+def imagestore(folder, n, targets, shards, lib=LIB, options=""):
+    """A function running transaction k on a new table of build `lib`, made with `options`
+    besides its shards."""
+    con = apsw.Connection(os.path.join(folder, f"imagestore{abs(hash((lib, options)))}.db"))
     con.enable_load_extension(True)
     con.load_extension(lib, "sqlite3_imagestore_init")
-    con.execute(f"CREATE VIRTUAL TABLE t USING imagestore(shards={shards})")
+    con.execute(f"CREATE VIRTUAL TABLE t USING imagestore(shards={shards}{options})")
     groups = ids_on_shards(targets, shards, n)
 
     def run(k):
