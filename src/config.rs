@@ -91,13 +91,21 @@ impl Protocol {
         }
     }
 
-    /// The protocol a shard's kept name says (`None`: made before the option, two-phase).
-    pub fn from_kept(name: Option<&str>) -> Option<Protocol> {
-        match name {
-            None | Some("2pc") => Some(Protocol::TwoPhase),
-            Some("3pc") => Some(Protocol::ThreePhase),
-            Some(_) => None,
+    /// The format version a shard (or a table on a server) of this protocol carries: 1 for
+    /// two-phase, 2 for three-phase, so that a build that knows only two-phase commit refuses
+    /// a three-phase table rather than apply its rules to it.
+    pub fn format_version(self) -> i64 {
+        match self {
+            Protocol::TwoPhase => 1,
+            Protocol::ThreePhase => 2,
         }
+    }
+
+    /// The protocol a format version says, if it is one this build reads.
+    pub fn of_format_version(version: i64) -> Option<Protocol> {
+        [Protocol::TwoPhase, Protocol::ThreePhase]
+            .into_iter()
+            .find(|p| p.format_version() == version)
     }
 }
 
@@ -436,11 +444,6 @@ impl TableConfig {
         };
         // Checked first: a URL with a password is refused before anything else looks at it.
         let servers = Self::servers(&shards)?;
-        if protocol == Protocol::ThreePhase && !servers.is_empty() {
-            return Err(bad(
-                "protocol='3pc' is not yet available for a table on PostgreSQL servers; use protocol='2pc' (the default)",
-            ));
-        }
         if protocol == Protocol::ThreePhase && logged_commit_max_bytes.is_some_and(|b| b > 0) {
             return Err(bad(
                 "logged_commit_max: a protocol='3pc' table never logs a commit in the journal (its shards must be able to decide without it); leave it out",

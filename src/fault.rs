@@ -4,13 +4,14 @@
 //! [`check`] is an empty inline function). With it, the environment variable
 //! `IMAGESTORE_FAULT=step:n:mode` makes the `n`th (1-based) occurrence of `step` in this process
 //! either return an I/O error (`mode` = `error`), panic (`panic`), kill the process on the spot
-//! (`abort`), or wait three seconds and go on (`stall`: a test strikes something else meanwhile,
-//! say kills a server between the prepares and the decision).
+//! (`abort`), or wait and go on (`stall`: a test strikes something else meanwhile, say kills a
+//! server between the prepares and the decision; the wait lasts until the file that
+//! `IMAGESTORE_FAULT_RESUME` names exists, at most a minute, or three seconds without it).
 //!
 //! Steps: `shard_prepare`, `journal_append`, `journal_sync`, `shard_commit_logged`,
 //! `shard_finalize`, `journal_reset`, `shard_pre_commit`, `shard_withdraw_pre_commit`, `recovery_shard`, `recovery_replay`, `derive_row`,
 //! `backup_shard`, `restore_commit`; on servers `server_prepare`, `anchor_decide`,
-//! `server_finalize`.
+//! `server_finalize`, `server_pre_commit`.
 //!
 //! Also, `IMAGESTORE_SKIP_SYNC=name,...` leaves out the syncs named ([`skips_sync`]), so that the
 //! power-cut tests can show that each sync the protocol relies on is needed.
@@ -72,7 +73,7 @@ pub fn check(step: &'static str) -> Result<()> {
         "abort" => std::process::abort(),
         "panic" => panic!("injected panic at {step}"),
         "stall" => {
-            std::thread::sleep(std::time::Duration::from_secs(3));
+            stall();
             return Ok(());
         }
         _ => {}
@@ -81,4 +82,17 @@ pub fn check(step: &'static str) -> Result<()> {
         path: std::path::PathBuf::from(format!("<injected fault at {step}>")),
         source: std::io::Error::other("injected fault"),
     })
+}
+
+/// The `stall` mode's wait (see the module's comment).
+#[cfg(feature = "fault-injection")]
+fn stall() {
+    use std::time::{Duration, Instant};
+    let Some(resume) = std::env::var_os("IMAGESTORE_FAULT_RESUME") else {
+        return std::thread::sleep(Duration::from_secs(3));
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::path::Path::new(&resume).exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }

@@ -129,12 +129,14 @@ con.execute("COMMIT")
 """
 
 
+@pytest.mark.parametrize("protocol", ["logged_commit_max=0", "protocol='3pc'"])
 @pytest.mark.parametrize("loss", ["gone", "emptied"])
-def test_a_transaction_whose_host_database_is_gone_can_be_resolved(tmp_path, loss):
+def test_a_transaction_whose_host_database_is_gone_can_be_resolved(tmp_path, loss, protocol):
     """Shards shared by two databases; a mixed transaction of the first dies after the host's
     commit (its decision row), before the shards finalize; then that database is lost. The
     second cannot know the outcome (in doubt, naming the database) and imagestore_resolve,
-    though the journal exists, decides it: no dead end."""
+    though the journal exists, decides it: no dead end. So too on a three-phase table, whose
+    transactions that ride on the host are decided by it as well."""
     if not FAULT_LIB.exists():
         pytest.fail(f"fault-injection build missing: {FAULT_LIB}")
     shards = ",".join(str(tmp_path / f"s{i}.db") for i in range(2))
@@ -142,7 +144,7 @@ def test_a_transaction_whose_host_database_is_gone_can_be_resolved(tmp_path, los
     for db in (first, second):
         con = connect(db)
         con.execute("CREATE TABLE plain(id INTEGER PRIMARY KEY, note TEXT)")
-        con.execute(f"CREATE VIRTUAL TABLE t USING imagestore(shards='{shards}', logged_commit_max=0)")
+        con.execute(f"CREATE VIRTUAL TABLE t USING imagestore(shards='{shards}', {protocol})")
         con.close()
     env = dict(os.environ, IMAGESTORE_LIB=str(FAULT_LIB), IMAGESTORE_FAULT="shard_finalize:1:abort")
     died = subprocess.run([sys.executable, "-c", HOSTED_WRITER, str(first)], cwd=Path(__file__).parent,

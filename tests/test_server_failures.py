@@ -96,7 +96,11 @@ def test_a_server_killed_between_prepare_and_commit_and_restarted(tmp_path, pg, 
     txns = 60
     db, acked = tmp_path / "k.db", tmp_path / "k.acked"
     places = make_table(pg, db, 4, options=", busy_timeout=1000", txns=txns)
-    env = dict(os.environ, IMAGESTORE_LIB=str(FAULT_LIB), IMAGESTORE_FAULT=f"{step}:10:stall")
+    # The writer waits at the step until the struck server is back (however long its restart
+    # takes on a loaded machine), then goes on.
+    resume = tmp_path / "resume"
+    env = dict(os.environ, IMAGESTORE_LIB=str(FAULT_LIB), IMAGESTORE_FAULT=f"{step}:10:stall",
+               IMAGESTORE_FAULT_RESUME=str(resume))
     writer = subprocess.Popen([sys.executable, str(HERE / "fault_worker.py"), str(db), str(txns), "4", str(acked)],
                               cwd=HERE, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     seen = []
@@ -107,6 +111,7 @@ def test_a_server_killed_between_prepare_and_commit_and_restarted(tmp_path, pg, 
     assert seen and "fault injected at" in seen[-1], "".join(seen)[-2000:]
     pg[victim].kill(signal.SIGKILL)
     pg[victim].restart()
+    resume.touch()
     _, err = writer.communicate(timeout=120)
     assert writer.returncode == 0, err[-3000:]
     assert check(db, 4, acked, places, txns) == (0, 0)

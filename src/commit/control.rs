@@ -127,9 +127,10 @@ pub struct LocalControl {
     journal: Journal,
     writer_lock: LockFile,
     publish_lock: LockFile,
-    table_id: TableId,
-    /// A three-phase table's journal decides nothing: one deleted is made again.
-    remake_missing_journal: bool,
+    /// A three-phase table's journal decides nothing: it is never read after the open (so a
+    /// journal deleted or damaged meanwhile changes nothing), and recovery, which reads only the
+    /// shards' states, may lift the poison.
+    three_phase: bool,
 }
 
 impl LocalControl {
@@ -169,18 +170,8 @@ impl LocalControl {
             journal,
             writer_lock,
             publish_lock,
-            table_id,
-            remake_missing_journal: config.protocol == Protocol::ThreePhase,
+            three_phase: config.protocol == Protocol::ThreePhase,
         })
-    }
-
-    /// Makes a three-phase table's journal again if it was deleted since it was opened.
-    fn remake_if_missing(&mut self) -> Result<()> {
-        if self.remake_missing_journal && !self.journal.path().exists() {
-            let path = self.journal.path().to_path_buf();
-            self.journal = Journal::create(&path, self.table_id)?;
-        }
-        Ok(())
     }
 }
 
@@ -219,14 +210,22 @@ impl Control for LocalControl {
         self.publish_lock.state()
     }
 
+    fn recovery_lifts_poison(&self) -> bool {
+        self.three_phase
+    }
+
     fn refresh(&mut self) -> Result<()> {
-        self.remake_if_missing()?;
+        if self.three_phase {
+            return Ok(());
+        }
         self.journal.refresh()?;
         self.journal.sync()
     }
 
     fn begin_recovery(&mut self) -> Result<()> {
-        self.remake_if_missing()?;
+        if self.three_phase {
+            return Ok(());
+        }
         if self.journal.rescan()? {
             self.journal.cut_torn_tail()?;
         }

@@ -209,7 +209,7 @@ impl Coordinator {
                 crate::fault::check("recovery_shard")?;
                 let commit = match (self.protocol, &record.decided_by) {
                     (Protocol::ThreePhase, None) => terminated.contains(&record.txid),
-                    _ => self.decided_two_phase(index, &record)?,
+                    _ => self.decided_by_record(index, &record)?,
                 };
                 if commit {
                     shard.finalize(record.txid)?;
@@ -238,10 +238,11 @@ impl Coordinator {
         })
     }
 
-    /// Two-phase recovery: whether shard `index`'s prepare `record` was decided. A decision
-    /// commits only the shards it names: a prepare that reached some other shard (a call whose
-    /// answer was lost, landing late) is not part of it.
-    fn decided_two_phase(&self, index: usize, record: &PrepareRecord) -> Result<bool> {
+    /// Recovery of a record a decision record decides (two-phase; on either protocol, one that
+    /// rode on a host database's commit): whether shard `index`'s prepare `record` was decided.
+    /// A decision commits only the shards it names: a prepare that reached some other shard (a
+    /// call whose answer was lost, landing late) is not part of it.
+    fn decided_by_record(&self, index: usize, record: &PrepareRecord) -> Result<bool> {
         let named = self
             .control
             .committed_shards(record.txid)
@@ -966,7 +967,7 @@ impl Coordinator {
     ) -> Result<()> {
         let names = participants(written);
         let prepared = self.vote(shards, txid, written, &names, None)?;
-        let (_, _, failure) = step_and_sync(shards, written, false, |shard| shard.pre_commit(txid));
+        let (_, _, failure) = step_and_sync(shards, written, true, |shard| shard.pre_commit(txid));
         let Some(failure) = failure else {
             return Ok(());
         };
@@ -1167,8 +1168,9 @@ pub enum Resolution {
 /// Applies a person's decision to the prepared transactions no record can decide: every one, when
 /// the journal that would decide them is missing or damaged (the table then refuses to open);
 /// with a journal, those that rode on a host database's commit that cannot be read (gone,
-/// damaged: `host_lookup` fails) and that the journal does not commit. Returns the transactions
-/// resolved; refuses if there are none (recovery decides then).
+/// damaged: `host_lookup` fails) and that the journal does not commit. On a three-phase table,
+/// whose shards decide the rest, only those that rode on a host database that cannot be read.
+/// Returns the transactions resolved; refuses if there are none (recovery decides then).
 pub fn resolve_in_doubt<P: Participant>(
     config: &TableConfig,
     table_id: TableId,
@@ -1176,12 +1178,6 @@ pub fn resolve_in_doubt<P: Participant>(
     resolution: Resolution,
     host_lookup: HostLookup,
 ) -> Result<Vec<u64>> {
-    if config.protocol == Protocol::ThreePhase {
-        return Err(Error::BadArgument(format!(
-            "table {} commits with protocol='3pc': its shards decide every transaction themselves, and opening the table runs that recovery",
-            config.table_name
-        )));
-    }
     let writer_lock = LockFile::open(&config.lock_path)?;
     let _writer = writer_lock.exclusive("writer lock", config.busy_timeout_ms)?;
     let journal = match Journal::open_existing(&config.journal_path, table_id) {
@@ -1193,16 +1189,21 @@ pub fn resolve_in_doubt<P: Participant>(
         other => other?,
     };
     // Only a decision that cannot be known is the person's to make: a host database that
-    // cannot be read for now (busy, a full disk) is an error, not a reason to guess.
+    // cannot be read for now (busy, a full disk) is an error, not a reason to guess. A
+    // three-phase table's shards decide what rode on no host, journal or not.
+    let three_phase = config.protocol == Protocol::ThreePhase;
+    let host_undecidable = |txid: u64, host: &str| match host_lookup(host, &table_id, txid) {
+        Ok(_) => Ok(false),
+        Err(Error::InDoubt(_)) => Ok(true),
+        Err(e) => Err(e),
+    };
     let undecidable = |txid: u64, host: Option<&str>| match (&journal, host) {
-        (None, _) => Ok(true),
+        (_, None) if three_phase => Ok(false),
+        (None, _) if !three_phase => Ok(true),
         (Some(journal), Some(_)) if journal.is_committed(txid) => Ok(false),
-        (Some(_), Some(host)) => match host_lookup(host, &table_id, txid) {
-            Ok(_) => Ok(false),
-            Err(Error::InDoubt(_)) => Ok(true),
-            Err(e) => Err(e),
-        },
+        (_, Some(host)) => host_undecidable(txid, host),
         (Some(_), None) => Ok(false),
+        (None, None) => Ok(false), // three-phase: the shards decide (caught above)
     };
     let publish_lock = LockFile::open(&config.publish_lock_path)?;
     let mut publish = publish_lock.publishing(config.busy_timeout_ms)?;
@@ -1224,11 +1225,17 @@ pub fn resolve_in_doubt<P: Participant>(
             resolved.push(txid);
         }
     }
-    if journal.is_some() && resolved.is_empty() {
-        return Err(Error::BadArgument(format!(
-            "the journal {} exists and decides every prepared transaction; opening the table runs recovery",
-            config.journal_path.display()
-        )));
+    if (journal.is_some() || three_phase) && resolved.is_empty() {
+        return Err(Error::BadArgument(match three_phase {
+            true => format!(
+                "table {} commits with protocol='3pc': its shards decide every transaction that rode on no host database, and opening the table runs that recovery",
+                config.table_name
+            ),
+            false => format!(
+                "the journal {} exists and decides every prepared transaction; opening the table runs recovery",
+                config.journal_path.display()
+            ),
+        }));
     }
     make_durable(shards)?;
     if journal.is_none() {

@@ -262,8 +262,9 @@
 //! damaged) while shards hold prepare records, the transaction is in doubt and a person decides
 //! (`imagestore_resolve`). A three-phase table (Skeen, 1981) puts a durable *pre-commit* on every
 //! shard between the unanimous vote and the end, so the shards' own states decide, and the
-//! journal decides nothing (a deleted one is made again; the logged path, whose commit point is
-//! the journal, is never taken).
+//! journal decides nothing: it is not read after the table opens, a deleted or damaged one is
+//! made again at the next open, and the logged path, whose commit point is the journal, is
+//! never taken.
 //!
 //! States of one shard for one transaction (the prepare record and its `pre_committed` flag):
 //! ```text
@@ -315,13 +316,25 @@
 //!   reaches the same outcome (pre-commits it added only make "commit" more certain, and it adds
 //!   them only when one was already there).
 //!
+//! On PostgreSQL servers a shard's prepare is the server's prepared transaction, and its
+//! pre-commit a row of the table's `pre_commits` on that server, committed on its own (durable
+//! when the call returns), which a withdrawal deletes; the anchor writes no decision record.
+//! COMMIT PREPARED leaves the row, which no longer counts (only prepared transactions are
+//! terminated) and is deleted by that server's next pre-commit. A prepare that lands late (its
+//! answer lost, its writer gone) has no pre-commit anywhere: the rule aborts it.
+//!
 //! Limits, plainly. The rule is non-blocking only while failures are crashes and every shard can
 //! be read: it needs every shard's state. A shard that cannot be opened (a missing or unreadable
-//! file) makes the table refuse to open, naming it, until it is back: imagestore waits for the
+//! file, a server that does not answer within the busy timeout) makes the table refuse to open
+//! (or the read or write that runs recovery fail), naming it, until it is back: imagestore waits for the
 //! person to bring it back and never decides without it, because the missing shard may be the
 //! one pre-committed (then the others must commit) or the one that refused (then they must
 //! abort); deciding either way could break atomicity. So three-phase commit removes the journal
 //! from what must survive, not the shards. It is not a majority protocol: every vote counts.
+//! And without decision records nothing tells that a shard lost commits after they were durable
+//! (an old copy put back, a damaged WAL), which a two-phase table's journal shows ("Damage is
+//! never silent" holds for two-phase tables only); a transaction that rode on a host database
+//! that is gone is in doubt as on a two-phase table (`imagestore_resolve` decides it).
 //! Cost: the same two syncs per transaction as the prepared path (the pre-commit's instead of the
 //! journal's), where a two-phase table commits a small transaction with one (the logged path).
 //!

@@ -27,9 +27,6 @@ pub struct PrepareRecord {
     /// The host database whose commit decides it (step 6h), or `None`: the journal decides
     /// (two-phase) or the participants do (three-phase).
     pub decided_by: Option<String>,
-    /// Every participant of the transaction (their indexes), as the prepare named them (empty
-    /// where they are not kept: a server's prepared transaction, always two-phase).
-    pub participants: Vec<u16>,
     /// Three-phase commit: every participant voted yes and this one holds that durably (its
     /// pre-commit), so the transaction commits.
     pub pre_committed: bool,

@@ -60,7 +60,6 @@ struct Image {
 #[derive(Clone, Debug, PartialEq)]
 struct Prepared {
     decided_by: Option<String>,
-    participants: Vec<u16>,
     pre_committed: bool,
     before: BTreeMap<i64, Option<i64>>,
 }
@@ -378,7 +377,6 @@ impl Participant for SimParticipant {
                 .map(|(&txid, record)| PrepareRecord {
                     txid,
                     decided_by: record.decided_by.clone(),
-                    participants: record.participants.clone(),
                     pre_committed: record.pre_committed,
                 })
                 .collect())
@@ -442,7 +440,12 @@ impl Participant for SimParticipant {
         })
     }
 
-    fn prepare(&mut self, txid: u64, participants: &[u16], decided_by: Option<&str>) -> Result<()> {
+    fn prepare(
+        &mut self,
+        txid: u64,
+        _participants: &[u16],
+        decided_by: Option<&str>,
+    ) -> Result<()> {
         self.call("prepare", |p| {
             let mut open = p
                 .open
@@ -452,7 +455,6 @@ impl Participant for SimParticipant {
                 txid,
                 Prepared {
                     decided_by: decided_by.map(str::to_string),
-                    participants: participants.to_vec(),
                     pre_committed: false,
                     before: open.before,
                 },
@@ -1101,11 +1103,10 @@ const HELD: [Held; 5] = [
 ];
 
 impl Held {
-    fn image(self, participants: usize) -> Image {
+    fn image(self) -> Image {
         let written = BTreeMap::from([(0, 10)]);
         let record = |pre_committed| Prepared {
             decided_by: None,
-            participants: (0..participants as u16).collect(),
             pre_committed,
             before: BTreeMap::from([(0, None)]),
         };
@@ -1161,7 +1162,7 @@ fn three_phase_recovery_ends_every_combination_of_states_without_the_journal() {
         {
             let table = Table::new(participants, Mix::ThreePhase);
             for (disk, held) in table.disks.iter().zip(&states) {
-                lock(disk).durable = held.image(participants);
+                lock(disk).durable = held.image();
             }
             // No journal: the shards alone decide.
             let commits = states
@@ -1206,9 +1207,9 @@ fn table_holding(durable: &[Held], live: &[Held]) -> Table {
     let table = Table::new(n, Mix::ThreePhase);
     for ((disk, d), l) in table.disks.iter().zip(durable).zip(live) {
         let mut disk = lock(disk);
-        disk.durable = d.image(n);
+        disk.durable = d.image();
         if l != d {
-            disk.commit(l.image(n));
+            disk.commit(l.image());
         }
     }
     table
@@ -1294,7 +1295,7 @@ fn two_phase_recovery_without_the_journal_refuses_what_is_in_doubt() {
     ] {
         let table = Table::new(2, Mix::Prepared);
         for (disk, held) in table.disks.iter().zip(&states) {
-            lock(disk).durable = held.image(2);
+            lock(disk).durable = held.image();
         }
         match recover_and_read(&table) {
             Err(Error::InDoubt(message)) => assert!(message.contains("imagestore_resolve")),

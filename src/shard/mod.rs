@@ -1,13 +1,14 @@
 //! A shard: one ordinary SQLite file (WAL mode) holding a share of a table's rows.
 //!
 //! ```sql
-//! imagestore_meta(key PRIMARY KEY, value)   -- format_version, table_id, shard_index, shard_count, last_txid,
-//!                                               protocol, owner_database, owner_table, lifecycle (see `Owner`)
+//! imagestore_meta(key PRIMARY KEY, value)   -- format_version (1, or 2 for a three-phase table: see
+//!                                               `Protocol::format_version`), table_id, shard_index, shard_count,
+//!                                               last_txid, owner_database, owner_table, lifecycle (see `Owner`)
 //! images(id INTEGER PRIMARY KEY, name, format, width, height, bytes, hash, blob_id, <user columns>)
 //! blobs(blob_id INTEGER PRIMARY KEY, data)  -- image bytes, apart so metadata scans never read them
 //! imagestore_prepared(txid PRIMARY KEY, shards, decided_by, pre_committed) -- a transaction
 //!                                               prepared here, not yet finalized; shards: every
-//!                                               participant; decided_by: the host database whose
+//!                                               participant (for a person reading it); decided_by: the host database whose
 //!                                               commit decides it, if not the journal; pre_committed:
 //!                                               three-phase commit's pre-commit (see `commit`)
 //! imagestore_undo(txid, id, existed, <images columns>) -- each touched row as it was before txid
@@ -50,8 +51,6 @@ mod protocol;
 mod rows;
 
 pub use rows::{Condition, NewRow, ScanFilter, StoredRow};
-
-pub const FORMAT_VERSION: i64 = 1;
 
 /// Images from this size up are written in place into a zeroblob (below it, binding is faster).
 const BLOB_IN_PLACE_BYTES_MIN: usize = 256 * 1024;
@@ -96,6 +95,16 @@ const BUILTIN_STORED_COLUMNS: usize = 8;
 /// Where `hash` and `blob_id` are in a row of `SELECT * FROM images`.
 const HASH_COLUMN: usize = 6;
 const BLOB_ID_COLUMN: usize = 7;
+
+/// The error for shards (or servers) made with protocol `kept` opened as a table that declares
+/// `declared`: a wrong option, not damage.
+pub fn protocol_mismatch(kept: Protocol, declared: Protocol) -> Error {
+    Error::BadArgument(format!(
+        "the table's shards were made with protocol='{}', but this table declares protocol='{}' (a table's protocol is chosen when it is made)",
+        kept.name(),
+        declared.name()
+    ))
+}
 
 /// Who this shard says it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -364,13 +373,12 @@ impl Shard {
              CREATE TABLE imagestore_undo(txid INTEGER NOT NULL, id INTEGER NOT NULL,
                  existed INTEGER NOT NULL, name, format, width, height, bytes, hash, blob_id{user_undo},
                  PRIMARY KEY(txid, id)) WITHOUT ROWID;
-             INSERT INTO imagestore_meta VALUES ('format_version', {FORMAT_VERSION}),
-                 ('table_id', '{}'), ('shard_index', {}), ('shard_count', {}), ('last_txid', 0),
-                 ('protocol', '{}');",
+             INSERT INTO imagestore_meta VALUES ('format_version', {}),
+                 ('table_id', '{}'), ('shard_index', {}), ('shard_count', {}), ('last_txid', 0);",
+            identity.protocol.format_version(),
             hex(&identity.table_id),
             identity.shard_index,
             identity.shard_count,
-            identity.protocol.name(),
         );
         let written = self
             .conn
@@ -453,11 +461,15 @@ impl Shard {
         self.require_meta()?;
         let get = |key: &str| self.meta_value(key);
         let version = get("format_version")?;
-        if version != Some(Value::Integer(FORMAT_VERSION)) {
-            return Err(foreign(&format!(
-                "has shard format {version:?}; this build reads format {FORMAT_VERSION}"
-            )));
+        let protocol = match version {
+            Some(Value::Integer(v)) => Protocol::of_format_version(v),
+            _ => None,
         }
+        .ok_or_else(|| {
+            foreign(&format!(
+                "has shard format {version:?}; this build reads formats 1 (two-phase) and 2 (three-phase)"
+            ))
+        })?;
         if let Some(Value::Text(dir)) = get(RESTORE_MARK)? {
             return Err(foreign(&format!(
                 "is part of a restore from {dir} that did not finish; delete the table's shard files and restore again"
@@ -476,9 +488,6 @@ impl Shard {
             as_index(get("shard_index")?).ok_or_else(|| foreign("has a damaged shard index"))?;
         let shard_count =
             as_index(get("shard_count")?).ok_or_else(|| foreign("has a damaged shard count"))?;
-        let kept = self.meta_text("protocol")?;
-        let protocol = Protocol::from_kept(kept.as_deref())
-            .ok_or_else(|| foreign(&format!("keeps an unknown protocol {kept:?}")))?;
         let found: Vec<String> =
             self.first_column("SELECT name FROM pragma_table_info('images')")?;
         let expected: Vec<&str> = [
@@ -586,41 +595,18 @@ impl Shard {
     pub fn prepare_records(&self) -> Result<Vec<PrepareRecord>> {
         let mut stmt = self
             .conn
-            .prepare_cached(
-                "SELECT txid, decided_by, shards, pre_committed FROM imagestore_prepared",
-            )
+            .prepare_cached("SELECT txid, decided_by, pre_committed FROM imagestore_prepared")
             .map_err(self.err())?;
         let rows = stmt
             .query_map([], |r| {
-                Ok((
-                    r.get::<_, i64>(0)? as u64,
-                    r.get::<_, Option<String>>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, bool>(3)?,
-                ))
-            })
-            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
-            .map_err(self.err())?;
-        rows.into_iter()
-            .map(|(txid, decided_by, shards, pre_committed)| {
-                let participants = shards
-                    .split(',')
-                    .map(|s| s.parse::<u16>())
-                    .collect::<std::result::Result<Vec<_>, _>>()
-                    .map_err(|_| Error::ShardForeign {
-                        path: self.path.clone(),
-                        detail: format!(
-                            "holds a damaged prepare record: transaction {txid}, shards {shards:?}"
-                        ),
-                    })?;
                 Ok(PrepareRecord {
-                    txid,
-                    decided_by,
-                    participants,
-                    pre_committed,
+                    txid: r.get::<_, i64>(0)? as u64,
+                    decided_by: r.get(1)?,
+                    pre_committed: r.get(2)?,
                 })
             })
-            .collect()
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>());
+        rows.map_err(self.err())
     }
 
     /// Adds the prepare record's columns a shard made by an older build lacks: `decided_by`

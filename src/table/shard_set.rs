@@ -168,14 +168,10 @@ pub(crate) fn open_existing_shards(config: &TableConfig) -> Result<(TableId, Vec
             });
         }
         if identity.protocol != config.protocol {
-            return Err(Error::ShardForeign {
-                path: path.clone(),
-                detail: format!(
-                    "belongs to a table made with protocol='{}', but this one declares protocol='{}' (a table's protocol is chosen when it is made)",
-                    identity.protocol.name(),
-                    config.protocol.name()
-                ),
-            });
+            return Err(crate::shard::protocol_mismatch(
+                identity.protocol,
+                config.protocol,
+            ));
         }
         shard.ensure_indexes(&config.indexes)?;
         shard.ensure_protocol_columns()?;
