@@ -11,7 +11,7 @@
 //! Steps: `shard_prepare`, `journal_append`, `journal_sync`, `shard_commit_logged`,
 //! `shard_finalize`, `journal_reset`, `shard_pre_commit`, `shard_withdraw_pre_commit`, `recovery_shard`, `recovery_replay`, `derive_row`,
 //! `backup_shard`, `restore_commit`; on servers `server_prepare`, `anchor_decide`,
-//! `server_finalize`, `server_pre_commit`.
+//! `server_finalize`.
 //!
 //! Also, `IMAGESTORE_SKIP_SYNC=name,...` leaves out the syncs named ([`skips_sync`]), so that the
 //! power-cut tests can show that each sync the protocol relies on is needed.

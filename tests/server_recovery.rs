@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use common::mortal::{dies, Calls, Death, Mortal};
 use common::servers::{servers, start};
 use imagestore::commit::{Coordinator, Participant};
-use imagestore::config::{HostDatabase, Protocol, TableConfig};
+use imagestore::config::{HostDatabase, TableConfig};
 use imagestore::journal::TableId;
 use imagestore::placement::shard_of;
 use imagestore::server::{Address, ServerShard};
@@ -80,16 +80,8 @@ impl Fixture {
             .iter()
             .enumerate()
             .map(|(i, a)| {
-                ServerShard::create(
-                    a.clone(),
-                    name,
-                    table_id,
-                    (i, SHARDS),
-                    &[],
-                    Protocol::TwoPhase,
-                    TIMEOUT_MS,
-                )
-                .expect("create shard")
+                ServerShard::create(a.clone(), name, table_id, i, SHARDS, &[], TIMEOUT_MS)
+                    .expect("create shard")
             })
             .collect();
         let fixture = Fixture {
@@ -128,15 +120,8 @@ impl Fixture {
             .iter()
             .enumerate()
             .map(|(i, a)| {
-                ServerShard::open(
-                    a.clone(),
-                    &self.name,
-                    (i, SHARDS),
-                    &[],
-                    Protocol::TwoPhase,
-                    TIMEOUT_MS,
-                )
-                .expect("open shard")
+                ServerShard::open(a.clone(), &self.name, i, SHARDS, &[], TIMEOUT_MS)
+                    .expect("open shard")
             })
             .collect()
     }
@@ -356,23 +341,16 @@ fn a_server_listed_at_the_wrong_place_without_the_table_or_down_is_refused() {
         return;
     };
     // Listed at another place than it holds.
-    let wrong = ServerShard::open(
-        f.addresses[0].clone(),
-        &f.name,
-        (1, SHARDS),
-        &[],
-        Protocol::TwoPhase,
-        TIMEOUT_MS,
-    );
+    let wrong = ServerShard::open(f.addresses[0].clone(), &f.name, 1, SHARDS, &[], TIMEOUT_MS);
     let message = wrong.err().expect("refused").to_string();
     assert!(message.contains("holds shard 0 of 3"), "{message}");
     // A database holding no such table.
     let missing = ServerShard::open(
         f.addresses[0].clone(),
         "no_such_table",
-        (0, 1),
+        0,
+        1,
         &[],
-        Protocol::TwoPhase,
         TIMEOUT_MS,
     );
     let message = missing.err().expect("refused").to_string();
@@ -385,9 +363,9 @@ fn a_server_listed_at_the_wrong_place_without_the_table_or_down_is_refused() {
         f.addresses[1].clone(),
         &f.name,
         [9; 16],
-        (1, SHARDS),
+        1,
+        SHARDS,
         &[],
-        Protocol::TwoPhase,
         TIMEOUT_MS,
     );
     let message = again.err().expect("refused").to_string();
@@ -397,7 +375,7 @@ fn a_server_listed_at_the_wrong_place_without_the_table_or_down_is_refused() {
     );
     // A server that is not there.
     let down = Address::parse("postgresql://postgres@127.0.0.1:1/postgres").unwrap();
-    let e = ServerShard::open(down, &f.name, (0, SHARDS), &[], Protocol::TwoPhase, 2000)
+    let e = ServerShard::open(down, &f.name, 0, SHARDS, &[], 2000)
         .err()
         .expect("refused");
     assert_eq!(e.sqlite_code(), rusqlite::ffi::SQLITE_CANTOPEN, "{e}");
@@ -409,33 +387,18 @@ fn a_server_that_cannot_prepare_is_refused_at_create_and_at_open() {
         return;
     };
     let address = Address::parse(&unfit.urls[0]).expect("address");
-    let e = ServerShard::create(
-        address.clone(),
-        "unfit",
-        [5; 16],
-        (0, 1),
-        &[],
-        Protocol::TwoPhase,
-        TIMEOUT_MS,
-    )
-    .err()
-    .expect("refused");
+    let e = ServerShard::create(address.clone(), "unfit", [5; 16], 0, 1, &[], TIMEOUT_MS)
+        .err()
+        .expect("refused");
     assert_eq!(e.sqlite_code(), rusqlite::ffi::SQLITE_CANTOPEN, "{e}");
     assert!(
         e.to_string().contains("max_prepared_transactions = 0"),
         "{e}"
     );
     // Nothing was made there.
-    let e = ServerShard::open(
-        address,
-        "unfit",
-        (0, 1),
-        &[],
-        Protocol::TwoPhase,
-        TIMEOUT_MS,
-    )
-    .err()
-    .expect("refused");
+    let e = ServerShard::open(address, "unfit", 0, 1, &[], TIMEOUT_MS)
+        .err()
+        .expect("refused");
     assert!(
         e.to_string()
             .contains("holds no imagestore table named unfit"),

@@ -316,17 +316,19 @@
 //!   reaches the same outcome (pre-commits it added only make "commit" more certain, and it adds
 //!   them only when one was already there).
 //!
-//! On PostgreSQL servers a shard's prepare is the server's prepared transaction, and its
-//! pre-commit a row of the table's `pre_commits` on that server, committed on its own (durable
-//! when the call returns), which a withdrawal deletes; the anchor writes no decision record.
-//! COMMIT PREPARED leaves the row, which no longer counts (only prepared transactions are
-//! terminated) and is deleted by that server's next pre-commit. A prepare that lands late (its
-//! answer lost, its writer gone) has no pre-commit anywhere: the rule aborts it.
+//! Not yet on PostgreSQL servers. There a pre-commit would be a row committed on each server,
+//! and two things a local shard rules out must be fenced first: a writer that lost its writer
+//! lock with its anchor session (which a two-phase decision, written on that very session,
+//! cannot outlive) could still pre-commit on the other servers after another host's recovery
+//! read them and chose abort; and a statement whose call broke off keeps running on its old
+//! backend, so a pre-commit or a withdrawal could land after the step that counted on its
+//! absence. Each server will need an epoch that recovery raises before it reads the states, and
+//! that every pre-commit and withdrawal checks (and a withdrawal raises) in its own statement.
 //!
 //! Limits, plainly. The rule is non-blocking only while failures are crashes and every shard can
 //! be read: it needs every shard's state. A shard that cannot be opened (a missing or unreadable
-//! file, a server that does not answer within the busy timeout) makes the table refuse to open
-//! (or the read or write that runs recovery fail), naming it, until it is back: imagestore waits for the
+//! file) makes the table refuse to open (or the read or write that runs recovery fail), naming
+//! it, until it is back: imagestore waits for the
 //! person to bring it back and never decides without it, because the missing shard may be the
 //! one pre-committed (then the others must commit) or the one that refused (then they must
 //! abort); deciding either way could break atomicity. So three-phase commit removes the journal

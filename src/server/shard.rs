@@ -26,13 +26,10 @@ use crate::config::{Protocol, UserColumn};
 use crate::durable::SyncJob;
 use crate::error::{Error, Result};
 use crate::journal::TableId;
-use crate::shard::{
-    hex, protocol_mismatch, quote_ident, unhex, NewRow, ScanFilter, ShardIdentity, StoredRow,
-};
+use crate::shard::{hex, quote_ident, unhex, NewRow, ScanFilter, ShardIdentity, StoredRow};
 
-// The table's layout version on a server is `Protocol::format_version` (1: two-phase; 2:
-// three-phase, which an older build, reading only 1, refuses rather than apply two-phase
-// rules to it).
+/// The layout version this build writes and reads.
+const FORMAT_VERSION: i32 = 1;
 /// SQLSTATE of "relation ... does not exist".
 const UNDEFINED_TABLE: &str = "42P01";
 
@@ -65,8 +62,6 @@ pub struct ServerShard {
     /// `last_txid` and the prepared transactions as `begin_write` read them, for step 1's next
     /// questions; gone once `prepared` has answered, or the transaction ends.
     begun: RefCell<Option<(u64, Vec<u64>)>>,
-    /// How the table commits; a three-phase table keeps its pre-commits in `pre_commits`.
-    protocol: Protocol,
 }
 
 /// Rows of `sql`, a query of the registry `imagestore_tables`: none where the database has no
@@ -114,20 +109,19 @@ impl ServerShard {
         address: Address,
         name: &str,
         table_id: TableId,
-        (shard_index, shard_count): (usize, usize),
+        shard_index: usize,
+        shard_count: usize,
         user_columns: &[UserColumn],
-        protocol: Protocol,
         timeout_ms: u64,
     ) -> Result<ServerShard> {
-        let mut link = Link::new(address, timeout_ms)?;
-        link.connect()?;
-        let shard = ServerShard::with_link(
-            link,
+        let shard = ServerShard::connect(
+            address,
             table_id,
-            (shard_index, shard_count),
+            shard_index,
+            shard_count,
             user_columns,
-            protocol,
-        );
+            timeout_ms,
+        )?;
         shard.require_prepared_transactions()?;
         let user_sql: String = user_columns
             .iter()
@@ -135,12 +129,6 @@ impl ServerShard {
             .collect();
         let columns_text = columns_json(user_columns)?;
         let schema = shard.schema.clone();
-        let pre_commits = match protocol {
-            Protocol::TwoPhase => String::new(),
-            Protocol::ThreePhase => {
-                format!("CREATE TABLE {schema}.pre_commits(txid bigint PRIMARY KEY);")
-            }
-        };
         let made = shard.link().batch(
             "making the table",
             &format!(
@@ -157,8 +145,7 @@ impl ServerShard {
                      hash text NOT NULL, data bytea NOT NULL{user_sql});
                  ALTER TABLE {schema}.images ALTER COLUMN data SET STORAGE EXTERNAL;
                  CREATE TABLE {schema}.state(last_txid bigint NOT NULL);
-                 INSERT INTO {schema}.state VALUES (0);
-                 {pre_commits}"
+                 INSERT INTO {schema}.state VALUES (0);"
             ),
         );
         if let Err(e) = made {
@@ -173,7 +160,7 @@ impl ServerShard {
                 Box::new(hex(&table_id)),
                 Box::new(shard_index as i32),
                 Box::new(shard_count as i32),
-                Box::new(protocol.format_version() as i32),
+                Box::new(FORMAT_VERSION),
                 Box::new(columns_text),
             ],
         );
@@ -194,14 +181,13 @@ impl ServerShard {
     }
 
     /// Connects to the server at `address` and opens shard `shard_index` of `shard_count` of
-    /// table `name`, checking that the server holds it, as that shard, with these columns and
-    /// this protocol.
+    /// table `name`, checking that the server holds it, as that shard, with these columns.
     pub fn open(
         address: Address,
         name: &str,
-        (shard_index, shard_count): (usize, usize),
+        shard_index: usize,
+        shard_count: usize,
         user_columns: &[UserColumn],
-        protocol: Protocol,
         timeout_ms: u64,
     ) -> Result<ServerShard> {
         let mut link = Link::new(address.clone(), timeout_ms)?;
@@ -231,13 +217,10 @@ impl ServerShard {
         let (table_id, index, count, version, columns) = identity;
         let table_id = unhex(&table_id)
             .ok_or_else(|| foreign(format!("has a damaged table id for {name}")))?;
-        let kept = Protocol::of_format_version(version.into()).ok_or_else(|| {
-            foreign(format!(
-                "holds table {name} in layout {version}; this build reads layouts 1 (two-phase) and 2 (three-phase)"
-            ))
-        })?;
-        if kept != protocol {
-            return Err(protocol_mismatch(kept, protocol));
+        if version != FORMAT_VERSION {
+            return Err(foreign(format!(
+                "holds table {name} in layout {version}; this build reads layout {FORMAT_VERSION}"
+            )));
         }
         if (index as usize, count as usize) != (shard_index, shard_count) {
             return Err(foreign(format!(
@@ -250,23 +233,36 @@ impl ServerShard {
                 "holds table {name} with columns {columns}, but the table declares {declared}"
             )));
         }
-        let shard = ServerShard::with_link(
-            link,
-            table_id,
-            (shard_index, shard_count),
-            user_columns,
-            protocol,
-        );
+        let shard = ServerShard::with_link(link, table_id, shard_index, shard_count, user_columns);
         shard.require_prepared_transactions()?;
         Ok(shard)
+    }
+
+    fn connect(
+        address: Address,
+        table_id: TableId,
+        shard_index: usize,
+        shard_count: usize,
+        user_columns: &[UserColumn],
+        timeout_ms: u64,
+    ) -> Result<ServerShard> {
+        let mut link = Link::new(address, timeout_ms)?;
+        link.connect()?;
+        Ok(ServerShard::with_link(
+            link,
+            table_id,
+            shard_index,
+            shard_count,
+            user_columns,
+        ))
     }
 
     fn with_link(
         link: Link,
         table_id: TableId,
-        (shard_index, shard_count): (usize, usize),
+        shard_index: usize,
+        shard_count: usize,
         user_columns: &[UserColumn],
-        protocol: Protocol,
     ) -> ServerShard {
         let user: String = user_columns
             .iter()
@@ -284,7 +280,6 @@ impl ServerShard {
             open: Cell::new(Open::Nothing),
             snapshot_last_txid: Cell::new(None),
             begun: RefCell::new(None),
-            protocol,
         }
     }
 
@@ -468,7 +463,7 @@ impl ServerShard {
             table_id: self.table_id,
             shard_index: self.shard_index,
             shard_count: self.shard_count,
-            protocol: self.protocol,
+            protocol: Protocol::TwoPhase,
         }
     }
 
@@ -530,65 +525,11 @@ impl ServerShard {
         )
     }
 
-    /// Every transaction this shard holds prepared, each pre-committed where `pre_commits`
-    /// has it (three-phase), in one round trip.
-    fn prepare_records(&self) -> Result<Vec<PrepareRecord>> {
-        let mut sql = self.list_prepared_sql();
-        if self.protocol == Protocol::ThreePhase {
-            sql += &format!(
-                "; SELECT 'pre_committed ' || txid FROM {}.pre_commits",
-                self.schema
-            );
-        }
-        let rows = self
+    fn prepared_txids(&self) -> Result<Vec<u64>> {
+        let gids = self
             .link()
-            .batch_rows("listing prepared transactions", &sql)?;
-        let pre_committed: Vec<u64> = rows
-            .iter()
-            .filter_map(|r| r.strip_prefix("pre_committed ")?.parse().ok())
-            .collect();
-        Ok(self
-            .read_state(&rows)
-            .1
-            .into_iter()
-            .map(|txid| PrepareRecord {
-                txid,
-                decided_by: None,
-                pre_committed: pre_committed.contains(&txid),
-            })
-            .collect())
-    }
-
-    /// Marks prepared transaction `txid` pre-committed (a row of `pre_commits`, committed, so
-    /// durable when this returns), and forgets the marks of transactions no longer prepared
-    /// here, in one statement. An error if `txid` is not prepared here.
-    fn mark_pre_committed(&self, txid: u64) -> Result<()> {
-        let sql = format!(
-            "WITH gone AS (DELETE FROM {s}.pre_commits p WHERE p.txid <> $1 AND NOT EXISTS
-                 (SELECT 1 FROM pg_prepared_xacts x WHERE x.gid = $3::text || p.txid::text || $4::text)),
-             added AS (INSERT INTO {s}.pre_commits SELECT $1
-                 WHERE EXISTS (SELECT 1 FROM pg_prepared_xacts WHERE gid = $2::text)
-                 ON CONFLICT (txid) DO NOTHING RETURNING txid)
-             SELECT (SELECT count(*) FROM added) + (SELECT count(*) FROM {s}.pre_commits WHERE txid = $1)",
-            s = self.schema
-        );
-        let rows = self.link().query(
-            "pre-committing",
-            &sql,
-            &[
-                Box::new(txid as i64),
-                Box::new(self.gid(txid)),
-                Box::new(format!("imagestore:{}:", hex(&self.table_id))),
-                Box::new(format!(":{}", self.shard_index)),
-            ],
-        )?;
-        match rows.first().and_then(|r| r.try_get::<_, i64>(0).ok()) {
-            Some(held) if held > 0 => Ok(()),
-            _ => Err(Error::Internal(format!(
-                "server {}: transaction {txid} is not prepared there, so it cannot be pre-committed",
-                self.address
-            ))),
-        }
+            .batch_rows("listing prepared transactions", &self.list_prepared_sql())?;
+        Ok(self.read_state(&gids).1)
     }
 
     // ---- rows -------------------------------------------------------------------------
@@ -1003,13 +944,21 @@ impl Participant for ServerShard {
     }
 
     fn prepared(&mut self) -> Result<Vec<PrepareRecord>> {
-        // Step 1 asks this once, right after `begin_write` read it: the answer then, if it
-        // was none (else recovery follows, which reads them afresh).
-        let begun = self.begun.borrow_mut().take();
-        if begun.is_some_and(|(_, txids)| txids.is_empty()) {
-            return Ok(Vec::new());
-        }
-        self.prepare_records()
+        // Step 1 asks this once, right after `begin_write` read it: the answer then.
+        let begun = self.begun.borrow_mut().take().map(|(_, prepared)| prepared);
+        let txids = match begun {
+            Some(txids) => txids,
+            None => self.prepared_txids()?,
+        };
+        Ok(txids
+            .into_iter()
+            .map(|txid| PrepareRecord {
+                txid,
+                decided_by: None,
+                // Two-phase only (see the protocol document, "Three-phase commit").
+                pre_committed: false,
+            })
+            .collect())
     }
 
     /// A server's prepare costs what a commit does: it takes no logged path.
@@ -1062,19 +1011,7 @@ impl Participant for ServerShard {
         self.end_prepared(txid, "ROLLBACK", "rolling back a prepared transaction")
     }
 
-    fn pre_commit(&mut self, txid: u64) -> Result<()> {
-        crate::fault::check("server_pre_commit")?;
-        self.mark_pre_committed(txid)
-    }
-
-    fn withdraw_pre_commit(&mut self, txid: u64) -> Result<()> {
-        let sql = format!("DELETE FROM {}.pre_commits WHERE txid = $1", self.schema);
-        self.link()
-            .execute("withdrawing a pre-commit", &sql, &[Box::new(txid as i64)])
-            .map(drop)
-    }
-
-    /// PREPARE TRANSACTION, and a pre-commit's row, are durable when they return.
+    /// PREPARE TRANSACTION is durable when it returns.
     fn sync_job(&self) -> Option<SyncJob> {
         None
     }

@@ -63,9 +63,9 @@ fn open_existing_server_shards(config: &TableConfig) -> Result<OpenedTable> {
         let shard = ServerShard::open(
             address.clone(),
             &config.table_name,
-            (index, count),
+            index,
+            count,
             &config.user_columns,
-            config.protocol,
             config.busy_timeout_ms,
         )?;
         shard.ensure_indexes(&config.indexes)?;
@@ -108,9 +108,9 @@ fn create_server_shards(config: &TableConfig) -> Result<OpenedTable> {
                 address.clone(),
                 &config.table_name,
                 table_id,
-                (index, count),
+                index,
+                count,
                 &config.user_columns,
-                config.protocol,
                 config.busy_timeout_ms,
             )?;
             shards.push(shard);
