@@ -83,7 +83,7 @@ impl Protocol {
         }
     }
 
-    /// The name the option takes, and shards keep.
+    /// The name the option takes (shards keep their protocol as their format version).
     pub fn name(self) -> &'static str {
         match self {
             Protocol::TwoPhase => "2pc",

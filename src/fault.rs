@@ -9,8 +9,8 @@
 //! `IMAGESTORE_FAULT_RESUME` names exists, at most a minute, or three seconds without it).
 //!
 //! Steps: `shard_prepare`, `journal_append`, `journal_sync`, `shard_commit_logged`,
-//! `shard_finalize`, `journal_reset`, `shard_pre_commit`, `shard_withdraw_pre_commit`, `recovery_shard`, `recovery_replay`, `derive_row`,
-//! `backup_shard`, `restore_commit`; on servers `server_prepare`, `anchor_decide`,
+//! `shard_finalize`, `journal_reset`, `shard_pre_commit`, `shard_withdraw_pre_commit`,
+//! `recovery_shard`, `recovery_replay`, `derive_row`, `backup_shard`, `restore_commit`; on servers `server_prepare`, `anchor_decide`,
 //! `server_finalize`.
 //!
 //! Also, `IMAGESTORE_SKIP_SYNC=name,...` leaves out the syncs named ([`skips_sync`]), so that the

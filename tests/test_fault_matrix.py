@@ -68,6 +68,14 @@ def open_with_fault(db, fault):
     return subprocess.run([sys.executable, "-c", code], cwd=HERE, env=env, capture_output=True, text=True, timeout=60)
 
 
+def transaction_state(rows, k, ops):
+    """'whole', 'absent' or 'partial': transaction k, doing `ops` (its plan), in `rows`
+    (id -> name)."""
+    applied = [rows.get(n) == f"t{k}" and rows.get(r) == f"t{k}" and d not in rows for n, r, d in ops]
+    absent = [n not in rows and rows.get(r) == "base" and d in rows for n, r, d in ops]
+    return "whole" if all(applied) else "absent" if all(absent) else "partial"
+
+
 def tally(db, txns, touched, acked):
     """(partial, lost) after reopening with the ordinary library: transactions neither whole
     nor absent, and transactions whose outcome disagrees with the writer's log."""
@@ -76,10 +84,9 @@ def tally(db, txns, touched, acked):
     outcomes = dict(line.split() for line in Path(acked).read_text().splitlines()) if Path(acked).exists() else {}
     partial = lost = 0
     for k, ops in enumerate(plan(txns, touched)):
-        applied = [rows.get(n) == f"t{k}" and rows.get(r) == f"t{k}" and d not in rows for n, r, d in ops]
-        absent = [n not in rows and rows.get(r) == "base" and d in rows for n, r, d in ops]
-        whole, none = all(applied), all(absent)
-        if not (whole or none):
+        state = transaction_state(rows, k, ops)
+        whole, none = state == "whole", state == "absent"
+        if state == "partial":
             partial += 1
         outcome = outcomes.get(str(k))
         if (outcome == "ok" and not whole) or (outcome == "err" and not none):

@@ -12,20 +12,15 @@ IMAGESTORE_CRASH_SEED.
 import json
 import os
 import random
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import apsw
 import pytest
 
 from fault_worker import plan
-from harness import REPO_ROOT, connect, corpus_bytes, require_lib, shard_paths
+from harness import connect, corpus_bytes, require_lib, shard_paths
 from test_crash import kill_9, run_crash_loop, start_writer, wait_ready
-
-HERE = Path(__file__).resolve().parent
-FAULT_LIB = Path(os.environ.get("IMAGESTORE_FAULT_LIB", REPO_ROOT / "target" / "fault" / "release" / "libimagestore.so"))
+from test_fault_matrix import FAULT_LIB, fill_baseline, run_writer, transaction_state
 THREE_PHASE = "shards=4, protocol='3pc'"
 
 
@@ -95,12 +90,6 @@ CRASHES = {
 }
 
 
-def run_writer(db, acked, fault):
-    env = dict(os.environ, IMAGESTORE_LIB=str(FAULT_LIB), IMAGESTORE_FAULT=fault)
-    return subprocess.run([sys.executable, str(HERE / "fault_worker.py"), str(db), str(TXNS), "4", str(acked)],
-                          cwd=HERE, env=env, capture_output=True, text=True, timeout=120)
-
-
 def plain(path):
     """The file through plain SQLite: apsw's own, without the extension (a second copy of SQLite
     in this process would not see the first one's locks, and could checkpoint and unlink a WAL
@@ -126,14 +115,6 @@ def first_txid(db):
     return max(txids)
 
 
-def transaction_state(rows, k):
-    """'whole', 'absent' or 'partial': transaction k of the plan in `rows` (id -> name)."""
-    ops = plan(TXNS, 4)[k]
-    applied = [rows.get(n) == f"t{k}" and rows.get(r) == f"t{k}" and d not in rows for n, r, d in ops]
-    absent = [n not in rows and rows.get(r) == "base" and d in rows for n, r, d in ops]
-    return "whole" if all(applied) else "absent" if all(absent) else "partial"
-
-
 @pytest.mark.parametrize("case", CRASHES)
 def test_the_next_reader_ends_what_a_dead_coordinator_left(tmp_path, case):
     require_lib()
@@ -141,18 +122,17 @@ def test_the_next_reader_ends_what_a_dead_coordinator_left(tmp_path, case):
         pytest.fail(f"fault-injection build missing: {FAULT_LIB} (tests/run-all.sh builds it)")
     fault, expected_states, expected = CRASHES[case]
     db, acked = tmp_path / "f.db", tmp_path / "acked"
-    from test_fault_matrix import fill_baseline
     fill_baseline(db, THREE_PHASE, TXNS, 4)
     # A reader that has the table open already, in another process's place: this connection.
     reader = connect(db)
     assert reader.execute("SELECT count(*) FROM t").fetchone()[0] > 0
-    crashed = run_writer(db, acked, fault)
+    crashed = run_writer(db, TXNS, 4, acked, fault)
     assert crashed.returncode != 0 and "fault injected" in crashed.stderr, crashed.stderr[-2000:]
     assert shard_states(db, first_txid(db)) == expected_states
     delete_journal(db)
     # Its next read ends the transaction by the rule, without the journal.
     rows = dict(reader.execute("SELECT id, name FROM t"))
-    assert transaction_state(rows, 0) == expected
+    assert transaction_state(rows, 0, plan(TXNS, 4)[0]) == expected
     assert reader.execute("SELECT imagestore_transactions('t')").fetchone() == ("[]",)
     # A later transaction goes on as usual.
     reader.execute("INSERT INTO t(id, name, data) VALUES (999999, 'after', ?)", (corpus_bytes("no_time_for_that_tiny.gif"),))

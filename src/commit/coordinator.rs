@@ -1198,12 +1198,11 @@ pub fn resolve_in_doubt<P: Participant>(
         Err(e) => Err(e),
     };
     let undecidable = |txid: u64, host: Option<&str>| match (&journal, host) {
-        (_, None) if three_phase => Ok(false),
         (None, _) if !three_phase => Ok(true),
         (Some(journal), Some(_)) if journal.is_committed(txid) => Ok(false),
         (_, Some(host)) => host_undecidable(txid, host),
-        (Some(_), None) => Ok(false),
-        (None, None) => Ok(false), // three-phase: the shards decide (caught above)
+        // Decided by the journal (two-phase) or by the shards (three-phase).
+        (_, None) => Ok(false),
     };
     let publish_lock = LockFile::open(&config.publish_lock_path)?;
     let mut publish = publish_lock.publishing(config.busy_timeout_ms)?;

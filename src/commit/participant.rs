@@ -136,19 +136,13 @@ pub trait Participant: Send {
     /// Step 6p: marks prepared transaction `txid` pre-committed, in an atomic step of its own,
     /// durable once [`sync_job`](Self::sync_job) has run. An error if it is not prepared.
     fn pre_commit(&mut self, txid: u64) -> Result<()> {
-        Err(crate::error::Error::Internal(format!(
-            "{}: no pre-committed state here (transaction {txid})",
-            self.name()
-        )))
+        Err(no_pre_commits(&self.name(), txid))
     }
 
     /// Steps 6p and 8: takes the pre-commit of `txid` back, in an atomic step of its own (the
     /// transaction is only prepared again). Nothing to do if it is not pre-committed.
     fn withdraw_pre_commit(&mut self, txid: u64) -> Result<()> {
-        Err(crate::error::Error::Internal(format!(
-            "{}: no pre-committed state here (transaction {txid})",
-            self.name()
-        )))
+        Err(no_pre_commits(&self.name(), txid))
     }
 
     // ---- durability -----------------------------------------------------------------
@@ -156,4 +150,12 @@ pub trait Participant: Send {
     /// What makes every commit so far durable (steps 5, 6h and 9), or `None` if each commit
     /// is durable when it returns.
     fn sync_job(&self) -> Option<SyncJob>;
+}
+
+/// What a participant without a pre-committed state answers a three-phase step (a server's,
+/// whose tables are refused `protocol='3pc'` before any step is asked of it).
+fn no_pre_commits(participant: &str, txid: u64) -> crate::error::Error {
+    crate::error::Error::Internal(format!(
+        "{participant}: no pre-committed state here (transaction {txid})"
+    ))
 }

@@ -8,8 +8,9 @@
 //! blobs(blob_id INTEGER PRIMARY KEY, data)  -- image bytes, apart so metadata scans never read them
 //! imagestore_prepared(txid PRIMARY KEY, shards, decided_by, pre_committed) -- a transaction
 //!                                               prepared here, not yet finalized; shards: every
-//!                                               participant (for a person reading it); decided_by: the host database whose
-//!                                               commit decides it, if not the journal; pre_committed:
+//!                                               participant (for a person reading it);
+//!                                               decided_by: the host database whose commit
+//!                                               decides it, if not the journal; pre_committed:
 //!                                               three-phase commit's pre-commit (see `commit`)
 //! imagestore_undo(txid, id, existed, <images columns>) -- each touched row as it was before txid
 //! ```
@@ -96,8 +97,8 @@ const BUILTIN_STORED_COLUMNS: usize = 8;
 const HASH_COLUMN: usize = 6;
 const BLOB_ID_COLUMN: usize = 7;
 
-/// The error for shards (or servers) made with protocol `kept` opened as a table that declares
-/// `declared`: a wrong option, not damage.
+/// The error for shards made with protocol `kept` opened as a table that declares `declared`: a
+/// wrong option, not damage.
 pub fn protocol_mismatch(kept: Protocol, declared: Protocol) -> Error {
     Error::BadArgument(format!(
         "the table's shards were made with protocol='{}', but this table declares protocol='{}' (a table's protocol is chosen when it is made)",
