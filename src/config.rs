@@ -444,11 +444,6 @@ impl TableConfig {
         };
         // Checked first: a URL with a password is refused before anything else looks at it.
         let servers = Self::servers(&shards)?;
-        if protocol == Protocol::ThreePhase && !servers.is_empty() {
-            return Err(bad(
-                "protocol='3pc' is not yet available for a table on PostgreSQL servers; use protocol='2pc' (the default)",
-            ));
-        }
         if protocol == Protocol::ThreePhase && logged_commit_max_bytes.is_some_and(|b| b > 0) {
             return Err(bad(
                 "logged_commit_max: a protocol='3pc' table never logs a commit in the journal (its shards must be able to decide without it); leave it out",

@@ -128,6 +128,12 @@ pub enum Error {
     #[error("imagestore: the connection to server {server} broke during a transaction, which the server has rolled back; roll back and retry")]
     ServerLost { server: String },
 
+    /// A three-phase step on a server was refused because another connection took the table
+    /// over (its recovery fenced this one's steps off) after this one lost the writer lock
+    /// (SQLITE_BUSY).
+    #[error("imagestore: server {server}: {what} was refused: another connection took this table over after this one's session with the anchor (and its writer lock) was lost; that connection's recovery ends the transaction")]
+    TakenOver { server: String, what: String },
+
     /// A PostgreSQL server did not answer within the table's busy timeout (SQLITE_BUSY).
     #[error("imagestore: server {server} did not answer ({what}) within {timeout_ms} ms (the table's busy_timeout= and a second); its connection is dropped")]
     ServerTimeout {
@@ -295,7 +301,9 @@ impl Error {
             | Error::ServerLost { .. } => ffi::SQLITE_IOERR,
             Error::BadBackup { .. } | Error::LostCommits { .. } => ffi::SQLITE_CORRUPT_VTAB,
             Error::Unusable { code, .. } => *code,
-            Error::Busy { .. } | Error::ServerTimeout { .. } => ffi::SQLITE_BUSY,
+            Error::Busy { .. } | Error::ServerTimeout { .. } | Error::TakenOver { .. } => {
+                ffi::SQLITE_BUSY
+            }
             Error::Server { source, .. } => server_code(source),
             Error::SnapshotStale(_) => ffi::SQLITE_BUSY_SNAPSHOT,
             Error::Internal(_) => ffi::SQLITE_INTERNAL,

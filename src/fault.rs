@@ -3,15 +3,17 @@
 //! Built only with the cargo feature `fault-injection` (never in the shipped library, where
 //! [`check`] is an empty inline function). With it, the environment variable
 //! `IMAGESTORE_FAULT=step:n:mode` makes the `n`th (1-based) occurrence of `step` in this process
-//! either return an I/O error (`mode` = `error`), panic (`panic`), kill the process on the spot
-//! (`abort`), or wait and go on (`stall`: a test strikes something else meanwhile, say kills a
-//! server between the prepares and the decision; the wait lasts until the file that
-//! `IMAGESTORE_FAULT_RESUME` names exists, at most a minute, or three seconds without it).
+//! (with `n+`, that one and every later one) either return an I/O error (`mode` = `error`),
+//! panic (`panic`), kill the process on the spot (`abort`), or wait and go on (`stall`: a test
+//! strikes something else meanwhile, say kills a server between the prepares and the decision;
+//! the wait lasts until the file that `IMAGESTORE_FAULT_RESUME` names exists, at most a minute,
+//! or three seconds without it). Faults at several steps are separated by commas.
 //!
 //! Steps: `shard_prepare`, `journal_append`, `journal_sync`, `shard_commit_logged`,
 //! `shard_finalize`, `journal_reset`, `shard_pre_commit`, `shard_withdraw_pre_commit`,
-//! `recovery_shard`, `recovery_replay`, `derive_row`, `backup_shard`, `restore_commit`; on servers `server_prepare`, `anchor_decide`,
-//! `server_finalize`.
+//! `recovery_shard`, `recovery_replay`, `derive_row`, `backup_shard`, `restore_commit`; on
+//! servers `server_prepare`, `anchor_decide`, `server_finalize`, `anchor_confirm`,
+//! `server_pre_commit`, `server_withdraw_pre_commit`.
 //!
 //! Also, `IMAGESTORE_SKIP_SYNC=name,...` leaves out the syncs named ([`skips_sync`]), so that the
 //! power-cut tests can show that each sync the protocol relies on is needed.
@@ -45,16 +47,19 @@ pub fn check(step: &'static str) -> Result<()> {
     use std::sync::Mutex;
     static SEEN: Mutex<Option<HashMap<&'static str, u64>>> = Mutex::new(None);
 
-    let Ok(spec) = std::env::var("IMAGESTORE_FAULT") else {
+    let Ok(specs) = std::env::var("IMAGESTORE_FAULT") else {
         return Ok(());
     };
-    let mut parts = spec.split(':');
-    let (Some(name), Some(nth), Some(mode)) = (parts.next(), parts.next(), parts.next()) else {
+    // Several faults, one a step: `step:n:mode,step:n:mode`.
+    let Some((nth, mode)) = specs.split(',').find_map(|spec| {
+        let mut parts = spec.split(':');
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some(name), Some(nth), Some(mode)) if name == step => Some((nth, mode)),
+            _ => None,
+        }
+    }) else {
         return Ok(());
     };
-    if name != step {
-        return Ok(());
-    }
     let count = {
         let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
         let counter = seen
@@ -64,7 +69,12 @@ pub fn check(step: &'static str) -> Result<()> {
         *counter += 1;
         *counter
     };
-    if nth.parse::<u64>().ok() != Some(count) {
+    // `n+`: the nth occurrence and every later one.
+    let fires = match nth.strip_suffix('+') {
+        Some(from) => from.parse::<u64>().is_ok_and(|from| count >= from),
+        None => nth.parse::<u64>().ok() == Some(count),
+    };
+    if !fires {
         return Ok(());
     }
     // Tests read this line to know that the fault fired.

@@ -15,10 +15,10 @@ use std::sync::{Arc, Mutex};
 use common::mortal::{dies, Calls, Death, Mortal};
 use common::servers::{servers, start};
 use imagestore::commit::{Coordinator, Participant};
-use imagestore::config::{HostDatabase, TableConfig};
+use imagestore::config::{HostDatabase, Protocol, TableConfig};
 use imagestore::journal::TableId;
 use imagestore::placement::shard_of;
-use imagestore::server::{Address, ServerShard};
+use imagestore::server::{Address, ServerShard, WriterToken};
 use imagestore::shard::{NewRow, ScanFilter};
 
 const SHARDS: usize = 3;
@@ -80,8 +80,16 @@ impl Fixture {
             .iter()
             .enumerate()
             .map(|(i, a)| {
-                ServerShard::create(a.clone(), name, table_id, i, SHARDS, &[], TIMEOUT_MS)
-                    .expect("create shard")
+                ServerShard::create(
+                    a.clone(),
+                    name,
+                    table_id,
+                    (i, SHARDS),
+                    &[],
+                    (Protocol::TwoPhase, WriterToken::default()),
+                    TIMEOUT_MS,
+                )
+                .expect("create shard")
             })
             .collect();
         let fixture = Fixture {
@@ -120,8 +128,15 @@ impl Fixture {
             .iter()
             .enumerate()
             .map(|(i, a)| {
-                ServerShard::open(a.clone(), &self.name, i, SHARDS, &[], TIMEOUT_MS)
-                    .expect("open shard")
+                ServerShard::open(
+                    a.clone(),
+                    &self.name,
+                    (i, SHARDS),
+                    &[],
+                    (Protocol::TwoPhase, WriterToken::default()),
+                    TIMEOUT_MS,
+                )
+                .expect("open shard")
             })
             .collect()
     }
@@ -341,16 +356,23 @@ fn a_server_listed_at_the_wrong_place_without_the_table_or_down_is_refused() {
         return;
     };
     // Listed at another place than it holds.
-    let wrong = ServerShard::open(f.addresses[0].clone(), &f.name, 1, SHARDS, &[], TIMEOUT_MS);
+    let wrong = ServerShard::open(
+        f.addresses[0].clone(),
+        &f.name,
+        (1, SHARDS),
+        &[],
+        (Protocol::TwoPhase, WriterToken::default()),
+        TIMEOUT_MS,
+    );
     let message = wrong.err().expect("refused").to_string();
     assert!(message.contains("holds shard 0 of 3"), "{message}");
     // A database holding no such table.
     let missing = ServerShard::open(
         f.addresses[0].clone(),
         "no_such_table",
-        0,
-        1,
+        (0, 1),
         &[],
+        (Protocol::TwoPhase, WriterToken::default()),
         TIMEOUT_MS,
     );
     let message = missing.err().expect("refused").to_string();
@@ -363,9 +385,9 @@ fn a_server_listed_at_the_wrong_place_without_the_table_or_down_is_refused() {
         f.addresses[1].clone(),
         &f.name,
         [9; 16],
-        1,
-        SHARDS,
+        (1, SHARDS),
         &[],
+        (Protocol::TwoPhase, WriterToken::default()),
         TIMEOUT_MS,
     );
     let message = again.err().expect("refused").to_string();
@@ -375,9 +397,16 @@ fn a_server_listed_at_the_wrong_place_without_the_table_or_down_is_refused() {
     );
     // A server that is not there.
     let down = Address::parse("postgresql://postgres@127.0.0.1:1/postgres").unwrap();
-    let e = ServerShard::open(down, &f.name, 0, SHARDS, &[], 2000)
-        .err()
-        .expect("refused");
+    let e = ServerShard::open(
+        down,
+        &f.name,
+        (0, SHARDS),
+        &[],
+        (Protocol::TwoPhase, WriterToken::default()),
+        2000,
+    )
+    .err()
+    .expect("refused");
     assert_eq!(e.sqlite_code(), rusqlite::ffi::SQLITE_CANTOPEN, "{e}");
 }
 
@@ -387,18 +416,33 @@ fn a_server_that_cannot_prepare_is_refused_at_create_and_at_open() {
         return;
     };
     let address = Address::parse(&unfit.urls[0]).expect("address");
-    let e = ServerShard::create(address.clone(), "unfit", [5; 16], 0, 1, &[], TIMEOUT_MS)
-        .err()
-        .expect("refused");
+    let e = ServerShard::create(
+        address.clone(),
+        "unfit",
+        [5; 16],
+        (0, 1),
+        &[],
+        (Protocol::TwoPhase, WriterToken::default()),
+        TIMEOUT_MS,
+    )
+    .err()
+    .expect("refused");
     assert_eq!(e.sqlite_code(), rusqlite::ffi::SQLITE_CANTOPEN, "{e}");
     assert!(
         e.to_string().contains("max_prepared_transactions = 0"),
         "{e}"
     );
     // Nothing was made there.
-    let e = ServerShard::open(address, "unfit", 0, 1, &[], TIMEOUT_MS)
-        .err()
-        .expect("refused");
+    let e = ServerShard::open(
+        address,
+        "unfit",
+        (0, 1),
+        &[],
+        (Protocol::TwoPhase, WriterToken::default()),
+        TIMEOUT_MS,
+    )
+    .err()
+    .expect("refused");
     assert!(
         e.to_string()
             .contains("holds no imagestore table named unfit"),
@@ -450,4 +494,211 @@ fn a_connection_lost_mid_transaction_fails_what_follows_and_never_runs_it_outsid
     shard.end().expect("end");
     // Neither row is there; the shard works again once the transaction is ended.
     assert_eq!(f.rows(&mut shards), baseline());
+}
+
+// ---- the fence of a three-phase table ------------------------------------------------------
+
+/// Shard 0 of 1 of a new three-phase table `name` on the first server, as two hosts open it:
+/// `(writer, other)`, each with its own writer token (`writer`'s the lower, drawn first).
+fn three_phase_pair(name: &str) -> Option<(ServerShard, ServerShard)> {
+    let address = Address::parse(&servers()?.urls[0]).expect("address");
+    let table_id: TableId = *blake3::hash(name.as_bytes())
+        .as_bytes()
+        .first_chunk()
+        .unwrap();
+    let (writer_token, other_token) = (WriterToken::default(), WriterToken::default());
+    writer_token.set(10);
+    other_token.set(11);
+    let commit = (Protocol::ThreePhase, writer_token.clone());
+    let writer = ServerShard::create(
+        address.clone(),
+        name,
+        table_id,
+        (0, 1),
+        &[],
+        commit,
+        TIMEOUT_MS,
+    )
+    .expect("create shard");
+    let commit = (Protocol::ThreePhase, other_token.clone());
+    let other =
+        ServerShard::open(address, name, (0, 1), &[], commit, TIMEOUT_MS).expect("open shard");
+    Some((writer, other))
+}
+
+/// Prepares transaction `txid` on `shard`, writing one row.
+fn prepare_one(shard: &mut ServerShard, txid: u64) {
+    shard.begin_write().expect("begin");
+    let data = png(12);
+    shard
+        .insert(&row(txid as i64, "fenced", &data), &data)
+        .expect("insert");
+    shard.prepare(txid, &[0], None).expect("prepare");
+}
+
+/// Whether `shard` reads `txid` as prepared and pre-committed: `(prepared, pre_committed)`.
+fn held(shard: &mut ServerShard, txid: u64) -> (bool, bool) {
+    let records = shard.prepared().expect("prepared");
+    let record = records.iter().find(|r| r.txid == txid);
+    (record.is_some(), record.is_some_and(|r| r.pre_committed))
+}
+
+fn refused(outcome: imagestore::error::Result<()>) -> bool {
+    match outcome {
+        Err(e) => {
+            assert_eq!(e.sqlite_code(), rusqlite::ffi::SQLITE_BUSY, "{e}");
+            assert!(
+                e.to_string()
+                    .contains("another connection took this table over"),
+                "{e}"
+            );
+            true
+        }
+        Ok(()) => false,
+    }
+}
+
+fn drop_table(shard: &ServerShard, name: &str) {
+    ServerShard::drop_named(shard.address(), name, 0, 1, TIMEOUT_MS).expect("drop");
+}
+
+#[test]
+fn a_taken_over_writer_and_its_late_statements_are_refused_by_the_fence() {
+    let name = format!("fence_{}", std::process::id());
+    let Some((mut writer, mut other)) = three_phase_pair(&name) else {
+        return;
+    };
+    prepare_one(&mut writer, 100);
+    writer.pre_commit(100).expect("pre-commit");
+    assert_eq!(held(&mut other, 100), (true, true));
+    // Its own withdrawal fences off its own pre-commit landing late (the same statement, with
+    // the same token, sent again after it).
+    writer.withdraw_pre_commit(100).expect("withdraw");
+    assert_eq!(held(&mut other, 100), (true, false));
+    assert!(refused(writer.pre_commit(100)));
+    assert_eq!(held(&mut other, 100), (true, false));
+    // Another host takes over (recovery, its token the greater): the first writer's steps are
+    // refused from then on, whichever they are; the new holder's go through.
+    other.take_over().expect("take over");
+    assert!(refused(writer.pre_commit(100)));
+    assert!(refused(writer.withdraw_pre_commit(100)));
+    assert!(refused(writer.take_over()));
+    other.pre_commit(100).expect("the new holder pre-commits");
+    assert_eq!(held(&mut writer, 100), (true, true));
+    assert!(refused(writer.withdraw_pre_commit(100)));
+    assert_eq!(held(&mut writer, 100), (true, true));
+    // A pre-commit of a transaction the server does not hold prepared is refused, as such.
+    let e = other.pre_commit(101).expect_err("not prepared");
+    assert!(e.to_string().contains("is not prepared there"), "{e}");
+    other.finalize(100).expect("finalize");
+    assert_eq!(held(&mut other, 100), (false, false));
+    drop_table(&other, &name);
+}
+
+/// A session of `psql` on `url` holding the fence row of `schema` locked until dropped.
+struct FenceHeld(std::process::Child);
+
+impl FenceHeld {
+    fn new(url: &str, schema: &str) -> FenceHeld {
+        use std::io::{BufRead, Write};
+        let mut psql = std::process::Command::new("psql")
+            .args(["-X", "-q", "-At", "-d", url])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("psql");
+        let stdin = psql.stdin.as_mut().expect("stdin");
+        writeln!(
+            stdin,
+            "BEGIN; SELECT 'locked' FROM {schema}.fence FOR UPDATE;"
+        )
+        .expect("lock");
+        stdin.flush().expect("flush");
+        // Held once psql says so.
+        let mut line = String::new();
+        let stdout = psql.stdout.as_mut().expect("stdout");
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read");
+        assert_eq!(line.trim(), "locked");
+        FenceHeld(psql)
+    }
+
+    /// Statements on the fence of `schema` waiting for a lock.
+    fn waiters(url: &str, schema: &str) -> usize {
+        let sql = format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'imagestore' \
+             AND wait_event_type = 'Lock' AND query LIKE '%{}%fence%'",
+            schema.trim_matches('"')
+        );
+        let out = std::process::Command::new("psql")
+            .args(["-X", "-At", "-d", url, "-c", &sql])
+            .output()
+            .expect("psql");
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0)
+    }
+
+    fn wait_for(url: &str, schema: &str, waiters: usize) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while FenceHeld::waiters(url, schema) < waiters {
+            assert!(std::time::Instant::now() < deadline, "never waited");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for FenceHeld {
+    fn drop(&mut self) {
+        // Closing psql's input ends its session, and the row lock with it.
+        drop(self.0.stdin.take());
+        let _ = self.0.wait();
+    }
+}
+
+/// A pre-commit and another host's take-over sent at the same moment, queued behind the same
+/// row lock in either order: the pre-commit succeeds exactly when the take-over's recovery
+/// then reads it (never one without the other).
+#[test]
+fn a_pre_commit_racing_a_take_over_is_read_by_it_or_refused() {
+    let url = &match servers() {
+        Some(servers) => servers,
+        None => return,
+    }
+    .urls[0];
+    for (round, pre_commit_first) in [true, false, true, false].into_iter().enumerate() {
+        let name = format!("race_{}_{round}", std::process::id());
+        let (mut writer, mut other) = three_phase_pair(&name).expect("servers");
+        prepare_one(&mut writer, 200);
+        let schema = writer.schema().to_string();
+        let lock = FenceHeld::new(url, &schema);
+        let (pre_committed, read) = std::thread::scope(|scope| {
+            fn pre_commit(writer: &mut ServerShard) -> bool {
+                writer.pre_commit(200).is_ok()
+            }
+            fn take_over(other: &mut ServerShard) -> bool {
+                other.take_over().expect("take over");
+                held(other, 200).1
+            }
+            let (writer, other) = (&mut writer, &mut other);
+            let (first, second) = if pre_commit_first {
+                let first = scope.spawn(move || pre_commit(writer));
+                FenceHeld::wait_for(url, &schema, 1);
+                (first, scope.spawn(move || take_over(other)))
+            } else {
+                let first = scope.spawn(move || take_over(other));
+                FenceHeld::wait_for(url, &schema, 1);
+                (scope.spawn(move || pre_commit(writer)), first)
+            };
+            FenceHeld::wait_for(url, &schema, 2);
+            drop(lock);
+            (first.join().unwrap(), second.join().unwrap())
+        });
+        assert_eq!(pre_committed, read, "round {round}");
+        assert_eq!(pre_committed, pre_commit_first, "round {round}");
+        other.abort_prepared(200).expect("abort");
+        drop_table(&other, &name);
+    }
 }

@@ -29,14 +29,26 @@ PATHS = {
     "prepared": (", logged_commit_max=0",
                  ["shard_prepare", "journal_append", "journal_sync", "shard_finalize", "journal_reset"]),
     "logged": ("", ["journal_append", "journal_sync", "shard_commit_logged", "journal_reset"]),
-    "3pc": (", protocol='3pc'", ["shard_prepare", "shard_pre_commit", "shard_finalize"]),
+    "3pc": (", protocol='3pc'",
+            ["shard_prepare", "shard_pre_commit", "shard_withdraw_pre_commit", "shard_finalize"]),
 }
+# A withdrawal runs only after a pre-commit failed: that one fails (with an error) first.
+WITHDRAWALS = {"shard_withdraw_pre_commit": "shard_pre_commit",
+               "server_withdraw_pre_commit": "server_pre_commit"}
 CASES = [(path, step, touched) for path, (_, steps) in PATHS.items() for step in steps
          for touched in (1, 2, 4)]
 MODES = ["error", "abort"]
 TXNS = 6
 RESET_TXNS = 160  # enough 2-shard commits to pass journal_limit=4096 and reset the journal
 totals = {"runs": 0, "fired": 0, "transactions": 0, "partial": 0, "lost": 0}
+
+
+def fault_spec(step, nth, mode):
+    """IMAGESTORE_FAULT for a fault at the `nth` occurrence of `step` (of a withdrawal: the first
+    one after the `nth` pre-commit failed)."""
+    if step in WITHDRAWALS:
+        return f"{WITHDRAWALS[step]}:{nth}:error,{step}:1:{mode}"
+    return f"{step}:{nth}:{mode}"
 
 
 def make_table(db, txns, touched, path):
@@ -135,8 +147,8 @@ def test_fault_at_commit_step(tmp_path, path, step, mode, touched):
     db, acked = tmp_path / "f.db", tmp_path / "acked"
     make_table(db, txns, touched, path)
     nth = 1 if step == "journal_reset" else 2
-    result = run_writer(db, txns, touched, acked, f"{step}:{nth}:{mode}")
-    fired = "fault injected at" in result.stderr
+    result = run_writer(db, txns, touched, acked, fault_spec(step, nth, mode))
+    fired = f"fault injected at {step}" in result.stderr
     if path == "3pc":
         for journal in tmp_path.glob("*.imagestore-journal"):
             journal.unlink()

@@ -8,16 +8,21 @@ reopened with the ordinary library (recovery runs) and every transaction must be
 absent, every COMMIT that returned present, every COMMIT that failed absent, and no server may
 hold a prepared transaction. Recovery's own step is faulted too, after crashes that leave
 prepared transactions undecided and decided, at its first prepared transaction and (when there
-are several) at its second.
+are several) at its second. The same for three-phase tables (`protocol='3pc'`: prepare,
+pre-commit, finalize), whose anchor's decision records are deleted before each check.
 """
 import pytest
 
 from harness import require_lib
-from test_fault_matrix import FAULT_LIB, MODES, TXNS, fill_baseline, open_with_fault, run_writer, tally
+from test_fault_matrix import FAULT_LIB, MODES, TXNS, fault_spec, fill_baseline, open_with_fault, run_writer, tally
 from test_server_tables import four_shards, prepared
 
-STEPS = ["server_prepare", "anchor_decide", "server_finalize"]
-CASES = [(step, touched) for step in STEPS for touched in (1, 2, 4)]
+STEPS = {"2pc": ["server_prepare", "anchor_decide", "server_finalize"],
+         "3pc": ["server_prepare", "anchor_confirm", "server_pre_commit", "server_withdraw_pre_commit",
+                 "server_finalize"]}
+OPTIONS = {"2pc": "", "3pc": ", protocol='3pc'"}
+CASES = [(protocol, step, touched) for protocol, steps in STEPS.items() for step in steps
+         for touched in (1, 2, 4)]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -44,12 +49,15 @@ def check(db, touched, acked, places, txns=TXNS):
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("step,touched", CASES)
-def test_fault_at_server_commit_step(tmp_path, pg, step, mode, touched):
+@pytest.mark.parametrize("protocol,step,touched", CASES)
+def test_fault_at_server_commit_step(tmp_path, pg, protocol, step, mode, touched):
     db, acked = tmp_path / "f.db", tmp_path / "acked"
-    places = make_table(pg, db, touched)
-    result = run_writer(db, TXNS, touched, acked, f"{step}:2:{mode}")
-    assert "fault injected at" in result.stderr, f"{step} never ran: {result.stderr[-2000:]}"
+    places = make_table(pg, db, touched, OPTIONS[protocol])
+    result = run_writer(db, TXNS, touched, acked, fault_spec(step, 2, mode))
+    assert f"fault injected at {step}" in result.stderr, f"{step} never ran: {result.stderr[-2000:]}"
+    if protocol == "3pc":
+        from test_three_phase import delete_decisions
+        delete_decisions(places)
     assert check(db, touched, acked, places) == (0, 0)
 
 
@@ -58,6 +66,7 @@ def test_fault_at_server_commit_step(tmp_path, pg, step, mode, touched):
 RECOVERY_CASES = {
     "undecided": "anchor_decide:2:abort",
     "decided": "server_finalize:2:abort",
+    "3pc, pre-committed in part": "server_pre_commit:2:abort",
 }
 
 
@@ -65,7 +74,7 @@ RECOVERY_CASES = {
 @pytest.mark.parametrize("mode", MODES)
 def test_fault_during_server_recovery(tmp_path, pg, mode, case):
     db, acked = tmp_path / "f.db", tmp_path / "acked"
-    places = make_table(pg, db, 4)
+    places = make_table(pg, db, 4, ", protocol='3pc'" if case.startswith("3pc") else "")
     assert run_writer(db, TXNS, 4, acked, RECOVERY_CASES[case]).returncode != 0
     # Parallel finalizes may all but one have landed before the writer died.
     left = sum(int(prepared(server, database)) for server, database in places)

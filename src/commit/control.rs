@@ -64,6 +64,13 @@ pub trait Control {
 
     /// Takes the writer lock, waiting up to `timeout_ms`.
     fn lock_writer(&self, timeout_ms: u64) -> Result<Held>;
+    /// Three-phase commit, after the vote and before the first pre-commit: an error unless
+    /// this connection still holds the writer lock it took (so it held it through the whole
+    /// transaction). Nothing to ask of a lock that cannot be lost while its holder lives (a
+    /// local file's).
+    fn confirm_writer(&self) -> Result<()> {
+        Ok(())
+    }
     /// Whether another connection, on any host, holds the writer lock now.
     fn writer_alive(&self) -> bool;
     /// Takes the publish lock shared (a reader opening its snapshots).

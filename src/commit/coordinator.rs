@@ -199,10 +199,15 @@ impl Coordinator {
         self.control.begin_recovery()?;
         // Prepared transactions first: on any one shard they are older than every logged commit
         // it lacks (see "Recovery" above).
-        let records = shards
-            .iter_mut()
-            .map(P::prepared)
-            .collect::<Result<Vec<_>>>()?;
+        let mut records = prepare_records(shards)?;
+        if self.protocol == Protocol::ThreePhase && records.iter().any(|r| !r.is_empty()) {
+            // (I4) No earlier coordinator's step changes the states read again now. With none
+            // prepared anywhere there is nothing to take over: a pre-commit needs its
+            // transaction prepared, and a vote that ends after this read was taken by a writer
+            // that lost its lock before this one took it, whose confirmation fails (I0).
+            take_over_all(shards)?;
+            records = prepare_records(shards)?;
+        }
         let terminated = self.terminate_three_phase(shards, &records)?;
         for ((index, shard), records) in shards.iter_mut().enumerate().zip(records) {
             for record in records {
@@ -967,6 +972,11 @@ impl Coordinator {
     ) -> Result<()> {
         let names = participants(written);
         let prepared = self.vote(shards, txid, written, &names, None)?;
+        // (I0) Nothing is pre-committed unless the writer lock was held through the vote.
+        if let Err(e) = self.control.confirm_writer() {
+            self.abort_everywhere(shards, txid, &prepared);
+            return Err(e);
+        }
         let (_, _, failure) = step_and_sync(shards, written, true, |shard| shard.pre_commit(txid));
         let Some(failure) = failure else {
             return Ok(());
@@ -1551,6 +1561,20 @@ fn participants(written: &[usize]) -> Vec<u16> {
 /// Every shard's `last_txid`, in shard order.
 fn last_txids<P: Participant>(shards: &mut [P]) -> Result<Vec<u64>> {
     shards.iter_mut().map(P::last_txid).collect()
+}
+
+/// What every shard holds prepared, in shard order.
+fn prepare_records<P: Participant>(shards: &mut [P]) -> Result<Vec<Vec<PrepareRecord>>> {
+    shards.iter_mut().map(P::prepared).collect()
+}
+
+/// Recovery's take-over of every shard (remote ones at once); the first error, if any.
+fn take_over_all<P: Participant>(shards: &mut [P]) -> Result<()> {
+    let all: Vec<usize> = (0..shards.len()).collect();
+    each_shard(shards, &all, true, P::take_over)
+        .into_iter()
+        .find_map(|(_, outcome)| outcome.err())
+        .map_or(Ok(()), Err)
 }
 
 /// Makes every shard's commits so far durable, the shards' syncs in parallel.

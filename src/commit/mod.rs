@@ -316,20 +316,32 @@
 //!   reaches the same outcome (pre-commits it added only make "commit" more certain, and it adds
 //!   them only when one was already there).
 //!
-//! Not yet on PostgreSQL servers. There a pre-commit would be a row committed on each server,
-//! and two things a local shard rules out must be fenced first: a writer that lost its writer
-//! lock with its anchor session (which a two-phase decision, written on that very session,
-//! cannot outlive) could still pre-commit on the other servers after another host's recovery
-//! read them and chose abort; and a statement whose call broke off keeps running on its old
-//! backend, so a pre-commit or a withdrawal could land after the step that counted on its
-//! absence. Each server will need an epoch that recovery raises before it reads the states, and
-//! that every pre-commit and withdrawal checks (and a withdrawal raises) in its own statement.
+//! On PostgreSQL servers a shard's prepare is the server's prepared transaction, and its
+//! pre-commit is its server's `fence` row naming the transaction, committed on its own (durable
+//! when the call returns); a withdrawal removes the name; the anchor writes no decision record.
+//! A prepare that lands late (its answer lost, its writer gone) has no pre-commit anywhere: the
+//! rule aborts it. Two things a local shard rules out must be fenced there, and are, by two
+//! more invariants (`crate::server::fence` gives the statements):
+//! - (I0) A transaction is pre-committed only if its coordinator held the writer lock from its
+//!   begin through its vote: between the vote and the first pre-commit the coordinator confirms
+//!   the lock on the anchor session that took it (a session's lock goes only with the session,
+//!   and a lost one is not made again while it held a lock). A writer whose session (and lock)
+//!   was lost, and which another host's writer may have followed, never pre-commits.
+//! - (I4) Once recovery has taken a server over (before it reads that server's states), no step
+//!   of an earlier coordinator changes that server's pre-commits: not one of a writer that lost
+//!   its lock after (I0), nor a pre-commit or withdrawal whose call broke off and whose
+//!   statement is still running on its old backend. Each writer-lock acquisition draws a
+//!   greater token; every pre-commit, withdrawal and take-over is one UPDATE of the fence row
+//!   that claims it with the token and is refused under a greater claim; a withdrawal claims one
+//!   above its own pre-commits, so a late pre-commit of the same writer is refused after it.
+//!   So the states recovery reads are final as far as earlier coordinators go, and a refused
+//!   step's coordinator reports the outcome unknown (its withdrawals are refused too).
 //!
 //! Limits, plainly. The rule is non-blocking only while failures are crashes and every shard can
 //! be read: it needs every shard's state. A shard that cannot be opened (a missing or unreadable
-//! file) makes the table refuse to open (or the read or write that runs recovery fail), naming
-//! it, until it is back: imagestore waits for the
-//! person to bring it back and never decides without it, because the missing shard may be the
+//! file, a server that does not answer within the busy timeout) makes the table refuse to open
+//! (or the read or write that runs recovery fail), naming it, until it is back: imagestore
+//! waits for the person to bring it back and never decides without it, because the missing shard may be the
 //! one pre-committed (then the others must commit) or the one that refused (then they must
 //! abort); deciding either way could break atomicity. So three-phase commit removes the journal
 //! from what must survive, not the shards. It is not a majority protocol: every vote counts.
@@ -348,7 +360,8 @@
 //! next writer, seeing no shard raised, would take the same id, and its decision would commit
 //! the stray. So a table on servers also draws each id from a sequence on the anchor, which
 //! never gives one twice, and recovery finalizes a prepared transaction only on the shards its
-//! decision names.
+//! decision names (two-phase; on a three-phase table such a stray has no pre-commit anywhere,
+//! since its vote failed before any, so the rule aborts it).
 
 pub mod control;
 mod coordinator;

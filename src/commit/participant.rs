@@ -135,14 +135,18 @@ pub trait Participant: Send {
 
     /// Step 6p: marks prepared transaction `txid` pre-committed, in an atomic step of its own,
     /// durable once [`sync_job`](Self::sync_job) has run. An error if it is not prepared.
-    fn pre_commit(&mut self, txid: u64) -> Result<()> {
-        Err(no_pre_commits(&self.name(), txid))
-    }
+    fn pre_commit(&mut self, txid: u64) -> Result<()>;
 
     /// Steps 6p and 8: takes the pre-commit of `txid` back, in an atomic step of its own (the
     /// transaction is only prepared again). Nothing to do if it is not pre-committed.
-    fn withdraw_pre_commit(&mut self, txid: u64) -> Result<()> {
-        Err(no_pre_commits(&self.name(), txid))
+    fn withdraw_pre_commit(&mut self, txid: u64) -> Result<()>;
+
+    /// Recovery of a three-phase table, before it reads what the participant holds: from
+    /// then on no step of an earlier holder of the writer lock (one that lost it, or a call of
+    /// its that broke off and lands late) changes the participant's pre-commits. Nothing to do
+    /// where the writer lock cannot be lost while its holder goes on (local files).
+    fn take_over(&mut self) -> Result<()> {
+        Ok(())
     }
 
     // ---- durability -----------------------------------------------------------------
@@ -150,12 +154,4 @@ pub trait Participant: Send {
     /// What makes every commit so far durable (steps 5, 6h and 9), or `None` if each commit
     /// is durable when it returns.
     fn sync_job(&self) -> Option<SyncJob>;
-}
-
-/// What a participant without a pre-committed state answers a three-phase step (a server's,
-/// whose tables are refused `protocol='3pc'` before any step is asked of it).
-fn no_pre_commits(participant: &str, txid: u64) -> crate::error::Error {
-    crate::error::Error::Internal(format!(
-        "{participant}: no pre-committed state here (transaction {txid})"
-    ))
 }

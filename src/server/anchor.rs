@@ -10,7 +10,9 @@
 //! - `publication`: a sequence, the publication counter, advanced once in each exclusive
 //!   window of the publish lock.
 //! - `txids`: a sequence that transaction ids are drawn from, so that none is given twice (see
-//!   the protocol document, "Transaction ids"); one is drawn in the writer lock's round trip.
+//!   the protocol document, "Transaction ids"); one is drawn in the writer lock's round trip,
+//!   and is also the acquisition's token, with which a three-phase table's steps claim each
+//!   server's fence (`super::fence`).
 //! - Two session advisory locks, keyed by the table's id: the writer lock and the publish lock
 //!   (taken shared by readers while they open their snapshots). A session's locks go when it
 //!   ends, so a dead host's locks free themselves once the server notices (keepalives).
@@ -29,7 +31,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio_postgres::error::SqlState;
 
 use super::link::Link;
-use super::Address;
+use super::{Address, WriterToken};
 use crate::commit::control::{Control, Held, PublishWindow};
 use crate::commit::locks::PublishState;
 use crate::error::{Error, Result};
@@ -44,6 +46,8 @@ pub struct Anchor {
     publish_key: i64,
     /// The decisions as last read: transaction id to the shards it wrote.
     committed: HashMap<u64, Vec<u16>>,
+    /// The token of the last acquisition of the writer lock, shared with the table's shards.
+    token: WriterToken,
 }
 
 /// The anchor session, and how many of its locks are held.
@@ -137,11 +141,12 @@ fn key(bytes: &[u8]) -> i64 {
 
 impl Anchor {
     /// Connects to the anchor of table `table_id` (whose schema `schema`, quoted, holds its
-    /// shard 0), making its decision table and counter first if `create`.
+    /// shard 0), making its decision table and counter first if `create`. Each acquisition of
+    /// the writer lock sets `token`.
     pub fn open(
         address: Address,
-        table_id: &TableId,
-        schema: &str,
+        (table_id, schema): (&TableId, &str),
+        token: WriterToken,
         timeout_ms: u64,
         create: bool,
     ) -> Result<Anchor> {
@@ -167,6 +172,7 @@ impl Anchor {
             writer_key: key(&table_id[..8]),
             publish_key: key(&table_id[8..]),
             committed: HashMap::new(),
+            token,
         };
         anchor.refresh()?;
         Ok(anchor)
@@ -279,8 +285,26 @@ impl Control for Anchor {
         let draw = format!("SELECT nextval({})", self.sequence("txids"));
         let writer = (self.writer_key, false);
         let (held, rows) = self.take("writer lock", writer, timeout_ms, &draw)?;
-        lock(&self.link).drawn_txid = rows.iter().find_map(|t| t.parse().ok());
+        let drawn = rows.iter().find_map(|t| t.parse().ok());
+        self.token.set(drawn.unwrap_or(0));
+        lock(&self.link).drawn_txid = drawn;
         Ok(Held::new(held))
+    }
+
+    /// A call that succeeds on the session that took the writer lock shows the lock still
+    /// held: a session's lock goes only with it, and a lost session is not made again while
+    /// it held a lock.
+    fn confirm_writer(&self) -> Result<()> {
+        let mut anchor = lock(&self.link);
+        if anchor.locks_held == 0 {
+            return Err(Error::Internal(
+                "confirming a writer lock that is not held".into(),
+            ));
+        }
+        crate::fault::check("anchor_confirm")?;
+        anchor
+            .link()
+            .batch("confirming the writer lock", "SELECT 1")
     }
 
     fn writer_alive(&self) -> bool {

@@ -178,10 +178,13 @@ impl Link {
             .dbname(&self.address.database)
             .application_name("imagestore")
             // Every session, made again or not: decisions durable when their commit returns
-            // (whatever the server's default), lock waits ending at the busy timeout, and a
-            // dead host noticed (its session's locks freed) within about 20 s.
+            // (whatever the server's default), statements outside an explicit isolation level
+            // in READ COMMITTED (a fence's UPDATE re-reads the row it waited for, see
+            // `fence`), lock waits ending at the busy timeout, and a dead host noticed (its
+            // session's locks freed) within about 20 s.
             .options(format!(
-                "-c synchronous_commit=on -c lock_timeout={} -c tcp_keepalives_idle=5 \
+                "-c synchronous_commit=on -c default_transaction_isolation=read\\ committed \
+                 -c lock_timeout={} -c tcp_keepalives_idle=5 \
                  -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3",
                 self.lock_timeout_ms
             ))

@@ -15,18 +15,23 @@
 //! "imagestore_<table id>".images(id bigint PRIMARY KEY, name, format, width, height, bytes,
 //!                   hash, data bytea STORAGE EXTERNAL, <user columns>)
 //! "imagestore_<table id>".state(last_txid)  -- one row
+//! "imagestore_<table id>".fence(owner, pre_committed)  -- one row; three-phase tables only
 //! ```
 //!
 //! A prepared transaction's identifier (gid) is `imagestore:<table id>:<txid>:<shard index>`,
 //! so that recovery finds a table's own among the server's (`pg_prepared_xacts`).
 //!
 //! Files: `address` the URL and its password (never kept, never shown); `shard` one server
-//! shard, its rows and its protocol steps.
+//! shard, its rows and its protocol steps; `fence` what keeps a three-phase step from landing
+//! after another host took the table over; `anchor` the coordinator's state on the first
+//! server; `link` the connection to one server.
 
 pub mod address;
 pub mod anchor;
+pub mod fence;
 mod link;
 pub mod shard;
 
 pub use address::Address;
+pub use fence::WriterToken;
 pub use shard::ServerShard;

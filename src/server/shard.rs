@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use rusqlite::types::Value;
 use tokio_postgres::Row;
 
+use super::fence::{self, Fence, WriterToken};
 use super::link::{Link, Param};
 use super::Address;
 use crate::commit::{Participant, PrepareRecord, Replayed};
@@ -26,10 +27,13 @@ use crate::config::{Protocol, UserColumn};
 use crate::durable::SyncJob;
 use crate::error::{Error, Result};
 use crate::journal::TableId;
-use crate::shard::{hex, quote_ident, unhex, NewRow, ScanFilter, ShardIdentity, StoredRow};
+use crate::shard::{
+    hex, protocol_mismatch, quote_ident, unhex, NewRow, ScanFilter, ShardIdentity, StoredRow,
+};
 
-/// The layout version this build writes and reads.
-const FORMAT_VERSION: i32 = 1;
+// The table's layout version on a server is `Protocol::format_version` (1: two-phase; 2:
+// three-phase, which an older build, reading only 1, refuses rather than apply two-phase
+// rules to it).
 /// SQLSTATE of "relation ... does not exist".
 const UNDEFINED_TABLE: &str = "42P01";
 
@@ -62,6 +66,11 @@ pub struct ServerShard {
     /// `last_txid` and the prepared transactions as `begin_write` read them, for step 1's next
     /// questions; gone once `prepared` has answered, or the transaction ends.
     begun: RefCell<Option<(u64, Vec<u64>)>>,
+    /// How the table commits; a three-phase table keeps its pre-commits in its `fence`.
+    protocol: Protocol,
+    /// The token of this connection's writer lock, which a three-phase step claims the fence
+    /// with (see `fence`).
+    token: WriterToken,
 }
 
 /// Rows of `sql`, a query of the registry `imagestore_tables`: none where the database has no
@@ -109,19 +118,20 @@ impl ServerShard {
         address: Address,
         name: &str,
         table_id: TableId,
-        shard_index: usize,
-        shard_count: usize,
+        (shard_index, shard_count): (usize, usize),
         user_columns: &[UserColumn],
+        (protocol, token): (Protocol, WriterToken),
         timeout_ms: u64,
     ) -> Result<ServerShard> {
-        let shard = ServerShard::connect(
-            address,
+        let mut link = Link::new(address, timeout_ms)?;
+        link.connect()?;
+        let shard = ServerShard::with_link(
+            link,
             table_id,
-            shard_index,
-            shard_count,
+            (shard_index, shard_count),
             user_columns,
-            timeout_ms,
-        )?;
+            (protocol, token),
+        );
         shard.require_prepared_transactions()?;
         let user_sql: String = user_columns
             .iter()
@@ -129,6 +139,10 @@ impl ServerShard {
             .collect();
         let columns_text = columns_json(user_columns)?;
         let schema = shard.schema.clone();
+        let fence = match protocol {
+            Protocol::TwoPhase => String::new(),
+            Protocol::ThreePhase => fence::create_sql(&schema),
+        };
         let made = shard.link().batch(
             "making the table",
             &format!(
@@ -145,7 +159,8 @@ impl ServerShard {
                      hash text NOT NULL, data bytea NOT NULL{user_sql});
                  ALTER TABLE {schema}.images ALTER COLUMN data SET STORAGE EXTERNAL;
                  CREATE TABLE {schema}.state(last_txid bigint NOT NULL);
-                 INSERT INTO {schema}.state VALUES (0);"
+                 INSERT INTO {schema}.state VALUES (0);
+                 {fence}"
             ),
         );
         if let Err(e) = made {
@@ -160,7 +175,7 @@ impl ServerShard {
                 Box::new(hex(&table_id)),
                 Box::new(shard_index as i32),
                 Box::new(shard_count as i32),
-                Box::new(FORMAT_VERSION),
+                Box::new(protocol.format_version() as i32),
                 Box::new(columns_text),
             ],
         );
@@ -181,13 +196,14 @@ impl ServerShard {
     }
 
     /// Connects to the server at `address` and opens shard `shard_index` of `shard_count` of
-    /// table `name`, checking that the server holds it, as that shard, with these columns.
+    /// table `name`, checking that the server holds it, as that shard, with these columns and
+    /// this protocol (a three-phase table's fence claimed with `token`).
     pub fn open(
         address: Address,
         name: &str,
-        shard_index: usize,
-        shard_count: usize,
+        (shard_index, shard_count): (usize, usize),
         user_columns: &[UserColumn],
+        (protocol, token): (Protocol, WriterToken),
         timeout_ms: u64,
     ) -> Result<ServerShard> {
         let mut link = Link::new(address.clone(), timeout_ms)?;
@@ -217,10 +233,13 @@ impl ServerShard {
         let (table_id, index, count, version, columns) = identity;
         let table_id = unhex(&table_id)
             .ok_or_else(|| foreign(format!("has a damaged table id for {name}")))?;
-        if version != FORMAT_VERSION {
-            return Err(foreign(format!(
-                "holds table {name} in layout {version}; this build reads layout {FORMAT_VERSION}"
-            )));
+        let kept = Protocol::of_format_version(version.into()).ok_or_else(|| {
+            foreign(format!(
+                "holds table {name} in layout {version}; this build reads layouts 1 (two-phase) and 2 (three-phase)"
+            ))
+        })?;
+        if kept != protocol {
+            return Err(protocol_mismatch(kept, protocol));
         }
         if (index as usize, count as usize) != (shard_index, shard_count) {
             return Err(foreign(format!(
@@ -233,36 +252,23 @@ impl ServerShard {
                 "holds table {name} with columns {columns}, but the table declares {declared}"
             )));
         }
-        let shard = ServerShard::with_link(link, table_id, shard_index, shard_count, user_columns);
-        shard.require_prepared_transactions()?;
-        Ok(shard)
-    }
-
-    fn connect(
-        address: Address,
-        table_id: TableId,
-        shard_index: usize,
-        shard_count: usize,
-        user_columns: &[UserColumn],
-        timeout_ms: u64,
-    ) -> Result<ServerShard> {
-        let mut link = Link::new(address, timeout_ms)?;
-        link.connect()?;
-        Ok(ServerShard::with_link(
+        let shard = ServerShard::with_link(
             link,
             table_id,
-            shard_index,
-            shard_count,
+            (shard_index, shard_count),
             user_columns,
-        ))
+            (protocol, token),
+        );
+        shard.require_prepared_transactions()?;
+        Ok(shard)
     }
 
     fn with_link(
         link: Link,
         table_id: TableId,
-        shard_index: usize,
-        shard_count: usize,
+        (shard_index, shard_count): (usize, usize),
         user_columns: &[UserColumn],
+        (protocol, token): (Protocol, WriterToken),
     ) -> ServerShard {
         let user: String = user_columns
             .iter()
@@ -280,6 +286,8 @@ impl ServerShard {
             open: Cell::new(Open::Nothing),
             snapshot_last_txid: Cell::new(None),
             begun: RefCell::new(None),
+            protocol,
+            token,
         }
     }
 
@@ -463,7 +471,7 @@ impl ServerShard {
             table_id: self.table_id,
             shard_index: self.shard_index,
             shard_count: self.shard_count,
-            protocol: Protocol::TwoPhase,
+            protocol: self.protocol,
         }
     }
 
@@ -525,11 +533,45 @@ impl ServerShard {
         )
     }
 
-    fn prepared_txids(&self) -> Result<Vec<u64>> {
-        let gids = self
+    /// Every transaction this shard holds prepared, each pre-committed where the fence has it
+    /// (three-phase), in one round trip.
+    fn prepare_records(&self) -> Result<Vec<PrepareRecord>> {
+        let mut sql = self.list_prepared_sql();
+        if self.protocol == Protocol::ThreePhase {
+            sql = format!("{sql}; {}", fence::pre_committed_sql(&self.schema));
+        }
+        let rows = self
             .link()
-            .batch_rows("listing prepared transactions", &self.list_prepared_sql())?;
-        Ok(self.read_state(&gids).1)
+            .batch_rows("listing prepared transactions", &sql)?;
+        let pre_committed: Vec<u64> = rows
+            .iter()
+            .filter_map(|r| r.strip_prefix("pre_committed ")?.parse().ok())
+            .collect();
+        Ok(self
+            .read_state(&rows)
+            .1
+            .into_iter()
+            .map(|txid| PrepareRecord {
+                txid,
+                decided_by: None,
+                pre_committed: pre_committed.contains(&txid),
+            })
+            .collect())
+    }
+
+    /// The fence of a three-phase table (see `fence`); an error for a two-phase one, which
+    /// takes no three-phase step.
+    fn fence(&self) -> Result<Fence<'_>> {
+        match self.protocol {
+            Protocol::ThreePhase => Ok(Fence {
+                schema: &self.schema,
+                token: &self.token,
+            }),
+            Protocol::TwoPhase => Err(Error::Internal(format!(
+                "server {}: a two-phase table has no pre-commits",
+                self.address
+            ))),
+        }
     }
 
     // ---- rows -------------------------------------------------------------------------
@@ -944,21 +986,13 @@ impl Participant for ServerShard {
     }
 
     fn prepared(&mut self) -> Result<Vec<PrepareRecord>> {
-        // Step 1 asks this once, right after `begin_write` read it: the answer then.
-        let begun = self.begun.borrow_mut().take().map(|(_, prepared)| prepared);
-        let txids = match begun {
-            Some(txids) => txids,
-            None => self.prepared_txids()?,
-        };
-        Ok(txids
-            .into_iter()
-            .map(|txid| PrepareRecord {
-                txid,
-                decided_by: None,
-                // Two-phase only (see the protocol document, "Three-phase commit").
-                pre_committed: false,
-            })
-            .collect())
+        // Step 1 asks this once, right after `begin_write` read it: the answer then, if it
+        // was none (else recovery follows, which reads them afresh).
+        let begun = self.begun.borrow_mut().take();
+        if begun.is_some_and(|(_, txids)| txids.is_empty()) {
+            return Ok(Vec::new());
+        }
+        self.prepare_records()
     }
 
     /// A server's prepare costs what a commit does: it takes no logged path.
@@ -999,6 +1033,8 @@ impl Participant for ServerShard {
         // open and aborted: `end` then rolls it back.
         self.link().batch("preparing", &sql)?;
         self.open.set(Open::Nothing);
+        // What step 1 read is out of date now.
+        self.begun.borrow_mut().take();
         Ok(())
     }
 
@@ -1011,7 +1047,31 @@ impl Participant for ServerShard {
         self.end_prepared(txid, "ROLLBACK", "rolling back a prepared transaction")
     }
 
-    /// PREPARE TRANSACTION is durable when it returns.
+    fn pre_commit(&mut self, txid: u64) -> Result<()> {
+        crate::fault::check("server_pre_commit")?;
+        let gids = (
+            format!("imagestore:{}:", hex(&self.table_id)),
+            format!(":{}", self.shard_index),
+        );
+        self.fence()?
+            .pre_commit(&mut self.link(), txid, self.gid(txid), gids)
+    }
+
+    fn withdraw_pre_commit(&mut self, txid: u64) -> Result<()> {
+        crate::fault::check("server_withdraw_pre_commit")?;
+        self.fence()?.withdraw(&mut self.link(), txid)
+    }
+
+    /// Three-phase: every earlier holder of the writer lock is fenced off this server.
+    fn take_over(&mut self) -> Result<()> {
+        match self.protocol {
+            Protocol::TwoPhase => Ok(()),
+            Protocol::ThreePhase => self.fence()?.take_over(&mut self.link()),
+        }
+    }
+
+    /// PREPARE TRANSACTION, and a pre-commit (a committed UPDATE), are durable when they
+    /// return.
     fn sync_job(&self) -> Option<SyncJob> {
         None
     }

@@ -13,7 +13,7 @@ use crate::config::TableConfig;
 use crate::error::{Error, Result};
 use crate::journal::TableId;
 use crate::server::anchor::Anchor;
-use crate::server::{Address, ServerShard};
+use crate::server::{Address, ServerShard, WriterToken};
 
 /// A table's open shards, of either kind, with what keeps its locks and decisions (the anchor
 /// of a table on servers, the journal and lock files of a local one).
@@ -58,14 +58,15 @@ pub(crate) fn open_server_shards(config: &TableConfig, create: bool) -> Result<O
 
 fn open_existing_server_shards(config: &TableConfig) -> Result<OpenedTable> {
     let count = config.servers.len();
+    let token = WriterToken::default();
     let mut shards = Vec::with_capacity(count);
     for (index, address) in config.servers.iter().enumerate() {
         let shard = ServerShard::open(
             address.clone(),
             &config.table_name,
-            index,
-            count,
+            (index, count),
             &config.user_columns,
+            (config.protocol, token.clone()),
             config.busy_timeout_ms,
         )?;
         shard.ensure_indexes(&config.indexes)?;
@@ -84,8 +85,8 @@ fn open_existing_server_shards(config: &TableConfig) -> Result<OpenedTable> {
     }
     let anchor = Anchor::open(
         config.servers[0].clone(),
-        &table_id,
-        shards[0].schema(),
+        (&table_id, shards[0].schema()),
+        token,
         config.busy_timeout_ms,
         false,
     )?;
@@ -101,6 +102,7 @@ fn open_existing_server_shards(config: &TableConfig) -> Result<OpenedTable> {
 fn create_server_shards(config: &TableConfig) -> Result<OpenedTable> {
     let table_id = new_table_id(config);
     let count = config.servers.len();
+    let token = WriterToken::default();
     let mut shards: Vec<ServerShard> = Vec::with_capacity(count);
     let made = (|| {
         for (index, address) in config.servers.iter().enumerate() {
@@ -108,9 +110,9 @@ fn create_server_shards(config: &TableConfig) -> Result<OpenedTable> {
                 address.clone(),
                 &config.table_name,
                 table_id,
-                index,
-                count,
+                (index, count),
                 &config.user_columns,
+                (config.protocol, token.clone()),
                 config.busy_timeout_ms,
             )?;
             shards.push(shard);
@@ -118,8 +120,8 @@ fn create_server_shards(config: &TableConfig) -> Result<OpenedTable> {
         }
         Anchor::open(
             config.servers[0].clone(),
-            &table_id,
-            shards[0].schema(),
+            (&table_id, shards[0].schema()),
+            token,
             config.busy_timeout_ms,
             true,
         )

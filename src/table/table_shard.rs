@@ -215,6 +215,10 @@ impl Participant for TableShard {
         each!(self, s => Participant::withdraw_pre_commit(s, txid))
     }
 
+    fn take_over(&mut self) -> Result<()> {
+        each!(self, s => Participant::take_over(s))
+    }
+
     fn sync_job(&self) -> Option<SyncJob> {
         each!(self, s => s.sync_job())
     }

@@ -6,7 +6,7 @@ interleaved so that the machine's drift weighs on each alike, at 1, 2, 4 and 8 s
   - 2pc: the default two-phase table (a transaction this small takes the logged path: one sync);
   - 2pc prepared: two-phase with `logged_commit_max=0` (prepare, then the journal's decision);
   - 3pc: three-phase (prepare, then the pre-commit; the journal decides nothing).
-Tables on PostgreSQL servers are two-phase only for now (`protocol='3pc'` is refused there).
+On PostgreSQL servers: `tests/bench/server_bench.py --protocols` (the servers it starts).
 
 Usage: python3 tests/bench/protocol_latency.py [--transactions 300] [--csv out.csv]
 Not part of the test run.

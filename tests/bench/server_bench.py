@@ -12,10 +12,14 @@ whatever happens), then, each workload against its baseline on the same servers:
   one server (`id bigint PRIMARY KEY, data bytea` stored uncompressed, as imagestore stores it);
 - point read by id: a random row's image, against a plain indexed SELECT on one server.
 
+With `--protocols`, instead: commit latency of a three-phase table (`protocol='3pc'`) against a
+two-phase one on 1, 2 and 3 servers, their transactions interleaved.
+
 Baselines run through psycopg (`python3 -m pip install "psycopg[binary]"`). Prints medians and
 ratios. Not part of the test run.
 
 Usage: python3 tests/bench/server_bench.py [--transactions 200] [--import-mb 1024] [--reads 2000]
+       python3 tests/bench/server_bench.py --protocols [--transactions 200]
 """
 import argparse
 import os
@@ -31,7 +35,7 @@ import psycopg
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 import pg_servers  # noqa: E402
-from commit_latency import ids_on_shards  # noqa: E402
+from commit_latency import ids_on_shards, timed_together  # noqa: E402
 from report import report  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -104,6 +108,27 @@ def commit_latency(pg, folder, n):
            ["workload", "imagestore", "1 server round", "ratio", "rounds in turn", "ratio"], rows)
 
 
+def protocol_latency(pg, folder, n):
+    """Three-phase against two-phase commit, the same transactions side by side."""
+    rows = []
+    for count in (1, 2, 3):
+        groups = ids_on_shards(list(range(count)), count, n)
+        runs = []
+        for protocol in ("2pc", "3pc"):
+            con = table(folder, f"{protocol}_{count}", pg[:count], f"bench_{protocol}_{count}",
+                        f", protocol='{protocol}'")
+
+            def run(k, con=con):
+                with con:
+                    for i in groups[k]:
+                        con.execute("INSERT INTO t(id, data) VALUES (?, ?)", (i, TINY))
+            runs.append(run)
+        (two, _, two_p99), (three, _, three_p99) = timed_together(runs, n)
+        rows.append((count, two, three, three / two, two_p99, three_p99))
+    report(f"commit latency by protocol on servers, median of {n} transactions, ms (one 4.4 KB image on each server)",
+           ["servers", "2pc", "3pc", "3pc / 2pc", "2pc p99", "3pc p99"], rows)
+
+
 def corpus():
     return [open(os.path.join(CORPUS, f), "rb").read() for f in sorted(os.listdir(CORPUS))
             if not f.endswith(".tif")]
@@ -162,8 +187,16 @@ def main():
     parser.add_argument("--transactions", type=int, default=200)
     parser.add_argument("--import-mb", type=int, default=1024)
     parser.add_argument("--reads", type=int, default=2000)
+    parser.add_argument("--protocols", action="store_true", help="three-phase against two-phase only")
     args = parser.parse_args()
     with pg_servers.servers(3) as pg, tempfile.TemporaryDirectory() as folder:
+        if args.protocols:
+            for s in pg:
+                for count in (1, 2, 3):
+                    for protocol in ("2pc", "3pc"):
+                        s.create_database(f"bench_{protocol}_{count}")
+            protocol_latency(pg, folder, args.transactions)
+            return
         for s in pg:
             for database in ("bench_commit", "bench_commit1", "bench_commit2", "bench_commit3",
                              "bench_import"):

@@ -147,6 +147,17 @@ impl<P: Participant> Participant for Mortal<P> {
     fn abort_prepared(&mut self, txid: u64) -> Result<()> {
         self.call("abort_prepared", |s| Participant::abort_prepared(s, txid))
     }
+    fn pre_commit(&mut self, txid: u64) -> Result<()> {
+        self.call("pre_commit", |s| Participant::pre_commit(s, txid))
+    }
+    fn withdraw_pre_commit(&mut self, txid: u64) -> Result<()> {
+        self.call("withdraw_pre_commit", |s| {
+            Participant::withdraw_pre_commit(s, txid)
+        })
+    }
+    fn take_over(&mut self) -> Result<()> {
+        self.call("take_over", Participant::take_over)
+    }
     fn sync_job(&self) -> Option<SyncJob> {
         // Counted as a call: a writer that dies here never started this sync.
         let (before, after) = self
