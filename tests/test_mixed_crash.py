@@ -59,11 +59,14 @@ def test_kills_never_split_a_mixed_transaction(tmp_path, mode, tables):
         writer = subprocess.Popen([sys.executable, str(HERE / "mixed_writer.py"), str(db), str(start), "1000", tables],
                                   cwd=HERE, stdout=subprocess.PIPE, text=True)
         assert writer.stdout.readline() == "ready\n"
+        # The kill lands among commits (a loaded machine may take longer than the sleep to
+        # make the first one): after the first acknowledgement, at a random moment.
+        first = writer.stdout.readline()
         time.sleep(rng.uniform(0.0, 0.05))
         writer.send_signal(signal.SIGKILL)
         out, _ = writer.communicate()
-        acked |= {int(line) for line in out.split()}
+        acked |= {int(line) for line in (first + out).split()}
         start += 1000
         committed = check(db, acked, tables)
     print(f"\nmixed kills ({mode}, {tables} imagestore tables): {KILLS}, transactions committed {committed}, acknowledged {len(acked)}")
-    assert committed > KILLS  # the kills landed among commits, not before them
+    assert committed >= KILLS  # every round committed (and the oracle found) at least one
