@@ -131,7 +131,7 @@ pub enum Error {
     /// A three-phase step on a server was refused because another connection took the table
     /// over (its recovery fenced this one's steps off) after this one lost the writer lock
     /// (SQLITE_BUSY).
-    #[error("imagestore: server {server}: {what} was refused: another connection took this table over after this one's session with the anchor (and its writer lock) was lost; that connection's recovery ends the transaction")]
+    #[error("imagestore: server {server}: {what} was refused: another connection took this table over after this one took the writer lock (this one's session with the anchor was lost, or the anchor was put back from an old backup: see README, \"Two-phase or three-phase\"); recovery ends the transaction")]
     TakenOver { server: String, what: String },
 
     /// A PostgreSQL server did not answer within the table's busy timeout (SQLITE_BUSY).

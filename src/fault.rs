@@ -50,7 +50,7 @@ pub fn check(step: &'static str) -> Result<()> {
     let Ok(specs) = std::env::var("IMAGESTORE_FAULT") else {
         return Ok(());
     };
-    // Several faults, one a step: `step:n:mode,step:n:mode`.
+    // Faults at several steps: `step:n:mode,step:n:mode`.
     let Some((nth, mode)) = specs.split(',').find_map(|spec| {
         let mut parts = spec.split(':');
         match (parts.next(), parts.next(), parts.next()) {

@@ -341,10 +341,11 @@
 //! be read: it needs every shard's state. A shard that cannot be opened (a missing or unreadable
 //! file, a server that does not answer within the busy timeout) makes the table refuse to open
 //! (or the read or write that runs recovery fail), naming it, until it is back: imagestore
-//! waits for the person to bring it back and never decides without it, because the missing shard may be the
-//! one pre-committed (then the others must commit) or the one that refused (then they must
-//! abort); deciding either way could break atomicity. So three-phase commit removes the journal
-//! from what must survive, not the shards. It is not a majority protocol: every vote counts.
+//! waits for the person to bring it back and never decides without it, because the missing
+//! shard may be the one pre-committed (then the others must commit) or the one that refused
+//! (then they must abort); deciding either way could break atomicity. So three-phase commit
+//! removes the journal from what must survive, not the shards. It is not a majority protocol:
+//! every vote counts.
 //! And without decision records nothing tells that a shard lost commits after they were durable
 //! (an old copy put back, a damaged WAL), which a two-phase table's journal shows ("Damage is
 //! never silent" holds for two-phase tables only); a transaction that rode on a host database
