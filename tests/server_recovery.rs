@@ -24,6 +24,11 @@ use imagestore::shard::{NewRow, ScanFilter};
 const SHARDS: usize = 3;
 const TIMEOUT_MS: u64 = 10_000;
 
+/// How a two-phase table's shards are made and opened (no fence, so no writer token is read).
+fn two_phase() -> (Protocol, WriterToken) {
+    (Protocol::TwoPhase, WriterToken::default())
+}
+
 fn png(side: u32) -> Vec<u8> {
     let mut out = Vec::new();
     image::RgbImage::from_pixel(side, side, image::Rgb([side as u8, 7, 9]))
@@ -86,7 +91,7 @@ impl Fixture {
                     table_id,
                     (i, SHARDS),
                     &[],
-                    (Protocol::TwoPhase, WriterToken::default()),
+                    two_phase(),
                     TIMEOUT_MS,
                 )
                 .expect("create shard")
@@ -133,7 +138,7 @@ impl Fixture {
                     &self.name,
                     (i, SHARDS),
                     &[],
-                    (Protocol::TwoPhase, WriterToken::default()),
+                    two_phase(),
                     TIMEOUT_MS,
                 )
                 .expect("open shard")
@@ -361,7 +366,7 @@ fn a_server_listed_at_the_wrong_place_without_the_table_or_down_is_refused() {
         &f.name,
         (1, SHARDS),
         &[],
-        (Protocol::TwoPhase, WriterToken::default()),
+        two_phase(),
         TIMEOUT_MS,
     );
     let message = wrong.err().expect("refused").to_string();
@@ -372,7 +377,7 @@ fn a_server_listed_at_the_wrong_place_without_the_table_or_down_is_refused() {
         "no_such_table",
         (0, 1),
         &[],
-        (Protocol::TwoPhase, WriterToken::default()),
+        two_phase(),
         TIMEOUT_MS,
     );
     let message = missing.err().expect("refused").to_string();
@@ -387,7 +392,7 @@ fn a_server_listed_at_the_wrong_place_without_the_table_or_down_is_refused() {
         [9; 16],
         (1, SHARDS),
         &[],
-        (Protocol::TwoPhase, WriterToken::default()),
+        two_phase(),
         TIMEOUT_MS,
     );
     let message = again.err().expect("refused").to_string();
@@ -397,16 +402,9 @@ fn a_server_listed_at_the_wrong_place_without_the_table_or_down_is_refused() {
     );
     // A server that is not there.
     let down = Address::parse("postgresql://postgres@127.0.0.1:1/postgres").unwrap();
-    let e = ServerShard::open(
-        down,
-        &f.name,
-        (0, SHARDS),
-        &[],
-        (Protocol::TwoPhase, WriterToken::default()),
-        2000,
-    )
-    .err()
-    .expect("refused");
+    let e = ServerShard::open(down, &f.name, (0, SHARDS), &[], two_phase(), 2000)
+        .err()
+        .expect("refused");
     assert_eq!(e.sqlite_code(), rusqlite::ffi::SQLITE_CANTOPEN, "{e}");
 }
 
@@ -422,7 +420,7 @@ fn a_server_that_cannot_prepare_is_refused_at_create_and_at_open() {
         [5; 16],
         (0, 1),
         &[],
-        (Protocol::TwoPhase, WriterToken::default()),
+        two_phase(),
         TIMEOUT_MS,
     )
     .err()
@@ -433,16 +431,9 @@ fn a_server_that_cannot_prepare_is_refused_at_create_and_at_open() {
         "{e}"
     );
     // Nothing was made there.
-    let e = ServerShard::open(
-        address,
-        "unfit",
-        (0, 1),
-        &[],
-        (Protocol::TwoPhase, WriterToken::default()),
-        TIMEOUT_MS,
-    )
-    .err()
-    .expect("refused");
+    let e = ServerShard::open(address, "unfit", (0, 1), &[], two_phase(), TIMEOUT_MS)
+        .err()
+        .expect("refused");
     assert!(
         e.to_string()
             .contains("holds no imagestore table named unfit"),
