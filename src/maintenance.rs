@@ -6,10 +6,11 @@
 //! SELECT imagestore_resolve('images', 'abort'); -- decide transactions left in doubt
 //! SELECT imagestore_derive('images', 'thumb', 'thumbnail', 256, 'webp'); -- see `derive`
 //! ```
-//! `imagestore_resolve` is for the one case recovery cannot decide: the journal is missing while
+//! `imagestore_resolve` is for the one case recovery cannot decide: the decision records are
+//! missing (a local journal deleted or damaged, a server anchor's decision rows deleted) while
 //! shards hold prepared transactions, and the table refuses to open. It reads the table's
 //! definition from the schema, opens the shards itself, applies the decision to every prepared
-//! transaction, and starts a new journal.
+//! transaction the records cannot decide, and makes the records whole again.
 //! The table is named as SQL names it (`table`, `schema.table`, a quoted name; see `table_name`). Both read one consistent snapshot of every
 //! shard, like a query on the table.
 
@@ -20,13 +21,17 @@ use rusqlite::Connection;
 
 use rusqlite::types::Value;
 
-use crate::commit::{accept_lost_commits, resolve_in_doubt, Participant, Resolution};
-use crate::config::module_arguments;
+use crate::commit::{
+    accept_lost_commits, resolve_in_doubt, resolve_through_control, Participant, Resolution,
+};
+use crate::config::{module_arguments, TableConfig};
 use crate::derive::Operation;
 use crate::error::{Error, Result};
 use crate::placement::shard_of;
 use crate::sqlfn::{self, Call, Kind};
-use crate::table::{open_shards, table_config, with_open_table, TableCore, TableShard};
+use crate::table::{
+    open_server_shards, open_shards, table_config, with_open_table, TableCore, TableShard,
+};
 use crate::table_name::{self, quote, TableName};
 
 /// Verifies every shard's integrity, every blob against its BLAKE3 hash, placement, and that no
@@ -221,9 +226,8 @@ fn resolve(call: &Call<'_>) -> Result<String> {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let config = table_config(call.handle(), &table.schema, &table.table, &args)?;
     if !config.servers.is_empty() {
-        return Err(Error::BadArgument(
-            "imagestore_resolve is not yet available for a table on PostgreSQL servers; opening the table runs its recovery".into(),
-        ));
+        return resolve_on_servers(&config, resolution)
+            .map(|resolved| answer(&decision, &resolved));
     }
     let (table_id, mut shards, _) = open_shards(&config, false)?;
     let resolved = match resolution {
@@ -236,10 +240,27 @@ fn resolve(call: &Call<'_>) -> Result<String> {
         )?,
         None => accept_lost_commits(&config, table_id, &mut shards)?,
     };
-    Ok(
-        serde_json::json!({"decision": decision.to_ascii_lowercase(), "transactions": resolved})
-            .to_string(),
-    )
+    Ok(answer(&decision, &resolved))
+}
+
+/// `imagestore_resolve` on a table on PostgreSQL servers: its shards and anchor opened without
+/// the recovery that refuses to, then the person's decision. A table on servers keeps no record
+/// of lost commits to accept.
+fn resolve_on_servers(config: &TableConfig, resolution: Option<Resolution>) -> Result<Vec<u64>> {
+    let Some(resolution) = resolution else {
+        return Err(Error::BadArgument(format!(
+            "table {}: 'accept' applies to commits a local shard lost, which the journal names; a table on PostgreSQL servers has no journal",
+            config.table_name
+        )));
+    };
+    let mut table = open_server_shards(config, false)?;
+    resolve_through_control(config, &mut *table.control, &mut table.shards, resolution)
+}
+
+/// `imagestore_resolve`'s answer: the decision and the transactions it applied to.
+fn answer(decision: &str, resolved: &[u64]) -> String {
+    serde_json::json!({"decision": decision.to_ascii_lowercase(), "transactions": resolved})
+        .to_string()
 }
 
 /// `imagestore_backup(table, folder)`: see `backup`.

@@ -48,34 +48,38 @@ def test_kill_9_with_the_journal_deleted_after_every_kill(tmp_path, capsys):
     assert not problems, "\n".join(problems)
 
 
-def test_two_phase_table_with_its_journal_deleted_is_in_doubt(tmp_path, capsys):
-    """The same experiment on a 2PC table (every commit prepared): a kill between a prepare and
-    its finalize, then the journal deleted, leaves a table that refuses to open and says how a
-    person decides (imagestore_resolve)."""
+def in_doubt_after_kills(tmp_path, db, lose_records, refusal, kills_max=60, refusals_max=3):
+    """The experiment on a 2PC table (`db` holds it as `t`; every commit prepared): the writer
+    killed at random, then `lose_records(db)`. A kill between a prepare and its finalize then
+    leaves a table that refuses to be read, with `refusal` in its message and how a person
+    decides (imagestore_resolve); 'abort' ends what was in doubt, and the table is read again.
+    Returns (refusals, kills)."""
     rng = random.Random(7)
-    db = tmp_path / "test.db"
-    con = connect(db)
-    con.execute("CREATE VIRTUAL TABLE t USING imagestore(shards=4, logged_commit_max=0)")
-    con.close()
     kills = refusals = 0
-    k = 0
-    while kills < 60 and refusals < 3:
+    while kills < kills_max and refusals < refusals_max:
         with open(tmp_path / "writer.err", "ab") as err:
-            proc = start_writer(db, tmp_path / "acked.log", k, err)
+            proc = start_writer(db, tmp_path / "acked.log", kills * 1000, err)
         assert wait_ready(proc), (tmp_path / "writer.err").read_text()[-2000:]
         time.sleep(rng.uniform(0.05, 0.2))
         kill_9(proc)
         proc.stdout.close()
         kills += 1
-        k += 1000
-        delete_journal(db)
+        lose_records(db)
         try:
             connect(db).execute("SELECT count(*) FROM t").fetchall()
         except apsw.Error as e:
-            assert "is missing while shard" in str(e) and "imagestore_resolve" in str(e), str(e)
+            assert refusal in str(e) and "imagestore_resolve" in str(e), str(e)
             refusals += 1
             (answer,), = connect(db).execute("SELECT imagestore_resolve('t', 'abort')")
             assert json.loads(answer)["transactions"], answer
+            connect(db).execute("SELECT count(*) FROM t").fetchall()
+    return refusals, kills
+
+
+def test_two_phase_table_with_its_journal_deleted_is_in_doubt(tmp_path, capsys):
+    db = tmp_path / "test.db"
+    connect(db).execute("CREATE VIRTUAL TABLE t USING imagestore(shards=4, logged_commit_max=0)")
+    refusals, kills = in_doubt_after_kills(tmp_path, db, delete_journal, "is missing while shard")
     with capsys.disabled():
         print(f"\n2pc, journal deleted after every kill: {refusals} refusals (in doubt) in {kills} kills")
     assert refusals > 0
@@ -394,3 +398,121 @@ def test_a_table_on_servers_keeps_its_protocol(tmp_path, pg):
         second.execute(f"CREATE VIRTUAL TABLE t USING imagestore(shards='{shards}')")
     second.execute(f"CREATE VIRTUAL TABLE t USING imagestore(shards='{shards}', protocol='3pc')")
     assert second.execute("SELECT count(*) FROM t").fetchone() == (3,)
+
+
+# ---- the same on a two-phase table on servers: in doubt, and a person decides -------------------
+
+def test_two_phase_table_on_servers_with_its_decision_records_deleted_is_in_doubt(tmp_path, pg, capsys):
+    from test_server_tables import fresh_databases
+    database, shards = fresh_databases(pg)
+    places = [(server, database) for server in pg]
+    db = tmp_path / "test.db"
+    connect(db).execute(f"CREATE VIRTUAL TABLE t USING imagestore(shards='{shards}')")
+    refusals, kills = in_doubt_after_kills(tmp_path, db, lambda db: delete_decisions(places),
+                                           "decision records of table t on the anchor", kills_max=40,
+                                           refusals_max=2)
+    with capsys.disabled():
+        print(f"\n2pc on 3 servers, decision records deleted after every kill: {refusals} refusals (in doubt) in {kills} kills")
+    assert refusals > 0
+
+
+def drop_decisions(places):
+    """Drops the anchor's decision table itself."""
+    server, database = places[0]
+    schema = server.psql("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'imagestore%'", database).strip()
+    server.psql(f"DROP TABLE {schema}.decisions", database)
+
+
+def marker_rows(places):
+    server, database = places[0]
+    schema = server.psql("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'imagestore%'", database).strip()
+    return server.psql(f"SELECT count(*) FROM {schema}.decisions WHERE txid = 0", database).strip()
+
+
+# The writer (the fault build) dies with transaction 0 prepared on all 4 shards, just before its
+# decision (whether the row was written before the records went makes no difference once they
+# are gone; dying after it, some servers' finalizes may get through, which the next test
+# covers); the records are lost one way or another; a person's decision; what the table then
+# holds.
+IN_DOUBT = {
+    "rows deleted, committed": ("anchor_decide:1:abort", delete_decisions, "commit", "whole"),
+    "table dropped, aborted": ("anchor_decide:1:abort", drop_decisions, "abort", "absent"),
+}
+
+
+@pytest.mark.parametrize("case", IN_DOUBT)
+def test_a_person_decides_what_lost_decision_records_leave_in_doubt_on_servers(tmp_path, pg, case):
+    """A second host (another process) refuses to read past what is in doubt, for every one of
+    its reads; imagestore_resolve applies the person's decision on every server; the records are
+    whole again (their marker is back) and the table is read."""
+    from test_server_faults import make_table
+    from test_server_tables import prepared
+    fault, lose, decision, expected = IN_DOUBT[case]
+    db, acked = tmp_path / "f.db", tmp_path / "acked"
+    places = make_table(pg, db, 4, txns=TXNS)
+    crashed = run_writer(db, TXNS, 4, acked, fault)
+    assert crashed.returncode != 0 and "fault injected" in crashed.stderr, crashed.stderr[-2000:]
+    txid = server_txid_in_flight(places)
+    assert [prepared(server, database) for server, database in places] == ["1"] * 4
+    lose(places)
+    for _ in range(2):
+        read = subprocess.run([sys.executable, "-c", "import sys; from harness import connect; "
+                               "connect(sys.argv[1]).execute('SELECT count(*) FROM t').fetchall()", str(db)],
+                              cwd=HERE, capture_output=True, text=True, timeout=120)
+        assert read.returncode != 0 and "imagestore_resolve('t', 'commit' or 'abort')" in read.stderr, read.stderr[-2000:]
+    assert [prepared(server, database) for server, database in places] == ["1"] * 4
+    (answer,), = connect(db).execute(f"SELECT imagestore_resolve('t', '{decision}')")
+    assert json.loads(answer) == {"decision": decision, "transactions": [txid]}
+    assert [prepared(server, database) for server, database in places] == ["0"] * 4
+    assert marker_rows(places) == "1"
+    rows = dict(connect(db).execute("SELECT id, name FROM t"))
+    assert transaction_state(rows, 0, plan(TXNS, 4)[0]) == expected
+    with pytest.raises(apsw.Error, match="decide every prepared transaction"):
+        connect(db).execute("SELECT imagestore_resolve('t', 'abort')")
+
+
+def test_a_transaction_a_server_committed_is_committed_everywhere_without_its_decision(tmp_path, pg):
+    """The writer dies in its finalizes (sent to every server at once: some may get through);
+    if none did, one server's part is committed by hand (as a finalize that got through
+    would), then the decision rows are deleted: that server's `last_txid` shows the
+    transaction committed, so the next host commits it everywhere, without a person."""
+    from test_server_faults import make_table
+    from test_server_tables import prepared
+    db, acked = tmp_path / "f.db", tmp_path / "acked"
+    places = make_table(pg, db, 4, txns=TXNS)
+    crashed = run_writer(db, TXNS, 4, acked, "server_finalize:1:abort")
+    assert crashed.returncode != 0 and "fault injected" in crashed.stderr, crashed.stderr[-2000:]
+    held = [prepared(server, database) for server, database in places]
+    assert "1" in held, held
+    if held == ["1"] * 4:
+        server, database = places[1]
+        (gid,) = server.psql("SELECT gid FROM pg_prepared_xacts WHERE database = current_database()",
+                             database).split()
+        server.psql(f"COMMIT PREPARED '{gid}'", database)
+    delete_decisions(places)
+    rows = dict(connect(db).execute("SELECT id, name FROM t"))
+    assert transaction_state(rows, 0, plan(TXNS, 4)[0]) == "whole"
+    assert [prepared(server, database) for server, database in places] == ["0"] * 4
+    assert marker_rows(places) == "1"
+
+
+@pytest.mark.parametrize("first", ["the host that had it open writes", "another host reads"])
+def test_decision_records_lost_with_nothing_in_doubt_are_made_whole_again(tmp_path, pg, first):
+    from test_server_tables import fresh_databases
+    database, shards = fresh_databases(pg)
+    places = [(server, database) for server in pg]
+    con = connect(tmp_path / "a.db")
+    con.execute(f"CREATE VIRTUAL TABLE t USING imagestore(shards='{shards}')")
+    con.execute("INSERT INTO t(id, data) VALUES (1, ?), (2, ?)", (corpus_bytes("camera.png"),) * 2)
+    assert marker_rows(places) == "1"
+    drop_decisions(places)
+    other = connect(tmp_path / "b.db")
+    if first == "another host reads":
+        other.execute(f"CREATE VIRTUAL TABLE t USING imagestore(shards='{shards}')")
+        assert other.execute("SELECT count(*) FROM t").fetchone() == (2,)
+        assert marker_rows(places) == "1"
+    con.execute("INSERT INTO t(id, data) VALUES (3, ?), (4, ?)", (corpus_bytes("camera.png"),) * 2)
+    assert marker_rows(places) == "1"
+    if first != "another host reads":
+        other.execute(f"CREATE VIRTUAL TABLE t USING imagestore(shards='{shards}')")
+    assert other.execute("SELECT count(*) FROM t").fetchone() == (4,)

@@ -109,6 +109,17 @@ pub trait Control {
     fn next_txid(&mut self, floor: u64) -> Result<u64>;
     /// Whether a decision commits `txid` (as last read).
     fn is_committed(&self, txid: u64) -> bool;
+    /// Whether the records, as last read, may have lost decisions (a server anchor's decision
+    /// rows deleted): then a prepared transaction with no decision may have been committed, and
+    /// a two-phase recovery must not presume it aborted. A local journal that is missing or
+    /// damaged is found when it is opened instead (`LocalControl::open`).
+    fn records_lost(&self) -> bool {
+        false
+    }
+    /// Marks the records whole again, once nothing they could have decided is in doubt.
+    fn restore_records(&mut self) -> Result<()> {
+        Ok(())
+    }
     /// Writes a decision durably; `Err` with `true` if its outcome is unknown (then the table is
     /// poisoned until recovery reads the records).
     fn decide(&mut self, record: &Record) -> std::result::Result<(), (Error, bool)>;

@@ -1,6 +1,8 @@
 //! The coordinator of one table in one connection: the protocol of this folder's front page,
 //! step by step, over any [`Participant`]s.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use super::control::{Control, Held, LocalControl, NoWindow, PublishWindow};
 use super::locks::{LockFile, PublishState};
 use super::participant::{Participant, PrepareRecord, Replayed};
@@ -208,13 +210,15 @@ impl Coordinator {
             take_over_all(shards)?;
             records = prepare_records(shards)?;
         }
+        let shown_committed = self.refuse_lost_records(shards, &records)?;
+        let shown = |txid| shown_committed.as_ref().is_some_and(|c| c.contains(&txid));
         let terminated = self.terminate_three_phase(shards, &records)?;
         for ((index, shard), records) in shards.iter_mut().enumerate().zip(records) {
             for record in records {
                 crate::fault::check("recovery_shard")?;
                 let commit = match (self.protocol, &record.decided_by) {
                     (Protocol::ThreePhase, None) => terminated.contains(&record.txid),
-                    _ => self.decided_by_record(index, &record)?,
+                    _ => shown(record.txid) || self.decided_by_record(index, &record)?,
                 };
                 if commit {
                     shard.finalize(record.txid)?;
@@ -223,9 +227,47 @@ impl Coordinator {
                 }
             }
         }
+        if shown_committed.is_some() {
+            self.control.restore_records()?;
+        }
         self.replay_logged(shards)?;
         publish.set_mark(0)?;
         self.refuse_lost_commits(shards)
+    }
+
+    /// Decision records that may have lost decisions (`Control::records_lost`) decide only what
+    /// they hold, and what the shards show (see [`after_lost_records`]): on a two-phase table a
+    /// prepared transaction they cannot decide is in doubt (the table refuses, naming
+    /// `imagestore_resolve`), never presumed aborted. Returns, when the records are lost, the
+    /// transactions the shards show committed; the caller marks the records whole once it has
+    /// finalized them (before, a crash would leave them to presumed abort).
+    fn refuse_lost_records<P: Participant>(
+        &self,
+        shards: &mut [P],
+        records: &[Vec<PrepareRecord>],
+    ) -> Result<Option<BTreeSet<u64>>> {
+        if !self.control.records_lost() {
+            return Ok(None);
+        }
+        let lost = after_lost_records(&*self.control, self.protocol, shards, records)?;
+        if lost.in_doubt.is_empty() {
+            return Ok(Some(lost.committed));
+        }
+        let table = &self.table_name;
+        let held: Vec<String> = lost
+            .in_doubt
+            .iter()
+            .map(|(txid, on)| format!("{txid} (on shards {on:?})"))
+            .collect();
+        Err(Error::InDoubt(format!(
+            "the decision records of table {table} on {} are incomplete (their marker row is gone: \
+             deleted, or their table dropped) while prepared transactions {} have no decision \
+             left and no shard committed them; their outcome cannot be known. Put the anchor's \
+             decisions table back from a PostgreSQL backup, or decide: \
+             SELECT imagestore_resolve('{table}', 'commit' or 'abort')",
+            self.control.name(),
+            held.join(", ")
+        )))
     }
 
     /// Damage is never silent: a prepared commit the journal decided that a shard's
@@ -265,14 +307,13 @@ impl Coordinator {
         &self,
         shards: &mut [P],
         records: &[Vec<PrepareRecord>],
-    ) -> Result<std::collections::BTreeSet<u64>> {
+    ) -> Result<BTreeSet<u64>> {
         let three_phase = |r: &&PrepareRecord| r.decided_by.is_none();
         let all = || records.iter().flatten().filter(three_phase);
         if self.protocol != Protocol::ThreePhase || all().next().is_none() {
             return Ok(Default::default());
         }
-        let commits: std::collections::BTreeSet<u64> =
-            all().filter(|r| r.pre_committed).map(|r| r.txid).collect();
+        let commits: BTreeSet<u64> = all().filter(|r| r.pre_committed).map(|r| r.txid).collect();
         for (index, records) in records.iter().enumerate() {
             let behind: Vec<u64> = records
                 .iter()
@@ -1216,44 +1257,128 @@ pub fn resolve_in_doubt<P: Participant>(
     };
     let publish_lock = LockFile::open(&config.publish_lock_path)?;
     let mut publish = publish_lock.publishing(config.busy_timeout_ms)?;
-    let mut resolved = Vec::new();
-    for shard in shards.iter_mut() {
-        for PrepareRecord {
-            txid,
-            decided_by: host,
-            ..
-        } in shard.prepared()?
-        {
-            if !undecidable(txid, host.as_deref())? {
-                continue;
-            }
-            match resolution {
-                Resolution::Commit => shard.finalize(txid)?,
-                Resolution::Abort => shard.abort_prepared(txid)?,
-            }
-            resolved.push(txid);
-        }
-    }
+    let resolved = apply_resolution(shards, |record| {
+        Ok(undecidable(record.txid, record.decided_by.as_deref())?.then_some(resolution))
+    })?;
     if (journal.is_some() || three_phase) && resolved.is_empty() {
-        return Err(Error::BadArgument(match three_phase {
-            true => format!(
-                "table {} commits with protocol='3pc': its shards decide every transaction that rode on no host database, and opening the table runs that recovery",
-                config.table_name
-            ),
-            false => format!(
-                "the journal {} exists and decides every prepared transaction; opening the table runs recovery",
-                config.journal_path.display()
-            ),
-        }));
+        return Err(nothing_in_doubt(config, &config.journal_path.display()));
     }
     make_durable(shards)?;
     if journal.is_none() {
         Journal::create(&config.journal_path, table_id)?;
         publish.set_mark(0)?;
     }
+    Ok(resolved)
+}
+
+/// `resolve_in_doubt` for a table whose [`Control`] sees a loss of its records when it reads
+/// them (a table on servers: its anchor's marker row): under the writer and publish locks,
+/// applies a person's decision to what recovery refuses to decide, commits what the shards show
+/// committed (see [`after_lost_records`]), then marks the records whole. Returns the
+/// transactions the person decided; refuses if there are none.
+pub fn resolve_through_control<P: Participant>(
+    config: &TableConfig,
+    control: &mut dyn Control,
+    shards: &mut [P],
+    resolution: Resolution,
+) -> Result<Vec<u64>> {
+    let _writer = control.lock_writer(config.busy_timeout_ms)?;
+    let _publish = control.publishing(config.busy_timeout_ms)?;
+    control.begin_recovery()?;
+    if !control.records_lost() {
+        return Err(nothing_in_doubt(config, &control.name()));
+    }
+    let records = prepare_records(shards)?;
+    let lost = after_lost_records(&*control, config.protocol, shards, &records)?;
+    if lost.in_doubt.is_empty() {
+        return Err(nothing_in_doubt(config, &control.name()));
+    }
+    apply_resolution(shards, |record| {
+        Ok(match lost.committed.contains(&record.txid) {
+            true => Some(Resolution::Commit),
+            false => lost
+                .in_doubt
+                .contains_key(&record.txid)
+                .then_some(resolution),
+        })
+    })?;
+    make_durable(shards)?;
+    control.restore_records()?;
+    Ok(lost.in_doubt.into_keys().collect())
+}
+
+/// What decision records that may have lost decisions leave of the prepared transactions (the
+/// shards' `records`), on a two-phase table: those some shard already committed, and those in
+/// doubt (no decision left, no shard committed them), with the shards holding them. A shard
+/// whose `last_txid` is a transaction's id committed that transaction: only it raises a
+/// shard's `last_txid` to its id (an id is above every shard's `last_txid` when it is given),
+/// no later transaction commits while it is prepared anywhere (a writer runs recovery first),
+/// and a shard commits its prepared part only once the transaction was decided. A three-phase
+/// table's records decide nothing: nothing is in doubt.
+fn after_lost_records<P: Participant>(
+    control: &dyn Control,
+    protocol: Protocol,
+    shards: &mut [P],
+    records: &[Vec<PrepareRecord>],
+) -> Result<AfterLostRecords> {
+    let mut lost = AfterLostRecords::default();
+    if protocol == Protocol::ThreePhase {
+        return Ok(lost);
+    }
+    let last_txids = last_txids(shards)?;
+    for (index, records) in records.iter().enumerate() {
+        for record in records.iter().filter(|r| r.decided_by.is_none()) {
+            if last_txids.contains(&record.txid) {
+                lost.committed.insert(record.txid);
+            } else if !control.is_committed(record.txid) {
+                lost.in_doubt.entry(record.txid).or_default().push(index);
+            }
+        }
+    }
+    Ok(lost)
+}
+
+/// See [`after_lost_records`].
+#[derive(Default)]
+struct AfterLostRecords {
+    committed: BTreeSet<u64>,
+    in_doubt: BTreeMap<u64, Vec<usize>>,
+}
+
+/// Applies to each prepared transaction what `decide` says (nothing for `None`); returns those
+/// acted on, sorted.
+fn apply_resolution<P: Participant>(
+    shards: &mut [P],
+    mut decide: impl FnMut(&PrepareRecord) -> Result<Option<Resolution>>,
+) -> Result<Vec<u64>> {
+    let mut resolved = Vec::new();
+    for shard in shards.iter_mut() {
+        for record in shard.prepared()? {
+            match decide(&record)? {
+                Some(Resolution::Commit) => shard.finalize(record.txid)?,
+                Some(Resolution::Abort) => shard.abort_prepared(record.txid)?,
+                None => continue,
+            }
+            resolved.push(record.txid);
+        }
+    }
     resolved.sort_unstable();
     resolved.dedup();
     Ok(resolved)
+}
+
+/// `imagestore_resolve` with nothing a person must decide: the records (kept at `records`)
+/// decide every prepared transaction, or, on a three-phase table, the shards do.
+fn nothing_in_doubt(config: &TableConfig, records: &dyn std::fmt::Display) -> Error {
+    Error::BadArgument(match config.protocol {
+        Protocol::ThreePhase => format!(
+            "table {} commits with protocol='3pc': its shards decide every transaction that rode on no host database, and opening the table runs that recovery",
+            config.table_name
+        ),
+        Protocol::TwoPhase => format!(
+            "the decision records ({records}) decide every prepared transaction; opening the table runs recovery"
+        ),
+    })
 }
 
 /// The (transaction, shard) pairs, sorted, of prepared commits the journal decided on shards
@@ -1289,7 +1414,7 @@ fn lost_commits(
 
 /// Lists lost commits as `shard 1 (path): transactions [17, 18]`.
 fn describe_lost<P: Participant>(shards: &[P], lost: &[(u64, usize)]) -> String {
-    let mut by_shard: std::collections::BTreeMap<usize, Vec<u64>> = Default::default();
+    let mut by_shard: BTreeMap<usize, Vec<u64>> = Default::default();
     for &(txid, shard) in lost {
         by_shard.entry(shard).or_default().push(txid);
     }

@@ -250,6 +250,19 @@
 //! connection until recovery, run by its next read or write (or by any other host), reads the
 //! row. A decision taken back (step 8) is its row deleted.
 //!
+//! Rows deleted by hand, unlike a local journal, leave nothing missing to notice at open: so
+//! the decision rows carry a marker row, made with them, kept by every trim and written again
+//! with every decision (then every earlier decided transaction is finished: its writer found
+//! nothing prepared when it began). Recovery that finds the marker gone
+//! (`Control::records_lost`) treats the rows as a missing journal, on a two-phase table: a
+//! prepared transaction that some server already committed (its `last_txid` is exactly the
+//! transaction's id) is committed everywhere; one that no remaining row commits either is in
+//! doubt (the table refuses, naming `imagestore_resolve`), never presumed aborted, since its
+//! decision may be the row that went. Only once it has finished what the rows and servers
+//! decide, with nothing in doubt (or a person decided), is the marker made again, under the
+//! writer lock: made earlier, a crash in between would leave a committed transaction to
+//! presumed abort.
+//!
 //! `sim.rs` tests the protocol this way: participants in memory that fail, refuse, time out,
 //! break off after acting, or crash (before or after acting, followed by a kill or a power cut
 //! that keeps each participant's durable state and a random prefix of its later commits) at
@@ -372,6 +385,7 @@ pub mod participant;
 mod sim;
 
 pub use coordinator::{
-    accept_lost_commits, resolve_in_doubt, Coordinator, HostDecider, HostLookup, Resolution,
+    accept_lost_commits, resolve_in_doubt, resolve_through_control, Coordinator, HostDecider,
+    HostLookup, Resolution,
 };
 pub use participant::{Participant, PrepareRecord, Replayed};

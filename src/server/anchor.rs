@@ -6,7 +6,11 @@
 //! - `decisions(txid PRIMARY KEY, shards)`: one row per prepared transaction decided to commit,
 //!   inserted by its own committed statement. **That commit is the commit point.** A decision
 //!   taken back (step 8) is the row deleted. Rows go once no server holds any transaction
-//!   prepared (the trim, step 9): every COMMIT PREPARED is durable when it returns.
+//!   prepared (the trim, step 9): every COMMIT PREPARED is durable when it returns. One more
+//!   row, the marker (txid 0, no shards), is made with the table, kept by trims and written
+//!   again with every decision: decision rows found without it (deleted, the table dropped)
+//!   may have lost decisions, which recovery then does not presume aborted on a two-phase
+//!   table (see `Control::records_lost`). Deleting some rows but not the marker is not seen.
 //! - `publication`: a sequence, the publication counter, advanced once in each exclusive
 //!   window of the publish lock.
 //! - `txids`: a sequence that transaction ids are drawn from, so that none is given twice (see
@@ -46,6 +50,8 @@ pub struct Anchor {
     publish_key: i64,
     /// The decisions as last read: transaction id to the shards it wrote.
     committed: HashMap<u64, Vec<u16>>,
+    /// Whether the last read found the marker row missing (or no decision table at all).
+    lost: bool,
     /// The token of the last acquisition of the writer lock, shared with the table's shards.
     token: WriterToken,
 }
@@ -155,9 +161,10 @@ impl Anchor {
             link.batch(
                 "making the anchor",
                 &format!(
-                    "CREATE TABLE IF NOT EXISTS {schema}.decisions(txid bigint PRIMARY KEY, shards text NOT NULL);
+                    "{}
                      CREATE SEQUENCE IF NOT EXISTS {schema}.publication;
-                     CREATE SEQUENCE IF NOT EXISTS {schema}.txids;"
+                     CREATE SEQUENCE IF NOT EXISTS {schema}.txids;",
+                    decisions_sql(schema)
                 ),
             )?;
         }
@@ -172,6 +179,7 @@ impl Anchor {
             writer_key: key(&table_id[..8]),
             publish_key: key(&table_id[8..]),
             committed: HashMap::new(),
+            lost: false,
             token,
         };
         anchor.refresh()?;
@@ -231,12 +239,18 @@ impl Anchor {
         format!("'{}.{name}'", self.schema.replace('\'', "''"))
     }
 
-    fn read_decisions(&self) -> Result<HashMap<u64, Vec<u16>>> {
+    /// The decision rows, and whether the marker is missing among them (or the table is gone).
+    fn read_decisions(&self) -> Result<(HashMap<u64, Vec<u16>>, bool)> {
         let sql = format!("SELECT txid, shards FROM {}.decisions", self.schema);
-        let rows = lock(&self.link)
+        let read = lock(&self.link)
             .link()
-            .query("reading the decisions", &sql, &[])?;
+            .query("reading the decisions", &sql, &[]);
+        let rows = match read {
+            Err(e) if undefined_table(&e) => return Ok((HashMap::new(), true)),
+            other => other?,
+        };
         let mut committed = HashMap::new();
+        let mut marker = false;
         for row in rows {
             let read = |e: tokio_postgres::Error| {
                 self.damaged(&format!("a decision row cannot be read ({e})"))
@@ -249,9 +263,50 @@ impl Anchor {
                 .map(str::parse)
                 .collect::<std::result::Result<Vec<u16>, _>>()
                 .map_err(|_| self.damaged(&format!("decision {txid} names shards {shards:?}")))?;
-            committed.insert(txid as u64, shards);
+            match txid {
+                0 => marker = true,
+                _ => drop(committed.insert(txid as u64, shards)),
+            }
         }
-        Ok(committed)
+        Ok((committed, !marker))
+    }
+
+    /// Writes decision `record` (a commit's row, or a row taken back) on the anchor session.
+    /// A commit's row carries the marker with it if it was missing: when a decision is written,
+    /// every earlier decided transaction is finished on every server (the writer found nothing
+    /// prepared when it began), so no row deleted before is still needed.
+    fn write_decision(&self, record: &Record) -> Result<()> {
+        let txid = record.txid as i64;
+        let mut anchor = lock(&self.link);
+        let link = anchor.link();
+        crate::fault::check("anchor_decide")?;
+        if record.abort {
+            let sql = format!("DELETE FROM {}.decisions WHERE txid = $1", self.schema);
+            return link
+                .execute("taking a decision back", &sql, &[Box::new(txid)])
+                .map(drop);
+        }
+        // The decision raises the publication counter in its own transaction: a transaction
+        // of another connection that read before it must not write after it
+        // (SQLITE_BUSY_SNAPSHOT), even if this writer dies before its finalize.
+        let shards: Vec<String> = record.shards.iter().map(u16::to_string).collect();
+        let sql = format!(
+            "INSERT INTO {schema}.decisions(txid, shards) VALUES ({txid}, '{}');
+             INSERT INTO {schema}.decisions VALUES (0, '') ON CONFLICT DO NOTHING;
+             SELECT nextval({})",
+            shards.join(","),
+            self.sequence("publication"),
+            schema = self.schema,
+        );
+        link.batch("writing a decision", &sql)
+    }
+
+    /// Makes the decision table and its marker row again where they are missing.
+    fn remake_decisions(&self) -> Result<()> {
+        lock(&self.link).link().batch(
+            "restoring the decision records' marker",
+            &decisions_sql(&self.schema),
+        )
     }
 
     fn damaged(&self, detail: &str) -> Error {
@@ -260,6 +315,19 @@ impl Anchor {
             detail: format!("holds damaged decision records: {detail}"),
         }
     }
+}
+
+/// Whether the server refused a statement for naming a table that does not exist.
+fn undefined_table(e: &Error) -> bool {
+    matches!(e, Error::Server { source, .. } if source.code() == Some(&SqlState::UNDEFINED_TABLE))
+}
+
+/// Makes the decision table of schema `schema` and its marker row, where they are missing.
+fn decisions_sql(schema: &str) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {schema}.decisions(txid bigint PRIMARY KEY, shards text NOT NULL);
+         INSERT INTO {schema}.decisions VALUES (0, '') ON CONFLICT DO NOTHING;"
+    )
 }
 
 /// Whether a failed call may have done its work all the same: its answer was lost (the
@@ -376,7 +444,17 @@ impl Control for Anchor {
 
     /// A decision row is durable once its statement returned: nothing to sync.
     fn refresh(&mut self) -> Result<()> {
-        self.committed = self.read_decisions()?;
+        (self.committed, self.lost) = self.read_decisions()?;
+        Ok(())
+    }
+
+    fn records_lost(&self) -> bool {
+        self.lost
+    }
+
+    fn restore_records(&mut self) -> Result<()> {
+        self.remake_decisions()?;
+        self.lost = false;
         Ok(())
     }
 
@@ -415,29 +493,15 @@ impl Control for Anchor {
             let refused = "a table on PostgreSQL servers takes no logged commit";
             return Err((Error::Internal(refused.into()), false));
         }
-        let txid = record.txid as i64;
-        let written = {
-            let mut anchor = lock(&self.link);
-            let link = anchor.link();
-            if record.abort {
-                let sql = format!("DELETE FROM {}.decisions WHERE txid = $1", self.schema);
-                crate::fault::check("anchor_decide")
-                    .and_then(|()| link.execute("taking a decision back", &sql, &[Box::new(txid)]))
-                    .map(drop)
-            } else {
-                // The decision raises the publication counter in its own transaction: a
-                // transaction of another connection that read before it must not write after
-                // it (SQLITE_BUSY_SNAPSHOT), even if this writer dies before its finalize.
-                let shards: Vec<String> = record.shards.iter().map(u16::to_string).collect();
-                let sql = format!(
-                    "INSERT INTO {}.decisions(txid, shards) VALUES ({txid}, '{}'); SELECT nextval({})",
-                    self.schema,
-                    shards.join(","),
-                    self.sequence("publication")
-                );
-                crate::fault::check("anchor_decide")
-                    .and_then(|()| link.batch("writing a decision", &sql))
-            }
+        let written = match self.write_decision(record) {
+            // The decision table was dropped by hand: a row to take back is gone with it, and
+            // one to write goes into the table made again (see `write_decision` for why the
+            // marker may be too).
+            Err(e) if undefined_table(&e) && record.abort => Ok(()),
+            Err(e) if undefined_table(&e) => self
+                .remake_decisions()
+                .and_then(|()| self.write_decision(record)),
+            other => other,
         };
         match written {
             Ok(_) if record.abort => {
@@ -486,12 +550,18 @@ impl Control for Anchor {
         self.committed.len() > 64
     }
 
+    /// Keeps the marker (and makes it again if it was missing: nothing is prepared now).
     fn trim(&mut self, _last_txids: &[u64]) -> Result<()> {
-        let sql = format!("DELETE FROM {}.decisions", self.schema);
+        let sql = format!(
+            "{} DELETE FROM {}.decisions WHERE txid <> 0",
+            decisions_sql(&self.schema),
+            self.schema
+        );
         lock(&self.link)
             .link()
-            .execute("trimming the decisions", &sql, &[])?;
+            .batch("trimming the decisions", &sql)?;
         self.committed.clear();
+        self.lost = false;
         Ok(())
     }
 }

@@ -10,5 +10,6 @@ pub mod table_shard;
 pub mod write;
 
 pub use handle::{with_open_table, TableCore};
+pub(crate) use server_set::open_server_shards;
 pub(crate) use shard_set::{open_shards, table_config};
 pub use table_shard::TableShard;
