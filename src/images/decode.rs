@@ -97,6 +97,12 @@ fn reader(data: &[u8]) -> Result<(ImageReader<Cursor<&[u8]>>, ImageFormat)> {
     Ok((reader, format))
 }
 
+/// The format of `data`, checked as every decode checks it first (no pixel read, no size
+/// limit): an error if it is not an image.
+pub fn format(data: &[u8]) -> Result<ImageFormat> {
+    reader(data).map(|(_, format)| format)
+}
+
 fn damaged(format: ImageFormat) -> impl Fn(image::ImageError) -> Error {
     move |e| match e {
         image::ImageError::Limits(e) => Error::ImageTooBig(format!(

@@ -20,7 +20,8 @@
 //! - Errors name the function and the argument at fault; a panic becomes SQLITE_INTERNAL.
 //!
 //! Files: `probe` (format, size and hash from the header, without decoding; the table's check
-//! of every stored image), `decode` (bounded decode, orientation, frame count), `transform` (resize, thumbnail,
+//! of every stored image), `decode` (bounded decode, orientation, frame count), `exif` (what
+//! photo tools show of the EXIF), `transform` (resize, thumbnail,
 //! crop, rotate, flip, grayscale), `encode`, `filters` (median, blur, equalize, adjust, sharpen),
 //! `segment` (Otsu, mask, regions), `phash`, `pool` (the image threads). This file is the
 //! SQLite glue, and the byte-level entry points other Rust code (whole-table processing) can
@@ -28,6 +29,7 @@
 
 pub mod decode;
 pub mod encode;
+pub mod exif;
 pub mod filters;
 pub mod phash;
 pub mod pool;
@@ -235,6 +237,12 @@ fn image_info(a: &Args) -> Result<Value> {
     info(a.data(0)?).map(Value::Text)
 }
 
+fn image_exif(a: &Args) -> Result<Value> {
+    let data = a.data(0)?;
+    decode::format(data)?;
+    Ok(exif::exif_json(data)?.map_or(Value::Null, Value::Text))
+}
+
 fn image_thumbnail(a: &Args) -> Result<Value> {
     let max_side = a.size(1, "max_side", true)?;
     blob(thumbnail(
@@ -363,6 +371,7 @@ fn image_distance(a: &Args) -> Result<Value> {
 /// Every function: name, the argument counts it takes, body.
 const FUNCTIONS: &[(&str, &[i32], Body)] = &[
     ("image_info", &[1], image_info),
+    ("image_exif", &[1], image_exif),
     ("image_thumbnail", &[2, 3, 4], image_thumbnail),
     ("image_resize", &[3, 4], image_resize),
     ("image_crop", &[5], image_crop),
