@@ -47,7 +47,7 @@ CASES = {
         r"port that is not a number from 1 to 65535"),
     "options after ? that a table does not take": (
         "postgresql://alice@db1/images?application_name=x",
-        r"has the option 'application_name=x'.*sslmode=verify-full"),
+        r"has the option 'application_name'.*sslmode=verify-full"),
     "TLS that does not check the server": (
         "postgresql://alice@db1/images?sslmode=require",
         r"has sslmode=require; a table takes sslmode=verify-full"),

@@ -516,3 +516,32 @@ def test_decision_records_lost_with_nothing_in_doubt_are_made_whole_again(tmp_pa
     if first != "another host reads":
         other.execute(f"CREATE VIRTUAL TABLE t USING imagestore(shards='{shards}')")
     assert other.execute("SELECT count(*) FROM t").fetchone() == (4,)
+
+
+def test_a_drop_from_a_connection_that_found_the_table_in_doubt_waits_for_a_writer(tmp_path, pg):
+    """A connection keeps the table unusable after the in-doubt refusal, even once a person
+    resolved it elsewhere; its DROP TABLE must still take the writer lock (on the anchor), not
+    roll back the prepared parts of another host's writer between its prepare and its
+    decision, which would then report a commit with a part gone."""
+    from test_server_faults import make_table
+    from test_server_tables import prepared
+    db, acked = tmp_path / "f.db", tmp_path / "acked"
+    places = make_table(pg, db, 4, options=", busy_timeout=1000", txns=TXNS)
+    crashed = run_writer(db, TXNS, 4, acked, "anchor_decide:1:abort")
+    assert crashed.returncode != 0 and "fault injected" in crashed.stderr, crashed.stderr[-2000:]
+    delete_decisions(places)
+    unusable = connect(db)
+    with pytest.raises(apsw.Error, match="imagestore_resolve"):
+        unusable.execute("SELECT count(*) FROM t").fetchall()
+    connect(db).execute("SELECT imagestore_resolve('t', 'abort')").fetchall()
+    resume = tmp_path / "resume"
+    writer = start_stalled(db, TXNS, "anchor_decide:1:stall", resume)
+    assert [prepared(server, database) for server, database in places] == ["1"] * 4
+    with pytest.raises(apsw.BusyError):
+        unusable.execute("DROP TABLE t")
+    assert [prepared(server, database) for server, database in places] == ["1"] * 4
+    resume.touch()
+    _, err = writer.communicate(timeout=120)
+    assert writer.returncode == 0, err[-2000:]
+    rows = read_in_another_process(db)
+    assert [transaction_state(rows, k, ops) for k, ops in enumerate(plan(TXNS, 4))] == ["whole"] * TXNS

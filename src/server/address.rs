@@ -105,7 +105,10 @@ impl Address {
         let (user, host_port) = authority
             .rsplit_once('@')
             .ok_or_else(|| malformed("names no user (USER@ before the host)"))?;
-        if user.contains(':') {
+        let password_option = options
+            .split('&')
+            .any(|o| o.split('=').next() == Some("password"));
+        if user.contains(':') || password_option {
             return Err(Error::BadArgument(
                 "a server entry of shards= carries a password, which would be kept in the \
                  database's schema: remove it from the URL and put it in the PostgreSQL password \
@@ -157,10 +160,12 @@ fn parse_tls(options: &str) -> Result<Tls> {
             Some(("sslrootcert", value)) if !value.is_empty() => {
                 root_cert = Some(PathBuf::from(value))
             }
+            // Named by its key alone: an option's value is never repeated (it may be a secret).
             _ => {
+                let key = option.split('=').next().unwrap_or_default();
                 return Err(malformed(&format!(
-                    "has the option '{option}'; the options a table takes are sslmode=verify-full (or disable) and sslrootcert=FILE"
-                )))
+                    "has the option '{key}'; the options a table takes are sslmode=verify-full (or disable) and sslrootcert=FILE"
+                )));
             }
         }
     }
@@ -285,11 +290,23 @@ mod tests {
 
     #[test]
     fn a_password_is_refused_and_never_repeated() {
-        let e = Address::parse("postgresql://alice:s3cret-word@db1:5432/images").unwrap_err();
-        let message = e.to_string();
-        assert!(!message.contains("s3cret"), "{message}");
+        for url in [
+            "postgresql://alice:s3cret-word@db1:5432/images",
+            "postgresql://alice@db1:5432/images?password=s3cret-word",
+            "postgresql://alice@db1:5432/images?sslmode=verify-full&password=s3cret-word",
+        ] {
+            let message = Address::parse(url).unwrap_err().to_string();
+            assert!(!message.contains("s3cret"), "{message}");
+            assert!(
+                message.contains("~/.pgpass") && message.contains("PGPASSWORD"),
+                "{message}"
+            );
+        }
+        let message = Address::parse("postgresql://alice@db1:5432/images?passfile=s3cret-word")
+            .unwrap_err()
+            .to_string();
         assert!(
-            message.contains("~/.pgpass") && message.contains("PGPASSWORD"),
+            !message.contains("s3cret") && message.contains("'passfile'"),
             "{message}"
         );
     }

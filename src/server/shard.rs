@@ -86,8 +86,38 @@ fn registry_rows(link: &mut Link, sql: &str, params: &[Param]) -> Result<Vec<tok
     }
 }
 
+/// The id of table `name` on the server `link` reaches, if it holds it as shard `shard_index`
+/// of `shard_count`.
+fn registered_id(
+    link: &mut Link,
+    name: &str,
+    (shard_index, shard_count): (usize, usize),
+) -> Result<Option<TableId>> {
+    let found = registry_rows(
+        link,
+        "SELECT table_id FROM imagestore_tables
+         WHERE name = $1 AND shard_index = $2 AND shard_count = $3",
+        &[
+            Box::new(name.to_string()),
+            Box::new(shard_index as i32),
+            Box::new(shard_count as i32),
+        ],
+    )?;
+    let Some(row) = found.first() else {
+        return Ok(None);
+    };
+    row.try_get::<_, String>(0)
+        .ok()
+        .and_then(|id| unhex(&id))
+        .map(Some)
+        .ok_or_else(|| Error::ServerForeign {
+            server: link.address.to_string(),
+            detail: format!("has a damaged table id for {name}"),
+        })
+}
+
 /// The name of the schema that holds table `table_id` on a server.
-fn schema_name(table_id: &TableId) -> String {
+pub(crate) fn schema_name(table_id: &TableId) -> String {
     quote_ident(&format!("imagestore_{}", hex(table_id)))
 }
 
@@ -401,6 +431,18 @@ impl ServerShard {
     /// its schema and its entry in the registry. Nothing to do if the server does not hold it.
     /// An entry of another shape (not shard `shard_index` of `shard_count`) is another
     /// table's, and stays.
+    /// The id of table `name` on the server at `address`, if it holds it as shard
+    /// `shard_index` of `shard_count`.
+    pub fn registered_table_id(
+        address: &Address,
+        name: &str,
+        (shard_index, shard_count): (usize, usize),
+        timeout_ms: u64,
+    ) -> Result<Option<TableId>> {
+        let mut link = Link::new(address.clone(), timeout_ms)?;
+        registered_id(&mut link, name, (shard_index, shard_count))
+    }
+
     pub fn drop_named(
         address: &Address,
         name: &str,
@@ -409,27 +451,9 @@ impl ServerShard {
         timeout_ms: u64,
     ) -> Result<()> {
         let mut link = Link::new(address.clone(), timeout_ms)?;
-        let found = registry_rows(
-            &mut link,
-            "SELECT table_id FROM imagestore_tables
-             WHERE name = $1 AND shard_index = $2 AND shard_count = $3",
-            &[
-                Box::new(name.to_string()),
-                Box::new(shard_index as i32),
-                Box::new(shard_count as i32),
-            ],
-        )?;
-        let Some(row) = found.first() else {
+        let Some(table_id) = registered_id(&mut link, name, (shard_index, shard_count))? else {
             return Ok(());
         };
-        let table_id = row
-            .try_get::<_, String>(0)
-            .ok()
-            .and_then(|id| unhex(&id))
-            .ok_or_else(|| Error::ServerForeign {
-                server: address.to_string(),
-                detail: format!("has a damaged table id for {name}"),
-            })?;
         let gids = link.batch_rows(
             "listing prepared transactions",
             &format!(

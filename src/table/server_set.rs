@@ -142,6 +142,34 @@ fn create_server_shards(config: &TableConfig) -> Result<OpenedTable> {
     }
 }
 
+/// DROP of a table on servers that could not be opened (no coordinator holds its writer lock):
+/// as [`drop_server_tables`], under the writer lock taken on the anchor first, if the anchor
+/// still holds the table. So no writer of any host is between its prepare and its finalize while
+/// its prepared parts are rolled back (a writer told its commit succeeded would be left with a
+/// part gone); one that holds the lock makes this DROP wait, then fail as busy.
+pub(crate) fn drop_unopened_server_tables(config: &TableConfig) -> Result<()> {
+    let (anchor, timeout_ms) = (&config.servers[0], config.busy_timeout_ms);
+    let count = config.servers.len();
+    let _writer =
+        match ServerShard::registered_table_id(anchor, &config.table_name, (0, count), timeout_ms)?
+        {
+            Some(table_id) => {
+                let schema = crate::server::shard::schema_name(&table_id);
+                let token = WriterToken::default();
+                let anchor = Anchor::open(
+                    anchor.clone(),
+                    (&table_id, &schema),
+                    token,
+                    timeout_ms,
+                    false,
+                )?;
+                Some((anchor.lock_writer(timeout_ms)?, anchor))
+            }
+            None => None,
+        };
+    drop_server_tables(&config.servers, &config.table_name, timeout_ms)
+}
+
 /// Removes table `name` from every one of `servers`, the anchor last (so that the decision
 /// records go only once nothing else of the table is left); the first error stops it, and a
 /// second DROP finishes what it left.

@@ -36,7 +36,7 @@ use crate::shard::{quote_ident, Lifecycle, ScanFilter};
 use crate::table::handle::{
     connected_core, open_core, open_tables, OpenTable, TableCore, NEXT_TABLE_KEY,
 };
-use crate::table::server_set::drop_server_tables;
+use crate::table::server_set::{drop_server_tables, drop_unopened_server_tables};
 use crate::table::shard_set::{owns, table_config, unusable_own_files};
 use crate::table::write::{describe_row, image_bytes, Host, ImageData, OnTakenId, RowUpdate};
 
@@ -354,11 +354,7 @@ impl CreateVTab<'_> for ImageTable {
                     );
                 }
                 TableState::Unusable { config, .. } if !config.servers.is_empty() => {
-                    return drop_server_tables(
-                        &config.servers,
-                        &config.table_name,
-                        config.busy_timeout_ms,
-                    );
+                    return drop_unopened_server_tables(config);
                 }
                 TableState::Open(core) => {
                     // No writer of this table, in any process, is mid-commit while its files
