@@ -6,10 +6,13 @@
 //! SELECT imagestore_derive('photos', 'thumb', 'thumbnail', 256, 'webp');  -- {"rows":31,...}
 //! SELECT imagestore_derive('photos', 'phash', 'phash');
 //! SELECT imagestore_derive('photos', 'small', 'convert', 'jpeg', 80);
+//! SELECT imagestore_derive_missing('photos', 'thumb', 'thumbnail', 256, 'webp');  -- new rows
 //! ```
 //! Operations: `thumbnail, max_side [, format]` (as `image_thumbnail`), `convert, format
 //! [, quality]` (as `image_convert`), `phash [, method]` (as `image_phash`). The target is one of
-//! the table's own columns.
+//! the table's own columns. `imagestore_derive_missing` computes it only for the rows whose
+//! column is NULL (the images added since the last run: a thumbnail cache's daily top-up), with
+//! the same guarantees; every operation gives a value, so a derived row is never NULL again.
 //!
 //! How: the table's write transaction is opened (the writer lock excludes other writers, so the
 //! images cannot change underneath); images are read a batch at a time, bounded in bytes, and
@@ -118,6 +121,15 @@ impl Operation {
     }
 }
 
+/// Which rows a derivation computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rows {
+    /// Every row (`imagestore_derive`).
+    All,
+    /// The rows whose target column is NULL (`imagestore_derive_missing`).
+    Missing,
+}
+
 /// An image to process: its shard, its id, its bytes.
 type Job = (usize, i64, Vec<u8>);
 
@@ -179,7 +191,12 @@ pub struct Summary {
 }
 
 /// Runs the derivation in one write transaction of the table; on any error, nothing is kept.
-pub fn derive(core: &TableCore, column: &str, operation: Operation) -> Result<Summary> {
+pub fn derive(
+    core: &TableCore,
+    column: &str,
+    operation: Operation,
+    which: Rows,
+) -> Result<Summary> {
     let started = std::time::Instant::now();
     let target = core
         .config
@@ -211,6 +228,9 @@ pub fn derive(core: &TableCore, column: &str, operation: Operation) -> Result<Su
         for (index, shard) in shards.iter().enumerate() {
             for id in shard.ids()? {
                 let Some(row) = shard.get(id)? else { continue };
+                if which == Rows::Missing && row.user[target] != Value::Null {
+                    continue;
+                }
                 let data = shard.read_blob(row.blob_id)?;
                 bytes += data.len();
                 batch.push((index, id, data));

@@ -5,6 +5,7 @@
 //! SELECT imagestore_transactions('images');  -- JSON: prepared transactions and their state
 //! SELECT imagestore_resolve('images', 'abort'); -- decide transactions left in doubt
 //! SELECT imagestore_derive('images', 'thumb', 'thumbnail', 256, 'webp'); -- see `derive`
+//! SELECT imagestore_derive_missing('images', 'thumb', 'thumbnail', 256, 'webp'); -- new rows
 //! ```
 //! `imagestore_resolve` is for the one case recovery cannot decide: the decision records are
 //! missing (a local journal deleted or damaged, a server anchor's decision rows deleted) while
@@ -25,7 +26,7 @@ use crate::commit::{
     accept_lost_commits, resolve_in_doubt, resolve_through_control, Participant, Resolution,
 };
 use crate::config::{module_arguments, TableConfig};
-use crate::derive::Operation;
+use crate::derive::{Operation, Rows};
 use crate::error::{Error, Result};
 use crate::placement::shard_of;
 use crate::sqlfn::{self, Call, Kind};
@@ -183,8 +184,9 @@ fn imagestore_table(db: &Connection, name: &str) -> Result<TableName> {
     Ok(table)
 }
 
-/// `imagestore_derive(table, column, operation, args...)`: see `derive`.
-fn derive(call: &Call<'_>) -> Result<String> {
+/// `imagestore_derive(table, column, operation, args...)` and `imagestore_derive_missing` (the
+/// same, for the rows whose column is NULL): see `derive`.
+fn derive(call: &Call<'_>, which: Rows) -> Result<String> {
     if call.args.len() < 3 {
         return Err(Error::BadArgument(
             "imagestore_derive(table, column, operation, arguments...)".into(),
@@ -197,8 +199,9 @@ fn derive(call: &Call<'_>) -> Result<String> {
         .map(|v| Value::try_from(*v).map_err(|e| Error::WrongType(e.to_string())))
         .collect::<Result<Vec<_>>>()?;
     let operation = Operation::parse(&operation, &args)?;
-    let summary =
-        with_table_argument(call, |core| crate::derive::derive(core, &column, operation))?;
+    let summary = with_table_argument(call, |core| {
+        crate::derive::derive(core, &column, operation, which)
+    })?;
     Ok(serde_json::json!({
         "rows": summary.rows,
         "threads": summary.threads,
@@ -288,7 +291,12 @@ const FUNCTIONS: &[(&str, c_int, bool, Run)] = &[
         with_table_argument(call, transactions)
     }),
     ("imagestore_resolve", 2, true, resolve),
-    ("imagestore_derive", -1, true, derive),
+    ("imagestore_derive", -1, true, |call| {
+        derive(call, Rows::All)
+    }),
+    ("imagestore_derive_missing", -1, true, |call| {
+        derive(call, Rows::Missing)
+    }),
     ("imagestore_backup", 2, true, backup),
     ("imagestore_verify", 1, false, verify),
 ];

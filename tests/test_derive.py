@@ -170,3 +170,42 @@ def test_a_query_over_the_table_may_call_derive_on_it(tmp_path):
     other = connect(tmp_path / "q.db")
     other.execute("DELETE FROM t WHERE id = ?", (ids[0],))
     assert con.execute("SELECT count(*) FROM t").fetchone() == (len(small) - 1,)
+
+
+def test_derive_missing_computes_only_the_rows_without_a_value(tmp_path):
+    """A thumbnail cache's daily top-up: images added after a derivation get theirs, and rows
+    that have a value keep it (one set by hand to a marker shows it is not computed again)."""
+    con = make(tmp_path / "d.db")
+    (report,), = con.execute("SELECT imagestore_derive_missing('t', 'thumb', 'thumbnail', 64)")
+    assert json.loads(report)["rows"] == len(IMAGES)
+    con.execute("UPDATE t SET thumb = x'00' WHERE id = 1")
+    con.execute("BEGIN")
+    for p in IMAGES[:3]:
+        con.execute("INSERT INTO t(name, data) VALUES (?, ?)", ("new " + p.name, p.read_bytes()))
+    con.execute("COMMIT")
+    (report,), = con.execute("SELECT imagestore_derive_missing('t', 'thumb', 'thumbnail', 64)")
+    assert json.loads(report)["rows"] == 3
+    assert con.execute("SELECT thumb FROM t WHERE id = 1").fetchone() == (b"\x00",)
+    rows = con.execute("SELECT thumb = image_thumbnail(data, 64) FROM t WHERE id <> 1").fetchall()
+    assert rows == [(1,)] * (len(IMAGES) + 2)
+    (report,), = con.execute("SELECT imagestore_derive_missing('t', 'thumb', 'thumbnail', 64)")
+    assert json.loads(report)["rows"] == 0
+
+
+def test_derive_missing_fails_whole(tmp_path):
+    """A fault at the second of three new images: none of the three gets a value."""
+    if not FAULT_LIB.exists():
+        pytest.fail(f"fault-injection build missing: {FAULT_LIB}")
+    db = tmp_path / "d.db"
+    con = make(db)
+    con.execute("SELECT imagestore_derive('t', 'thumb', 'thumbnail', 64)").fetchall()
+    for p in IMAGES[:3]:
+        con.execute("INSERT INTO t(name, data) VALUES (?, ?)", ("new " + p.name, p.read_bytes()))
+    con.close()
+    code = ("from harness import connect\n"
+            "connect(%r).execute(\"SELECT imagestore_derive_missing('t', 'thumb', 'thumbnail', 64)\").fetchall()"
+            ) % str(db)
+    env = dict(os.environ, IMAGESTORE_LIB=str(FAULT_LIB), IMAGESTORE_FAULT="derive_row:2:error")
+    result = subprocess.run([sys.executable, "-c", code], cwd=HERE, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "injected fault" in result.stderr, result.stderr[-2000:]
+    assert connect(db).execute("SELECT count(*) FROM t WHERE thumb IS NULL").fetchone() == (3,)

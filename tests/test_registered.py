@@ -7,12 +7,12 @@ from harness import connect
 FUNCTIONS = {
     # The operating functions.
     ("imagestore_backup", 2), ("imagestore_check", 1), ("imagestore_derive", -1),
-    ("imagestore_resolve", 2), ("imagestore_transactions", 1), ("imagestore_verify", 1),
+    ("imagestore_derive_missing", -1), ("imagestore_resolve", 2), ("imagestore_transactions", 1), ("imagestore_verify", 1),
     ("imagestore_version", 0),
     # The per-image functions.
     ("image_adjust", 3), ("image_blur", 2), ("image_convert", 2), ("image_convert", 3),
     ("image_crop", 5), ("image_denoise", 2), ("image_distance", 2), ("image_equalize", 1),
-    ("image_flip", 2), ("image_grayscale", 1), ("image_info", 1), ("image_otsu", 1),
+    ("image_exif", 1), ("image_flip", 2), ("image_grayscale", 1), ("image_info", 1), ("image_otsu", 1),
     ("image_phash", 1), ("image_phash", 2), ("image_regions", 1), ("image_regions", 2),
     ("image_resize", 3), ("image_resize", 4), ("image_rotate", 2), ("image_sharpen", 2),
     ("image_sharpen", 3), ("image_threshold", 1), ("image_threshold", 2),
