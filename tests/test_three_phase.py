@@ -201,7 +201,7 @@ def server_states(places, txid):
     for index, (server, database) in enumerate(places):
         schema = server.psql("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'imagestore%'", database).strip()
         held = server.psql(
-            f"SELECT (SELECT count(*) FROM pg_prepared_xacts WHERE gid LIKE 'imagestore:%:{txid}:{index}')"
+            f"SELECT (SELECT count(*) FROM pg_prepared_xacts WHERE gid LIKE 'imagestore:%:{txid}:{index}:%')"
             f" || ' ' || (SELECT count(*) FROM {schema}.fence WHERE {txid} = ANY(pre_committed))",
             database).split()
         # A finalized shard keeps its pre-commit in the fence until its next pre-commit: "none".
@@ -492,6 +492,28 @@ def test_a_transaction_a_server_committed_is_committed_everywhere_without_its_de
     delete_decisions(places)
     rows = dict(connect(db).execute("SELECT id, name FROM t"))
     assert transaction_state(rows, 0, plan(TXNS, 4)[0]) == "whole"
+    assert [prepared(server, database) for server, database in places] == ["0"] * 4
+    assert marker_rows(places) == "1"
+
+
+def test_a_transaction_whose_vote_never_finished_is_not_in_doubt_without_its_decision(tmp_path, pg):
+    """The writer is killed in its vote (the prepares go to the 4 shards at once; the third
+    stalls, then the process is killed, so two or three land), and the decision rows are
+    deleted: each prepare names the shards its transaction wrote (in its gid), one of which
+    never prepared, so no decision was ever taken: the next host aborts it without a person,
+    and it is absent."""
+    from test_server_faults import make_table
+    from test_server_tables import prepared
+    db = tmp_path / "f.db"
+    places = make_table(pg, db, 4, txns=TXNS)
+    writer = start_stalled(db, TXNS, "server_prepare:3:stall", tmp_path / "resume")
+    time.sleep(0.5)  # the prepares sent before the stall land
+    kill_9(writer)
+    held = [prepared(server, database) for server, database in places]
+    assert "0" in held and held.count("1") >= 2, held
+    delete_decisions(places)
+    rows = read_in_another_process(db)
+    assert transaction_state(rows, 0, plan(TXNS, 4)[0]) == "absent"
     assert [prepared(server, database) for server, database in places] == ["0"] * 4
     assert marker_rows(places) == "1"
 

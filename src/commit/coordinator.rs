@@ -1309,8 +1309,12 @@ pub fn resolve_through_control<P: Participant>(
 
 /// What decision records that may have lost decisions leave of the prepared transactions (the
 /// shards' `records`), on a two-phase table: those some shard already committed, and those in
-/// doubt (no decision left, no shard committed them), with the shards holding them. A shard
-/// whose `last_txid` is a transaction's id committed that transaction: only it raises a
+/// doubt, with the shards holding them. The rest (no decision needed, or none possible) are
+/// recovery's as usual: a remaining decision commits, and a transaction that some shard it
+/// wrote neither holds prepared nor committed never had a decision (every participant prepares
+/// before one is taken): presumed abort is right for it.
+///
+/// A shard whose `last_txid` is a transaction's id committed that transaction: only it raises a
 /// shard's `last_txid` to its id (an id is above every shard's `last_txid` when it is given),
 /// no later transaction commits while it is prepared anywhere (a writer runs recovery first),
 /// and a shard commits its prepared part only once the transaction was decided. A three-phase
@@ -1326,13 +1330,24 @@ fn after_lost_records<P: Participant>(
         return Ok(lost);
     }
     let last_txids = last_txids(shards)?;
+    let mut held: BTreeMap<u64, (Vec<usize>, Option<&[u16]>)> = BTreeMap::new();
     for (index, records) in records.iter().enumerate() {
         for record in records.iter().filter(|r| r.decided_by.is_none()) {
-            if last_txids.contains(&record.txid) {
-                lost.committed.insert(record.txid);
-            } else if !control.is_committed(record.txid) {
-                lost.in_doubt.entry(record.txid).or_default().push(index);
-            }
+            let entry = held.entry(record.txid).or_default();
+            entry.0.push(index);
+            entry.1 = entry.1.or(record.participants.as_deref());
+        }
+    }
+    for (txid, (on, participants)) in held {
+        let never_voted = participants.is_some_and(|wrote| {
+            wrote
+                .iter()
+                .any(|&p| (p as usize) < shards.len() && !on.contains(&(p as usize)))
+        });
+        if last_txids.contains(&txid) {
+            lost.committed.insert(txid);
+        } else if !control.is_committed(txid) && !never_voted {
+            lost.in_doubt.insert(txid, on);
         }
     }
     Ok(lost)

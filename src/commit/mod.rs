@@ -256,8 +256,9 @@
 //! nothing prepared when it began). Recovery that finds the marker gone
 //! (`Control::records_lost`) treats the rows as a missing journal, on a two-phase table: a
 //! prepared transaction that some server already committed (its `last_txid` is exactly the
-//! transaction's id) is committed everywhere; one that no remaining row commits either is in
-//! doubt (the table refuses, naming `imagestore_resolve`), never presumed aborted, since its
+//! transaction's id) is committed everywhere; one that some server it wrote (its prepares name
+//! them) never prepared had no decision, and is aborted; one that no remaining row commits
+//! either is in doubt (the table refuses, naming `imagestore_resolve`), never presumed aborted, since its
 //! decision may be the row that went. Only once it has finished what the rows and servers
 //! decide, with nothing in doubt (or a person decided), is the marker made again, under the
 //! writer lock: made earlier, a crash in between would leave a committed transaction to

@@ -30,6 +30,9 @@ pub struct PrepareRecord {
     /// Three-phase commit: every participant voted yes and this one holds that durably (its
     /// pre-commit), so the transaction commits.
     pub pre_committed: bool,
+    /// The participants the transaction wrote, as its prepare recorded them; `None` where it
+    /// did not (a prepare made by an older build).
+    pub participants: Option<Vec<u16>>,
 }
 
 /// What a replay of a logged commit found.

@@ -60,6 +60,7 @@ struct Image {
 #[derive(Clone, Debug, PartialEq)]
 struct Prepared {
     decided_by: Option<String>,
+    participants: Vec<u16>,
     pre_committed: bool,
     before: BTreeMap<i64, Option<i64>>,
 }
@@ -378,6 +379,7 @@ impl Participant for SimParticipant {
                     txid,
                     decided_by: record.decided_by.clone(),
                     pre_committed: record.pre_committed,
+                    participants: Some(record.participants.clone()),
                 })
                 .collect())
         })
@@ -440,12 +442,7 @@ impl Participant for SimParticipant {
         })
     }
 
-    fn prepare(
-        &mut self,
-        txid: u64,
-        _participants: &[u16],
-        decided_by: Option<&str>,
-    ) -> Result<()> {
+    fn prepare(&mut self, txid: u64, participants: &[u16], decided_by: Option<&str>) -> Result<()> {
         self.call("prepare", |p| {
             let mut open = p
                 .open
@@ -455,6 +452,7 @@ impl Participant for SimParticipant {
                 txid,
                 Prepared {
                     decided_by: decided_by.map(str::to_string),
+                    participants: participants.to_vec(),
                     pre_committed: false,
                     before: open.before,
                 },
@@ -1107,6 +1105,7 @@ impl Held {
         let written = BTreeMap::from([(0, 10)]);
         let record = |pre_committed| Prepared {
             decided_by: None,
+            participants: Vec::new(),
             pre_committed,
             before: BTreeMap::from([(0, None)]),
         };

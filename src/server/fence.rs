@@ -102,7 +102,8 @@ impl Fence<'_> {
     }
 
     /// Marks prepared transaction `txid` (gid `gid`; this shard's gids are `gid_prefix`, the
-    /// txid, `gid_suffix`) pre-committed: committed, so durable, when this returns.
+    /// txid, `gid_suffix`, then `:` and the participants, or nothing for an older build's)
+    /// pre-committed: committed, so durable, when this returns.
     pub fn pre_commit(
         &self,
         link: &mut Link,
@@ -114,7 +115,8 @@ impl Fence<'_> {
         let sql = format!(
             "UPDATE {}.fence SET owner = $1, pre_committed = array_append(ARRAY(
                  SELECT t FROM unnest(pre_committed) t WHERE t <> $2 AND EXISTS (
-                     SELECT 1 FROM pg_prepared_xacts x WHERE x.gid = $3::text || t::text || $4::text)), $2)
+                     SELECT 1 FROM pg_prepared_xacts x WHERE x.gid = $3::text || t::text || $4::text
+                         OR x.gid LIKE $3::text || t::text || $4::text || ':%')), $2)
              WHERE owner <= $1 AND EXISTS (SELECT 1 FROM pg_prepared_xacts WHERE gid = $5::text)
              RETURNING 1",
             self.schema

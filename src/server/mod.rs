@@ -18,10 +18,12 @@
 //! "imagestore_<table id>".fence(owner, pre_committed)  -- one row; three-phase tables only
 //! ```
 //!
-//! A prepared transaction's identifier (gid) is `imagestore:<table id>:<txid>:<shard index>`,
-//! so that recovery finds a table's own among the server's (`pg_prepared_xacts`).
+//! A prepared transaction's identifier (gid) is `imagestore:<table id>:<txid>:<shard index>:
+//! <participants>` (see `gid`), so that recovery finds a table's own among the server's
+//! (`pg_prepared_xacts`), and what the transaction wrote.
 //!
-//! Files: `address` the URL and its password (never kept, never shown); `shard` one server
+//! Files: `address` the URL and its password (never kept, never shown); `gid` a prepared
+//! transaction's identifier; `shard` one server
 //! shard, its rows and its protocol steps; `fence` what keeps a three-phase step from landing
 //! after another host took the table over; `anchor` the coordinator's state on the first
 //! server; `link` the connection to one server.
@@ -29,6 +31,7 @@
 pub mod address;
 pub mod anchor;
 pub mod fence;
+mod gid;
 mod link;
 pub mod shard;
 

@@ -20,6 +20,7 @@ use rusqlite::types::Value;
 use tokio_postgres::Row;
 
 use super::fence::{self, Fence, WriterToken};
+use super::gid;
 use super::link::{Link, Param};
 use super::Address;
 use crate::commit::{Participant, PrepareRecord, Replayed};
@@ -66,6 +67,9 @@ pub struct ServerShard {
     /// `last_txid` and the prepared transactions as `begin_write` read them, for step 1's next
     /// questions; gone once `prepared` has answered, or the transaction ends.
     begun: RefCell<Option<(u64, Vec<u64>)>>,
+    /// The gid of each transaction this shard prepared or listed, until it ends it (a gid
+    /// carries the participants, which only the prepare knows: see `gid`).
+    gids: RefCell<HashMap<u64, String>>,
     /// How the table commits; a three-phase table keeps its pre-commits in its `fence`.
     protocol: Protocol,
     /// The token of this connection's writer lock, which a three-phase step claims the fence
@@ -316,6 +320,7 @@ impl ServerShard {
             open: Cell::new(Open::Nothing),
             snapshot_last_txid: Cell::new(None),
             begun: RefCell::new(None),
+            gids: RefCell::new(HashMap::new()),
             protocol,
             token,
         }
@@ -426,11 +431,6 @@ impl ServerShard {
         Ok(())
     }
 
-    /// Removes the table named `name`, as shard `shard_index` of `shard_count`, from the
-    /// server at `address`, on a connection of its own: its prepared transactions rolled back (the table goes, whatever they decided), then
-    /// its schema and its entry in the registry. Nothing to do if the server does not hold it.
-    /// An entry of another shape (not shard `shard_index` of `shard_count`) is another
-    /// table's, and stays.
     /// The id of table `name` on the server at `address`, if it holds it as shard
     /// `shard_index` of `shard_count`.
     pub fn registered_table_id(
@@ -443,6 +443,12 @@ impl ServerShard {
         registered_id(&mut link, name, (shard_index, shard_count))
     }
 
+    /// Removes the table named `name`, as shard `shard_index` of `shard_count`, from the
+    /// server at `address`, on a connection of its own: its prepared transactions rolled back
+    /// (the table goes, whatever they decided), then its schema and its entry in the registry.
+    /// Nothing to do if the server does not hold it. An entry of another shape (not shard
+    /// `shard_index` of `shard_count`) is another table's, and stays. The caller holds the
+    /// table's writer lock, or knows no writer can be using the table.
     pub fn drop_named(
         address: &Address,
         name: &str,
@@ -504,27 +510,26 @@ impl ServerShard {
     /// statement runs on its own (on a new connection if that one broke).
     fn end_prepared(&mut self, txid: u64, verb: &str, what: &str) -> Result<()> {
         let _ = Participant::end(self);
-        let gid = self.gid(txid);
+        let gid = self.known_gid(txid)?;
         self.link()
-            .settle(what, &format!("{verb} PREPARED '{gid}'"))
+            .settle(what, &format!("{verb} PREPARED '{gid}'"))?;
+        self.gids.borrow_mut().remove(&txid);
+        Ok(())
     }
 
-    /// The identifier of this shard's prepared transaction `txid`.
-    fn gid(&self, txid: u64) -> String {
-        format!(
-            "imagestore:{}:{txid}:{}",
-            hex(&self.table_id),
-            self.shard_index
-        )
-    }
-
-    /// The transaction a gid of this shard names, if it is one of this shard's.
-    fn txid_of(&self, gid: &str) -> Option<u64> {
-        let rest = gid.strip_prefix(&format!("imagestore:{}:", hex(&self.table_id)))?;
-        let (txid, index) = rest.split_once(':')?;
-        (index.parse::<usize>().ok()? == self.shard_index)
-            .then(|| txid.parse().ok())
-            .flatten()
+    /// The gid of this shard's prepared transaction `txid`: as this shard prepared it or last
+    /// listed it, else as the server lists it now (a round trip), else as an older build made
+    /// it (then the server does not hold it: ending it does nothing).
+    fn known_gid(&self, txid: u64) -> Result<String> {
+        if !self.gids.borrow().contains_key(&txid) {
+            self.prepare_records()?;
+        }
+        Ok(self
+            .gids
+            .borrow()
+            .get(&txid)
+            .cloned()
+            .unwrap_or_else(|| gid::without_participants(&self.table_id, txid, self.shard_index)))
     }
 
     /// The statement that reads `last_txid`, as a row `read_state` tells from a gid.
@@ -535,15 +540,24 @@ impl ServerShard {
         )
     }
 
-    /// `last_txid` and the prepared transactions, from the rows of `last_txid_sql` and
-    /// `list_prepared_sql`.
-    fn read_state(&self, rows: &[String]) -> (Option<u64>, Vec<u64>) {
+    /// `last_txid` and the prepared transactions of this shard, from the rows of
+    /// `last_txid_sql` and `list_prepared_sql`; each one's gid is kept for ending it, in place
+    /// of those kept before (what is not listed any more has ended).
+    fn read_state(&self, rows: &[String]) -> (Option<u64>, Vec<gid::Named>) {
         let mut last_txid = None;
         let mut prepared = Vec::new();
+        self.gids.borrow_mut().clear();
         for row in rows {
-            match row.strip_prefix("last_txid ") {
-                Some(last) => last_txid = last.parse().ok(),
-                None => prepared.extend(self.txid_of(row)),
+            if let Some(last) = row.strip_prefix("last_txid ") {
+                last_txid = last.parse().ok();
+                continue;
+            }
+            let Some(named) = gid::parse(&self.table_id, row) else {
+                continue;
+            };
+            if named.shard == self.shard_index {
+                self.gids.borrow_mut().insert(named.txid, row.clone());
+                prepared.push(named);
             }
         }
         (last_txid, prepared)
@@ -575,10 +589,11 @@ impl ServerShard {
             .read_state(&rows)
             .1
             .into_iter()
-            .map(|txid| PrepareRecord {
-                txid,
+            .map(|named| PrepareRecord {
+                txid: named.txid,
                 decided_by: None,
-                pre_committed: pre_committed.contains(&txid),
+                pre_committed: pre_committed.contains(&named.txid),
+                participants: named.participants,
             })
             .collect())
     }
@@ -929,7 +944,7 @@ impl Participant for ServerShard {
         let rows = self.link().batch_rows("opening a snapshot", &sql)?;
         let (last_txid, prepared) = self.read_state(&rows);
         self.snapshot_last_txid.set(last_txid);
-        Ok(prepared)
+        Ok(prepared.into_iter().map(|named| named.txid).collect())
     }
 
     fn snapshot_last_txid(&self) -> Option<u64> {
@@ -966,6 +981,7 @@ impl Participant for ServerShard {
         let rows = self.link().batch_rows("beginning a transaction", &sql)?;
         let (last_txid, prepared) = self.read_state(&rows);
         let last_txid = last_txid.ok_or_else(|| self.foreign("has lost its state row"))?;
+        let prepared = prepared.into_iter().map(|named| named.txid).collect();
         *self.begun.borrow_mut() = Some((last_txid, prepared));
         Ok(())
     }
@@ -1036,23 +1052,20 @@ impl Participant for ServerShard {
         ))
     }
 
-    fn prepare(
-        &mut self,
-        txid: u64,
-        _participants: &[u16],
-        decided_by: Option<&str>,
-    ) -> Result<()> {
+    fn prepare(&mut self, txid: u64, participants: &[u16], decided_by: Option<&str>) -> Result<()> {
         if decided_by.is_some() {
             return Err(Error::BadArgument(
                 "a transaction that also writes the host database's own tables (or another imagestore table) cannot include a table on PostgreSQL servers: commit them separately".into(),
             ));
         }
         crate::fault::check("server_prepare")?;
+        let gid = gid::make(&self.table_id, txid, self.shard_index, participants);
         let sql = format!(
-            "UPDATE {}.state SET last_txid = greatest(last_txid, {txid}); PREPARE TRANSACTION '{}'",
+            "UPDATE {}.state SET last_txid = greatest(last_txid, {txid}); PREPARE TRANSACTION '{gid}'",
             self.schema,
-            self.gid(txid)
         );
+        // Kept before the answer: a PREPARE whose answer is lost may have landed.
+        self.gids.borrow_mut().insert(txid, gid);
         // A PREPARE that fails becomes a ROLLBACK; a failed UPDATE leaves the transaction
         // open and aborted: `end` then rolls it back.
         self.link().batch("preparing", &sql)?;
@@ -1074,11 +1087,11 @@ impl Participant for ServerShard {
     fn pre_commit(&mut self, txid: u64) -> Result<()> {
         crate::fault::check("server_pre_commit")?;
         let gids = (
-            format!("imagestore:{}:", hex(&self.table_id)),
+            gid::table_prefix(&self.table_id),
             format!(":{}", self.shard_index),
         );
-        self.fence()?
-            .pre_commit(&mut self.link(), txid, self.gid(txid), gids)
+        let gid = self.known_gid(txid)?;
+        self.fence()?.pre_commit(&mut self.link(), txid, gid, gids)
     }
 
     fn withdraw_pre_commit(&mut self, txid: u64) -> Result<()> {

@@ -596,14 +596,18 @@ impl Shard {
     pub fn prepare_records(&self) -> Result<Vec<PrepareRecord>> {
         let mut stmt = self
             .conn
-            .prepare_cached("SELECT txid, decided_by, pre_committed FROM imagestore_prepared")
+            .prepare_cached(
+                "SELECT txid, decided_by, pre_committed, shards FROM imagestore_prepared",
+            )
             .map_err(self.err())?;
         let rows = stmt
             .query_map([], |r| {
+                let shards: String = r.get(3)?;
                 Ok(PrepareRecord {
                     txid: r.get::<_, i64>(0)? as u64,
                     decided_by: r.get(1)?,
                     pre_committed: r.get(2)?,
+                    participants: shards.split(',').map(|s| s.parse().ok()).collect(),
                 })
             })
             .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>());
