@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio_postgres::error::SqlState;
 
-use super::link::Link;
+use super::link::{is_undefined_table, Link};
 use super::{Address, WriterToken};
 use crate::commit::control::{Control, Held, PublishWindow};
 use crate::commit::locks::PublishState;
@@ -246,7 +246,7 @@ impl Anchor {
             .link()
             .query("reading the decisions", &sql, &[]);
         let rows = match read {
-            Err(e) if undefined_table(&e) => return Ok((HashMap::new(), true)),
+            Err(e) if is_undefined_table(&e) => return Ok((HashMap::new(), true)),
             other => other?,
         };
         let mut committed = HashMap::new();
@@ -292,9 +292,10 @@ impl Anchor {
         let shards: Vec<String> = record.shards.iter().map(u16::to_string).collect();
         let sql = format!(
             "INSERT INTO {schema}.decisions(txid, shards) VALUES ({txid}, '{}');
-             INSERT INTO {schema}.decisions VALUES (0, '') ON CONFLICT DO NOTHING;
+             {}
              SELECT nextval({})",
             shards.join(","),
+            marker_sql(&self.schema),
             self.sequence("publication"),
             schema = self.schema,
         );
@@ -317,17 +318,18 @@ impl Anchor {
     }
 }
 
-/// Whether the server refused a statement for naming a table that does not exist.
-fn undefined_table(e: &Error) -> bool {
-    matches!(e, Error::Server { source, .. } if source.code() == Some(&SqlState::UNDEFINED_TABLE))
-}
-
 /// Makes the decision table of schema `schema` and its marker row, where they are missing.
 fn decisions_sql(schema: &str) -> String {
     format!(
         "CREATE TABLE IF NOT EXISTS {schema}.decisions(txid bigint PRIMARY KEY, shards text NOT NULL);
-         INSERT INTO {schema}.decisions VALUES (0, '') ON CONFLICT DO NOTHING;"
+         {}",
+        marker_sql(schema)
     )
+}
+
+/// Writes the marker row (txid 0, no shards) among the decisions of schema `schema`, if missing.
+fn marker_sql(schema: &str) -> String {
+    format!("INSERT INTO {schema}.decisions VALUES (0, '') ON CONFLICT DO NOTHING;")
 }
 
 /// Whether a failed call may have done its work all the same: its answer was lost (the
@@ -497,8 +499,8 @@ impl Control for Anchor {
             // The decision table was dropped by hand: a row to take back is gone with it, and
             // one to write goes into the table made again (see `write_decision` for why the
             // marker may be too).
-            Err(e) if undefined_table(&e) && record.abort => Ok(()),
-            Err(e) if undefined_table(&e) => self
+            Err(e) if is_undefined_table(&e) && record.abort => Ok(()),
+            Err(e) if is_undefined_table(&e) => self
                 .remake_decisions()
                 .and_then(|()| self.write_decision(record)),
             other => other,

@@ -35,6 +35,14 @@ const UNANSWERED_PAUSE_MS: u64 = 500;
 
 /// SQLSTATE of "prepared transaction with identifier ... does not exist".
 const UNDEFINED_OBJECT: &str = "42704";
+/// SQLSTATE of "relation ... does not exist".
+const UNDEFINED_TABLE: &str = "42P01";
+
+/// Whether the server refused a statement for naming a table that does not exist.
+pub fn is_undefined_table(e: &Error) -> bool {
+    matches!(e, Error::Server { source, .. }
+        if source.code().map(|c| c.code()) == Some(UNDEFINED_TABLE))
+}
 
 /// A parameter of a statement, in the type its column has on the server.
 pub type Param = Box<dyn ToSql + Sync + Send>;

@@ -21,7 +21,7 @@ use tokio_postgres::Row;
 
 use super::fence::{self, Fence, WriterToken};
 use super::gid;
-use super::link::{Link, Param};
+use super::link::{is_undefined_table, Link, Param};
 use super::Address;
 use crate::commit::{Participant, PrepareRecord, Replayed};
 use crate::config::{Protocol, UserColumn};
@@ -35,8 +35,6 @@ use crate::shard::{
 // The table's layout version on a server is `Protocol::format_version` (1: two-phase; 2:
 // three-phase, which an older build, reading only 1, refuses rather than apply two-phase
 // rules to it).
-/// SQLSTATE of "relation ... does not exist".
-const UNDEFINED_TABLE: &str = "42P01";
 
 /// What the connection has open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,11 +79,7 @@ pub struct ServerShard {
 /// registry (it holds no imagestore table).
 fn registry_rows(link: &mut Link, sql: &str, params: &[Param]) -> Result<Vec<tokio_postgres::Row>> {
     match link.query("looking up the table", sql, params) {
-        Err(Error::Server { source, .. })
-            if source.code().map(|c| c.code()) == Some(UNDEFINED_TABLE) =>
-        {
-            Ok(Vec::new())
-        }
+        Err(e) if is_undefined_table(&e) => Ok(Vec::new()),
         other => other,
     }
 }
@@ -118,6 +112,15 @@ fn registered_id(
             server: link.address.to_string(),
             detail: format!("has a damaged table id for {name}"),
         })
+}
+
+/// The statement that lists the gids of the transactions of table `table_id` the database
+/// holds prepared (of every shard of the table in it).
+fn list_prepared_sql(table_id: &TableId) -> String {
+    format!(
+        "SELECT gid FROM pg_prepared_xacts WHERE database = current_database() AND gid LIKE '{}%'",
+        gid::table_prefix(table_id)
+    )
 }
 
 /// The name of the schema that holds table `table_id` on a server.
@@ -462,10 +465,7 @@ impl ServerShard {
         };
         let gids = link.batch_rows(
             "listing prepared transactions",
-            &format!(
-                "SELECT gid FROM pg_prepared_xacts WHERE database = current_database() AND gid LIKE 'imagestore:{}:%'",
-                hex(&table_id)
-            ),
+            &list_prepared_sql(&table_id),
         )?;
         for gid in gids {
             // Gids of this table are made of [0-9a-f:] and the prefix: safe as a literal.
@@ -565,10 +565,7 @@ impl ServerShard {
 
     /// The statement that lists this shard's prepared transactions (by gid).
     fn list_prepared_sql(&self) -> String {
-        format!(
-            "SELECT gid FROM pg_prepared_xacts WHERE database = current_database() AND gid LIKE 'imagestore:{}:%'",
-            hex(&self.table_id)
-        )
+        list_prepared_sql(&self.table_id)
     }
 
     /// Every transaction this shard holds prepared, each pre-committed where the fence has it
