@@ -77,6 +77,36 @@ def manifest():
     return rows
 
 
+def pillow_srgb(im):
+    """`im` (a loaded Pillow image) as a colour-managed viewer shows it, the oracle for
+    imagestore's colour rule: converted to sRGB from its ICC profile by LittleCMS (Pillow's
+    ImageCms, perceptual intent), an RGB profile on RGB(A) or palette pixels, a gray one on gray
+    pixels; left alone without a profile, or with one LittleCMS cannot read or that does not
+    fit the pixels. RGB pixels are converted in place, so the EXIF orientation stays readable;
+    the result holds no profile."""
+    from io import BytesIO
+    from PIL import ImageCms
+    icc = im.info.get("icc_profile")
+    if not icc:
+        return im
+    try:
+        source = ImageCms.ImageCmsProfile(BytesIO(icc))
+    except (OSError, ImageCms.PyCMSError):
+        return im
+    space = source.profile.xcolor_space.strip()
+    srgb = ImageCms.createProfile("sRGB")
+    if im.mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    if space == "RGB" and im.mode in ("RGB", "RGBA"):
+        ImageCms.profileToProfile(im, source, srgb, inPlace=True)
+    elif space == "GRAY" and im.mode == "L":
+        gray = ImageCms.profileToProfile(im, source, srgb, outputMode="RGB").getchannel("G")
+        gray.info = dict(im.info)
+        im = gray
+    im.info.pop("icc_profile", None)
+    return im
+
+
 def corpus_bytes(name):
     return (CORPUS / "images" / name).read_bytes()
 

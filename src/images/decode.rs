@@ -5,7 +5,8 @@
 //! is read first and an image over [`PIXELS_MAX`] is refused before any pixel is
 //! decoded (a decompression bomb announces its size in its header); the decoder then runs under
 //! `image::Limits` capped at [`DECODE_BYTES_MAX`]. The EXIF orientation is read from the header
-//! and applied, so every function sees the image as a viewer shows it.
+//! and applied, and pixels tagged with an ICC profile are converted to sRGB (`colour`), so every
+//! function sees the image as a viewer shows it.
 //!
 //! JPEG and WebP have cheaper paths for callers that want a smaller image anyway
 //! ([`decode_reduced`]): `jpeg-decoder` scales in the inverse DCT (1/2, 1/4 or 1/8), as Pillow's
@@ -79,12 +80,8 @@ fn reader(data: &[u8]) -> Result<(ImageReader<Cursor<&[u8]>>, ImageFormat)> {
     if data.is_empty() {
         return Err(not_an_image("empty blob"));
     }
-    let mut reader = ImageReader::new(Cursor::new(data))
-        .with_guessed_format()
-        .map_err(not_an_image)?;
-    let format = reader
-        .format()
-        .ok_or_else(|| not_an_image("unrecognized image format"))?;
+    let (mut reader, format) =
+        super::sniff::reader(data).ok_or_else(|| not_an_image("unrecognized image format"))?;
     // Decoders fill in what a truncated file lacks; such a file is refused here, as the table
     // refuses to store it.
     if let Some(Err(reason)) = crate::images::probe::check_structure(data, format) {
@@ -150,18 +147,49 @@ pub fn header(data: &[u8]) -> Result<Header> {
     })
 }
 
-/// Decodes every pixel (the first frame of an animation) and applies the EXIF orientation.
+/// Decodes every pixel (the first frame of an animation), converts it to sRGB and applies the
+/// EXIF orientation.
 pub fn decode(data: &[u8]) -> Result<Decoded> {
-    let (mut image, format, orientation) = decode_stored(data)?;
-    image.apply_orientation(orientation);
-    Ok(Decoded { image, format })
+    let stored = decode_stored(data)?;
+    let image = for_display(stored.image, stored.orientation, stored.icc.as_deref());
+    Ok(Decoded {
+        image,
+        format: stored.format,
+    })
 }
 
-/// Decodes every pixel as stored, returning the EXIF orientation unapplied.
-fn decode_stored(data: &[u8]) -> Result<(DynamicImage, ImageFormat, Orientation)> {
-    let (decoder, format, orientation) = open_decoder(data)?;
+/// Decodes every pixel as stored, with the ICC profile and the EXIF orientation unapplied.
+fn decode_stored(data: &[u8]) -> Result<Reduced> {
+    let (mut decoder, format, orientation) = open_decoder(data)?;
+    let icc = icc_profile(&mut decoder);
     let image = DynamicImage::from_decoder(decoder).map_err(damaged(format))?;
-    Ok((image, format, orientation))
+    Ok(Reduced {
+        extent: (f64::from(image.width()), f64::from(image.height())),
+        image,
+        format,
+        orientation,
+        icc,
+    })
+}
+
+/// The ICC profile the file embeds; `None` without one or where the container's copy is
+/// unreadable (an unusable profile is ignored: `colour`).
+fn icc_profile(decoder: &mut impl ImageDecoder) -> Option<Vec<u8>> {
+    decoder.icc_profile().ok().flatten()
+}
+
+/// Makes stored pixels (or pixels resampled from them) what a viewer shows: converted to sRGB
+/// from the space of the file's ICC profile, then turned by its EXIF orientation.
+pub fn for_display(
+    mut image: DynamicImage,
+    orientation: Orientation,
+    icc: Option<&[u8]>,
+) -> DynamicImage {
+    if let Some(icc) = icc {
+        super::colour::to_srgb(&mut image, icc);
+    }
+    image.apply_orientation(orientation);
+    image
 }
 
 /// Whether `orientation` swaps width and height.
@@ -176,11 +204,14 @@ pub fn swaps_axes(orientation: Orientation) -> bool {
 }
 
 /// An image decoded for a caller that shrinks it ([`decode_reduced`]): the pixels as stored, with
-/// the EXIF orientation still to apply (to the small result: cheaper, and the same pixels).
+/// the colour conversion and the EXIF orientation still to apply ([`for_display`], to the small
+/// result: cheaper, and the same pixels).
 pub struct Reduced {
     pub image: DynamicImage,
     pub format: ImageFormat,
     pub orientation: Orientation,
+    /// The file's ICC profile.
+    pub icc: Option<Vec<u8>>,
     /// Width and height of the whole source image in `image`'s pixels. A JPEG decoded at scale
     /// 1/n covers `width / n` pixels and its last column and row overhang the image (a 1411-pixel
     /// side gives 706 pixels for 705.5), so resampling must read exactly this extent, as Pillow's
@@ -202,6 +233,7 @@ pub fn decode_reduced(data: &[u8], want_width: u32, want_height: u32) -> Result<
         let (width, height) = decoder.dimensions();
         check_pixels(width, height)?;
         let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+        let icc = icc_profile(&mut decoder);
         let (want_width, want_height) = if swaps_axes(orientation) {
             (want_height, want_width)
         } else {
@@ -220,20 +252,13 @@ pub fn decode_reduced(data: &[u8], want_width: u32, want_height: u32) -> Result<
             image,
             format,
             orientation,
+            icc,
             extent,
         });
     }
     match scaled {
         Some(reduced) => Ok(reduced),
-        None => {
-            let (image, format, orientation) = decode_stored(data)?;
-            Ok(Reduced {
-                extent: (f64::from(image.width()), f64::from(image.height())),
-                image,
-                format,
-                orientation,
-            })
-        }
+        None => decode_stored(data),
     }
 }
 

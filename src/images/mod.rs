@@ -14,19 +14,23 @@
 //!   an error saying "data is not an image". The header is read before any pixel: an image of
 //!   more than 2^28 pixels (a decompression bomb announces its size there) is refused, and
 //!   decoders run under `image::Limits` of 1 GiB (`decode`).
-//! - Pixels are seen as displayed: the EXIF orientation is applied first. Animations give their
-//!   first frame.
+//! - Pixels are seen as displayed: the EXIF orientation is applied first, and a picture with an
+//!   ICC profile is converted to sRGB (`colour`); results carry no profile. Animations give
+//!   their first frame.
 //! - An image result is in the input's format unless one is asked for (`encode`).
 //! - Errors name the function and the argument at fault; a panic becomes SQLITE_INTERNAL.
 //!
-//! Files: `probe` (format, size and hash from the header, without decoding; the table's check
-//! of every stored image), `decode` (bounded decode, orientation, frame count), `exif` (what
+//! Files: `sniff` (the format from the content: magic numbers, and the rules that make a TGA),
+//! `probe` (format, size and hash from the header, without decoding; the table's check
+//! of every stored image), `decode` (bounded decode, orientation, frame count), `colour` (ICC
+//! profiles to sRGB), `exif` (what
 //! photo tools show of the EXIF), `transform` (resize, thumbnail,
 //! crop, rotate, flip, grayscale), `encode`, `filters` (median, blur, equalize, adjust, sharpen),
 //! `segment` (Otsu, mask, regions), `phash`, `pool` (the image threads). This file is the
 //! SQLite glue, and the byte-level entry points other Rust code (whole-table processing) can
 //! call.
 
+pub mod colour;
 pub mod decode;
 pub mod encode;
 pub mod exif;
@@ -35,6 +39,7 @@ pub mod phash;
 pub mod pool;
 pub mod probe;
 pub mod segment;
+pub mod sniff;
 pub mod transform;
 
 use image::DynamicImage;

@@ -8,7 +8,8 @@
 //! - `structure` (default): a check of the container that costs about as much as hashing the
 //!   bytes: every PNG chunk present with a correct CRC through IEND; a JPEG's markers and
 //!   segments, walked to its end-of-image marker, and a GIF's blocks to its trailer (what follows
-//!   either is allowed); a WebP's RIFF size and a BMP's file size fit the bytes. It
+//!   either is allowed); a WebP's RIFF size and a BMP's file size fit the bytes; a TGA's pixel
+//!   data, raw or run-length packets, is whole (`sniff`). It
 //!   finds truncation (the commonest damage) and, in PNG, any flipped bit. Other formats are
 //!   decoded in full, as for `decode`.
 //! - `decode`: every pixel is decoded, with allocations bounded by the pixel limit.
@@ -16,9 +17,7 @@
 //! Compressed JPEG and WebP data carry no checksum: a flipped bit in their middle decodes to wrong
 //! pixels and no decoder can tell. The table's BLAKE3 `hash` is what detects later damage.
 
-use std::io::Cursor;
-
-use image::{ImageFormat, ImageReader};
+use image::ImageFormat;
 
 /// What the table stores about an image besides its bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,11 +67,7 @@ pub fn probe(data: &[u8], max_pixels: u64, verify: Verify) -> Result<ImageInfo, 
     if data.is_empty() {
         return Err(ProbeError::NotAnImage("empty blob".into()));
     }
-    let reader = ImageReader::new(Cursor::new(data))
-        .with_guessed_format()
-        .map_err(|e| ProbeError::NotAnImage(e.to_string()))?;
-    let format = reader
-        .format()
+    let (reader, format) = super::sniff::reader(data)
         .ok_or_else(|| ProbeError::NotAnImage("unrecognized image format".into()))?;
     let (width, height) = reader.into_dimensions().map_err(|e| {
         ProbeError::NotAnImage(format!("unreadable {} header: {e}", format_name(format)))
@@ -116,6 +111,7 @@ pub fn check_structure(data: &[u8], format: ImageFormat) -> Option<Result<(), St
         ImageFormat::Gif => Some(check_gif(data)),
         ImageFormat::WebP => Some(check_riff(data)),
         ImageFormat::Bmp => Some(check_bmp(data)),
+        ImageFormat::Tga => Some(super::sniff::check_tga(data)),
         _ => None,
     }
 }
@@ -285,9 +281,8 @@ fn check_bmp(data: &[u8]) -> Result<(), String> {
 /// Decodes every pixel, with allocations bounded by the pixel limit (16 bytes a pixel covers
 /// every sample type the crate decodes to).
 fn decode(data: &[u8], max_pixels: u64) -> Result<(), String> {
-    let mut reader = ImageReader::new(Cursor::new(data))
-        .with_guessed_format()
-        .map_err(|e| e.to_string())?;
+    let (mut reader, _) =
+        super::sniff::reader(data).ok_or_else(|| "unrecognized image format".to_string())?;
     let mut limits = image::Limits::default();
     limits.max_alloc = Some(max_pixels.saturating_mul(16));
     reader.limits(limits);
@@ -335,6 +330,7 @@ impl std::fmt::Display for ProbeError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Cursor;
 
     fn png(width: u32, height: u32) -> Vec<u8> {
         let mut out = Vec::new();

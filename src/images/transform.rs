@@ -8,7 +8,7 @@
 use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
 use image::{DynamicImage, GrayAlphaImage, GrayImage};
 
-use super::decode::{check_pixels, decode_reduced, swaps_axes, Decoded, Reduced};
+use super::decode::{check_pixels, decode_reduced, for_display, swaps_axes, Decoded, Reduced};
 use crate::error::{Error, Result};
 
 /// A resampling filter, named as in Pillow.
@@ -130,7 +130,8 @@ pub fn thumbnail_size(width: u32, height: u32, max_side: u32) -> (u32, u32) {
 /// are decoded reduced as far as still covers the target ([`decode_reduced`]: libvips'
 /// shrink-on-load rule; Pillow stops at twice the target, `reducing_gap=2`, which costs a
 /// JPEG about a third more time for a few dB of agreement with its own output), then resampled
-/// with Lanczos3 in the stored orientation, which is applied to the small result.
+/// with Lanczos3 in the stored orientation and colours; the orientation and the conversion to
+/// sRGB are applied to the small result.
 pub fn thumbnail(data: &[u8], max_side: u32) -> Result<Decoded> {
     if max_side == 0 {
         return Err(Error::BadArgument("max_side must be at least 1".into()));
@@ -146,6 +147,7 @@ pub fn thumbnail(data: &[u8], max_side: u32) -> Result<Decoded> {
         image,
         format,
         orientation,
+        icc,
         extent,
     } = decode_reduced(data, target_width, target_height)?;
     let (stored_width, stored_height) = if swaps_axes(orientation) {
@@ -153,14 +155,14 @@ pub fn thumbnail(data: &[u8], max_side: u32) -> Result<Decoded> {
     } else {
         (target_width, target_height)
     };
-    let mut image = resize_extent(
+    let image = resize_extent(
         &image,
         extent,
         stored_width,
         stored_height,
         Filter::Lanczos3,
     )?;
-    image.apply_orientation(orientation);
+    let image = for_display(image, orientation, icc.as_deref());
     Ok(Decoded { image, format })
 }
 
