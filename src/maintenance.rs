@@ -24,6 +24,7 @@ use rusqlite::types::Value;
 
 use crate::commit::{
     accept_lost_commits, resolve_in_doubt, resolve_through_control, Participant, Resolution,
+    Resolved,
 };
 use crate::config::{module_arguments, TableConfig};
 use crate::derive::{Operation, Rows};
@@ -241,7 +242,10 @@ fn resolve(call: &Call<'_>) -> Result<String> {
             resolution,
             crate::host::lookup,
         )?,
-        None => accept_lost_commits(&config, table_id, &mut shards)?,
+        None => Resolved {
+            decided: accept_lost_commits(&config, table_id, &mut shards)?,
+            ..Resolved::default()
+        },
     };
     Ok(answer(&decision, &resolved))
 }
@@ -249,7 +253,7 @@ fn resolve(call: &Call<'_>) -> Result<String> {
 /// `imagestore_resolve` on a table on PostgreSQL servers: its shards and anchor opened without
 /// the recovery that refuses to, then the person's decision. A table on servers keeps no record
 /// of lost commits to accept.
-fn resolve_on_servers(config: &TableConfig, resolution: Option<Resolution>) -> Result<Vec<u64>> {
+fn resolve_on_servers(config: &TableConfig, resolution: Option<Resolution>) -> Result<Resolved> {
     let Some(resolution) = resolution else {
         return Err(Error::BadArgument(format!(
             "table {}: 'accept' applies to commits a local shard lost, which the journal names; a table on PostgreSQL servers has no journal",
@@ -260,10 +264,18 @@ fn resolve_on_servers(config: &TableConfig, resolution: Option<Resolution>) -> R
     resolve_through_control(config, &mut *table.control, &mut table.shards, resolution)
 }
 
-/// `imagestore_resolve`'s answer: the decision and the transactions it applied to.
-fn answer(decision: &str, resolved: &[u64]) -> String {
-    serde_json::json!({"decision": decision.to_ascii_lowercase(), "transactions": resolved})
-        .to_string()
+/// `imagestore_resolve`'s answer: the decision and the transactions it applied to, and, only
+/// where there were any, those the shards decided instead (`shards_decided`).
+fn answer(decision: &str, resolved: &Resolved) -> String {
+    let mut answer = serde_json::json!({
+        "decision": decision.to_ascii_lowercase(),
+        "transactions": resolved.decided,
+    });
+    if !resolved.committed.is_empty() || !resolved.aborted.is_empty() {
+        answer["shards_decided"] =
+            serde_json::json!({"committed": resolved.committed, "aborted": resolved.aborted});
+    }
+    answer.to_string()
 }
 
 /// `imagestore_backup(table, folder)`: see `backup`.

@@ -386,12 +386,21 @@ fn a_writer_dying_at_any_call_of_a_logged_commit_leaves_it_whole_or_absent() {
 /// Recovery run by the real coordinator over mortal shards, dying at its `nth` call; returns
 /// whether it died (else it finished).
 fn recovery_dies(f: &Fixture, nth: u32) -> bool {
-    let calls = Arc::new(Mutex::new(Calls {
-        death: Some(Death {
+    recovery_dies_at(
+        f,
+        Death {
             step: "",
             nth,
             after: nth.is_multiple_of(2),
-        }),
+        },
+    )
+}
+
+/// Recovery run by the real coordinator over mortal shards, dying at `death`; returns whether
+/// it died.
+fn recovery_dies_at(f: &Fixture, death: Death) -> bool {
+    let calls = Arc::new(Mutex::new(Calls {
+        death: Some(death),
         ..Calls::default()
     }));
     dies(|| {
@@ -523,16 +532,58 @@ fn transaction_ids_grow_across_reopen() {
 fn resolve_after_losing_the_journal(decision: &str) -> (Fixture, Vec<(i64, String)>) {
     let f = Fixture::new();
     let after = prepared_on_both(&f);
+    let report = lose_the_journal_and_resolve(&f, decision);
+    assert!(report.contains(decision), "{report}");
+    (f, after)
+}
+
+/// Deletes the journal, then answers `decision` to `imagestore_resolve`; returns its report.
+fn lose_the_journal_and_resolve(f: &Fixture, decision: &str) -> String {
     std::fs::remove_file(f.journal_path()).unwrap();
     let conn = Connection::open(&f.db).unwrap();
     imagestore::register(&conn).unwrap();
-    let report: String = conn
-        .query_row("SELECT imagestore_resolve('t', ?1)", [decision], |r| {
-            r.get(0)
-        })
-        .expect("resolve");
-    assert!(report.contains(decision), "{report}");
-    (f, after)
+    conn.query_row("SELECT imagestore_resolve('t', ?1)", [decision], |r| {
+        r.get(0)
+    })
+    .expect("resolve")
+}
+
+#[test]
+fn a_person_cannot_commit_a_transaction_whose_vote_never_finished() {
+    // Prepared on shard 0 only: shard 1, which it wrote, never voted, so no decision was ever
+    // taken. Committing shard 0 alone would apply it in part.
+    let f = Fixture::new();
+    let run = write_on(&f, Some(after("prepare", 1)), true);
+    assert!(run.died);
+    let report = lose_the_journal_and_resolve(&f, "commit");
+    assert!(report.contains(r#""aborted":["#), "{report}");
+    assert_eq!(f.rows(), baseline());
+    f.assert_clean();
+}
+
+#[test]
+fn a_person_cannot_commit_a_transaction_a_shard_undid() {
+    // Prepared on both shards, undecided; recovery aborted shard 0's part and died before
+    // shard 1's. Committing shard 1 would apply it in part.
+    let f = Fixture::new();
+    prepared_on_both(&f);
+    assert!(recovery_dies_at(&f, after("abort_prepared", 1)));
+    let report = lose_the_journal_and_resolve(&f, "commit");
+    assert!(report.contains(r#""aborted":["#), "{report}");
+    assert_eq!(f.rows(), baseline());
+    f.assert_clean();
+}
+
+#[test]
+fn a_person_cannot_abort_a_transaction_a_shard_committed() {
+    // Decided and finalized on shard 0, still prepared on shard 1: aborting shard 1 would
+    // leave it in part.
+    let f = Fixture::with_options(", logged_commit_max=0");
+    let after = writer_dies(&f, after("finalize", 1));
+    let report = lose_the_journal_and_resolve(&f, "abort");
+    assert!(report.contains(r#""committed":["#), "{report}");
+    assert_eq!(f.rows(), after);
+    f.assert_clean();
 }
 
 #[test]

@@ -12,6 +12,8 @@ error. Mutated profiles are fuzzed through every function.
 import io
 import random
 import struct
+import subprocess
+import sys
 import zlib
 
 import numpy as np
@@ -302,6 +304,112 @@ def test_an_unusable_profile_is_ignored(cur, kind):
     rgb_profile_on_gray = encoded(scene().convert("L"), "PNG", P3)
     assert (one(cur, "SELECT image_convert(?, 'png')", rgb_profile_on_gray)
             == one(cur, "SELECT image_convert(?, 'png')", encoded(scene().convert("L"), "PNG")))
+
+
+def with_tag_table(profile, entries, data):
+    """`profile`'s header and tags followed by more tag-table `entries` (signature, offset into
+    `data`, size) and `data` itself: a profile whose table the parser has to walk."""
+    count = struct.unpack(">I", profile[128:132])[0]
+    table = [struct.unpack(">4sII", profile[132 + 12 * i:144 + 12 * i]) for i in range(count)]
+    body = profile[132 + 12 * count:]
+    start = 132 + 12 * (count + len(entries))
+    shift = 12 * len(entries)
+    rows = [(sig, off + shift, size) for sig, off, size in table]
+    rows += [(sig, start + len(body) + off, size) for sig, off, size in entries]
+    out = profile[:128] + struct.pack(">I", len(rows))
+    out += b"".join(struct.pack(">4sII", *row) for row in rows) + body + data
+    return out[:0] + struct.pack(">I", len(out)) + out[4:]
+
+
+def mluc_bomb():
+    """A `dmnd` text tag of 20,000 records that all point at one 40 KB string: a parser that
+    builds a string per record needs 1.2 GB for a 280 KB profile (a few KB in a PNG)."""
+    records, length = 20_000, 40_000
+    string_at = 16 + 12 * records
+    mluc = (b"mluc\0\0\0\0" + struct.pack(">II", records, 12)
+            + (b"enUS" + struct.pack(">II", length, string_at)) * records + b"N\0" * (length // 2))
+    return with_tag_table(P3, [(b"dmnd", 0, len(mluc))], mluc)
+
+
+def tag_flood():
+    """20,000 tag-table entries all naming one 650 KB colour lookup table: a parser that copies
+    the table once per entry moves 13 GB."""
+    grid = 60
+    curves = b"curv\0\0\0\0\0\0\0\0" * 3
+    clut_at = 32 + len(curves)
+    a_at = clut_at + 20 + grid**3 * 3
+    a_at += -a_at % 4
+    lut = (b"mAB \0\0\0\0" + bytes([3, 3, 0, 0]) + struct.pack(">IIIII", 32, 0, 0, clut_at, a_at)
+           + curves + bytes([grid] * 3) + bytes(13) + b"\1\0\0\0" + bytes(grid**3 * 3))
+    lut += bytes(-len(lut) % 4) + curves
+    return with_tag_table(P3, [(b"A2B0", 0, len(lut))] * 20_000, lut)
+
+
+@pytest.mark.parametrize("kind", ["mluc records", "tag flood"])
+def test_a_profile_made_to_exhaust_the_parser_is_ignored_at_once(tmp_path, kind):
+    """Profiles whose parsing would take gigabytes or minutes (found by an outside attack: the
+    first aborted the process) are ignored: a thumbnail of a picture carrying one takes well
+    under a second and little memory, in a process capped at 1 GB, and equals the untagged
+    picture's."""
+    profile = mluc_bomb() if kind == "mluc records" else tag_flood()
+    data = encoded(scene(16, 12), "PNG", profile)
+    assert len(data) < 40_000
+    (tmp_path / "in.png").write_bytes(data)
+    (tmp_path / "plain.png").write_bytes(encoded(scene(16, 12), "PNG"))
+    script = f"""
+import resource, time, apsw
+resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+con = apsw.Connection(":memory:")
+con.enable_load_extension(True)
+con.load_extension({str(require_lib())!r})
+thumb = lambda p: con.execute("SELECT image_thumbnail(?, 8, 'png')", (open(p, 'rb').read(),)).fetchone()[0]
+start = time.monotonic()
+tagged = thumb({str(tmp_path / 'in.png')!r})
+print(round(time.monotonic() - start, 3), tagged == thumb({str(tmp_path / 'plain.png')!r}))
+"""
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    seconds, same = run.stdout.split()
+    assert float(seconds) < 1.0 and same == "True", run.stdout
+
+
+def test_a_cmyk_jpeg_or_a_device_link_ignores_an_rgb_profile(cur):
+    """A CMYK JPEG's pixels reach the functions as the decoder's RGB, for which its profile
+    (even an RGB one) was not made; a device-link profile maps devices, not a picture's
+    colours. Both are ignored."""
+    cmyk = scene().convert("CMYK")
+    assert (one(cur, "SELECT image_convert(?, 'png')", encoded(cmyk, "JPEG", P3))
+            == one(cur, "SELECT image_convert(?, 'png')", encoded(cmyk, "JPEG")))
+    link = P3[:12] + b"link" + P3[16:]
+    assert (one(cur, "SELECT image_convert(?, 'png')", encoded(scene(), "PNG", link))
+            == one(cur, "SELECT image_convert(?, 'png')", encoded(scene(), "PNG")))
+
+
+def test_a_curve_that_meets_srgb_only_at_a_few_levels_is_converted(cur):
+    """The sRGB check probes every level: a profile with sRGB's primaries whose curve equals
+    sRGB's at a handful of levels and is linear between them is no sRGB profile (found by an
+    outside attack)."""
+    levels = [0, 16, 48, 80, 112, 144, 176, 208, 240, 255]
+    x = np.arange(256) / 255
+    srgb_curve = np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
+    table = np.where(np.isin(np.arange(256), levels), srgb_curve, x)  # linear between
+    curve = (b"curv\0\0\0\0" + struct.pack(">I", 256)
+             + np.round(table * 65535).astype(">u2").tobytes())
+    # LittleCMS's own sRGB colorants, exactly, with the holed curve.
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    tags = {}
+    for i in range(struct.unpack(">I", srgb[128:132])[0]):
+        signature, offset, size = struct.unpack(">4sII", srgb[132 + 12 * i:144 + 12 * i])
+        if signature in (b"wtpt", b"rXYZ", b"gXYZ", b"bXYZ"):
+            tags[signature] = srgb[offset:offset + size]
+    tags.update({b"rTRC": curve, b"gTRC": curve, b"bTRC": curve, **text_tags("Holes (test)")})
+    profile = icc(b"RGB ", tags)
+    data = encoded(Image.new("RGB", (4, 4), (100, 100, 100)), "PNG", profile)
+    expected = pillow_srgb(opened(data)).getpixel((0, 0))
+    got = opened(one(cur, "SELECT image_convert(?, 'png')", data)).convert("RGB").getpixel((0, 0))
+    assert expected != (100, 100, 100), expected
+    assert max(abs(a - b) for a, b in zip(got, expected)) <= 2, (got, expected)
 
 
 def test_mutated_profiles_never_fail_a_function(cur):

@@ -249,7 +249,8 @@ impl Coordinator {
         if !self.control.records_lost() {
             return Ok(None);
         }
-        let lost = after_lost_records(&*self.control, self.protocol, shards, records)?;
+        let decided = |txid| self.control.is_committed(txid);
+        let lost = after_lost_records(&decided, self.protocol, shards, records)?;
         if lost.in_doubt.is_empty() {
             return Ok(Some(lost.committed));
         }
@@ -1221,14 +1222,14 @@ pub enum Resolution {
 /// with a journal, those that rode on a host database's commit that cannot be read (gone,
 /// damaged: `host_lookup` fails) and that the journal does not commit. On a three-phase table,
 /// whose shards decide the rest, only those that rode on a host database that cannot be read.
-/// Returns the transactions resolved; refuses if there are none (recovery decides then).
+/// Refuses if there is nothing to resolve (recovery decides then).
 pub fn resolve_in_doubt<P: Participant>(
     config: &TableConfig,
     table_id: TableId,
     shards: &mut [P],
     resolution: Resolution,
     host_lookup: HostLookup,
-) -> Result<Vec<u64>> {
+) -> Result<Resolved> {
     let writer_lock = LockFile::open(&config.lock_path)?;
     let _writer = writer_lock.exclusive("writer lock", config.busy_timeout_ms)?;
     let journal = match Journal::open_existing(&config.journal_path, table_id) {
@@ -1257,7 +1258,23 @@ pub fn resolve_in_doubt<P: Participant>(
     };
     let publish_lock = LockFile::open(&config.publish_lock_path)?;
     let mut publish = publish_lock.publishing(config.busy_timeout_ms)?;
+    // Without a journal the shards still tell two cases apart, which no person may overrule:
+    // a transaction a shard committed is committed everywhere, one a shard it wrote never
+    // prepared, or undid, is aborted everywhere (see `after_lost_records`).
+    let shown = match &journal {
+        None => {
+            let records = prepare_records(shards)?;
+            after_lost_records(&|_| false, config.protocol, shards, &records)?
+        }
+        Some(_) => AfterLostRecords::default(),
+    };
     let resolved = apply_resolution(shards, |record| {
+        if shown.committed.contains(&record.txid) {
+            return Ok(Some(Resolution::Commit));
+        }
+        if shown.aborted.contains(&record.txid) {
+            return Ok(Some(Resolution::Abort));
+        }
         Ok(undecidable(record.txid, record.decided_by.as_deref())?.then_some(resolution))
     })?;
     if (journal.is_some() || three_phase) && resolved.is_empty() {
@@ -1268,20 +1285,49 @@ pub fn resolve_in_doubt<P: Participant>(
         Journal::create(&config.journal_path, table_id)?;
         publish.set_mark(0)?;
     }
-    Ok(resolved)
+    Ok(Resolved::split(resolved, &shown))
+}
+
+/// What `imagestore_resolve` did with the prepared transactions.
+#[derive(Debug, Default)]
+pub struct Resolved {
+    /// Those the person's decision applied to.
+    pub decided: Vec<u64>,
+    /// Those the shards decided: committed on some shard, so committed everywhere.
+    pub committed: Vec<u64>,
+    /// Those the shards decided: never prepared on every shard they wrote, or undone on one,
+    /// so aborted.
+    pub aborted: Vec<u64>,
+}
+
+impl Resolved {
+    /// Sorts the transactions `resolved` into what the shards showed (`shown`) and the rest.
+    fn split(resolved: Vec<u64>, shown: &AfterLostRecords) -> Resolved {
+        let mut split = Resolved::default();
+        for txid in resolved {
+            if shown.committed.contains(&txid) {
+                split.committed.push(txid);
+            } else if shown.aborted.contains(&txid) {
+                split.aborted.push(txid);
+            } else {
+                split.decided.push(txid);
+            }
+        }
+        split
+    }
 }
 
 /// `resolve_in_doubt` for a table whose [`Control`] sees a loss of its records when it reads
 /// them (a table on servers: its anchor's marker row): under the writer and publish locks,
 /// applies a person's decision to what recovery refuses to decide, commits what the shards show
-/// committed (see [`after_lost_records`]), then marks the records whole. Returns the
-/// transactions the person decided; refuses if there are none.
+/// committed (see [`after_lost_records`]), then marks the records whole. Refuses if the person
+/// has nothing to decide.
 pub fn resolve_through_control<P: Participant>(
     config: &TableConfig,
     control: &mut dyn Control,
     shards: &mut [P],
     resolution: Resolution,
-) -> Result<Vec<u64>> {
+) -> Result<Resolved> {
     let _writer = control.lock_writer(config.busy_timeout_ms)?;
     let _publish = control.publishing(config.busy_timeout_ms)?;
     control.begin_recovery()?;
@@ -1289,11 +1335,12 @@ pub fn resolve_through_control<P: Participant>(
         return Err(nothing_in_doubt(config, &control.name()));
     }
     let records = prepare_records(shards)?;
-    let lost = after_lost_records(&*control, config.protocol, shards, &records)?;
+    let decided = |txid| control.is_committed(txid);
+    let lost = after_lost_records(&decided, config.protocol, shards, &records)?;
     if lost.in_doubt.is_empty() {
         return Err(nothing_in_doubt(config, &control.name()));
     }
-    apply_resolution(shards, |record| {
+    let resolved = apply_resolution(shards, |record| {
         Ok(match lost.committed.contains(&record.txid) {
             true => Some(Resolution::Commit),
             false => lost
@@ -1304,23 +1351,28 @@ pub fn resolve_through_control<P: Participant>(
     })?;
     make_durable(shards)?;
     control.restore_records()?;
-    Ok(lost.in_doubt.into_keys().collect())
+    Ok(Resolved::split(resolved, &lost))
 }
 
 /// What decision records that may have lost decisions leave of the prepared transactions (the
-/// shards' `records`), on a two-phase table: those some shard already committed, and those in
-/// doubt, with the shards holding them. The rest (no decision needed, or none possible) are
-/// recovery's as usual: a remaining decision commits, and a transaction that some shard it
+/// shards' `records`), on a two-phase table: those some shard already committed, those no commit
+/// decision was taken for (a vote that never finished, a part undone), and those in doubt, with the shards holding them; `decided` says which
+/// a remaining record commits (those are recovery's as usual). A transaction that some shard it
 /// wrote neither holds prepared nor committed never had a decision (every participant prepares
 /// before one is taken): presumed abort is right for it.
 ///
-/// A shard whose `last_txid` is a transaction's id committed that transaction: only it raises a
-/// shard's `last_txid` to its id (an id is above every shard's `last_txid` when it is given),
-/// no later transaction commits while it is prepared anywhere (a writer runs recovery first),
-/// and a shard commits its prepared part only once the transaction was decided. A three-phase
+/// A shard that no longer holds a transaction and whose `last_finalized` is its id committed it:
+/// only the transaction raises it to its id (an id is above every shard's `last_txid` when it
+/// is given), no later transaction commits while it is prepared anywhere (a writer runs
+/// recovery first), a shard raises it only when it finalizes its prepared part, which it does
+/// only once the transaction was decided, and an abort leaves it where it was. (A server's
+/// `last_finalized` is its `last_txid`, which its prepare does not raise; a local shard's
+/// prepare raises `last_txid`, so it keeps the two apart.) A shard the transaction wrote whose
+/// `last_txid` is below it never prepared it: its vote never finished. A shard whose
+/// `last_aborted` is its id undid its part, which it does only without a commit decision. A three-phase
 /// table's records decide nothing: nothing is in doubt.
 fn after_lost_records<P: Participant>(
-    control: &dyn Control,
+    decided: &dyn Fn(u64) -> bool,
     protocol: Protocol,
     shards: &mut [P],
     records: &[Vec<PrepareRecord>],
@@ -1338,15 +1390,30 @@ fn after_lost_records<P: Participant>(
             entry.1 = entry.1.or(record.participants.as_deref());
         }
     }
+    let last_finalized: Vec<u64> = shards
+        .iter_mut()
+        .map(P::last_finalized)
+        .collect::<Result<_>>()?;
+    let last_aborted: Vec<u64> = shards
+        .iter_mut()
+        .map(P::last_aborted)
+        .collect::<Result<_>>()?;
     for (txid, (on, participants)) in held {
+        let let_go = |index: usize| !on.contains(&index);
+        // `last_txid` below the transaction: the shard never prepared it (a local shard's
+        // prepare raises it; a server's rollback leaves it there).
         let never_voted = participants.is_some_and(|wrote| {
             wrote
                 .iter()
-                .any(|&p| (p as usize) < shards.len() && !on.contains(&(p as usize)))
+                .map(|&p| p as usize)
+                .any(|p| p < shards.len() && let_go(p) && last_txids[p] < txid)
         });
-        if last_txids.contains(&txid) {
+        let ended_as = |last: &[u64]| (0..shards.len()).any(|i| let_go(i) && last[i] == txid);
+        if ended_as(&last_finalized) {
             lost.committed.insert(txid);
-        } else if !control.is_committed(txid) && !never_voted {
+        } else if never_voted || ended_as(&last_aborted) {
+            lost.aborted.insert(txid);
+        } else if !decided(txid) {
             lost.in_doubt.insert(txid, on);
         }
     }
@@ -1357,6 +1424,7 @@ fn after_lost_records<P: Participant>(
 #[derive(Default)]
 struct AfterLostRecords {
     committed: BTreeSet<u64>,
+    aborted: BTreeSet<u64>,
     in_doubt: BTreeMap<u64, Vec<usize>>,
 }
 

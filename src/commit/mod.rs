@@ -387,6 +387,6 @@ mod sim;
 
 pub use coordinator::{
     accept_lost_commits, resolve_in_doubt, resolve_through_control, Coordinator, HostDecider,
-    HostLookup, Resolution,
+    HostLookup, Resolution, Resolved,
 };
 pub use participant::{Participant, PrepareRecord, Replayed};

@@ -104,6 +104,21 @@ pub trait Participant: Send {
     /// The id of the last transaction it committed (prepared, logged or replayed).
     fn last_txid(&mut self) -> Result<u64>;
 
+    /// The id of the last prepared transaction whose part it finalized: what tells, once it
+    /// holds a transaction no longer, a part committed from a part aborted. A participant whose
+    /// prepared part is invisible until finalized (a server) raises `last_txid` only then, so
+    /// that is it; a local shard's prepare raises `last_txid` itself, so it keeps this apart.
+    fn last_finalized(&mut self) -> Result<u64> {
+        self.last_txid()
+    }
+
+    /// The id of the last prepared transaction whose part it aborted, where it keeps one (a
+    /// local shard); 0 where it does not (a server, whose `last_txid` below a transaction it no
+    /// longer holds already shows the part was not committed).
+    fn last_aborted(&mut self) -> Result<u64> {
+        Ok(0)
+    }
+
     /// The transactions it holds prepared.
     fn prepared(&mut self) -> Result<Vec<PrepareRecord>>;
 

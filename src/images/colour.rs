@@ -5,21 +5,29 @@
 //! Why convert rather than carry the profile into the output: the outputs are thumbnails and web
 //! images, which browsers and viewers show as sRGB when untagged, and the pixel-comparing
 //! functions (perceptual hashes, thresholds, regions, equalize) only mean something when every
-//! image is in one space. libvips' `thumbnail` does the same (it exports sRGB by default).
+//! image is in one space; a profile carried along would leave every reader (a tile server, a
+//! training pipeline) to manage colour. libvips' `thumbnail` carries the profile unless told
+//! `export_profile=srgb`; here sRGB is the only behaviour.
 //! The price is a wide-gamut picture's colours outside sRGB, which are clipped to its edge.
 //!
 //! Rules (README.md, "Colour"):
 //! - RGB profiles apply to RGB and RGBA pixels, gray profiles to gray ones, at 8 and 16 bits.
 //!   Float images (Radiance HDR, OpenEXR) carry no ICC profile in the formats read here.
-//! - A profile that does not parse, that describes other pixels than the image has (a CMYK
-//!   profile on the RGB pixels a CMYK JPEG is decoded to, a gray profile on colour pixels), or
-//!   that no transform can be built from is ignored: the pixels are taken as sRGB, as browsers do
-//!   with a profile they cannot use. A profile is never the reason a function fails.
-//! - A profile that maps every probe colour to itself within one level (any sRGB profile, v2
-//!   with its 1024-entry curves or v4) leaves the pixels untouched, bit for bit.
-//! - The rendering intent is the profile's perceptual one (Pillow's `ImageCms` default); a
-//!   matrix/TRC profile, as every display, phone and camera RGB profile is, has only the
-//!   colorimetric mapping, so it is that.
+//! - A profile that does not parse, that describes other pixels than the image has (a gray
+//!   profile on colour pixels; any profile on a CMYK JPEG, whose pixels the decoder has already
+//!   turned into RGB), that is no device or colour-space profile (a device link, an abstract or
+//!   a named-colour profile), or that no transform can be built from is ignored: the pixels are
+//!   taken as sRGB, as browsers do with a profile they cannot use. So is one whose tag table
+//!   would make the parser's time or memory grow beyond the profile's size ([`plausible`]). A
+//!   profile is never the reason a function fails.
+//! - A profile that maps every probe colour to itself within one level (every gray, every
+//!   level of each primary, and a grid of colours: any sRGB profile, v2 with its 1024-entry
+//!   curves or v4) leaves the pixels untouched, bit for bit.
+//! - The rendering intent is the profile's perceptual one; a matrix/TRC profile, as every
+//!   display, phone and camera RGB profile is, has only the colorimetric mapping, so it is that,
+//!   without black-point compensation. (LittleCMS, as Pillow's `ImageCms` calls it by default,
+//!   compensates the black point under the perceptual intent: for a profile whose black is not
+//!   zero, a measured display's, the two differ in the shadows.)
 //!
 //! The conversion runs on the image threads in strips, and where a function shrinks the image
 //! first (thumbnails) it runs on the small result. What a profile does is worked out once per
@@ -30,8 +38,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use image::DynamicImage;
 use moxcms::{
-    ColorProfile, DataColorSpace, Layout, Transform16BitExecutor, Transform8BitExecutor,
-    TransformExecutor, TransformOptions,
+    ColorProfile, DataColorSpace, Layout, ProfileClass, Transform16BitExecutor,
+    Transform8BitExecutor, TransformExecutor, TransformOptions,
 };
 use rayon::prelude::*;
 
@@ -127,7 +135,20 @@ fn kept_transform(icc: &[u8], pixels: Pixels) -> Option<Transform> {
 
 /// Works out what `icc` does to `pixels` (module rules).
 fn transform_for(icc: &[u8], (layout, sixteen): Pixels) -> Option<Transform> {
+    if !plausible(icc) {
+        return None;
+    }
     let profile = ColorProfile::new_from_slice(icc).ok()?;
+    let device_or_space = matches!(
+        profile.profile_class,
+        ProfileClass::InputDevice
+            | ProfileClass::DisplayDevice
+            | ProfileClass::OutputDevice
+            | ProfileClass::ColorSpace
+    );
+    if !device_or_space {
+        return None;
+    }
     let gray = matches!(layout, Layout::Gray | Layout::GrayAlpha);
     let expected = if gray {
         DataColorSpace::Gray
@@ -148,8 +169,67 @@ fn transform_for(icc: &[u8], (layout, sixteen): Pixels) -> Option<Transform> {
     }
 }
 
-/// Whether `profile` maps a grid of probe colours (every gray level, for a gray profile) to
-/// themselves within one level: sRGB in all but name.
+/// Most tags a profile may have: real ones have 10 to 30.
+const TAGS_MAX: usize = 100;
+
+/// Whether the tag table of `icc` is one the parser reads in time and memory in proportion to
+/// the profile's size: at most [`TAGS_MAX`] tags, no signature twice (a table repeating one tag
+/// makes the parser copy its data once per entry), and the records of every `mluc` (text) tag
+/// no longer together than the tag (records all pointing at one long string make it build the
+/// string once per record). Offsets outside the profile are the parser's to refuse.
+fn plausible(icc: &[u8]) -> bool {
+    let u32_at = |bytes: &[u8], at: usize| {
+        let word = bytes.get(at..at.checked_add(4)?)?;
+        Some(u32::from_be_bytes(<[u8; 4]>::try_from(word).ok()?) as usize)
+    };
+    let Some(count) = u32_at(icc, 128).filter(|&n| n <= TAGS_MAX) else {
+        return false;
+    };
+    let mut signatures = Vec::with_capacity(count);
+    for entry in (0..count).map(|i| 132 + 12 * i) {
+        let (Some(signature), Some(offset), Some(size)) = (
+            u32_at(icc, entry),
+            u32_at(icc, entry + 4),
+            u32_at(icc, entry + 8),
+        ) else {
+            return false;
+        };
+        if signatures.contains(&signature) {
+            return false;
+        }
+        signatures.push(signature);
+        let tag = offset
+            .checked_add(size)
+            .and_then(|end| icc.get(offset..end))
+            .unwrap_or_default();
+        if tag.starts_with(b"mluc") && !mluc_fits(tag, &u32_at) {
+            return false;
+        }
+    }
+    true
+}
+
+/// Whether the records of `mluc` tag `tag` (a count at 8, a record size at 12, records of
+/// language, country, length and offset from 16) fit in it, their strings together included.
+fn mluc_fits(tag: &[u8], u32_at: &dyn Fn(&[u8], usize) -> Option<usize>) -> bool {
+    let (Some(records), Some(record_size)) = (u32_at(tag, 8), u32_at(tag, 12)) else {
+        return false;
+    };
+    let table_fits = records
+        .checked_mul(record_size.max(12))
+        .is_some_and(|bytes| bytes <= tag.len());
+    let mut text = 0usize;
+    table_fits
+        && (0..records).all(|r| {
+            let length = u32_at(tag, 16 + r * record_size + 4).unwrap_or(usize::MAX);
+            text = text.saturating_add(length);
+            text <= tag.len()
+        })
+}
+
+/// Whether `profile` maps probe colours (every gray level; for an RGB profile also every level
+/// of each primary alone and a grid of colours) to themselves within one level: sRGB in all but
+/// name.
 fn is_srgb(profile: &ColorProfile, gray: bool) -> bool {
     let layout = if gray { Layout::Gray } else { Layout::Rgb };
     let srgb = ColorProfile::new_srgb();
@@ -162,11 +242,14 @@ fn is_srgb(profile: &ColorProfile, gray: bool) -> bool {
     let probe: Vec<u8> = if gray {
         (0..=255).collect()
     } else {
-        let levels = [0u8, 16, 48, 80, 112, 144, 176, 208, 240, 255];
-        let mut probe = Vec::with_capacity(levels.len().pow(3) * 3);
-        for r in levels {
-            for g in levels {
-                for b in levels {
+        let grid = [0u8, 51, 102, 153, 204, 255];
+        let mut probe = Vec::new();
+        for v in 0..=255u8 {
+            probe.extend([v, v, v, v, 0, 0, 0, v, 0, 0, 0, v]);
+        }
+        for r in grid {
+            for g in grid {
+                for b in grid {
                     probe.extend([r, g, b]);
                 }
             }

@@ -161,7 +161,7 @@ pub fn decode(data: &[u8]) -> Result<Decoded> {
 /// Decodes every pixel as stored, with the ICC profile and the EXIF orientation unapplied.
 fn decode_stored(data: &[u8]) -> Result<Reduced> {
     let (mut decoder, format, orientation) = open_decoder(data)?;
-    let icc = icc_profile(&mut decoder);
+    let icc = icc_profile(&mut decoder, data, format);
     let image = DynamicImage::from_decoder(decoder).map_err(damaged(format))?;
     Ok(Reduced {
         extent: (f64::from(image.width()), f64::from(image.height())),
@@ -172,10 +172,32 @@ fn decode_stored(data: &[u8]) -> Result<Reduced> {
     })
 }
 
-/// The ICC profile the file embeds; `None` without one or where the container's copy is
-/// unreadable (an unusable profile is ignored: `colour`).
-fn icc_profile(decoder: &mut impl ImageDecoder) -> Option<Vec<u8>> {
-    decoder.icc_profile().ok().flatten()
+/// The ICC profile the file embeds; `None` without one, where the container's copy is
+/// unreadable, or for CMYK pixels, which the decoder has already turned into RGB without it (an
+/// unusable profile is ignored: `colour`).
+fn icc_profile(
+    decoder: &mut impl ImageDecoder,
+    data: &[u8],
+    format: ImageFormat,
+) -> Option<Vec<u8>> {
+    let cmyk = match format {
+        // `image` reports a CMYK JPEG as the RGB it decodes it to; its frame header tells.
+        ImageFormat::Jpeg => {
+            let mut header = jpeg_decoder::Decoder::new(Cursor::new(data));
+            header.read_info().is_ok()
+                && header
+                    .info()
+                    .is_some_and(|info| info.pixel_format == jpeg_decoder::PixelFormat::CMYK32)
+        }
+        _ => matches!(
+            decoder.original_color_type(),
+            image::ExtendedColorType::Cmyk8 | image::ExtendedColorType::Cmyk16
+        ),
+    };
+    match cmyk {
+        true => None,
+        false => decoder.icc_profile().ok().flatten(),
+    }
 }
 
 /// Makes stored pixels (or pixels resampled from them) what a viewer shows: converted to sRGB
@@ -233,7 +255,7 @@ pub fn decode_reduced(data: &[u8], want_width: u32, want_height: u32) -> Result<
         let (width, height) = decoder.dimensions();
         check_pixels(width, height)?;
         let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
-        let icc = icc_profile(&mut decoder);
+        let icc = icc_profile(&mut decoder, data, format);
         let (want_width, want_height) = if swaps_axes(orientation) {
             (want_height, want_width)
         } else {

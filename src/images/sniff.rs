@@ -4,16 +4,18 @@
 //! a blob that no magic number claims is taken for a TGA only when its 18-byte header is one the
 //! TGA decoder reads and the rest of the blob is exactly what that header announces:
 //! - an image type (colour-mapped, true-colour or gray; raw or run-length encoded) with a pixel
-//!   depth, colour-map entry size and alpha-bit count that belong to it, the two obsolete
-//!   interleave bits clear, and a width and height above zero;
+//!   depth, colour-map entry size and alpha-bit count that belong to it, the colour-map fields
+//!   zero without a colour map, the two obsolete interleave bits clear, and a width and height
+//!   above zero;
 //! - raw pixels: the blob ends where the header, image ID, colour map and `width * height`
 //!   pixels end; run-length pixels: the packets, walked without decoding, cover exactly
 //!   `width * height` pixels inside the blob and end where it ends;
 //! - except that a TGA 2.0 file may follow its pixels with extension and developer areas, and
 //!   ends in the 18-byte footer `TRUEVISION-XFILE.\0`, which then counts as the proof.
 //!
-//! Random bytes pass all of this about once in 10^9 (the type, depth and descriptor bytes alone,
-//! with the length on top); text never does (its second byte is not 0 or 1). The header check
+//! Random bytes pass all of this about once in 10^20 (the type, depth, descriptor and five zero
+//! bytes, with the length on top); text does not: in ASCII or UTF-8 its second byte is not 0 or
+//! 1, and in UTF-16 it has no run of five zero bytes. The header check
 //! doubles as the TGA's structure check, so a truncated TGA is refused before it is decoded.
 
 use std::io::Cursor;
@@ -79,7 +81,8 @@ impl TgaHeader {
             _ => false,
         };
         let map_fits = match map_type {
-            0 => !mapped,
+            // "If Color Map Type is 0, these 5 bytes should be set to zero" (the specification).
+            0 => !mapped && header[3..8].iter().all(|&b| b == 0),
             1 => matches!(map_entry_bits, 15 | 16 | 24 | 32) && (!mapped || map_length > 0),
             _ => false,
         };

@@ -3,7 +3,10 @@
 //! ```sql
 //! imagestore_meta(key PRIMARY KEY, value)   -- format_version (1, or 2 for a three-phase table: see
 //!                                               `Protocol::format_version`), table_id, shard_index, shard_count,
-//!                                               last_txid, owner_database, owner_table, lifecycle (see `Owner`)
+//!                                               last_txid, last_finalized and last_aborted (the
+//!                                               last prepared transaction finalized, aborted
+//!                                               here: a prepare raises last_txid already),
+//!                                               owner_database, owner_table, lifecycle (see `Owner`)
 //! images(id INTEGER PRIMARY KEY, name, format, width, height, bytes, hash, blob_id, <user columns>)
 //! blobs(blob_id INTEGER PRIMARY KEY, data)  -- image bytes, apart so metadata scans never read them
 //! imagestore_prepared(txid PRIMARY KEY, shards, decided_by, pre_committed) -- a transaction
@@ -66,6 +69,12 @@ const RESTORE_MARK: &str = "restore_incomplete";
 const OWNER_DATABASE: &str = "owner_database";
 const OWNER_TABLE: &str = "owner_table";
 const LIFECYCLE: &str = "lifecycle";
+
+/// `imagestore_meta` keys: the last prepared transaction finalized, and aborted, here. With the
+/// decision records lost they tell a part committed from a part undone (`last_txid` cannot: a
+/// prepare raises it).
+const LAST_FINALIZED: &str = "last_finalized";
+const LAST_ABORTED: &str = "last_aborted";
 
 /// Where a shard set is in its life (see [`Owner`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -654,6 +663,16 @@ impl Shard {
         self.conn
             .prepare_cached("SELECT value FROM imagestore_meta WHERE key = 'last_txid'")
             .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
+            .map(|t| t as u64)
+            .map_err(self.err())
+    }
+
+    /// The transaction id kept under `key` ([`LAST_FINALIZED`], [`LAST_ABORTED`]); 0 if none
+    /// is (nothing yet, or the file was written by a build that did not keep it).
+    pub fn meta_txid(&self, key: &str) -> Result<u64> {
+        self.conn
+            .prepare_cached("SELECT coalesce(max(value), 0) FROM imagestore_meta WHERE key = ?1")
+            .and_then(|mut s| s.query_row([key], |r| r.get::<_, i64>(0)))
             .map(|t| t as u64)
             .map_err(self.err())
     }

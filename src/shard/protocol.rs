@@ -191,8 +191,22 @@ impl Shard {
         crate::fault::check("shard_finalize")?;
         self.in_own_transaction(|s| {
             s.forget_before_states(txid)?;
+            s.raise_meta_txid(LAST_FINALIZED, txid)?;
             s.drop_prepare_record(txid)
         })
+    }
+
+    /// Raises the transaction id kept under `key` in `imagestore_meta` to `txid`, in the open
+    /// transaction.
+    fn raise_meta_txid(&self, key: &str, txid: u64) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO imagestore_meta(key, value) VALUES (?1, ?2)
+                 ON CONFLICT(key) DO UPDATE SET value = max(value, excluded.value)",
+            )
+            .and_then(|mut s| s.execute(params![key, txid as i64]))
+            .map(|_| ())
+            .map_err(self.err())
     }
 
     /// Undoes a prepared (or partly written) transaction from its before-states, in a
@@ -212,6 +226,7 @@ impl Shard {
                 c = s.columns_sql
             ))?;
             run("DELETE FROM imagestore_undo WHERE txid = ?1")?;
+            s.raise_meta_txid(LAST_ABORTED, txid)?;
             s.drop_prepare_record(txid)
         })
     }
@@ -290,6 +305,14 @@ impl Participant for Shard {
 
     fn last_txid(&mut self) -> Result<u64> {
         Shard::last_txid(self)
+    }
+
+    fn last_finalized(&mut self) -> Result<u64> {
+        Shard::meta_txid(self, LAST_FINALIZED)
+    }
+
+    fn last_aborted(&mut self) -> Result<u64> {
+        Shard::meta_txid(self, LAST_ABORTED)
     }
 
     fn prepared(&mut self) -> Result<Vec<PrepareRecord>> {
