@@ -549,6 +549,29 @@ fn lose_the_journal_and_resolve(f: &Fixture, decision: &str) -> String {
 }
 
 #[test]
+fn a_lost_journal_needs_no_person_where_the_shards_show_the_outcome() {
+    // A vote that never finished (aborted), a part undone (aborted), a part finalized
+    // (committed): the next open ends each without a person, and makes a new journal.
+    let never_voted = Fixture::new();
+    assert!(write_on(&never_voted, Some(after("prepare", 1)), true).died);
+    let undone = Fixture::new();
+    prepared_on_both(&undone);
+    assert!(recovery_dies_at(&undone, after("abort_prepared", 1)));
+    let finalized = Fixture::with_options(", logged_commit_max=0");
+    let committed = writer_dies(&finalized, after("finalize", 1));
+    for (f, expected) in [
+        (never_voted, baseline()),
+        (undone, baseline()),
+        (finalized, committed),
+    ] {
+        std::fs::remove_file(f.journal_path()).unwrap();
+        assert_eq!(f.rows(), expected);
+        f.assert_clean();
+        assert!(f.journal_path().exists());
+    }
+}
+
+#[test]
 fn a_person_cannot_commit_a_transaction_whose_vote_never_finished() {
     // Prepared on shard 0 only: shard 1, which it wrote, never voted, so no decision was ever
     // taken. Committing shard 0 alone would apply it in part.

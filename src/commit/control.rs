@@ -179,7 +179,12 @@ impl LocalControl {
             Some(journal) => journal,
             None => {
                 if !create {
-                    super::coordinator::refuse_missing_journal(config, shards, &publish_lock)?;
+                    super::coordinator::refuse_missing_journal(
+                        config,
+                        shards,
+                        &writer_lock,
+                        &publish_lock,
+                    )?;
                 }
                 Journal::create(&config.journal_path, table_id)?
             }

@@ -1355,22 +1355,22 @@ pub fn resolve_through_control<P: Participant>(
 }
 
 /// What decision records that may have lost decisions leave of the prepared transactions (the
-/// shards' `records`), on a two-phase table: those some shard already committed, those no commit
-/// decision was taken for (a vote that never finished, a part undone), and those in doubt, with the shards holding them; `decided` says which
-/// a remaining record commits (those are recovery's as usual). A transaction that some shard it
-/// wrote neither holds prepared nor committed never had a decision (every participant prepares
-/// before one is taken): presumed abort is right for it.
+/// shards' `records`), on a two-phase table: those some shard already committed, those no
+/// commit decision was taken for (a vote that never finished, a part undone), and those in
+/// doubt, with the shards holding them; `decided` says which a remaining record commits (those
+/// are recovery's as usual). A transaction that some shard it wrote never prepared never had a
+/// decision (every participant prepares before one is taken): abort is right for it.
 ///
-/// A shard that no longer holds a transaction and whose `last_finalized` is its id committed it:
-/// only the transaction raises it to its id (an id is above every shard's `last_txid` when it
-/// is given), no later transaction commits while it is prepared anywhere (a writer runs
+/// A shard that no longer holds a transaction and whose `last_finalized` is its id committed
+/// it: only the transaction raises it to its id (an id is above every shard's `last_txid` when
+/// it is given), no later transaction commits while it is prepared anywhere (a writer runs
 /// recovery first), a shard raises it only when it finalizes its prepared part, which it does
 /// only once the transaction was decided, and an abort leaves it where it was. (A server's
 /// `last_finalized` is its `last_txid`, which its prepare does not raise; a local shard's
 /// prepare raises `last_txid`, so it keeps the two apart.) A shard the transaction wrote whose
 /// `last_txid` is below it never prepared it: its vote never finished. A shard whose
-/// `last_aborted` is its id undid its part, which it does only without a commit decision. A three-phase
-/// table's records decide nothing: nothing is in doubt.
+/// `last_aborted` is its id undid its part, which it does only without a commit decision. A
+/// three-phase table's records decide nothing: nothing is in doubt.
 fn after_lost_records<P: Participant>(
     decided: &dyn Fn(u64) -> bool,
     protocol: Protocol,
@@ -1557,16 +1557,22 @@ pub fn accept_lost_commits<P: Participant>(
     Ok(lost)
 }
 
-/// A journal that is missing when the table exists: made again only if nothing is in doubt
-/// (no shard holds a prepare record, no logged commit is marked unfinished); else the error says
-/// how to decide. A three-phase table's journal decides nothing: it is always made again.
+/// A journal that is missing when the table exists: made again only if nothing is in doubt (no
+/// shard holds a prepare record once what the shards show is finished, no logged commit is
+/// marked unfinished); else the error says how to decide. A three-phase table's journal decides
+/// nothing: it is always made again.
 pub(super) fn refuse_missing_journal<P: Participant>(
     config: &TableConfig,
     shards: &mut [P],
+    writer_lock: &LockFile,
     publish_lock: &LockFile,
 ) -> Result<()> {
     if config.protocol == Protocol::ThreePhase {
         return Ok(());
+    }
+    if first_prepared(shards)?.is_some() {
+        let _writer = writer_lock.exclusive("writer lock", config.busy_timeout_ms)?;
+        finish_what_the_shards_show(config, shards, publish_lock)?;
     }
     if let Some((shard, txids)) = first_prepared(shards)? {
         return Err(Error::InDoubt(format!(
@@ -1591,10 +1597,10 @@ pub(super) fn refuse_missing_journal<P: Participant>(
 }
 
 /// A journal that cannot be read (a damaged header or record, an empty file, another table's):
-/// if nothing is in doubt (no shard holds a prepare record, no logged commit is marked as
-/// unfinished) it is moved aside, kept for inspection, and `None` is returned (a new one is
-/// made); else the error names what is in doubt and how to decide it. The caller holds the
-/// writer lock.
+/// if nothing is in doubt (no shard holds a prepare record once what the shards show is
+/// finished, no logged commit is marked as unfinished) it is moved aside, kept for inspection,
+/// and `None` is returned (a new one is made); else the error names what is in doubt and how to
+/// decide it. The caller holds the writer lock.
 pub(super) fn set_aside_damaged<P: Participant>(
     config: &TableConfig,
     table_id: TableId,
@@ -1610,7 +1616,10 @@ pub(super) fn set_aside_damaged<P: Participant>(
     let journal = config.journal_path.display();
     let table = &config.table_name;
     let in_doubt = match config.protocol {
-        Protocol::TwoPhase => first_prepared(shards)?,
+        Protocol::TwoPhase => {
+            finish_what_the_shards_show(config, shards, publish_lock)?;
+            first_prepared(shards)?
+        }
         // Its journal decides nothing: the shards do.
         Protocol::ThreePhase => None,
     };
@@ -1631,6 +1640,34 @@ pub(super) fn set_aside_damaged<P: Participant>(
     }
     move_aside(&config.journal_path, "damaged")?;
     Ok(None)
+}
+
+/// Without a journal that decides them, ends the prepared transactions whose outcome the shards
+/// show ([`after_lost_records`]: committed where a shard finalized one, aborted where a shard it
+/// wrote never prepared it or one undid it), under the publish lock, durably. What remains
+/// prepared is in doubt. The caller holds the writer lock.
+fn finish_what_the_shards_show<P: Participant>(
+    config: &TableConfig,
+    shards: &mut [P],
+    publish_lock: &LockFile,
+) -> Result<()> {
+    let records = prepare_records(shards)?;
+    let shown = after_lost_records(&|_| false, config.protocol, shards, &records)?;
+    if shown.committed.is_empty() && shown.aborted.is_empty() {
+        return Ok(());
+    }
+    let _publish = publish_lock.publishing(config.busy_timeout_ms)?;
+    apply_resolution(shards, |record| {
+        Ok(if shown.committed.contains(&record.txid) {
+            Some(Resolution::Commit)
+        } else {
+            shown
+                .aborted
+                .contains(&record.txid)
+                .then_some(Resolution::Abort)
+        })
+    })?;
+    make_durable(shards)
 }
 
 /// Moves a journal aside, kept for inspection, to `<journal>.<why>-<nanoseconds since 1970>`

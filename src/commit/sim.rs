@@ -53,6 +53,9 @@ const TABLE_ID: TableId = [7; 16];
 struct Image {
     rows: BTreeMap<i64, i64>,
     last_txid: u64,
+    /// The last prepared transaction finalized, and aborted, here (as a local shard keeps them).
+    last_finalized: u64,
+    last_aborted: u64,
     prepared: BTreeMap<u64, Prepared>,
 }
 
@@ -370,6 +373,14 @@ impl Participant for SimParticipant {
         self.call("last_txid", |p| Ok(p.seen().last_txid))
     }
 
+    fn last_finalized(&mut self) -> Result<u64> {
+        self.call("last_finalized", |p| Ok(p.seen().last_finalized))
+    }
+
+    fn last_aborted(&mut self) -> Result<u64> {
+        self.call("last_aborted", |p| Ok(p.seen().last_aborted))
+    }
+
     fn prepared(&mut self) -> Result<Vec<PrepareRecord>> {
         self.call("prepared", |p| {
             Ok(p.seen()
@@ -467,6 +478,7 @@ impl Participant for SimParticipant {
         self.call("finalize", |p| {
             p.commit_alone(|image| {
                 image.prepared.remove(&txid);
+                image.last_finalized = image.last_finalized.max(txid);
             })
         })
     }
@@ -482,6 +494,7 @@ impl Participant for SimParticipant {
                         };
                     }
                 }
+                image.last_aborted = image.last_aborted.max(txid);
             })
         })
     }
@@ -1119,6 +1132,8 @@ impl Held {
         Image {
             rows,
             last_txid,
+            last_finalized: u64::from(self == Held::Committed),
+            last_aborted: u64::from(self == Held::Aborted),
             prepared: prepared.into_iter().map(|p| (1, p)).collect(),
         }
     }
@@ -1287,18 +1302,27 @@ fn three_phase_recovery_acts_only_on_what_a_power_cut_keeps() {
 }
 
 #[test]
-fn two_phase_recovery_without_the_journal_refuses_what_is_in_doubt() {
-    for states in [
-        [Held::Prepared, Held::Prepared],
-        [Held::Prepared, Held::Committed],
+fn two_phase_recovery_without_the_journal_ends_what_the_shards_show_and_refuses_the_rest() {
+    // Transaction 1 wrote row 0 on both participants; the journal that decided it is gone.
+    let written = BTreeMap::from([(0, 10)]);
+    for (states, outcome) in [
+        ([Held::Prepared, Held::Prepared], None),
+        ([Held::Prepared, Held::Committed], Some(written.clone())),
+        ([Held::Prepared, Held::Aborted], Some(BTreeMap::new())),
+        ([Held::Prepared, Held::NotVoted], Some(BTreeMap::new())),
     ] {
         let table = Table::new(2, Mix::Prepared);
         for (disk, held) in table.disks.iter().zip(&states) {
-            lock(disk).durable = held.image();
+            let mut image = held.image();
+            for record in image.prepared.values_mut() {
+                record.participants = vec![0, 1];
+            }
+            lock(disk).durable = image;
         }
-        match recover_and_read(&table) {
-            Err(Error::InDoubt(message)) => assert!(message.contains("imagestore_resolve")),
-            other => panic!("{states:?}: {other:?}"),
+        match (recover_and_read(&table), outcome) {
+            (Err(Error::InDoubt(message)), None) => assert!(message.contains("imagestore_resolve")),
+            (Ok(rows), Some(rows_each)) => assert_eq!(rows, vec![rows_each; 2], "{states:?}"),
+            (other, _) => panic!("{states:?}: {other:?}"),
         }
     }
 }

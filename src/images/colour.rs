@@ -123,8 +123,9 @@ fn kept_transform(icc: &[u8], pixels: Pixels) -> Option<Transform> {
     if let Some((_, transform)) = kept().iter().find(|(k, _)| *k == key) {
         return transform.clone();
     }
-    // Worked out without the lock: two threads may both do it, and keep the same answer.
-    let transform = transform_for(icc, pixels);
+    // Worked out without the lock: two threads may both do it, and keep the same answer. A
+    // panic in the engine on a profile nobody fuzzed is that profile being unusable.
+    let transform = std::panic::catch_unwind(|| transform_for(icc, pixels)).unwrap_or_default();
     let mut kept = kept();
     if kept.len() >= TRANSFORMS_KEPT {
         kept.remove(0);

@@ -180,6 +180,7 @@ fn icc_profile(
     data: &[u8],
     format: ImageFormat,
 ) -> Option<Vec<u8>> {
+    let icc = decoder.icc_profile().ok().flatten()?;
     let cmyk = match format {
         // `image` reports a CMYK JPEG as the RGB it decodes it to; its frame header tells.
         ImageFormat::Jpeg => {
@@ -194,10 +195,7 @@ fn icc_profile(
             image::ExtendedColorType::Cmyk8 | image::ExtendedColorType::Cmyk16
         ),
     };
-    match cmyk {
-        true => None,
-        false => decoder.icc_profile().ok().flatten(),
-    }
+    (!cmyk).then_some(icc)
 }
 
 /// Makes stored pixels (or pixels resampled from them) what a viewer shows: converted to sRGB
