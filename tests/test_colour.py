@@ -318,7 +318,7 @@ def with_tag_table(profile, entries, data):
     rows += [(sig, start + len(body) + off, size) for sig, off, size in entries]
     out = profile[:128] + struct.pack(">I", len(rows))
     out += b"".join(struct.pack(">4sII", *row) for row in rows) + body + data
-    return out[:0] + struct.pack(">I", len(out)) + out[4:]
+    return struct.pack(">I", len(out)) + out[4:]
 
 
 def mluc_bomb():

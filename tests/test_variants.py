@@ -14,6 +14,7 @@ The variants imagestore refuses are listed in REFUSED with the reason README giv
 that starts or stops being read fails this test until the list (and README) say so.
 """
 import io
+import random
 import struct
 import zlib
 
@@ -369,7 +370,7 @@ def test_text_is_never_taken_for_a_tga(table):
         return at
     found = 0
     for seed in range(2000):
-        rng = __import__("random").Random(seed)
+        rng = random.Random(seed)
         blob = ("1\nHello, world. " + " ".join(rng.choice(words) for _ in range(4000))
                 ).encode("utf-16-le")
         end = walk_end(blob)

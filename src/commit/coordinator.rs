@@ -1268,14 +1268,9 @@ pub fn resolve_in_doubt<P: Participant>(
         }
         Some(_) => AfterLostRecords::default(),
     };
-    let resolved = apply_resolution(shards, |record| {
-        if shown.committed.contains(&record.txid) {
-            return Ok(Some(Resolution::Commit));
-        }
-        if shown.aborted.contains(&record.txid) {
-            return Ok(Some(Resolution::Abort));
-        }
-        Ok(undecidable(record.txid, record.decided_by.as_deref())?.then_some(resolution))
+    let resolved = apply_resolution(shards, |record| match shown.outcome(record.txid) {
+        Some(outcome) => Ok(Some(outcome)),
+        None => Ok(undecidable(record.txid, record.decided_by.as_deref())?.then_some(resolution)),
     })?;
     if (journal.is_some() || three_phase) && resolved.is_empty() {
         return Err(nothing_in_doubt(config, &config.journal_path.display()));
@@ -1341,13 +1336,11 @@ pub fn resolve_through_control<P: Participant>(
         return Err(nothing_in_doubt(config, &control.name()));
     }
     let resolved = apply_resolution(shards, |record| {
-        Ok(match lost.committed.contains(&record.txid) {
-            true => Some(Resolution::Commit),
-            false => lost
-                .in_doubt
+        Ok(lost.outcome(record.txid).or_else(|| {
+            lost.in_doubt
                 .contains_key(&record.txid)
-                .then_some(resolution),
-        })
+                .then_some(resolution)
+        }))
     })?;
     make_durable(shards)?;
     control.restore_records()?;
@@ -1390,14 +1383,8 @@ fn after_lost_records<P: Participant>(
             entry.1 = entry.1.or(record.participants.as_deref());
         }
     }
-    let last_finalized: Vec<u64> = shards
-        .iter_mut()
-        .map(P::last_finalized)
-        .collect::<Result<_>>()?;
-    let last_aborted: Vec<u64> = shards
-        .iter_mut()
-        .map(P::last_aborted)
-        .collect::<Result<_>>()?;
+    let last_finalized = each_shard_value(shards, P::last_finalized)?;
+    let last_aborted = each_shard_value(shards, P::last_aborted)?;
     for (txid, (on, participants)) in held {
         let let_go = |index: usize| !on.contains(&index);
         // `last_txid` below the transaction: the shard never prepared it (a local shard's
@@ -1426,6 +1413,17 @@ struct AfterLostRecords {
     committed: BTreeSet<u64>,
     aborted: BTreeSet<u64>,
     in_doubt: BTreeMap<u64, Vec<usize>>,
+}
+
+impl AfterLostRecords {
+    /// The outcome the shards show for `txid`, if they show one.
+    fn outcome(&self, txid: u64) -> Option<Resolution> {
+        if self.committed.contains(&txid) {
+            Some(Resolution::Commit)
+        } else {
+            self.aborted.contains(&txid).then_some(Resolution::Abort)
+        }
+    }
 }
 
 /// Applies to each prepared transaction what `decide` says (nothing for `None`); returns those
@@ -1657,16 +1655,7 @@ fn finish_what_the_shards_show<P: Participant>(
         return Ok(());
     }
     let _publish = publish_lock.publishing(config.busy_timeout_ms)?;
-    apply_resolution(shards, |record| {
-        Ok(if shown.committed.contains(&record.txid) {
-            Some(Resolution::Commit)
-        } else {
-            shown
-                .aborted
-                .contains(&record.txid)
-                .then_some(Resolution::Abort)
-        })
-    })?;
+    apply_resolution(shards, |record| Ok(shown.outcome(record.txid)))?;
     make_durable(shards)
 }
 
@@ -1805,7 +1794,15 @@ fn participants(written: &[usize]) -> Vec<u16> {
 
 /// Every shard's `last_txid`, in shard order.
 fn last_txids<P: Participant>(shards: &mut [P]) -> Result<Vec<u64>> {
-    shards.iter_mut().map(P::last_txid).collect()
+    each_shard_value(shards, P::last_txid)
+}
+
+/// `read` of every shard, in shard order.
+fn each_shard_value<P: Participant>(
+    shards: &mut [P],
+    read: impl FnMut(&mut P) -> Result<u64>,
+) -> Result<Vec<u64>> {
+    shards.iter_mut().map(read).collect()
 }
 
 /// What every shard holds prepared, in shard order.
